@@ -1,0 +1,344 @@
+"""Token fetch path benchmark (issue 7): the hot path measured against the web stack's floor.
+
+    .venv/bin/python bench/token_bench.py            # full run: 10^4 then 10^6 stored connections
+    .venv/bin/python bench/token_bench.py --scales 10000 --rounds 3 --duration 3   # quick look
+
+Starts the real processes with production settings (DEBUG off, gunicorn, PostgreSQL,
+Redis; the same server model and worker counts for gateway and broker and for every case)
+in a fresh database (`dromos_bench` unless BENCH_DATABASE_URL says otherwise), seeds it
+with active connections whose tokens are encrypted exactly as the broker stores them, and
+drives load from a separate process with `wrk` (not installed here: `apt-get install wrk`).
+Every request picks a random connection id (and a random API key) from the seeded set.
+
+Cases, measured in the same run and alternated (A B C D A B C D …, several rounds; the
+table shows medians, and ratios are medians of per-round ratios to the floor of the same
+round, so they hold on a noisy machine):
+
+1. floor          GET {gateway}/v1/ping: the gateway's middleware and view machinery, no
+                  authentication, no database: what the stack costs to answer anything;
+2. broker         GET {broker}/internal/v1/connections/{id}/token (X-API-Key, workspace):
+                  one hop, database, decryption, audit row;
+3. gateway        GET {gateway}/v1/token/{id}: API key, throttle, gateway→broker hop, all of 2;
+4. gateway+auto   the same with ?auto_refresh=true on tokens that need no refresh.
+
+Prints one Markdown table per scale (requests/s, p50, p99, ratio to the floor, errors),
+resident memory per gunicorn worker, and the 10^6 / 10^4 ratio; writes the raw numbers to
+var/bench/token_bench.json. Exits non-zero when any request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "devtools"))
+
+from stack import Stack, free_port, reset_postgres_database  # noqa: E402
+
+from bench.seed import access_token_for, seed_connections  # noqa: E402
+
+LUA = ROOT / "bench" / "random_ids.lua"
+GUNICORN_CONF = ROOT / "docker" / "gunicorn.conf.py"
+WORKSPACE = "bench"
+PROVIDER = "bench"
+CASES = ("floor", "broker", "gateway", "gateway+auto")
+
+
+@dataclass
+class BenchStack(Stack):
+    """The gateway and the broker under gunicorn, nothing else (no Celery, no OIDC provider):
+    the token path needs neither, and idle processes would only add noise."""
+
+    worker_class: str = "gthread"
+    threads: int = 8
+    access_log: bool = False  # production's gunicorn.conf.py leaves it off (the app logs each request)
+
+    def start(self) -> BenchStack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.gateway_port = self.gateway_port or free_port()
+        self.broker_port = self.broker_port or free_port()
+        self.env = self._base_env()
+        try:
+            self.manage("broker", "migrate", "--noinput", "-v0")
+            self.manage("gateway", "migrate", "--noinput", "-v0")
+            for role, port, workers in (("broker", self.broker_port, self.broker_workers),
+                                        ("gateway", self.gateway_port, self.gateway_workers)):
+                # As in production (docker/entrypoint.sh): one Prometheus directory per role.
+                metrics_dir = self.workdir / f"metrics-{role}"
+                metrics_dir.mkdir(exist_ok=True)
+                self.env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+                self._spawn(role, self.gunicorn_args(port, workers), role)
+            self.env.pop("PROMETHEUS_MULTIPROC_DIR")
+            self._wait_http(f"{self.broker_url}/healthz", "broker")
+            self._wait_http(f"{self.gateway_url}/healthz", "gateway")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def gunicorn_args(self, port: int, workers: int) -> list[str]:
+        args = [sys.executable, "-m", "gunicorn", "dromos.wsgi:application"]
+        if GUNICORN_CONF.exists():
+            args += ["--config", str(GUNICORN_CONF)]  # production's; the options below override it
+        args += ["-b", f"127.0.0.1:{port}", "-w", str(workers), "-k", self.worker_class,
+                 "--timeout", "60", "--graceful-timeout", "5"]
+        if self.worker_class == "gthread":
+            args += ["--threads", str(self.threads)]
+        if self.access_log:
+            args += ["--access-logfile", "-"]
+        return args
+
+    def worker_rss_kib(self, role: str) -> list[int]:
+        """VmRSS of each gunicorn worker (the master's children) of one role."""
+        master = self.processes[role].pid
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        sizes = []
+        for pid in children:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    sizes.append(int(line.split()[1]))
+        return sizes
+
+
+@dataclass
+class Case:
+    name: str
+    base_url: str
+    prefix: str
+    suffix: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    keyed: bool = False  # a random gateway API key per request
+    random_id: bool = True  # path = prefix + random connection id + suffix
+
+    def path(self, connection_id: str) -> str:
+        return self.prefix + connection_id + self.suffix if self.random_id else self.prefix
+
+
+@dataclass
+class Sample:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    requests: int
+
+
+def wrk_run(case: Case, *, ids_file: Path, keys_file: Path, duration: float, concurrency: int,
+            threads: int) -> Sample:
+    args = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
+            "-s", str(LUA)]
+    for name, value in case.headers.items():
+        args += ["-H", f"{name}: {value}"]
+    args += [case.base_url, "--", str(ids_file) if case.random_id else "-", case.prefix, case.suffix]
+    args += [str(keys_file), "Authorization"] if case.keyed else ["-", ""]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=duration + 60)
+    line = next((x for x in result.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
+    if result.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed for {case.name}:\n{result.stdout}\n{result.stderr}")
+    data = json.loads(line.removeprefix("BENCH_JSON "))
+    errors = sum(data[k] for k in ("connect", "read", "write", "status", "timeout"))
+    return Sample(rps=data["requests"] / (data["duration_us"] / 1e6), p50_ms=data["p50_us"] / 1000,
+                  p99_ms=data["p99_us"] / 1000, errors=errors, requests=data["requests"])
+
+
+def check_case(case: Case, connection_id: str, key: str) -> None:
+    """One request by hand before measuring: the case must answer what it claims to."""
+    path = case.path(connection_id)
+    headers = dict(case.headers)
+    if case.keyed:
+        headers["Authorization"] = key
+    response = requests.get(case.base_url + path, headers=headers, timeout=10)
+    if response.status_code != 200:
+        raise RuntimeError(f"{case.name}: GET {path} answered {response.status_code}: {response.text[:300]}")
+    body = response.json()
+    if case.name != "floor" and body.get("access_token") != access_token_for(connection_id):
+        raise RuntimeError(f"{case.name}: the answer does not carry the seeded token")
+
+
+def machine() -> dict[str, str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                       if line.startswith("MemTotal:")))
+    return {"nproc": str(os.cpu_count()), "cpu": cpu, "ram": f"{mem_kib / 1024 / 1024:.1f} GiB",
+            "python": platform.python_version(), "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+
+
+def summarise(samples: dict[str, list[Sample]]) -> dict[str, dict[str, float]]:
+    rounds = len(samples["floor"])
+    table = {}
+    for name, runs in samples.items():
+        ratios = [runs[i].rps / samples["floor"][i].rps for i in range(rounds)]
+        p99_ratios = [runs[i].p99_ms / samples["floor"][i].p99_ms for i in range(rounds)]
+        table[name] = {
+            "rps": statistics.median(s.rps for s in runs),
+            "p50_ms": statistics.median(s.p50_ms for s in runs),
+            "p99_ms": statistics.median(s.p99_ms for s in runs),
+            "ratio": statistics.median(ratios),
+            "p99_ratio": statistics.median(p99_ratios),
+            "errors": sum(s.errors for s in runs),
+            "requests": sum(s.requests for s in runs),
+        }
+    return table
+
+
+def render(scale: int, table: dict[str, dict[str, float]], rss: dict[str, list[int]], concurrency: int) -> str:
+    lines = [f"connections stored: {scale:,}  ·  {concurrency} concurrent clients", "",
+             "| case | requests/s | p50 ms | p99 ms | throughput vs floor | p99 vs floor | errors / requests |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, row in table.items():
+        lines.append(f"| {name} | {row['rps']:,.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
+                     f"{row['ratio']:.0%} | {row['p99_ratio']:.2f}× | {row['errors']} / {row['requests']:,} |")
+    lines.append("")
+    lines.append("RSS per worker: " + ", ".join(
+        f"{role} {' / '.join(f'{kib / 1024:.0f}' for kib in sizes)} MiB" for role, sizes in rss.items()))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scales", default="10000,1000000", help="comma-separated numbers of stored connections")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=5, help="seconds per case per round")
+    parser.add_argument("--warmup", type=float, default=3, help="seconds per case before the rounds")
+    parser.add_argument("--concurrency", type=int, default=32, help="wrk connections")
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers, gateway and broker alike")
+    parser.add_argument("--worker-class", default="gthread")
+    parser.add_argument("--threads", type=int, default=8, help="threads per gthread worker")
+    parser.add_argument("--access-log", action="store_true", help="also gunicorn's own access log")
+    parser.add_argument("--keys", type=int, default=8, help="gateway API keys, picked at random per request")
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for both servers (experiments)")
+    parser.add_argument("--hold", action="store_true",
+                        help="seed the first scale, print how to reach the stack, keep it up until interrupted")
+    parser.add_argument("--out", default=str(ROOT / "var" / "bench" / "token_bench.json"))
+    args = parser.parse_args()
+
+    if shutil.which("wrk") is None:
+        print("bench/token_bench.py needs the wrk load generator on PATH: apt-get install -y wrk "
+              "(.ci/run installs it).", file=sys.stderr)
+        return 2
+    scales = sorted(int(x) for x in args.scales.split(","))
+    cases_wanted = [c for c in args.cases.split(",") if c]
+    if "floor" not in cases_wanted:
+        cases_wanted.insert(0, "floor")
+    database_url = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dromos_bench")
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
+    host = machine()
+    print(f"machine: {host['nproc']} CPUs ({host['cpu']}), {host['ram']} RAM, load {host['load_before']}")
+
+    reset_postgres_database(database_url)
+    workdir = Path(tempfile.mkdtemp(prefix="token-bench-"))
+    stack = BenchStack(
+        workdir=workdir, database_url=database_url, redis_url=redis_url, celery=False, beat=False,
+        gateway_workers=args.workers, broker_workers=args.workers, worker_class=args.worker_class,
+        threads=args.threads, access_log=args.access_log,
+        # The benchmark measures the throttle's cost, not its limit.
+        extra_env={"API_KEY_RATE_LIMIT": "100000000/min", **dict(item.split("=", 1) for item in args.env)},
+    )
+    results: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": host,
+                     "command": " ".join([Path(sys.executable).name, *sys.argv]), "settings": vars(args),
+                     "scales": {}}
+    failed = False
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
+    try:
+        stack.start()
+        stack.manage("broker", "provider", "upsert", "--name", PROVIDER, "--template", "github",
+                     "--client-id", "bench", "--client-secret", secrets.token_urlsafe(16), "--no-check")
+        provider_id = stack.manage("broker", "shell", "--no-imports", "-c",
+                                   f"from broker_app.models import Provider; "
+                                   f"print(Provider.objects.get(name='{PROVIDER}').pk)").stdout.strip()
+        made = stack.manage("gateway", "shell", "--no-imports", "-c",
+                            "from gateway_app.services import apikey_create\n"
+                            f"for i in range({args.keys}):\n"
+                            f"    print(apikey_create(workspace='{WORKSPACE}', name=f'bench-{{i}}', "
+                            "scopes=['tokens:read'])[1])")
+        keys = [f"Bearer {line}" for line in made.stdout.split()]
+        keys_file = workdir / "keys.txt"
+        keys_file.write_text("\n".join(keys) + "\n")
+        ids_file = workdir / "ids.txt"
+        ids_file.write_text("")
+
+        broker_headers = {"X-API-Key": stack.env["BROKER_API_KEY"], "X-Dromos-Workspace": WORKSPACE}
+        all_cases = {
+            "floor": Case("floor", stack.gateway_url, "/v1/ping", random_id=False),
+            "broker": Case("broker", stack.broker_url, "/internal/v1/connections/", "/token", broker_headers),
+            "gateway": Case("gateway", stack.gateway_url, "/v1/token/", keyed=True),
+            "gateway+auto": Case("gateway+auto", stack.gateway_url, "/v1/token/", "?auto_refresh=true",
+                                 keyed=True),
+        }
+        cases = [all_cases[name] for name in cases_wanted]
+        stored = 0
+        for scale in scales:
+            started = time.monotonic()
+            stored += seed_connections(database_url=database_url, raw_keys=stack.env["TOKEN_ENCRYPTION_KEYS"],
+                                       workspace=WORKSPACE, provider_id=provider_id, count=scale - stored,
+                                       ids_file=ids_file)
+            print(f"\nseeded {stored:,} connections in {time.monotonic() - started:.0f} s")
+            sample_id = ids_file.read_text().split("\n", 1)[0]
+            for case in cases:
+                check_case(case, sample_id, keys[0])
+            if args.hold:
+                print(json.dumps({"gateway": stack.gateway_url, "broker": stack.broker_url,
+                                  "broker_key": stack.env["BROKER_API_KEY"], "api_key": keys[0],
+                                  "ids": str(ids_file), "keys": str(keys_file), "logs": str(workdir),
+                                  "pids": {k: p.pid for k, p in stack.processes.items()}}), flush=True)
+                while True:
+                    time.sleep(3600)
+            run = dict(ids_file=ids_file, keys_file=keys_file, concurrency=args.concurrency,
+                       threads=args.wrk_threads)
+            for case in cases:
+                wrk_run(case, duration=args.warmup, **run)
+            samples: dict[str, list[Sample]] = {case.name: [] for case in cases}
+            for round_number in range(args.rounds):
+                for case in cases:
+                    samples[case.name].append(wrk_run(case, duration=args.duration, **run))
+                print(f"  round {round_number + 1}/{args.rounds}: " + ", ".join(
+                    f"{name} {runs[-1].rps:,.0f}/s" for name, runs in samples.items()), flush=True)
+            rss = {role: stack.worker_rss_kib(role) for role in ("gateway", "broker")}
+            table = summarise(samples)
+            failed = failed or any(row["errors"] for row in table.values())
+            results["scales"][scale] = {"table": table, "rss_kib": rss,
+                                        "samples": {k: [vars(s) for s in v] for k, v in samples.items()}}
+            print()
+            print(render(scale, table, rss, args.concurrency))
+        if len(scales) > 1:
+            small, large = results["scales"][scales[0]]["table"], results["scales"][scales[-1]]["table"]
+            print(f"\n{scales[-1]:,} vs {scales[0]:,} stored (throughput; raw and normalised by each run's floor):")
+            for name in cases_wanted[1:]:
+                raw = large[name]["rps"] / small[name]["rps"]
+                normalised = large[name]["ratio"] / small[name]["ratio"]
+                print(f"  {name}: {raw:.0%} raw, {normalised:.0%} floor-normalised")
+                results.setdefault("scaling", {})[name] = {"raw": raw, "normalised": normalised}
+    finally:
+        stack.stop()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2, default=str))
+    print(f"\nraw numbers: {out}; server logs: {workdir}")
+    if failed:
+        print("FAILED: some requests errored (see the errors column)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""The operators' connection viewer.
+
+Tokens are never displayed, not even masked or as ciphertext: every page names its fields
+explicitly (fieldsets, list columns), so the encrypted columns, state and nonce digests,
+PKCE verifiers, client secrets and webhook secrets never reach a form, a list or the page
+source. Refresh and revoke go through the same services the API uses, audited as
+`admin:<username>`."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+
+from broker_app.audit import Actor
+from broker_app.models import (
+    AuditEvent,
+    CachedDocument,
+    Connection,
+    Provider,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
+from broker_app.services.tokens import connection_revoke, token_refresh
+from broker_app.webhooks import WebhookError, validate_events, webhook_redeliver
+from dromos.errors import ApiError
+
+# Never shown anywhere in the admin.
+SECRET_FIELDS = ("access_token_enc", "refresh_token_enc", "id_token_enc", "pkce_verifier_enc", "state_digest",
+                 "nonce_digest", "client_secret_enc", "secret_enc")
+
+
+def _actor(request) -> Actor:
+    return Actor(name=f"admin:{request.user.get_username()}", ip=request.META.get("REMOTE_ADDR"))
+
+
+def _when(value) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
+
+
+class ConnectionOperations:
+    """Refresh now / revoke, shared by the list actions and the detail page buttons."""
+
+    @staticmethod
+    def refresh(request, connection: Connection) -> tuple[int, str]:
+        try:
+            view = token_refresh(connection_id=connection.id, workspace=None, actor=_actor(request))
+        except ApiError as exc:
+            return messages.ERROR, f"Connection {connection.id}: refresh failed: {exc.message}"
+        expires = _when(view.expires_at)
+        return messages.SUCCESS, f"Connection {connection.id}: refreshed; the token now expires {expires}"
+
+    @staticmethod
+    def revoke(request, connection: Connection) -> tuple[int, str]:
+        try:
+            revoked = connection_revoke(connection_id=connection.id, workspace=None, actor=_actor(request))
+        except ApiError as exc:
+            return messages.ERROR, f"Connection {connection.id}: revoke failed: {exc.message}"
+        note = " (provider revocation deferred, will be retried)" if revoked.revoke_pending else ""
+        return messages.SUCCESS, f"Connection {connection.id}: revoked, tokens wiped{note}"
+
+
+@admin.register(Connection)
+class ConnectionAdmin(admin.ModelAdmin):
+    list_display = ("id", "workspace", "user_id", "provider", "status", "expires_at", "last_refreshed_at",
+                    "failure", "created_at")
+    list_filter = ("status", "provider", "workspace")
+    search_fields = ("=id", "=user_id")
+    search_help_text = "Exact connection id or user id"
+    list_select_related = ("provider",)
+    list_per_page = 50
+    show_full_result_count = False
+    date_hierarchy = None
+    actions = ("refresh_now", "revoke")
+    change_form_template = "admin/broker_app/connection/change_form.html"
+    fieldsets = (
+        (None, {"fields": ("id", "workspace", "user_id", "provider", "status")}),
+        ("Scopes", {"fields": ("scopes", "granted_scopes")}),
+        ("Tokens (values are never shown)", {"fields": (
+            "token_type", "expires_at", "refresh_expires_at", "has_refresh_token", "last_refreshed_at",
+            "token_version", "refresh_failures", "next_refresh_attempt_at")}),
+        ("Failure", {"fields": ("error", "error_description", "revoke_pending")}),
+        ("Account", {"fields": ("account", "metadata", "params", "return_url")}),
+        ("Timestamps", {"fields": ("created_at", "updated_at", "activated_at", "state_expires_at")}),
+        ("Audit trail", {"fields": ("audit_trail",)}),
+        ("Webhook deliveries", {"fields": ("webhook_deliveries",)}),
+    )
+    readonly_fields = tuple(field for fieldset in fieldsets for field in fieldset[1]["fields"])
+
+    def get_queryset(self, request):
+        # The encrypted columns are not even loaded.
+        return super().get_queryset(request).defer(*(f for f in SECRET_FIELDS if hasattr(Connection, f)))
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_operate_permission(self, request) -> bool:
+        return request.user.has_perm("broker_app.change_connection")
+
+    @admin.display(description="Failure")
+    def failure(self, obj):
+        return obj.error or ""
+
+    @admin.display(description="Refresh token stored", boolean=True)
+    def has_refresh_token(self, obj):
+        # Reads the deferred column only to test presence; the value never leaves here.
+        return bool(Connection.objects.filter(pk=obj.pk).exclude(refresh_token_enc="").exists())
+
+    @admin.display(description="Audit trail (latest 50)")
+    def audit_trail(self, obj):
+        rows = AuditEvent.objects.filter(connection_id=obj.id).order_by("-id")[:50]
+        body = format_html_join(
+            "\n", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            ((_when(e.created_at), e.action, e.actor, e.ip or "—",
+              ", ".join(f"{k}={v}" for k, v in (e.detail or {}).items()) or "—") for e in rows),
+        )
+        if not body:
+            return "—"
+        return format_html('<table class="audit-trail"><thead><tr><th>When</th><th>Action</th><th>Actor</th>'
+                           "<th>From</th><th>Detail</th></tr></thead><tbody>{}</tbody></table>", body)
+
+    @admin.display(description="Webhook deliveries (latest 20)")
+    def webhook_deliveries(self, obj):
+        rows = WebhookDelivery.objects.filter(connection_id=obj.id).select_related("endpoint")[:20]
+        body = format_html_join(
+            "\n", '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
+            ((reverse("admin:broker_app_webhookdelivery_change", args=[d.pk]), _when(d.created_at), d.event,
+              d.endpoint.url, d.status, d.attempts) for d in rows),
+        )
+        if not body:
+            return "—"
+        return format_html("<table><thead><tr><th>Created</th><th>Event</th><th>Endpoint</th><th>Status</th>"
+                           "<th>Attempts</th></tr></thead><tbody>{}</tbody></table>", body)
+
+    @admin.action(description="Refresh now", permissions=["operate"])
+    def refresh_now(self, request, queryset):
+        for connection in queryset.select_related(None).only("id"):
+            level, text = ConnectionOperations.refresh(request, connection)
+            self.message_user(request, text, level)
+
+    @admin.action(description="Revoke (at the provider, and wipe the tokens)", permissions=["operate"])
+    def revoke(self, request, queryset):
+        for connection in queryset.select_related(None).only("id"):
+            level, text = ConnectionOperations.revoke(request, connection)
+            self.message_user(request, text, level)
+
+    # Detail page buttons (POST only, CSRF-protected by the admin's middleware).
+    def get_urls(self):
+        def wrap(operation):
+            def view(request, object_id):
+                if request.method != "POST":
+                    return HttpResponseNotAllowed(["POST"])
+                if not self.has_operate_permission(request):
+                    raise PermissionDenied
+                connection = get_object_or_404(Connection.objects.only("id"), pk=object_id)
+                level, text = operation(request, connection)
+                self.message_user(request, text, level)
+                return HttpResponseRedirect(reverse("admin:broker_app_connection_change", args=[connection.pk]))
+            return self.admin_site.admin_view(view)
+
+        return [
+            path("<str:object_id>/refresh/", wrap(ConnectionOperations.refresh),
+                 name="broker_app_connection_refresh"),
+            path("<str:object_id>/revoke/", wrap(ConnectionOperations.revoke),
+                 name="broker_app_connection_revoke"),
+            *super().get_urls(),
+        ]
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "can_operate": self.has_operate_permission(request)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+
+@admin.register(Provider)
+class ProviderAdmin(admin.ModelAdmin):
+    list_display = ("name", "template", "client_id", "has_client_secret", "enabled", "updated_at")
+    list_filter = ("enabled", "template")
+    search_fields = ("name", "client_id")
+    exclude = ("client_secret_enc",)
+    readonly_fields = ("id", "has_client_secret", "created_at", "updated_at")
+
+    @admin.display(description="Client secret set", boolean=True)
+    def has_client_secret(self, obj):
+        return bool(obj.client_secret_enc)
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "action", "connection_id", "workspace", "actor", "ip")
+    list_filter = ("action", "workspace")
+    search_fields = ("=connection_id", "actor")
+    readonly_fields = ("connection_id", "workspace", "actor", "action", "ip", "detail", "created_at")
+    show_full_result_count = False
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(CachedDocument)
+class CachedDocumentAdmin(admin.ModelAdmin):
+    list_display = ("url", "fetched_at", "expires_at")
+    readonly_fields = ("url", "body", "fetched_at", "expires_at")
+
+
+class WebhookEndpointForm(forms.ModelForm):
+    class Meta:
+        model = WebhookEndpoint
+        fields = ("enabled", "events")
+
+    def clean_events(self):
+        try:
+            return validate_events(self.cleaned_data.get("events") or [])
+        except WebhookError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(admin.ModelAdmin):
+    """Endpoints are added with `manage.py webhook add` (which shows the signing secret
+    once); here they can be disabled, narrowed to some events, removed, and watched."""
+
+    form = WebhookEndpointForm
+    list_display = ("url", "workspace", "enabled", "event_list", "created_at")
+    list_filter = ("enabled", "workspace")
+    search_fields = ("workspace", "url")
+    fields = ("id", "workspace", "url", "enabled", "events", "created_at", "updated_at", "recent_deliveries")
+    readonly_fields = ("id", "workspace", "url", "created_at", "updated_at", "recent_deliveries")
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="Events")
+    def event_list(self, obj):
+        return ", ".join(obj.events) or "all"
+
+    @admin.display(description="Recent deliveries (latest 20)")
+    def recent_deliveries(self, obj):
+        rows = obj.deliveries.all()[:20]
+        body = format_html_join(
+            "\n", '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
+            ((reverse("admin:broker_app_webhookdelivery_change", args=[d.pk]), _when(d.created_at), d.event,
+              d.connection_id, d.status, d.attempts, d.last_status_code or "—") for d in rows),
+        )
+        if not body:
+            return "—"
+        return format_html("<table><thead><tr><th>Created</th><th>Event</th><th>Connection</th><th>Status</th>"
+                           "<th>Attempts</th><th>Last HTTP status</th></tr></thead><tbody>{}</tbody></table>", body)
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    list_display = ("created_at", "event", "connection_id", "endpoint", "status", "attempts", "last_status_code",
+                    "last_error", "next_attempt_at", "delivered_at")
+    list_filter = ("status", "event", "endpoint__workspace")
+    search_fields = ("=connection_id", "=id")
+    list_select_related = ("endpoint",)
+    show_full_result_count = False
+    actions = ("redeliver",)
+    readonly_fields = ("id", "endpoint", "event", "connection_id", "payload", "status", "attempts",
+                       "last_status_code", "last_error", "next_attempt_at", "created_at", "delivered_at")
+    fields = readonly_fields
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_redeliver_permission(self, request) -> bool:
+        return request.user.has_perm("broker_app.change_webhookdelivery")
+
+    @admin.action(description="Deliver again (resets the attempt count)", permissions=["redeliver"])
+    def redeliver(self, request, queryset):
+        count = sum(1 for delivery in queryset if webhook_redeliver(delivery=delivery))
+        self.message_user(request, f"{count} deliveries queued again", messages.SUCCESS)

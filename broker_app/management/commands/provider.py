@@ -1,0 +1,129 @@
+"""`manage.py provider upsert|list|remove` — configure providers (broker)."""
+
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from broker_app.models import Provider
+from broker_app.oauth import oidc
+from broker_app.providers.registry import resolve, set_client_secret
+from broker_app.providers.spec import ProviderConfigError, catalog, missing_params, param_specs, resolve_values
+
+
+def _key_value(raw: str) -> tuple[str, str]:
+    key, sep, value = raw.partition("=")
+    if not sep or not key:
+        raise CommandError(f"expected key=value, got {raw!r}")
+    return key, value
+
+
+class Command(BaseCommand):
+    help = "Create, update, list or remove OAuth providers."
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True, metavar="{upsert,list,remove,templates}")
+        upsert = sub.add_parser("upsert", help="Create or update a provider")
+        upsert.add_argument("--name", required=True, help="Provider name agents use (e.g. google)")
+        upsert.add_argument("--template",
+                            help="Catalog template key (default: the name, or 'oidc' with --discovery-url)")
+        upsert.add_argument("--display-name")
+        upsert.add_argument("--discovery-url")
+        upsert.add_argument("--authorize-url")
+        upsert.add_argument("--token-url")
+        upsert.add_argument("--revocation-url")
+        upsert.add_argument("--userinfo-url")
+        upsert.add_argument("--client-id")
+        upsert.add_argument("--client-secret")
+        upsert.add_argument("--default-scopes", help='Space-separated, e.g. "openid email profile"')
+        upsert.add_argument("--authorize-param", action="append", default=[], metavar="KEY=VALUE")
+        upsert.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                            help="Fixed template parameter or hook setting, e.g. tenant=contoso.onmicrosoft.com")
+        upsert.add_argument("--token-auth", choices=[c.value for c in Provider.TokenAuth])
+        upsert.add_argument("--disable", action="store_true")
+        upsert.add_argument("--no-check", action="store_true", help="Do not resolve endpoints after saving")
+        sub.add_parser("list", help="List configured providers")
+        remove = sub.add_parser("remove", help="Remove a provider without connections (else disable it)")
+        remove.add_argument("--name", required=True)
+        sub.add_parser("templates", help="List catalog templates")
+
+    def handle(self, *args, **options):
+        action = options["action"]
+        if action == "upsert":
+            self._upsert(options)
+        elif action == "list":
+            for provider in Provider.objects.all():
+                state = "enabled" if provider.enabled else "disabled"
+                has_secret = "secret set" if provider.client_secret_enc else "no secret"
+                self.stdout.write(f"{provider.name}\t{provider.template}\t{state}\t"
+                                  f"client_id={provider.client_id or '-'}\t{has_secret}")
+        elif action == "templates":
+            for key, entry in sorted(catalog().items()):
+                self.stdout.write(f"{key}\t{entry.get('display_name', key)}")
+        elif action == "remove":
+            provider = Provider.objects.filter(name=options["name"].lower()).first()
+            if provider is None:
+                raise CommandError(f"no provider named {options['name']!r}")
+            if provider.connections.exists():
+                provider.enabled = False
+                provider.save(update_fields=["enabled", "updated_at"])
+                self.stdout.write(f"provider {provider.name} has connections: disabled instead of removed")
+            else:
+                provider.delete()
+                self.stdout.write(f"removed provider {options['name']}")
+
+    @transaction.atomic
+    def _upsert(self, options):
+        name = options["name"].strip().lower()
+        provider = Provider.objects.filter(name=name).first() or Provider(name=name)
+        template_key = options["template"] or provider.template or (
+            name if name in catalog() else ("oidc" if options["discovery_url"] else None))
+        if template_key not in catalog():
+            raise CommandError(f"unknown template {template_key!r}; see `manage.py provider templates`")
+        provider.template = template_key
+        for option, field in (("display_name", "display_name"), ("discovery_url", "discovery_url"),
+                              ("authorize_url", "authorize_url"), ("token_url", "token_url"),
+                              ("revocation_url", "revocation_url"), ("userinfo_url", "userinfo_url"),
+                              ("client_id", "client_id"), ("token_auth", "token_auth")):
+            if options[option] is not None:
+                setattr(provider, field, options[option])
+        if options["default_scopes"] is not None:
+            provider.default_scopes = options["default_scopes"].split()
+        if options["authorize_param"]:
+            extra = dict(map(_key_value, options["authorize_param"]))
+            provider.authorize_params = {**provider.authorize_params, **extra}
+        if options["setting"]:
+            values = dict(map(_key_value, options["setting"]))
+            if "allowed_tenants" in values:
+                values["allowed_tenants"] = [t for t in values["allowed_tenants"].split(",") if t]
+            provider.settings = {**provider.settings, **values}
+        provider.enabled = not options["disable"]
+        if options["client_secret"] is not None:
+            set_client_secret(provider, options["client_secret"])
+        created = provider._state.adding
+        provider.full_clean(exclude=["client_secret_enc"])
+        entry = catalog()[template_key]
+        try:
+            # Template values (tenant, shop, host …) must fit the catalog's pattern, always:
+            # they become part of the URLs the broker calls.
+            fixed = resolve_values(entry, fixed=provider.settings, given={})
+        except ProviderConfigError as exc:
+            raise CommandError(f"provider not saved: {exc}") from None
+        specs = param_specs(entry)
+        operator_missing = [name for name in missing_params(entry, fixed) if specs[name].operator_only]
+        if operator_missing:
+            name = operator_missing[0]
+            raise CommandError(f"provider not saved: template {template_key} needs "
+                               f"--setting {name}=… (e.g. {specs[name].example})")
+        provider.save()
+        if not options["no_check"]:
+            oidc.cache_clear()
+            if not missing_params(entry, fixed):
+                try:
+                    resolve(provider)
+                except ProviderConfigError as exc:
+                    # Raised inside the transaction: nothing is saved.
+                    raise CommandError(f"provider not saved, it would not be usable: {exc} "
+                                       "(use --no-check to save anyway)") from None
+        self.stdout.write(f"{'created' if created else 'updated'} provider {provider.name} "
+                          f"(template {template_key}, id {provider.pk})")

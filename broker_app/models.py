@@ -1,0 +1,209 @@
+"""Broker state: providers, connections (with encrypted tokens) and the audit trail."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+
+def new_connection_id() -> str:
+    # 192 bits of randomness, url-safe, never sequential.
+    return "c_" + secrets.token_urlsafe(24)
+
+
+class Provider(models.Model):
+    """A configured provider: a catalog template plus this deployment's credentials and overrides."""
+
+    class TokenAuth(models.TextChoices):
+        BASIC = "client_secret_basic"
+        POST = "client_secret_post"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.SlugField(max_length=64, unique=True, help_text="Lower-case id agents use, e.g. google")
+    display_name = models.CharField(max_length=128, blank=True)
+    template = models.CharField(max_length=64, help_text="Catalog entry this provider is built on")
+    client_id = models.CharField(max_length=512, blank=True)
+    client_secret_enc = models.TextField(blank=True, editable=False)
+    discovery_url = models.URLField(max_length=1024, blank=True)
+    authorize_url = models.URLField(max_length=1024, blank=True)
+    token_url = models.URLField(max_length=1024, blank=True)
+    revocation_url = models.URLField(max_length=1024, blank=True)
+    userinfo_url = models.URLField(max_length=1024, blank=True)
+    default_scopes = models.JSONField(default=list, blank=True)
+    authorize_params = models.JSONField(default=dict, blank=True)
+    token_auth = models.CharField(max_length=32, choices=TokenAuth.choices, blank=True)
+    settings = models.JSONField(
+        default=dict, blank=True, help_text="Fixed template parameters (tenant, domain, allowed tenants …)"
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Connection(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        ACTIVE = "active"
+        FAILED = "failed"
+        REVOKED = "revoked"
+
+    id = models.CharField(primary_key=True, max_length=64, default=new_connection_id, editable=False)
+    workspace = models.CharField(max_length=128)
+    user_id = models.CharField(max_length=255)
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="connections")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    scopes = models.JSONField(default=list)
+    granted_scopes = models.JSONField(default=list, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+    return_url = models.TextField()
+
+    # Consent flow (pending only). Secrets are stored as digests or ciphertext.
+    state_digest = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    state_expires_at = models.DateTimeField(null=True, blank=True)
+    nonce_digest = models.CharField(max_length=64, blank=True)
+    pkce_verifier_enc = models.TextField(blank=True)
+
+    # Tokens, encrypted and bound to this row.
+    access_token_enc = models.TextField(blank=True)
+    refresh_token_enc = models.TextField(blank=True)
+    id_token_enc = models.TextField(blank=True)
+    token_type = models.CharField(max_length=32, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    refresh_expires_at = models.DateTimeField(null=True, blank=True)
+    token_version = models.PositiveIntegerField(default=0)
+    last_refreshed_at = models.DateTimeField(null=True, blank=True)
+    refresh_failures = models.PositiveIntegerField(default=0)
+    next_refresh_attempt_at = models.DateTimeField(null=True, blank=True)
+
+    account = models.JSONField(default=dict, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    error = models.CharField(max_length=64, blank=True)
+    error_description = models.CharField(max_length=512, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+    revoke_pending = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["workspace", "user_id"], name="conn_ws_user"),
+            models.Index(fields=["workspace", "status"], name="conn_ws_status"),
+            # The refresh sweep reads only active rows with an expiry: its cost follows
+            # the number due, not the number stored.
+            models.Index(
+                fields=["expires_at"],
+                name="conn_active_expiry",
+                condition=Q(status="active", expires_at__isnull=False),
+            ),
+            models.Index(fields=["created_at"], name="conn_pending_created", condition=Q(status="pending")),
+        ]
+
+    def __str__(self) -> str:
+        return self.id
+
+    def aad(self, field: str) -> str:
+        return f"{self.id}:{field}"
+
+
+class AuditEvent(models.Model):
+    """Who did what to which connection, when, from where. Never holds a token."""
+
+    connection_id = models.CharField(max_length=64, db_index=True)
+    workspace = models.CharField(max_length=128, blank=True)
+    actor = models.CharField(max_length=128, help_text="apikey:<prefix>, admin:<username>, system")
+    action = models.CharField(max_length=64)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.connection_id}"
+
+
+class CachedDocument(models.Model):
+    """Persistent cache of OIDC discovery documents and JWKS, honouring Cache-Control."""
+
+    url = models.URLField(max_length=1024, unique=True)
+    body = models.JSONField()
+    fetched_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return self.url
+
+
+class WebhookEndpoint(models.Model):
+    """Where a workspace wants to hear about its connections. The signing secret is stored
+    encrypted (broker_app.crypto, bound to this row) and shown once, when it is made."""
+
+    class Event(models.TextChoices):
+        ACTIVATED = "connection.activated"
+        FAILED = "connection.failed"
+        REFRESHED_AFTER_FAILURE = "connection.refreshed_after_failure"
+        REVOKED = "connection.revoked"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    workspace = models.CharField(max_length=128, db_index=True)
+    url = models.URLField(max_length=2048)
+    secret_enc = models.TextField(editable=False)
+    enabled = models.BooleanField(default=True)
+    events = models.JSONField(default=list, blank=True, help_text="Event names to send; empty means every event")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["workspace", "created_at"]
+        constraints = [models.UniqueConstraint(fields=["workspace", "url"], name="webhook_ws_url")]
+
+    def __str__(self) -> str:
+        return f"{self.workspace} → {self.url}"
+
+    def wants(self, event: str) -> bool:
+        return self.enabled and (not self.events or event in self.events)
+
+
+class WebhookDelivery(models.Model):
+    """One event sent (or being sent) to one endpoint: the payload, and every attempt's outcome."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    endpoint = models.ForeignKey(WebhookEndpoint, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.CharField(max_length=64)
+    connection_id = models.CharField(max_length=64, db_index=True)
+    payload = models.JSONField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    last_status_code = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=512, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "webhook deliveries"
+        indexes = [
+            models.Index(fields=["next_attempt_at"], name="webhook_pending_due",
+                         condition=Q(status="pending")),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.connection_id} → {self.status}"

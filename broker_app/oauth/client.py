@@ -1,0 +1,190 @@
+"""The pure OAuth 2.0 protocol client: authorize URL, code exchange, refresh, revocation.
+
+Nothing here knows a provider by name; quirks arrive through the ProviderSpec and its
+hook object. Every outbound call has a timeout and is classified as permanent or transient.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+import requests
+from django.conf import settings
+from requests.adapters import HTTPAdapter
+
+from broker_app.oauth.errors import PermanentOAuthError, TransientOAuthError
+from broker_app.oauth.tokens import TokenSet
+
+logger = logging.getLogger(__name__)
+
+_session = requests.Session()
+_session.mount("https://", HTTPAdapter(pool_connections=32, pool_maxsize=32, max_retries=0))
+_session.mount("http://", HTTPAdapter(pool_connections=32, pool_maxsize=32, max_retries=0))
+_session.headers["User-Agent"] = "dromos-broker/1.0"
+
+
+def http() -> requests.Session:
+    return _session
+
+
+def pkce_challenge(verifier: str) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).decode().rstrip("=")
+
+
+def authorize_url(spec, *, redirect_uri: str, scopes: list[str], state: str,
+                  code_challenge: str | None, nonce: str | None, extra: dict[str, str] | None = None) -> str:
+    params: dict[str, str] = {
+        "response_type": "code",
+        "client_id": spec.client_id,
+        "redirect_uri": redirect_uri,
+        "state": state,
+    }
+    if scopes:
+        params[spec.scope_param] = spec.scope_separator.join(scopes)
+    if code_challenge and spec.pkce != "none":
+        params["code_challenge"] = code_challenge
+        params["code_challenge_method"] = "S256"
+    if nonce:
+        params["nonce"] = nonce
+    params.update(spec.authorize_params)
+    params.update(extra or {})
+    parts = urlsplit(spec.authorize_url)
+    query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query, quote_via=quote), ""))
+
+
+def _timeout() -> tuple[float, float]:
+    return (min(5.0, settings.PROVIDER_HTTP_TIMEOUT), settings.PROVIDER_HTTP_TIMEOUT)
+
+
+def _retry_after(response: requests.Response) -> int | None:
+    value = response.headers.get("Retry-After", "")
+    return int(value) if value.isdigit() else None
+
+
+def _decode_body(response: requests.Response) -> dict[str, Any]:
+    content_type = response.headers.get("Content-Type", "")
+    if "json" in content_type:
+        try:
+            data = response.json()
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+    if "x-www-form-urlencoded" in content_type or "text/plain" in content_type:
+        return dict(parse_qsl(response.text))
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _client_auth(spec, data: dict[str, str], method: str) -> tuple[tuple[str, str] | None, dict[str, str]]:
+    """The client's credentials, as HTTP Basic (`client_secret_basic`) or in the body."""
+    if method == "client_secret_basic" and spec.client_secret is not None:
+        # RFC 6749 §2.3.1: form-encode both parts before Basic encoding.
+        return (quote(spec.client_id, safe=""), quote(spec.client_secret, safe="")), data
+    data = {**data, "client_id": spec.client_id}
+    if spec.client_secret:
+        data["client_secret"] = spec.client_secret
+    return None, data
+
+
+def _error_code(spec, body: dict[str, Any]) -> str | None:
+    # GitHub and Slack answer errors with HTTP 200; HubSpot names them in `status`.
+    value = body.get(spec.error_field)
+    if value in (None, False, "") or isinstance(value, dict | list):
+        return None
+    return str(value)
+
+
+def token_request(spec, form: dict[str, str], *, url: str | None = None) -> dict[str, Any]:
+    """POST to the token endpoint with the client's authentication; return the JSON body
+    or raise a classified OAuthError."""
+    headers = {"Accept": "application/json", **spec.token_headers}
+    auth, data = _client_auth(spec, dict(form), spec.token_auth)
+    body_kwarg = {"json": data} if spec.token_format == "json" else {"data": data}
+    try:
+        response = _session.post(url or spec.token_url, headers=headers, auth=auth,
+                                 timeout=_timeout(), allow_redirects=False, **body_kwarg)
+    except requests.Timeout:
+        raise TransientOAuthError("timeout", "the provider did not answer in time") from None
+    except requests.RequestException:
+        raise TransientOAuthError("connection_error", "the provider could not be reached") from None
+    body = _decode_body(response)
+    if response.status_code == 429:
+        raise TransientOAuthError("rate_limited", "the provider throttled the request",
+                                  status=429, retry_after=_retry_after(response))
+    if response.status_code >= 500:
+        raise TransientOAuthError("server_error", f"the provider answered {response.status_code}",
+                                  status=response.status_code, retry_after=_retry_after(response))
+    error = _error_code(spec, body)
+    if response.status_code >= 400 or error:
+        code = spec.error_aliases.get(error, error) if error else f"http_{response.status_code}"
+        description = body.get("error_description")
+        description = description if isinstance(description, str) else ""
+        if code in spec.transient_errors:
+            raise TransientOAuthError(code, description, status=response.status_code)
+        raise PermanentOAuthError(code, description, status=response.status_code)
+    if not body:
+        raise TransientOAuthError("bad_response", "the provider's token response was not JSON",
+                                  status=response.status_code)
+    return body
+
+
+def exchange_code(spec, hooks, *, code: str, redirect_uri: str, code_verifier: str | None) -> TokenSet:
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
+    if code_verifier and spec.pkce != "none":
+        form["code_verifier"] = code_verifier
+    return hooks.parse_token_response(spec, token_request(spec, form))
+
+
+def refresh(spec, hooks, *, refresh_token: str) -> TokenSet:
+    form = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    form.update(hooks.refresh_params(spec))
+    return hooks.parse_token_response(spec, token_request(spec, form, url=spec.refresh_url or None))
+
+
+def revoke(spec, *, token: str, token_type_hint: str) -> bool:
+    """Revocation: RFC 7009 by default; the spec's revocation_* data describes the providers
+    that differ (GitHub's DELETE with a JSON body, Dropbox's bearer call without a body).
+    True when the provider accepted it (2xx, including for a token that was already
+    invalid); False when the provider has no revocation endpoint.
+    Raises TransientOAuthError when it should be retried later."""
+    if not spec.revocation_url:
+        return False
+    headers = {"Accept": "application/json", **spec.token_headers}
+    data: dict[str, str] = {}
+    if spec.revocation_format != "none":
+        data[spec.revocation_token_param] = token
+        if spec.revocation_hint:
+            data["token_type_hint"] = token_type_hint
+    auth = None
+    if spec.revocation_auth == "bearer":
+        headers["Authorization"] = f"Bearer {token}"
+    elif spec.revocation_auth != "none":
+        method = {"basic": "client_secret_basic", "post": "client_secret_post"}.get(spec.revocation_auth,
+                                                                                     spec.token_auth)
+        auth, data = _client_auth(spec, data, method)
+    body_kwarg: dict[str, Any] = {}
+    if data:
+        body_kwarg = {"json": data} if spec.revocation_format == "json" else {"data": data}
+    try:
+        response = _session.request(spec.revocation_method, spec.revocation_url, auth=auth, timeout=_timeout(),
+                                    headers=headers, allow_redirects=False, **body_kwarg)
+    except requests.RequestException:
+        raise TransientOAuthError("connection_error", "revocation endpoint unreachable") from None
+    if 200 <= response.status_code < 300:
+        return True
+    if response.status_code == 503 or response.status_code == 429 or response.status_code >= 500:
+        raise TransientOAuthError("server_error", f"revocation answered {response.status_code}",
+                                  status=response.status_code, retry_after=_retry_after(response))
+    body = _decode_body(response)
+    if body.get("error") == "unsupported_token_type":
+        return False
+    raise PermanentOAuthError(str(body.get("error") or f"http_{response.status_code}"),
+                              status=response.status_code)

@@ -1,0 +1,270 @@
+"""Starting and completing a connection: the consent flow."""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from broker_app import crypto, metrics
+from broker_app.audit import SYSTEM, Actor, audit_record
+from broker_app.models import Connection
+from broker_app.oauth import client, oidc
+from broker_app.oauth.errors import IdTokenError, OAuthError, safe_code
+from broker_app.oauth.tokens import TokenSet
+from broker_app.providers.registry import resolve
+from broker_app.providers.spec import ProviderConfigError
+from broker_app.return_urls import ReturnUrlError, validate_return_url
+from broker_app.selectors import provider_get_by_name
+from dromos.errors import InvalidRequest
+
+logger = logging.getLogger(__name__)
+
+
+def callback_url() -> str:
+    return f"{settings.BASE_URL}/auth/callback"
+
+
+@dataclass(frozen=True)
+class StartResult:
+    connection: Connection
+    auth_url: str
+    state: str
+
+
+@dataclass(frozen=True)
+class CallbackOutcome:
+    """Where the person goes next: a redirect to the stored return URL, or (no usable
+    connection) a page with `page_error`."""
+
+    connection: Connection | None
+    redirect_url: str | None
+    page_error: str | None = None
+
+
+def connection_start(*, workspace: str, user_id: str, provider_name: str, scopes: list[str] | None,
+                     return_url: str, params: dict[str, Any] | None, actor: Actor) -> StartResult:
+    """Create a pending connection and the authorization URL the user must visit."""
+    provider = provider_get_by_name(provider_name)
+    try:
+        validate_return_url(return_url)
+    except ReturnUrlError as exc:
+        raise InvalidRequest(str(exc), details={"return_url": [str(exc)]}) from None
+    try:
+        spec, _hooks = resolve(provider, params)
+    except ProviderConfigError as exc:
+        raise InvalidRequest(str(exc), details={"params": [str(exc)]}) from None
+    requested = list(dict.fromkeys(scopes)) if scopes else list(spec.default_scopes)
+
+    state = secrets.token_urlsafe(32)
+    verifier = secrets.token_urlsafe(64)
+    nonce = secrets.token_urlsafe(24) if spec.oidc and "openid" in requested else None
+    connection = Connection(
+        workspace=workspace,
+        user_id=user_id,
+        provider=provider,
+        scopes=requested,
+        params=params or {},
+        return_url=return_url,
+        state_digest=crypto.digest(state),
+        state_expires_at=timezone.now() + timedelta(seconds=settings.OAUTH_STATE_TTL_SECONDS),
+        nonce_digest=crypto.digest(nonce) if nonce else "",
+    )
+    connection.pkce_verifier_enc = crypto.encrypt(verifier, aad=connection.aad("pkce_verifier"))
+    auth_url = client.authorize_url(
+        spec,
+        redirect_uri=callback_url(),
+        scopes=requested,
+        state=state,
+        code_challenge=client.pkce_challenge(verifier),
+        nonce=nonce,
+    )
+    with transaction.atomic():
+        connection.save(force_insert=True)
+        audit_record(connection_id=connection.id, workspace=workspace, actor=actor,
+                     action="connection.requested", detail={"provider": provider.name, "scopes": requested})
+    metrics.CONNECTIONS_STARTED.labels(provider=provider.name).inc()
+    logger.info("connection requested", extra={"connection_id": connection.id, "provider": provider.name})
+    return StartResult(connection=connection, auth_url=auth_url, state=state)
+
+
+def with_query(url: str, params: dict[str, str]) -> str:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), parts.fragment))
+
+
+def _claim_state(state: str) -> tuple[Connection | None, str | None]:
+    """Consume the state (single use) and return its connection, or a page error."""
+    with transaction.atomic():
+        connection = (
+            Connection.objects.select_for_update().select_related("provider")
+            .filter(state_digest=crypto.digest(state)).first()
+        )
+        if connection is None:
+            return None, "unknown_state"
+        connection.state_digest = None
+        connection.save(update_fields=["state_digest", "updated_at"])
+    if connection.status != Connection.Status.PENDING:
+        return None, "state_already_used"
+    return connection, None
+
+
+def connection_fail(connection: Connection, *, error: str, description: str = "",
+                    actor: Actor = SYSTEM) -> None:
+    with transaction.atomic():
+        updated = Connection.objects.filter(pk=connection.pk, status=Connection.Status.PENDING).update(
+            status=Connection.Status.FAILED, error=safe_code(error), error_description=description[:512],
+            pkce_verifier_enc="", updated_at=timezone.now(),
+        )
+        if updated:
+            audit_record(connection_id=connection.id, workspace=connection.workspace, actor=actor,
+                         action="connection.failed", detail={"error": safe_code(error)})
+    connection.status, connection.error = Connection.Status.FAILED, safe_code(error)
+    metrics.CONNECTIONS_FAILED.labels(provider=connection.provider.name, reason=safe_code(error)).inc()
+    logger.info("connection failed", extra={"connection_id": connection.id, "reason": safe_code(error)})
+    transaction.on_commit(lambda: _emit(connection.id, "connection.failed"))
+
+
+def _emit(connection_id: str, event: str) -> None:
+    from broker_app import events
+
+    events.connection_event(connection_id=connection_id, event=event)
+
+
+def _error_redirect(connection: Connection, error: str) -> CallbackOutcome:
+    return CallbackOutcome(
+        connection=connection,
+        redirect_url=with_query(connection.return_url,
+                                {"status": "error", "error": safe_code(error), "connection_id": connection.id}),
+    )
+
+
+_CALLBACK_VALUE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def _callback_metadata(spec, callback_params: Mapping[str, str] | None) -> dict[str, str]:
+    """The callback query parameters the catalog names (QuickBooks' realmId), when plain."""
+    if not callback_params:
+        return {}
+    return {name: callback_params[name] for name in spec.callback_params
+            if isinstance(callback_params.get(name), str) and _CALLBACK_VALUE.match(callback_params[name])}
+
+
+def connection_complete(*, state: str | None, code: str | None, iss: str | None,
+                        error: str | None, error_description: str | None,
+                        callback_params: Mapping[str, str] | None = None) -> CallbackOutcome:
+    """Handle the provider's redirect: check state and iss, exchange the code (PKCE),
+    verify the id_token, store the tokens, activate the connection."""
+    if not state:
+        return CallbackOutcome(None, None, "missing_state")
+    connection, page_error = _claim_state(state)
+    if connection is None:
+        return CallbackOutcome(None, None, page_error)
+    if connection.state_expires_at and connection.state_expires_at < timezone.now():
+        connection_fail(connection, error="state_expired", description="the consent took too long")
+        return _error_redirect(connection, "state_expired")
+    if error:
+        connection_fail(connection, error=error, description=error_description or "")
+        return _error_redirect(connection, error)
+    try:
+        spec, hooks = resolve(connection.provider, connection.params)
+    except ProviderConfigError:
+        connection_fail(connection, error="provider_misconfigured")
+        return _error_redirect(connection, "provider_misconfigured")
+    if iss is not None and spec.issuer and iss != spec.issuer and "{tenantid}" not in spec.issuer:
+        connection_fail(connection, error="invalid_issuer", description="the iss parameter names another issuer")
+        return _error_redirect(connection, "invalid_issuer")
+    if not code:
+        connection_fail(connection, error="missing_code")
+        return _error_redirect(connection, "missing_code")
+    verifier = crypto.decrypt(connection.pkce_verifier_enc, aad=connection.aad("pkce_verifier"))
+    try:
+        tokens = client.exchange_code(spec, hooks, code=code, redirect_uri=callback_url(), code_verifier=verifier)
+    except OAuthError as exc:
+        connection_fail(connection, error="code_exchange_failed", description=exc.error)
+        return _error_redirect(connection, "code_exchange_failed")
+    claims = None
+    if tokens.id_token and spec.oidc:
+        try:
+            claims = oidc.verify_id_token(spec, hooks, tokens.id_token,
+                                          nonce_digest=connection.nonce_digest or None)
+        except (IdTokenError, oidc.DocumentUnavailable) as exc:
+            connection_fail(connection, error="invalid_id_token", description=str(exc))
+            return _error_redirect(connection, "invalid_id_token")
+    elif spec.oidc and connection.nonce_digest:
+        connection_fail(connection, error="missing_id_token", description="the provider returned no id_token")
+        return _error_redirect(connection, "missing_id_token")
+    extra_metadata = _callback_metadata(spec, callback_params)
+    if extra_metadata:
+        tokens = replace(tokens, metadata={**tokens.metadata, **extra_metadata})
+    if not _activate(connection, tokens, account={**tokens.account, **hooks.account(spec, claims)}):
+        return CallbackOutcome(None, None, "state_already_used")
+    return CallbackOutcome(
+        connection=connection,
+        redirect_url=with_query(connection.return_url, {"status": "success", "connection_id": connection.id}),
+    )
+
+
+def store_tokens(connection: Connection, tokens: TokenSet, *, keep_refresh_token: bool) -> list[str]:
+    """Write a TokenSet into the row's encrypted fields; returns the fields changed.
+
+    A response without a refresh token keeps the stored one (`keep_refresh_token`)."""
+    now = timezone.now()
+    connection.access_token_enc = crypto.encrypt(tokens.access_token, aad=connection.aad("access_token"))
+    changed = ["access_token_enc", "token_type", "expires_at", "token_version", "updated_at"]
+    if tokens.refresh_token:
+        connection.refresh_token_enc = crypto.encrypt(tokens.refresh_token, aad=connection.aad("refresh_token"))
+        changed.append("refresh_token_enc")
+        if tokens.refresh_expires_in:
+            connection.refresh_expires_at = now + timedelta(seconds=tokens.refresh_expires_in)
+            changed.append("refresh_expires_at")
+    elif not keep_refresh_token:
+        connection.refresh_token_enc = ""
+        changed.append("refresh_token_enc")
+    if tokens.id_token:
+        connection.id_token_enc = crypto.encrypt(tokens.id_token, aad=connection.aad("id_token"))
+        changed.append("id_token_enc")
+    connection.token_type = tokens.token_type
+    connection.expires_at = now + timedelta(seconds=tokens.expires_in) if tokens.expires_in else None
+    connection.token_version += 1
+    if tokens.scope is not None:
+        connection.granted_scopes = list(tokens.scope)
+        changed.append("granted_scopes")
+    if tokens.metadata:
+        connection.metadata = {**connection.metadata, **tokens.metadata}
+        changed.append("metadata")
+    return changed
+
+
+def _activate(connection: Connection, tokens: TokenSet, *, account: dict[str, Any]) -> bool:
+    with transaction.atomic():
+        locked = Connection.objects.select_for_update().get(pk=connection.pk)
+        if locked.status != Connection.Status.PENDING:
+            return False
+        connection.token_version = locked.token_version
+        store_tokens(connection, tokens, keep_refresh_token=False)
+        if tokens.scope is None:
+            connection.granted_scopes = list(connection.scopes)
+        connection.account = account
+        connection.status = Connection.Status.ACTIVE
+        connection.activated_at = connection.last_refreshed_at = timezone.now()
+        connection.pkce_verifier_enc = ""
+        connection.nonce_digest = ""
+        connection.error = connection.error_description = ""
+        connection.save()
+        audit_record(connection_id=connection.id, workspace=connection.workspace, actor=SYSTEM,
+                     action="connection.activated", detail={"granted_scopes": connection.granted_scopes})
+        transaction.on_commit(lambda: _emit(connection.id, "connection.activated"))
+    metrics.CONNECTIONS_ACTIVATED.labels(provider=connection.provider.name).inc()
+    logger.info("connection activated", extra={"connection_id": connection.id})
+    return True

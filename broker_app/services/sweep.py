@@ -1,0 +1,193 @@
+"""Proactive refresh: the sweep selects what is due and fans out one task per id.
+
+Selection walks the partial index `conn_active_expiry` (active rows with an expiry) in
+expiry order with a keyset cursor and `FOR UPDATE SKIP LOCKED` batches, so one pass costs
+in proportion to the rows due, not the rows stored. Each selected row is claimed in the same
+transaction (next_refresh_attempt_at moved CLAIM_SECONDS ahead), so two sweepers running at
+once never queue the same connection, and a task lost with its worker is re-queued by a
+later sweep once the claim lapses. Tasks are queued after commit, carry only the id, and
+expire with the claim (a newer sweep has queued the row again by then).
+
+The task goes through the single-flight refresh service, which re-checks under the row lock
+that the refresh is still due. A per-provider limit (a Redis lease set) bounds how many
+refreshes run against one provider at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from broker_app import metrics
+from broker_app.models import Connection
+from broker_app.services.tokens import SWEEP_ACTOR, proactive_due, token_refresh_due
+
+logger = logging.getLogger(__name__)
+CLAIM_SECONDS = 300
+# A lease older than this is from a process that died mid-refresh: its slot is free again.
+LEASE_SECONDS = 90
+
+__all__ = ["CLAIM_SECONDS", "SWEEP_ACTOR", "SweepResult", "due_queryset", "refresh_one", "sweep_due"]
+
+
+@dataclass
+class SweepResult:
+    selected: int = 0
+    queued: int = 0
+    batches: int = 0
+    connection_ids: list[str] = field(default_factory=list)
+
+
+def due_queryset(*, now: datetime, window_seconds: int, provider_name: str | None = None) -> QuerySet[Connection]:
+    """Active connections with a refresh token whose access token expires within the window
+    and that no earlier sweep has claimed (nor a backoff deferred). Tokens without an expiry
+    are never due: nothing tells when to refresh them, so they are not refreshed in a loop."""
+    queryset = Connection.objects.filter(
+        status=Connection.Status.ACTIVE,
+        expires_at__isnull=False,
+        expires_at__lte=now + timedelta(seconds=window_seconds),
+    ).exclude(refresh_token_enc="").filter(
+        Q(next_refresh_attempt_at__isnull=True) | Q(next_refresh_attempt_at__lte=now)
+    )
+    if provider_name:
+        queryset = queryset.filter(provider__name__iexact=provider_name)
+    return queryset
+
+
+def sweep_due(*, window_seconds: int | None = None, provider_name: str | None = None, dry_run: bool = False,
+              batch_size: int | None = None, enqueue: bool = True, limit: int | None = None) -> SweepResult:
+    """Select connections expiring within the window, claim them and (enqueue) queue one
+    refresh task each. dry_run only lists them (no lock, no claim)."""
+    from broker_app.tasks import refresh_connection
+
+    window = settings.REFRESH_SWEEP_WINDOW_SECONDS if window_seconds is None else window_seconds
+    batch = batch_size or settings.REFRESH_SWEEP_BATCH
+    result = SweepResult()
+    now = timezone.now()
+    cursor: tuple[datetime, str] | None = None
+    while limit is None or result.selected < limit:
+        take = batch if limit is None else min(batch, limit - result.selected)
+        with transaction.atomic():
+            queryset = due_queryset(now=now, window_seconds=window, provider_name=provider_name)
+            if cursor is not None:
+                # Keyset: resume after the last row seen instead of re-reading claimed rows.
+                queryset = queryset.filter(expires_at__gte=cursor[0]).filter(
+                    Q(expires_at__gt=cursor[0]) | Q(id__gt=cursor[1]))
+            if not dry_run:
+                queryset = queryset.select_for_update(skip_locked=True, of=("self",))
+            rows = list(queryset.order_by("expires_at", "id").values_list("id", "expires_at")[:take])
+            if not rows:
+                break
+            ids = [cid for cid, _ in rows]
+            cursor = (rows[-1][1], rows[-1][0])
+            result.selected += len(ids)
+            result.batches += 1
+            result.connection_ids.extend(ids)
+            if not dry_run:
+                Connection.objects.filter(id__in=ids).update(
+                    next_refresh_attempt_at=now + timedelta(seconds=CLAIM_SECONDS))
+                if enqueue:
+                    transaction.on_commit(lambda ids=ids: _fan_out(refresh_connection, ids))
+                    result.queued += len(ids)
+        if len(rows) < take:
+            break
+    if result.selected:
+        logger.info("refresh sweep", extra={"selected": result.selected, "queued": result.queued,
+                                            "dry_run": dry_run})
+    return result
+
+
+def _fan_out(task, ids: list[str]) -> None:
+    """One task per id, sharing one producer; a task older than the claim is dropped."""
+    with task.app.producer_or_acquire() as producer:
+        for connection_id in ids:
+            task.apply_async((connection_id,), producer=producer, expires=CLAIM_SECONDS)
+
+
+# -- per-provider concurrency ------------------------------------------------------------------
+
+_ACQUIRE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t - tonumber(ARGV[3]))
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], t, ARGV[2])
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]) * 2)
+  return 1
+end
+return 0
+"""
+_redis_client = None
+
+
+def _redis():
+    global _redis_client
+    if not settings.REDIS_URL:
+        return None
+    if _redis_client is None:
+        import redis
+
+        _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    return _redis_client
+
+
+def provider_limit(provider: str) -> int:
+    """Concurrent refreshes allowed against one provider (REFRESH_PROVIDER_CONCURRENCY, or a
+    per-provider value in REFRESH_PROVIDER_CONCURRENCY_OVERRIDES)."""
+    overrides = getattr(settings, "REFRESH_PROVIDER_CONCURRENCY_OVERRIDES", {}) or {}
+    return int(overrides.get(provider, settings.REFRESH_PROVIDER_CONCURRENCY))
+
+
+def _lease_acquire(provider: str) -> tuple[str, str] | None | bool:
+    """A lease on one of the provider's slots: (key, member); None without Redis; False when full."""
+    client = _redis()
+    if client is None:
+        return None
+    key, member = f"dromos:refresh-slots:{provider}", uuid.uuid4().hex
+    if client.eval(_ACQUIRE, 1, key, provider_limit(provider), member, LEASE_SECONDS):
+        return key, member
+    return False
+
+
+def _lease_release(lease: tuple[str, str]) -> None:
+    try:
+        _redis().zrem(*lease)
+    except Exception:  # the lease expires by itself
+        logger.warning("could not release a provider slot")
+
+
+def refresh_one(*, task, connection_id: str) -> str:
+    """Body of the refresh task: skip what is no longer due, respect the provider's
+    concurrency limit, refresh through the single-flight service. A transient failure is
+    not retried here: the service deferred the row by a backoff with jitter and a later
+    sweep queues it again then; a lock held by another refresh is retried shortly."""
+    connection = (Connection.objects.filter(pk=connection_id).select_related("provider")
+                  .only("id", "status", "expires_at", "last_refreshed_at", "refresh_token_enc",
+                        "provider__name").first())
+    if connection is None or connection.status != Connection.Status.ACTIVE:
+        return "not_active"
+    provider = connection.provider.name
+    if not connection.refresh_token_enc or not proactive_due(connection):
+        metrics.refresh_outcome(provider, "skipped")
+        return "skipped"
+    lease = _lease_acquire(provider)
+    if lease is False:
+        raise task.retry(countdown=random.uniform(0.2, 2.0), max_retries=None)
+    try:
+        result = token_refresh_due(connection_id=connection_id)
+    finally:
+        if lease:
+            _lease_release(lease)
+    if result.outcome == "lock_timeout":
+        raise task.retry(countdown=random.uniform(5, 15))
+    if result.outcome not in ("success", "coalesced", "skipped"):
+        logger.info("sweep refresh not done", extra={"connection_id": connection_id, "outcome": result.outcome})
+    return result.outcome

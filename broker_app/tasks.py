@@ -1,0 +1,65 @@
+"""Celery tasks. Thin, ids only, idempotent: each re-checks under the row lock that its
+work is still due before acting."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+
+from broker_app.audit import Actor
+
+logger = logging.getLogger(__name__)
+SWEEP_ACTOR = Actor("system:refresh-sweep")
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def refresh_sweep() -> int:
+    """Beat's periodic scan: claim what is due (SKIP LOCKED batches) and queue one
+    refresh_connection per id. Safe to run twice at once."""
+    from broker_app.services.sweep import sweep_due
+
+    return sweep_due().queued
+
+
+# Retries here only wait for a free provider slot or a refresh in progress elsewhere (short
+# countdowns); the sweep's claim bounds them through `expires`. Provider outages are retried
+# by the sweep after the row's backoff, not by this task.
+@shared_task(bind=True, acks_late=True, ignore_result=True, max_retries=100)
+def refresh_connection(self, connection_id: str) -> str:
+    from broker_app.services.sweep import refresh_one
+
+    return refresh_one(task=self, connection_id=connection_id)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def prune_pending() -> int:
+    from broker_app.services.housekeeping import pending_prune
+
+    return pending_prune()
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def retry_revocations() -> int:
+    from broker_app.services.housekeeping import revocations_retry
+
+    return revocations_retry()
+
+
+@shared_task(bind=True, acks_late=True, ignore_result=True, max_retries=None)
+def deliver_webhook(self, delivery_id: str) -> str:
+    """One attempt at a webhook delivery; retried with exponential backoff until it is
+    delivered or WEBHOOK_MAX_ATTEMPTS is reached (the row counts the attempts)."""
+    from broker_app.webhooks import webhook_deliver
+
+    result = webhook_deliver(delivery_id=delivery_id)
+    if result.retry_in is not None:
+        raise self.retry(countdown=result.retry_in)
+    return result.status
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def webhook_requeue_stale() -> int:
+    from broker_app.webhooks import webhook_requeue_stale as requeue
+
+    return requeue()

@@ -1,0 +1,165 @@
+// Local, real OpenID Connect provider for Dromos end-to-end tests and the
+// `make run` demo. Built on panva's certified `oidc-provider` (9.x).
+//
+// Everything is in memory: restarting the process forgets every session,
+// grant and token. Configuration comes from the environment; see README.md.
+
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+
+import Provider from 'oidc-provider';
+
+function fail(message) {
+  console.error(`oidc-provider: ${message}`);
+  process.exit(2);
+}
+
+function intFromEnv(name, fallback) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  if (!/^\d+$/.test(raw)) fail(`${name} must be a non-negative integer, got ${JSON.stringify(raw)}`);
+  return Number(raw);
+}
+
+function jsonFromEnv(name, fallback) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return fallback;
+  try {
+    return JSON.parse(raw);
+  } catch (err) {
+    return fail(`${name} is not valid JSON: ${err.message}`);
+  }
+}
+
+const PORT = intFromEnv('PORT', 9400);
+if (PORT < 1 || PORT > 65535) fail(`PORT must be between 1 and 65535, got ${PORT}`);
+const HOST = '127.0.0.1';
+const ISSUER = `http://${HOST}:${PORT}`;
+const ACCESS_TOKEN_TTL = intFromEnv('ACCESS_TOKEN_TTL', 3600);
+if (ACCESS_TOKEN_TTL < 1) fail('ACCESS_TOKEN_TTL must be at least 1 second');
+
+const DEFAULT_CLIENTS = [{
+  client_id: 'dromos-demo',
+  client_secret: 'dromos-demo-secret',
+  redirect_uris: ['http://127.0.0.1:8001/auth/callback'],
+}];
+
+function normalizeClient(client, index) {
+  if (!client || typeof client !== 'object' || Array.isArray(client)) {
+    fail(`OIDC_CLIENTS_JSON[${index}] must be an object`);
+  }
+  if (!client.client_id) fail(`OIDC_CLIENTS_JSON[${index}] has no client_id`);
+  if (!Array.isArray(client.redirect_uris) || client.redirect_uris.length === 0) {
+    fail(`OIDC_CLIENTS_JSON[${index}] (${client.client_id}) needs a non-empty redirect_uris array`);
+  }
+  return {
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    ...client,
+  };
+}
+
+const rawClients = jsonFromEnv('OIDC_CLIENTS_JSON', DEFAULT_CLIENTS);
+if (!Array.isArray(rawClients)) fail('OIDC_CLIENTS_JSON must be a JSON array of client objects');
+const clients = rawClients.map(normalizeClient);
+
+function signingKeys() {
+  const fromEnv = jsonFromEnv('JWKS_JSON', undefined);
+  if (fromEnv !== undefined) {
+    if (!fromEnv || !Array.isArray(fromEnv.keys) || fromEnv.keys.length === 0) {
+      fail('JWKS_JSON must be a private JWK Set: {"keys": [...]} with at least one RSA key');
+    }
+    return fromEnv;
+  }
+  // A fresh RS256 key per process: tokens from an earlier run never verify.
+  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const jwk = privateKey.export({ format: 'jwk' });
+  return {
+    keys: [{
+      ...jwk, kid: `dromos-dev-${randomBytes(6).toString('hex')}`, use: 'sig', alg: 'RS256',
+    }],
+  };
+}
+
+// Any login name is accepted (devInteractions has no password check); the
+// account's `sub` is exactly the login name typed on the login page.
+async function findAccount(_ctx, id) {
+  return {
+    accountId: id,
+    async claims() {
+      return {
+        sub: id,
+        email: id.includes('@') ? id : `${id}@example.test`,
+        email_verified: true,
+        name: id.charAt(0).toUpperCase() + id.slice(1),
+      };
+    },
+  };
+}
+
+const configuration = {
+  clients,
+  jwks: signingKeys(),
+  findAccount,
+  // Authorization code flow only (no implicit / hybrid).
+  responseTypes: ['code'],
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['name'],
+  },
+  // Put the scope claims (email, name, ...) in the id_token as well, not
+  // only in the userinfo response.
+  conformIdTokenClaims: false,
+  cookies: { keys: [randomBytes(32).toString('base64url')] },
+  features: {
+    // Built-in login and consent pages at /interaction/:uid; the consent
+    // page grants every requested scope, its "[ Cancel ]" link answers the
+    // client with error=access_denied.
+    devInteractions: { enabled: true },
+    revocation: { enabled: true },
+    userinfo: { enabled: true },
+    // The RFC 9207 `iss` authorization response parameter is always on in
+    // oidc-provider 9.x (no feature flag any more); discovery advertises
+    // authorization_response_iss_parameter_supported: true.
+  },
+  // PKCE is mandatory for every client (9.x only supports S256).
+  pkce: { required: () => true },
+  // A refresh token for every authorization_code grant of a client allowed
+  // the refresh_token grant type, with or without offline_access.
+  issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
+  // Refresh tokens outlive the provider's login session.
+  expiresWithSession: async () => false,
+  // Every refresh rotates the refresh token; presenting a rotated (consumed)
+  // one is answered with invalid_grant and revokes the whole grant.
+  rotateRefreshToken: true,
+  ttl: {
+    AccessToken: ACCESS_TOKEN_TTL,
+    AuthorizationCode: 60,
+    IdToken: 3600,
+    RefreshToken: 14 * 24 * 60 * 60,
+    Grant: 14 * 24 * 60 * 60,
+    Interaction: 60 * 60,
+    Session: 14 * 24 * 60 * 60,
+  },
+};
+
+const provider = new Provider(ISSUER, configuration);
+
+provider.on('server_error', (_ctx, err) => {
+  console.error('oidc-provider server_error:', err);
+});
+
+const server = provider.listen(PORT, HOST, () => {
+  console.log(`oidc-provider listening on ${ISSUER}`);
+});
+server.on('error', (err) => fail(`cannot listen on ${HOST}:${PORT}: ${err.message}`));
+
+function shutdown(signal) {
+  console.log(`oidc-provider: ${signal} received, shutting down`);
+  server.close(() => process.exit(0));
+  server.closeAllConnections?.();
+  setTimeout(() => process.exit(0), 2000).unref();
+}
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT'));

@@ -1,0 +1,272 @@
+"""Start the whole Dromos system as real processes: the local OIDC provider, the broker
+and the gateway (gunicorn, production settings), and optionally a Celery worker and beat.
+
+Used by `make run` (embedded default: SQLite, no Redis), by the end-to-end tests and the
+SDK live tests (PostgreSQL + Redis), and by the benchmarks.
+
+    python devtools/stack.py up [--embedded] [--workdir var/stack] [--no-celery]
+
+prints the environment an agent needs (DROMOS_GATEWAY_URL, DROMOS_API_KEY …) and keeps
+running until interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "support"))
+
+from oidc_server import OidcProviderHandle, free_port, start_oidc_provider  # noqa: E402
+
+PYTHON = sys.executable
+PROVIDER_NAME = "local"
+CLIENT_ID = "dromos-local"
+
+
+def _key() -> str:
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()
+
+
+@dataclass
+class Stack:
+    workdir: Path
+    database_url: str | None = None
+    redis_url: str | None = None
+    celery: bool = True
+    beat: bool = True
+    gateway_port: int = 0
+    broker_port: int = 0
+    oidc_port: int = 0
+    gateway_workers: int = 2
+    broker_workers: int = 2
+    access_token_ttl: int = 3600
+    extra_env: dict[str, str] = field(default_factory=dict)
+    quiet: bool = True
+
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    oidc: OidcProviderHandle | None = None
+    api_key: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def broker_url(self) -> str:
+        return f"http://127.0.0.1:{self.broker_port}"
+
+    def _base_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL"))}
+        env.update({
+            "PYTHONPATH": str(ROOT),
+            "DEBUG": "false",
+            "DJANGO_SECRET_KEY": secrets.token_urlsafe(32),
+            "BROKER_API_KEY": secrets.token_urlsafe(32),
+            "TOKEN_ENCRYPTION_KEYS": _key(),
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "BASE_URL": self.broker_url,
+            "BROKER_INTERNAL_URL": self.broker_url,
+            "ALLOWED_RETURN_DOMAINS": "127.0.0.1:*,localhost:*,app.example.com",
+            "ALLOW_HTTP_PROVIDER_HOSTS": "127.0.0.1,localhost",
+            "DROMOS_VAR_DIR": str(self.workdir),
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+        })
+        if self.database_url:
+            env["DATABASE_URL"] = self.database_url
+        if self.redis_url:
+            env["REDIS_URL"] = self.redis_url
+        env.update(self.extra_env)
+        return env
+
+    def manage(self, role: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        env = {**self.env, "DJANGO_SETTINGS_MODULE": f"dromos.settings.{role}"}
+        result = subprocess.run([PYTHON, str(ROOT / "manage.py"), *args], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=300)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"manage.py {' '.join(args[:2])} ({role}) failed:\n{result.stderr[-3000:]}")
+        return result
+
+    def _spawn(self, name: str, args: list[str], role: str) -> None:
+        env = {**self.env, "DJANGO_SETTINGS_MODULE": f"dromos.settings.{role}"}
+        log = open(self.workdir / f"{name}.log", "ab")
+        self.processes[name] = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+
+    def _wait_http(self, url: str, name: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            process = self.processes.get(name)
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"{name} exited early:\n{self.log(name)[-3000:]}")
+            try:
+                if requests.get(url, timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{name} did not become healthy at {url}:\n{self.log(name)[-3000:]}")
+
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self) -> Stack:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.gateway_port = self.gateway_port or free_port()
+        self.broker_port = self.broker_port or free_port()
+        self.oidc_port = self.oidc_port or free_port()
+        self.env = self._base_env()
+        try:
+            self.oidc = start_oidc_provider(self.oidc_port, [{
+                "client_id": CLIENT_ID,
+                "client_secret": self.client_secret,
+                "redirect_uris": [f"{self.broker_url}/auth/callback"],
+                "token_endpoint_auth_method": "client_secret_basic",
+            }], access_token_ttl=self.access_token_ttl)
+            self.manage("broker", "migrate", "--noinput", "-v0")
+            self.manage("gateway", "migrate", "--noinput", "-v0")
+            self.manage("broker", "provider", "upsert", "--name", PROVIDER_NAME, "--template", "oidc",
+                        "--display-name", "Local OIDC provider (demo)",
+                        "--discovery-url", f"{self.oidc.issuer}/.well-known/openid-configuration",
+                        "--client-id", CLIENT_ID, "--client-secret", self.client_secret,
+                        "--default-scopes", "openid email profile offline_access",
+                        "--authorize-param", "prompt=consent")
+            created = self.manage("gateway", "apikey", "create", "--workspace", "demo", "--name", "stack")
+            self.api_key = created.stdout.strip().splitlines()[-1]
+            gunicorn = [PYTHON, "-m", "gunicorn", "dromos.wsgi:application", "--access-logfile", "-",
+                        "--timeout", "60", "--graceful-timeout", "5"]
+            self._spawn("broker", [*gunicorn, "-b", f"127.0.0.1:{self.broker_port}",
+                                   "-w", str(self.broker_workers), "-k", "gthread", "--threads", "8"], "broker")
+            self._spawn("gateway", [*gunicorn, "-b", f"127.0.0.1:{self.gateway_port}",
+                                    "-w", str(self.gateway_workers), "-k", "gthread", "--threads", "8"], "gateway")
+            if self.celery:
+                self._spawn("worker", [PYTHON, "-m", "celery", "-A", "dromos", "worker", "-l", "INFO",
+                                       "-c", "2", "--without-gossip", "--without-mingle"], "broker")
+                if self.beat:
+                    self._spawn("beat", [PYTHON, "-m", "celery", "-A", "dromos", "beat", "-l", "INFO",
+                                         "-s", str(self.workdir / "celerybeat-schedule")], "broker")
+            self._wait_http(f"{self.broker_url}/healthz", "broker")
+            self._wait_http(f"{self.gateway_url}/healthz", "gateway")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def agent_env(self) -> dict[str, str]:
+        return {
+            "DROMOS_GATEWAY_URL": self.gateway_url,
+            "DROMOS_API_KEY": self.api_key,
+            "DROMOS_E2E_PROVIDER": PROVIDER_NAME,
+            "DROMOS_E2E_RETURN_URL": f"http://127.0.0.1:{free_port()}/oauth/return",
+            "DROMOS_E2E_CONSENT_CMD": f"{PYTHON} {ROOT / 'tests' / 'support' / 'oidc_consent.py'}",
+            "DROMOS_BROKER_URL": self.broker_url,
+        }
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+        self.processes.clear()
+        if self.oidc is not None:
+            self.oidc.stop()
+            self.oidc = None
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def reset_postgres_database(url: str) -> None:
+    """Drop and recreate the database named in `url` (tests and benchmarks only)."""
+    from urllib.parse import urlsplit
+
+    import psycopg
+
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    admin_url = parts._replace(path="/postgres").geturl()
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start the stack and keep it running")
+    up.add_argument("--embedded", action="store_true", help="SQLite + filesystem Celery transport, no services")
+    up.add_argument("--workdir", default=str(ROOT / "var" / "stack"))
+    up.add_argument("--gateway-port", type=int, default=8000)
+    up.add_argument("--broker-port", type=int, default=8001)
+    up.add_argument("--oidc-port", type=int, default=9400)
+    up.add_argument("--no-celery", action="store_true")
+    up.add_argument("--env-file", help="write the agent environment (KEY=VALUE lines) here")
+    up.add_argument("--demo", action="store_true", help="walk through the flow once, then keep running")
+    args = parser.parse_args()
+
+    workdir = Path(args.workdir)
+    if args.embedded:
+        shutil.rmtree(workdir, ignore_errors=True)
+    stack = Stack(workdir=workdir,
+                  database_url=None if args.embedded else os.environ.get("DATABASE_URL"),
+                  redis_url=None if args.embedded else os.environ.get("REDIS_URL"),
+                  celery=not args.no_celery, gateway_port=args.gateway_port, broker_port=args.broker_port,
+                  oidc_port=args.oidc_port)
+    stack.start()
+    env = stack.agent_env()
+    if args.env_file:
+        Path(args.env_file).write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
+    print(json.dumps({"gateway": stack.gateway_url, "broker": stack.broker_url,
+                      "oidc_provider": stack.oidc.issuer if stack.oidc else None, "logs": str(workdir)}, indent=2))
+    print("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
+    sys.stdout.flush()
+    if args.demo:
+        sys.path.insert(0, str(ROOT / "devtools"))
+        from demo import walkthrough
+
+        walkthrough(stack)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    try:
+        while not stopping:
+            for name, process in stack.processes.items():
+                if process.poll() is not None:
+                    print(f"{name} exited; see {workdir / (name + '.log')}", file=sys.stderr)
+                    stopping.append(1)
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Structured JSON logs. Every record carries the request id of the request it belongs to.
+
+Log calls name connection ids, never token values: the formatter also redacts any
+`extra` field whose name marks it as secret, as a second line of defence."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import time
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
+_SECRET_MARKERS = ("token", "secret", "password", "verifier", "api_key", "apikey", "authorization", "cookie")
+_SECRET_NAMES = {"code", "key", "state", "nonce"}
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "request_id": getattr(record, "request_id", request_id_var.get()),
+        }
+        for name, value in vars(record).items():
+            if name in _STANDARD or name.startswith("_"):
+                continue
+            lowered = name.lower()
+            if lowered in _SECRET_NAMES or any(marker in lowered for marker in _SECRET_MARKERS):
+                value = "[redacted]"
+            entry[name] = value
+        if record.exc_info:
+            entry["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+        return json.dumps(entry, default=str)

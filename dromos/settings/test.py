@@ -1,0 +1,34 @@
+"""Test settings: both apps in one process so pytest-django can migrate everything into
+one real PostgreSQL test database. The gateway still reaches the broker over HTTP
+(a live server), exactly as in production."""
+
+import os
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dromos")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")  # per xdist worker: tests/conftest.py
+os.environ.setdefault("DEBUG", "false")
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key")
+os.environ.setdefault("BROKER_API_KEY", "test-broker-api-key")
+os.environ.setdefault("TOKEN_ENCRYPTION_KEYS", "r0Ot3xv2mQ0wJ9Lz1fGkq3yZC1u7Q2Wv4lJ8nU0pQ5E=")
+os.environ.setdefault("ALLOWED_HOSTS", "*")
+os.environ.setdefault("ALLOWED_RETURN_DOMAINS", "app.example.com,.allowed.test,127.0.0.1,localhost")
+os.environ.setdefault("ALLOW_HTTP_PROVIDER_HOSTS", "127.0.0.1,localhost")
+os.environ.setdefault("WEBHOOK_ALLOW_HTTP_HOSTS", "127.0.0.1,localhost")
+
+from .broker import *  # noqa: E402,F403
+from .broker import INSTALLED_APPS  # noqa: E402
+from .gateway import (  # noqa: E402,F401
+    API_KEY_CACHE_SECONDS,
+    API_KEY_RATE_LIMIT,
+    BROKER_CONNECT_TIMEOUT,
+    BROKER_INTERNAL_URL,
+    BROKER_POOL_SIZE,
+    BROKER_READ_TIMEOUT,
+)
+
+DROMOS_ROLE = "test"
+INSTALLED_APPS = [*INSTALLED_APPS, "drf_spectacular", "drf_spectacular_sidecar", "gateway_app"]
+ROOT_URLCONF = "dromos.urls_test"
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+BROKER_ACCESS_EXEMPT = ("/v1/", "/openapi.json", "/docs", "/redoc")
+PROVIDER_HTTP_TIMEOUT = 3.0

@@ -1,0 +1,226 @@
+"""The public /v1 API. Thin: authenticate, validate, forward to the broker, answer.
+
+Broker answers pass through byte for byte (they already have the contract's shape), so
+the gateway never re-serialises a token."""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+import orjson
+from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from dromos.errors import InvalidRequest
+from gateway_app.authentication import ApiKeyAuthentication, ApiKeyThrottle, HasScope
+from gateway_app.broker_client import BrokerAnswer, broker
+
+CONNECTION_ID = r"[A-Za-z0-9_-]{1,64}"
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = serializers.CharField()
+    message = serializers.CharField()
+
+
+class TokenSerializer(serializers.Serializer):
+    access_token = serializers.CharField()
+    token_type = serializers.CharField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    id_token = serializers.CharField(required=False)
+    scopes = serializers.ListField(child=serializers.CharField())
+    provider_name = serializers.CharField()
+    connection_id = serializers.CharField()
+
+
+class ConnectionSerializer(serializers.Serializer):
+    connection_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=["pending", "active", "failed", "revoked"])
+    provider_name = serializers.CharField()
+    provider_id = serializers.CharField()
+    user_id = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())
+    granted_scopes = serializers.ListField(child=serializers.CharField())
+    scopes_narrowed = serializers.BooleanField()
+    missing_scopes = serializers.ListField(child=serializers.CharField())
+    error = serializers.CharField(allow_null=True)
+    error_description = serializers.CharField(allow_null=True)
+    account = serializers.DictField()
+    metadata = serializers.DictField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    refresh_token_expires_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    activated_at = serializers.DateTimeField(allow_null=True)
+    last_refreshed_at = serializers.DateTimeField(allow_null=True)
+
+
+ERRORS = {code: OpenApiResponse(ErrorSerializer, description=text) for code, text in (
+    (400, "Bad input"), (401, "No or bad API key"), (403, "Key lacks the scope"), (404, "Unknown or not yours"),
+    (409, "Connection not active"), (429, "Throttled (Retry-After)"), (502, "Provider or broker answered badly"),
+    (503, "Broker or provider unavailable (Retry-After)"),
+)}
+
+
+def _client_ip(request) -> str | None:
+    return request.META.get("REMOTE_ADDR")
+
+
+def _relay(answer: BrokerAnswer, *, no_store: bool = False) -> HttpResponse:
+    response = HttpResponse(answer.body, status=answer.status, content_type="application/json")
+    if answer.retry_after:
+        response["Retry-After"] = answer.retry_after
+    if no_store:
+        response["Cache-Control"] = "no-store"
+        response["Pragma"] = "no-cache"
+    return response
+
+
+def _check_id(connection_id: str) -> None:
+    import re
+
+    if not re.fullmatch(CONNECTION_ID, connection_id):
+        raise InvalidRequest("connection_id is malformed")
+
+
+class GatewayApi(APIView):
+    authentication_classes = [ApiKeyAuthentication]
+    permission_classes = [HasScope]
+    throttle_classes = [ApiKeyThrottle]
+    required_scope: str | None = None
+
+
+class PingApi(APIView):
+    """`GET /v1/ping`: the gateway's own answer, with no key, no throttle, no database and no
+    broker. The benchmark's floor: what the stack costs to answer anything at all."""
+
+    authentication_classes: list = []
+    permission_classes: list = []
+    throttle_classes: list = []
+
+    @extend_schema(operation_id="ping", responses={200: inline_serializer("Pong", {"status": serializers.CharField()})})
+    def get(self, request):
+        return Response({"status": "ok"})
+
+
+class RequestConnectionApi(GatewayApi):
+    required_scope = "connections:write"
+
+    class InputSerializer(serializers.Serializer):
+        user_id = serializers.CharField(max_length=255)
+        provider_name = serializers.CharField(max_length=64)
+        scopes = serializers.ListField(child=serializers.CharField(max_length=256), required=False,
+                                       allow_empty=True, max_length=100)
+        return_url = serializers.CharField(max_length=2048, trim_whitespace=False)
+        params = serializers.DictField(child=serializers.CharField(max_length=256), required=False)
+
+    @extend_schema(
+        operation_id="request_connection",
+        request=InputSerializer,
+        responses={201: inline_serializer("ConnectionRequest", {
+            "authUrl": serializers.URLField(), "state": serializers.CharField(),
+            "scopes": serializers.ListField(child=serializers.CharField()),
+            "provider_id": serializers.CharField(), "connection_id": serializers.CharField(),
+        }), **{k: v for k, v in ERRORS.items() if k in (400, 401, 403, 429, 502, 503)}},
+    )
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        answer = broker().call("POST", "/internal/v1/connections", principal=request.user,
+                               client_ip=_client_ip(request), json=serializer.validated_data)
+        return _relay(answer, no_store=True)
+
+
+class CheckConnectionApi(GatewayApi):
+    required_scope = "connections:read"
+
+    @extend_schema(operation_id="check_connection", responses={200: ConnectionSerializer, **ERRORS})
+    def get(self, request, connection_id: str):
+        _check_id(connection_id)
+        return _relay(broker().call("GET", f"/internal/v1/connections/{connection_id}", principal=request.user,
+                                    client_ip=_client_ip(request)))
+
+
+class TokenApi(GatewayApi):
+    required_scope = "tokens:read"
+
+    @extend_schema(
+        operation_id="get_token",
+        parameters=[
+            OpenApiParameter("auto_refresh", OpenApiTypes.BOOL, description="Refresh first when the token "
+                             "expires within min_ttl seconds"),
+            OpenApiParameter("min_ttl", OpenApiTypes.INT, description="Seconds (default 60)"),
+        ],
+        responses={200: TokenSerializer, **ERRORS},
+    )
+    def get(self, request, connection_id: str):
+        _check_id(connection_id)
+        params = {k: request.query_params[k] for k in ("auto_refresh", "min_ttl") if k in request.query_params}
+        return _relay(broker().call("GET", f"/internal/v1/connections/{connection_id}/token",
+                                    principal=request.user, client_ip=_client_ip(request), params=params),
+                      no_store=True)
+
+
+class RefreshApi(GatewayApi):
+    required_scope = "tokens:refresh"
+
+    @extend_schema(operation_id="refresh_token", request=None, responses={200: TokenSerializer, **ERRORS})
+    def post(self, request, connection_id: str):
+        _check_id(connection_id)
+        return _relay(broker().call("POST", f"/internal/v1/connections/{connection_id}/refresh",
+                                    principal=request.user, client_ip=_client_ip(request)), no_store=True)
+
+
+class ConnectionListApi(GatewayApi):
+    required_scope = "connections:read"
+
+    @extend_schema(
+        operation_id="list_connections",
+        parameters=[OpenApiParameter(name, OpenApiTypes.STR) for name in ("user_id", "provider_name", "status")]
+        + [OpenApiParameter(name, OpenApiTypes.INT) for name in ("page", "page_size")],
+        responses={200: inline_serializer("ConnectionPage", {
+            "count": serializers.IntegerField(), "page": serializers.IntegerField(),
+            "page_size": serializers.IntegerField(),
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": ConnectionSerializer(many=True),
+        }), **ERRORS},
+    )
+    def get(self, request):
+        params = {k: request.query_params[k] for k in ("user_id", "provider_name", "status", "page", "page_size")
+                  if k in request.query_params}
+        answer = broker().call("GET", "/internal/v1/connections", principal=request.user,
+                               client_ip=_client_ip(request), params=params)
+        if answer.status != 200:
+            return _relay(answer)
+        body = orjson.loads(answer.body)
+        # The broker knows page numbers; links are the gateway's own URLs.
+        for link, page in (("next", body.pop("next_page", None)), ("previous", body.pop("previous_page", None))):
+            body[link] = None if page is None else request.build_absolute_uri(
+                f"{request.path}?{urlencode({**params, 'page': page})}")
+        return HttpResponse(orjson.dumps(body), content_type="application/json")
+
+
+class ConnectionDeleteApi(GatewayApi):
+    required_scope = "connections:delete"
+
+    @extend_schema(operation_id="delete_connection", responses={200: ConnectionSerializer, **ERRORS})
+    def delete(self, request, connection_id: str):
+        _check_id(connection_id)
+        return _relay(broker().call("DELETE", f"/internal/v1/connections/{connection_id}",
+                                    principal=request.user, client_ip=_client_ip(request)))
+
+
+class ProviderListApi(GatewayApi):
+    required_scope = "connections:read"
+
+    @extend_schema(operation_id="list_providers", responses={200: inline_serializer("ProviderList", {
+        "providers": serializers.ListField(child=serializers.DictField()),
+    }), **ERRORS})
+    def get(self, request):
+        return _relay(broker().call("GET", "/internal/v1/providers", principal=request.user,
+                                    client_ip=_client_ip(request)))

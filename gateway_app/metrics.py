@@ -1,0 +1,39 @@
+"""Prometheus metrics of the gateway (exposed at /metrics): calls to the broker and token fetches.
+
+Operations are labelled by path template (`GET /internal/v1/connections/{id}/token`),
+never by a connection id, so the number of series stays bounded."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from prometheus_client import Counter, Histogram
+
+BROKER_CALL_SECONDS = Histogram(
+    "dromos_gateway_broker_call_seconds",
+    "Latency of the gateway's calls to the broker by operation and outcome (HTTP status, "
+    "unreachable, timeout)",
+    ["operation", "outcome"],
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+TOKEN_FETCHES = Counter(
+    "dromos_gateway_token_fetches_total",
+    "GET /v1/token calls answered by the broker, by outcome (HTTP status, unreachable, timeout)",
+    ["outcome"],
+)
+
+_ID_SEGMENT = re.compile(r"(/connections/)[^/]+")
+
+
+def operation_of(method: str, path: str) -> str:
+    template = _ID_SEGMENT.sub(r"\1{id}", path.split("?", 1)[0])
+    return f"{method} {template}"
+
+
+def observe_broker_call(method: str, path: str, outcome: str, started: float) -> None:
+    """Record one broker call that began at `started` (time.perf_counter())."""
+    operation = operation_of(method, path)
+    BROKER_CALL_SECONDS.labels(operation=operation, outcome=outcome).observe(time.perf_counter() - started)
+    if method == "GET" and operation.endswith("/{id}/token"):
+        TOKEN_FETCHES.labels(outcome=outcome).inc()

@@ -1,0 +1,3 @@
+module github.com/dromos-labs/oauth-framework/oauth-sdk
+
+go 1.22

@@ -1,0 +1,204 @@
+package oauthsdk
+
+import (
+	"fmt"
+	"time"
+)
+
+// Connection statuses, as found in [Connection.Status], [APIError.Status] and
+// [ListConnectionsInput.Status].
+const (
+	// StatusPending: the connection waits for the user's consent.
+	StatusPending = "pending"
+	// StatusActive: the user consented; tokens can be fetched.
+	StatusActive = "active"
+	// StatusFailed: consent was denied, the callback failed, or a refresh
+	// answered invalid_grant. The user must connect again.
+	StatusFailed = "failed"
+	// StatusRevoked: the connection was deleted and its tokens wiped.
+	StatusRevoked = "revoked"
+)
+
+// RequestConnectionInput is the body of POST /v1/request-connection.
+type RequestConnectionInput struct {
+	// UserID identifies the end user (or workspace) in the caller's system.
+	UserID string `json:"user_id"`
+	// ProviderName names a configured provider, as listed by
+	// [Client.ListProviders].
+	ProviderName string `json:"provider_name"`
+	// Scopes are the OAuth scopes to ask for. When empty the field is not
+	// sent and the gateway decides (it may use the provider's defaults or
+	// reject the request).
+	Scopes []string `json:"scopes,omitempty"`
+	// ReturnURL is where the user's browser lands after consent, with
+	// status=success&connection_id=… (or status=error&error=…) appended.
+	ReturnURL string `json:"return_url"`
+	// Params holds extra provider parameters (see [Provider.Params]), such
+	// as a Microsoft tenant. Optional.
+	Params map[string]string `json:"params,omitempty"`
+}
+
+// RequestConnectionOutput is the answer of POST /v1/request-connection.
+type RequestConnectionOutput struct {
+	// AuthURL is where to send the user's browser to consent.
+	AuthURL string `json:"authUrl"`
+	// State is the OAuth state bound to this connection.
+	State string `json:"state"`
+	// Scopes are the scopes requested from the provider.
+	Scopes []string `json:"scopes"`
+	// ProviderID identifies the provider configuration.
+	ProviderID string `json:"provider_id"`
+	// ConnectionID is the opaque handle to store; it is all a caller keeps.
+	ConnectionID string `json:"connection_id"`
+}
+
+// Connection describes a connection, as answered by check-connection, the
+// connection list and delete.
+type Connection struct {
+	// ConnectionID is the opaque connection handle.
+	ConnectionID string `json:"connection_id"`
+	// Status is one of StatusPending, StatusActive, StatusFailed,
+	// StatusRevoked.
+	Status string `json:"status"`
+	// ProviderName is the provider's name, e.g. "google".
+	ProviderName string `json:"provider_name"`
+	// ProviderID identifies the provider configuration.
+	ProviderID string `json:"provider_id"`
+	// UserID is the user id given when the connection was requested.
+	UserID string `json:"user_id"`
+	// Scopes are the scopes that were requested.
+	Scopes []string `json:"scopes"`
+	// GrantedScopes are the scopes the provider granted.
+	GrantedScopes []string `json:"granted_scopes"`
+	// ScopesNarrowed reports that the provider granted fewer scopes than
+	// requested.
+	ScopesNarrowed bool `json:"scopes_narrowed"`
+	// Error is the OAuth error that failed the connection (e.g.
+	// "access_denied", "invalid_grant"); empty when none.
+	Error string `json:"error"`
+	// ErrorDescription is the human text of Error; empty when none.
+	ErrorDescription string `json:"error_description"`
+	// Account holds what is known of the provider account (e.g. "sub",
+	// "email"); empty when nothing is known.
+	Account map[string]any `json:"account"`
+	// Metadata holds provider-specific values (e.g. "instance_url").
+	Metadata map[string]any `json:"metadata"`
+	// ExpiresAt is when the current access token expires; nil when unknown.
+	ExpiresAt *time.Time `json:"expires_at"`
+	// CreatedAt is when the connection was requested.
+	CreatedAt *time.Time `json:"created_at"`
+	// UpdatedAt is when the connection last changed.
+	UpdatedAt *time.Time `json:"updated_at"`
+	// ActivatedAt is when the connection became active; nil before that.
+	ActivatedAt *time.Time `json:"activated_at"`
+	// LastRefreshedAt is when the tokens were last refreshed; nil if never.
+	LastRefreshedAt *time.Time `json:"last_refreshed_at"`
+}
+
+// Token is an access token fetched through the gateway. Its String and
+// GoString methods hide the token values so that printing or logging a Token
+// does not leak them; read the fields to use them.
+type Token struct {
+	// AccessToken is the provider access token to send to the provider API.
+	AccessToken string `json:"access_token"`
+	// TokenType is the token type, usually "Bearer".
+	TokenType string `json:"token_type"`
+	// ExpiresAt is when AccessToken expires; nil when the provider did not
+	// say.
+	ExpiresAt *time.Time `json:"expires_at"`
+	// IDToken is the OpenID Connect id_token; empty when the provider issued
+	// none.
+	IDToken string `json:"id_token,omitempty"`
+	// Scopes are the scopes the token carries.
+	Scopes []string `json:"scopes"`
+	// ProviderName is the provider's name.
+	ProviderName string `json:"provider_name"`
+	// ConnectionID is the connection the token belongs to.
+	ConnectionID string `json:"connection_id"`
+}
+
+// String describes the token without revealing AccessToken or IDToken.
+func (t Token) String() string {
+	exp := "unknown"
+	if t.ExpiresAt != nil {
+		exp = t.ExpiresAt.UTC().Format(time.RFC3339)
+	}
+	return fmt.Sprintf("oauthsdk.Token{connection_id=%s provider=%s type=%s expires_at=%s access_token=[redacted]}",
+		t.ConnectionID, t.ProviderName, t.TokenType, exp)
+}
+
+// GoString is like String, so that %#v does not reveal the tokens either.
+func (t Token) GoString() string { return t.String() }
+
+// ExpiresWithin reports whether the token expires within d from now. A token
+// without an expiry time never does.
+func (t Token) ExpiresWithin(d time.Duration) bool {
+	return t.ExpiresAt != nil && time.Until(*t.ExpiresAt) < d
+}
+
+// Provider is a provider configured in the broker.
+type Provider struct {
+	// Name is the provider name to use in [RequestConnectionInput].
+	Name string `json:"name"`
+	// DisplayName is a human name, e.g. "Google".
+	DisplayName string `json:"display_name"`
+	// ProviderID identifies the provider configuration.
+	ProviderID string `json:"provider_id"`
+	// DefaultScopes are the scopes configured as the provider's defaults.
+	DefaultScopes []string `json:"default_scopes"`
+	// SupportsRefresh reports whether the provider issues refresh tokens.
+	SupportsRefresh bool `json:"supports_refresh"`
+	// SupportsPKCE reports whether the provider supports PKCE.
+	SupportsPKCE bool `json:"supports_pkce"`
+	// DocsURL points at the provider's documentation.
+	DocsURL string `json:"docs_url"`
+	// Params names the extra parameters accepted in
+	// [RequestConnectionInput.Params].
+	Params []string `json:"params"`
+}
+
+// ListConnectionsInput filters and pages GET /v1/connections. Zero fields are
+// not sent.
+type ListConnectionsInput struct {
+	// UserID keeps only this user's connections.
+	UserID string
+	// ProviderName keeps only this provider's connections.
+	ProviderName string
+	// Status keeps only connections in this status (see StatusActive…).
+	Status string
+	// Page is the 1-based page number; 0 means the first page.
+	Page int
+	// PageSize is the page length; 0 means the gateway default (50). The
+	// gateway caps it at 200.
+	PageSize int
+}
+
+// ConnectionList is one page of GET /v1/connections.
+type ConnectionList struct {
+	// Count is the total number of matching connections, over all pages.
+	Count int `json:"count"`
+	// Next is the URL of the next page; empty on the last page.
+	Next string `json:"next"`
+	// Previous is the URL of the previous page; empty on the first page.
+	Previous string `json:"previous"`
+	// Results are this page's connections.
+	Results []Connection `json:"results"`
+}
+
+// GetTokenOptions tunes [Client.GetTokenWithOptions].
+type GetTokenOptions struct {
+	// AutoRefresh asks the gateway to refresh the token first when it
+	// expires within MinTTL.
+	AutoRefresh bool
+	// MinTTL is the least remaining lifetime accepted with AutoRefresh,
+	// rounded up to whole seconds. Zero means the gateway default (60s).
+	MinTTL time.Duration
+}
+
+// WaitOptions tunes [Client.WaitForActiveWithOptions].
+type WaitOptions struct {
+	// MinInterval is the first delay between two checks (default 1s).
+	MinInterval time.Duration
+	// MaxInterval caps the delay between two checks (default 5s).
+	MaxInterval time.Duration
+}

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Debian packages the tests use: chromium (admin browser test). Installed only if missing.
+set -eu
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v pg_dump >/dev/null 2>&1 || missing+=(postgresql-client)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+echo "system packages present"

@@ -1,0 +1,386 @@
+"""The I/O-free core shared by :class:`DromosClient` and :class:`AsyncDromosClient`.
+
+Everything that decides *what* to send and *what an answer means* lives here: building
+requests, decoding answers into models or typed errors, the retry rules and the polling of
+``wait_for_active``. The logic is written as generators that *yield* what they need done —
+send a :class:`RequestSpec` (the driver sends back the ``httpx.Response`` or the
+``httpx.TransportError``) or :class:`Sleep` (the driver sends back ``None``) — and
+*return* the result. The sync and async clients are thin drivers that run these
+generators with blocking or awaitable I/O; neither holds any logic of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import random
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from ._version import __version__
+from .errors import (
+    STATUS_ERRORS,
+    APIError,
+    ConnectionFailedError,
+    DromosError,
+    TransportError,
+    UnexpectedResponseError,
+    WaitTimeoutError,
+)
+from .models import (
+    Connection,
+    ConnectionPage,
+    ConnectionRequest,
+    ConnectionStatus,
+    Provider,
+    Token,
+)
+from .retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
+
+logger = logging.getLogger("dromos_sdk")
+
+T = TypeVar("T")
+
+API_KEY_ENV = "DROMOS_API_KEY"
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+DEFAULT_USER_AGENT = (
+    f"dromos-sdk-python/{__version__} httpx/{httpx.__version__} python/{platform.python_version()}"
+)
+# Connection-level failures worth another try. Not UnsupportedProtocol / ProxyError /
+# LocalProtocolError: those are configuration or programming errors that retrying won't fix.
+RETRYABLE_TRANSPORT_ERRORS: tuple[type[httpx.TransportError], ...] = (
+    httpx.TimeoutException,
+    httpx.NetworkError,
+    httpx.RemoteProtocolError,
+)
+
+
+# --- the driver protocol ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    """One HTTP request to make, relative to the client's base URL."""
+
+    method: str
+    path: str
+    params: Mapping[str, str] | None = None
+    json: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Wait this many seconds, then resume the generator with ``None``."""
+
+    seconds: float
+
+
+Action = RequestSpec | Sleep
+Outcome = httpx.Response | httpx.TransportError | None
+Flow = Generator[Action, Outcome, T]
+
+
+# --- client settings ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What a client was configured with. ``headers`` holds the API key: kept out of repr."""
+
+    base_url: str
+    headers: Mapping[str, str] = field(repr=False)
+    timeout: httpx.Timeout | None
+    retry: RetryPolicy
+
+
+def make_settings(
+    *,
+    base_url: str,
+    api_key: str | None,
+    timeout: float | httpx.Timeout | None,
+    retry: RetryPolicy | None,
+    user_agent: str | None,
+) -> Settings:
+    """Validate the constructor arguments shared by both clients."""
+    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        raise ValueError("base_url must be an http:// or https:// URL")
+    key = (api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")).strip()
+    if not key:
+        raise DromosError(f"no API key: pass api_key= or set the {API_KEY_ENV} variable")
+    agent = f"{user_agent} {DEFAULT_USER_AGENT}" if user_agent else DEFAULT_USER_AGENT
+    return Settings(
+        base_url=base_url.rstrip("/"),
+        headers={
+            "Authorization": f"Bearer {key}",
+            "Accept": "application/json",
+            "User-Agent": agent,
+        },
+        timeout=httpx.Timeout(timeout) if timeout is not None else None,
+        retry=retry if retry is not None else RetryPolicy(),
+    )
+
+
+def build_request(
+    http: httpx.Client | httpx.AsyncClient, settings: Settings, spec: RequestSpec
+) -> httpx.Request:
+    """Turn a spec into an ``httpx.Request`` (``build_request`` does no I/O)."""
+    return http.build_request(
+        spec.method,
+        settings.base_url + spec.path,
+        params=dict(spec.params) if spec.params else None,
+        json=dict(spec.json) if spec.json is not None else None,
+        headers=dict(settings.headers),
+        timeout=settings.timeout if settings.timeout is not None else httpx.USE_CLIENT_DEFAULT,
+    )
+
+
+# --- operations ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """A request and the function that reads its success body."""
+
+    spec: RequestSpec
+    parse: Callable[[Any], T]
+
+
+def _segment(connection_id: str) -> str:
+    if not isinstance(connection_id, str) or not connection_id:
+        raise ValueError("connection_id must be a non-empty string")
+    return quote(connection_id, safe="")
+
+
+def _scope_list(scopes: Sequence[str] | str) -> list[str]:
+    # A scope token never contains a space (RFC 6749 §3.3), so a string is a
+    # space-separated list, not a sequence of one-letter scopes.
+    if isinstance(scopes, str):
+        return scopes.split()
+    return [str(scope) for scope in scopes]
+
+
+def _parse_providers(data: Any) -> list[Provider]:
+    return [Provider.from_dict(item) for item in data["providers"]]
+
+
+def request_connection_call(
+    user_id: str,
+    provider_name: str,
+    scopes: Sequence[str] | str,
+    return_url: str,
+    params: Mapping[str, str] | None,
+) -> Call[ConnectionRequest]:
+    body: dict[str, Any] = {
+        "user_id": user_id,
+        "provider_name": provider_name,
+        "scopes": _scope_list(scopes),
+        "return_url": return_url,
+    }
+    if params:
+        body["params"] = {str(k): str(v) for k, v in params.items()}
+    return Call(
+        RequestSpec("POST", "/v1/request-connection", json=body), ConnectionRequest.from_dict
+    )
+
+
+def check_connection_call(connection_id: str) -> Call[Connection]:
+    path = f"/v1/check-connection/{_segment(connection_id)}"
+    return Call(RequestSpec("GET", path), Connection.from_dict)
+
+
+def get_token_call(connection_id: str, auto_refresh: bool, min_ttl: int | None) -> Call[Token]:
+    params: dict[str, str] = {}
+    if auto_refresh:
+        params["auto_refresh"] = "true"
+    if min_ttl is not None:
+        if min_ttl < 0:
+            raise ValueError("min_ttl must be >= 0")
+        params["min_ttl"] = str(int(min_ttl))
+    path = f"/v1/token/{_segment(connection_id)}"
+    return Call(RequestSpec("GET", path, params=params or None), Token.from_dict)
+
+
+def refresh_call(connection_id: str) -> Call[Token]:
+    return Call(RequestSpec("POST", f"/v1/refresh/{_segment(connection_id)}"), Token.from_dict)
+
+
+def list_connections_call(
+    user_id: str | None,
+    provider_name: str | None,
+    status: str | None,
+    page: int | None,
+    page_size: int | None,
+) -> Call[ConnectionPage]:
+    query = {
+        "user_id": user_id,
+        "provider_name": provider_name,
+        "status": str(status) if status is not None else None,
+        "page": str(page) if page is not None else None,
+        "page_size": str(page_size) if page_size is not None else None,
+    }
+    params = {key: value for key, value in query.items() if value is not None}
+    return Call(
+        RequestSpec("GET", "/v1/connections", params=params or None), ConnectionPage.from_dict
+    )
+
+
+def delete_connection_call(connection_id: str) -> Call[Connection]:
+    path = f"/v1/connections/{_segment(connection_id)}"
+    return Call(RequestSpec("DELETE", path), Connection.from_dict)
+
+
+def list_providers_call() -> Call[list[Provider]]:
+    return Call(RequestSpec("GET", "/v1/providers"), _parse_providers)
+
+
+# --- answers ------------------------------------------------------------------------
+
+
+def error_from_response(response: httpx.Response) -> APIError:
+    """The typed error for an HTTP error answer."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        body = {}
+    code = body.get("error")
+    message = body.get("message")
+    status = body.get("status")
+    details = body.get("details")
+    cls = STATUS_ERRORS.get(response.status_code, APIError)
+    return cls(
+        response.status_code,
+        code if isinstance(code, str) and code else f"http_{response.status_code}",
+        message if isinstance(message, str) else response.reason_phrase,
+        status if isinstance(status, str) else None,
+        parse_retry_after(response.headers.get("Retry-After")),
+        details=details if isinstance(details, dict) else None,
+        body=body,
+    )
+
+
+def parse_success(call: Call[T], response: httpx.Response) -> T:
+    try:
+        return call.parse(response.json())
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UnexpectedResponseError(
+            f"{call.spec.method} {call.spec.path}: unexpected response body "
+            f"({type(exc).__name__}: {exc})",
+            status_code=response.status_code,
+        ) from None
+
+
+def _transport_error(
+    spec: RequestSpec, settings: Settings, exc: Exception, attempts: int
+) -> TransportError:
+    return TransportError(
+        f"{spec.method} {settings.base_url}{spec.path} failed after {attempts} "
+        f"attempt(s): {type(exc).__name__}: {exc}",
+        attempts=attempts,
+    )
+
+
+# --- flows --------------------------------------------------------------------------
+
+
+def execute(call: Call[T], settings: Settings) -> Flow[T]:
+    """Send one call, retrying 429/502/503 and connection errors as the policy says."""
+    spec = call.spec
+    attempt = 0
+    error: DromosError
+    while True:
+        outcome = yield spec
+        if isinstance(outcome, httpx.Response):
+            if outcome.is_success:
+                return parse_success(call, outcome)
+            error = error_from_response(outcome)
+            retryable = outcome.status_code in RETRYABLE_STATUSES
+            retry_after = error.retry_after
+            cause: Exception | None = None
+            reason = f"HTTP {outcome.status_code}"
+        elif isinstance(outcome, httpx.TransportError):
+            error = _transport_error(spec, settings, outcome, attempt + 1)
+            retryable = isinstance(outcome, RETRYABLE_TRANSPORT_ERRORS)
+            retry_after = None
+            cause = outcome
+            reason = type(outcome).__name__
+        else:  # pragma: no cover - a driver bug
+            raise RuntimeError(f"driver sent {outcome!r} in answer to a request")
+
+        delay = (
+            settings.retry.delay(attempt, retry_after=retry_after, jitter=random.random())  # noqa: S311 - jitter, not crypto
+            if retryable
+            else None
+        )
+        if delay is None:
+            raise error from cause
+        attempt += 1
+        logger.info(
+            "dromos: %s %s got %s, retry %d/%d in %.2fs",
+            spec.method,
+            spec.path,
+            reason,
+            attempt,
+            settings.retry.retries,
+            delay,
+        )
+        yield Sleep(delay)
+
+
+def wait_for_active(
+    connection_id: str,
+    settings: Settings,
+    *,
+    timeout: float,
+    poll_interval: float,
+    max_poll_interval: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> Flow[Connection]:
+    """Poll ``check_connection`` until the connection is active.
+
+    The interval starts at ``poll_interval`` and grows by half each poll up to
+    ``max_poll_interval``; the last sleep is cut to end at the deadline, where one final
+    poll is made. Raises :class:`ConnectionFailedError` for ``failed`` / ``revoked``,
+    :class:`WaitTimeoutError` once ``timeout`` seconds have passed.
+    """
+    if timeout < 0 or poll_interval <= 0 or max_poll_interval <= 0:
+        raise ValueError("timeout must be >= 0, poll intervals > 0")
+    call = check_connection_call(connection_id)
+    deadline = clock() + timeout
+    interval = poll_interval
+    while True:
+        connection = yield from execute(call, settings)
+        if connection.status == ConnectionStatus.ACTIVE:
+            return connection
+        if connection.status in (ConnectionStatus.FAILED, ConnectionStatus.REVOKED):
+            raise ConnectionFailedError(connection)
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise WaitTimeoutError(connection_id, timeout, connection.status)
+        yield Sleep(min(interval, remaining))
+        interval = min(interval * 1.5, max(max_poll_interval, poll_interval))
+
+
+__all__ = [
+    "API_KEY_ENV",
+    "DEFAULT_USER_AGENT",
+    "Action",
+    "Call",
+    "Flow",
+    "Outcome",
+    "RequestSpec",
+    "Settings",
+    "Sleep",
+    "build_request",
+    "error_from_response",
+    "execute",
+    "make_settings",
+    "wait_for_active",
+]

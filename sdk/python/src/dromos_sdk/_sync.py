@@ -1,0 +1,184 @@
+"""The blocking client. All logic is in ``_core``; this module only does the I/O."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+import httpx
+
+from . import _core
+from .models import Connection, ConnectionPage, ConnectionRequest, Provider, Token
+from .retry import RetryPolicy
+
+T = TypeVar("T")
+
+__all__ = ["DromosClient"]
+
+
+class DromosClient:
+    """Blocking client of the Dromos gateway API.
+
+    Args:
+        base_url: the gateway, e.g. ``"https://dromos.example.com"``.
+        api_key: the workspace API key; defaults to the ``DROMOS_API_KEY`` variable.
+        timeout: per-request timeout in seconds (or an ``httpx.Timeout``). Defaults to 30 s
+            (10 s to connect); with ``http_client`` given and no ``timeout``, that client's
+            own timeout applies.
+        retry: the :class:`RetryPolicy` for 429/502/503 and connection errors;
+            ``RetryPolicy.disabled()`` turns retries off.
+        user_agent: your product token (``"my-agent/1.2"``), put in front of the SDK's own
+            ``User-Agent``.
+        transport: an ``httpx.BaseTransport`` for the client to use (tests pass an
+            ``httpx.MockTransport``).
+        http_client: a ready ``httpx.Client`` to send through (proxies, custom TLS, pooling
+            shared with other code). It is not closed by :meth:`close`.
+
+    Use it as a context manager, or call :meth:`close`, to release its connections.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None = None,
+        *,
+        timeout: float | httpx.Timeout | None = None,
+        retry: RetryPolicy | None = None,
+        user_agent: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        http_client: httpx.Client | None = None,
+    ) -> None:
+        if transport is not None and http_client is not None:
+            raise ValueError("pass either transport or http_client, not both")
+        self._settings = _core.make_settings(
+            base_url=base_url, api_key=api_key, timeout=timeout, retry=retry, user_agent=user_agent
+        )
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(
+            transport=transport, timeout=self._settings.timeout or _core.DEFAULT_TIMEOUT
+        )
+        self._sleep: Callable[[float], None] = time.sleep
+        self._clock: Callable[[], float] = time.monotonic
+
+    def __repr__(self) -> str:
+        return f"DromosClient(base_url={self._settings.base_url!r})"
+
+    @property
+    def base_url(self) -> str:
+        return self._settings.base_url
+
+    # -- lifecycle --
+
+    def close(self) -> None:
+        """Close the underlying HTTP client, unless it was passed in as ``http_client``."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> DromosClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- driver --
+
+    def _run(self, flow: _core.Flow[T]) -> T:
+        outcome: _core.Outcome = None
+        try:
+            while True:
+                action = flow.send(outcome)
+                if isinstance(action, _core.Sleep):
+                    self._sleep(action.seconds)
+                    outcome = None
+                else:
+                    request = _core.build_request(self._http, self._settings, action)
+                    try:
+                        outcome = self._http.send(request)
+                    except httpx.TransportError as exc:
+                        outcome = exc
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        finally:
+            flow.close()
+
+    # -- API --
+
+    def request_connection(
+        self,
+        user_id: str,
+        provider_name: str,
+        scopes: Sequence[str] | str,
+        return_url: str,
+        params: Mapping[str, str] | None = None,
+    ) -> ConnectionRequest:
+        """Start a connection: returns the ``auth_url`` to send the user's browser to and
+        the new ``connection_id`` (status ``pending`` until the user consents)."""
+        call = _core.request_connection_call(user_id, provider_name, scopes, return_url, params)
+        return self._run(_core.execute(call, self._settings))
+
+    def check_connection(self, connection_id: str) -> Connection:
+        """The connection's current state (no token)."""
+        return self._run(_core.execute(_core.check_connection_call(connection_id), self._settings))
+
+    def get_token(
+        self, connection_id: str, auto_refresh: bool = False, min_ttl: int | None = None
+    ) -> Token:
+        """The connection's access token. With ``auto_refresh=True`` the gateway refreshes
+        it first when it expires within ``min_ttl`` seconds (gateway default 60)."""
+        call = _core.get_token_call(connection_id, auto_refresh, min_ttl)
+        return self._run(_core.execute(call, self._settings))
+
+    def refresh(self, connection_id: str) -> Token:
+        """Refresh the connection's token now and return the new one."""
+        return self._run(_core.execute(_core.refresh_call(connection_id), self._settings))
+
+    def list_connections(
+        self,
+        user_id: str | None = None,
+        provider_name: str | None = None,
+        status: str | None = None,
+        page: int | None = None,
+        page_size: int | None = None,
+    ) -> ConnectionPage:
+        """One page (1-based ``page``) of the workspace's connections, filtered."""
+        call = _core.list_connections_call(user_id, provider_name, status, page, page_size)
+        return self._run(_core.execute(call, self._settings))
+
+    def delete_connection(self, connection_id: str) -> Connection:
+        """Revoke the connection (at the provider where possible) and wipe its tokens."""
+        call = _core.delete_connection_call(connection_id)
+        return self._run(_core.execute(call, self._settings))
+
+    def list_providers(self) -> list[Provider]:
+        """The providers configured on the broker."""
+        return self._run(_core.execute(_core.list_providers_call(), self._settings))
+
+    def wait_for_active(
+        self,
+        connection_id: str,
+        timeout: float = 300.0,
+        poll_interval: float = 1.0,
+        max_poll_interval: float = 10.0,
+    ) -> Connection:
+        """Poll until the connection is ``active`` and return it.
+
+        Raises :class:`~dromos_sdk.ConnectionFailedError` if it becomes ``failed`` or
+        ``revoked``, :class:`~dromos_sdk.WaitTimeoutError` after ``timeout`` seconds.
+        """
+        flow = _core.wait_for_active(
+            connection_id,
+            self._settings,
+            timeout=timeout,
+            poll_interval=poll_interval,
+            max_poll_interval=max_poll_interval,
+            clock=self._clock,
+        )
+        return self._run(flow)

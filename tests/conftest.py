@@ -1,0 +1,153 @@
+"""Shared fixtures. Tests run against the real PostgreSQL and Redis (dromos.settings.test).
+
+- `fake_provider`: the programmable provider (tests/support/fake_provider.py).
+- `stack`: a live server serving broker + gateway routes on one port; the gateway's
+  HTTP client calls the broker through it, exactly as in production (two HTTP hops).
+- `oidc_node`: the real oidc-provider (npm), registered for the live server's callback.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+
+sys.path.insert(0, str(Path(__file__).parent / "support"))
+
+from fake_provider import CLIENT_ID, CLIENT_SECRET, FakeProvider  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_database_per_worker():
+    """pytest-django gives each xdist worker its own PostgreSQL database; this gives each its
+    own Redis database, so one worker's cache flush never touches another's locks/counters."""
+    import os
+
+    from django.conf import settings
+    from django.test.utils import override_settings
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not settings.REDIS_URL:
+        yield
+        return
+    url = settings.REDIS_URL.rsplit("/", 1)[0] + f"/{15 - int(worker[2:]) % 8}"
+    caches = {"default": {**settings.CACHES["default"], "LOCATION": url}}
+    with override_settings(REDIS_URL=url, CACHES=caches, CELERY_BROKER_URL=url):
+        yield
+
+
+@pytest.fixture(scope="session")
+def _fake_provider_server():
+    provider = FakeProvider().start()
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture
+def fake_provider(_fake_provider_server):
+    _fake_provider_server.reset()
+    from broker_app.oauth import oidc
+
+    oidc.cache_clear()
+    yield _fake_provider_server
+    _fake_provider_server.reset()
+
+
+@pytest.fixture(autouse=True)
+def _clear_process_caches():
+    from gateway_app import services
+
+    services.cache_clear()
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+
+
+def make_provider(*, name: str, discovery_url: str, client_id: str, client_secret: str,
+                  default_scopes: list[str] | None = None, template: str = "oidc", **fields):
+    from broker_app.models import Provider
+    from broker_app.providers.registry import set_client_secret
+
+    provider = Provider(name=name, template=template, discovery_url=discovery_url, client_id=client_id,
+                        default_scopes=default_scopes or ["openid", "email", "profile"], **fields)
+    set_client_secret(provider, client_secret)
+    provider.save()
+    return provider
+
+
+@pytest.fixture
+def fake_provider_row(db, fake_provider):
+    return make_provider(name="fake", discovery_url=fake_provider.discovery_url, client_id=CLIENT_ID,
+                         client_secret=CLIENT_SECRET)
+
+
+@dataclass
+class Stack:
+    url: str
+
+    def key(self, workspace: str = "ws-a", scopes: list[str] | None = None) -> str:
+        from gateway_app.services import apikey_create
+
+        _, plaintext = apikey_create(workspace=workspace, name="test", scopes=scopes)
+        return plaintext
+
+    def call(self, method: str, path: str, key: str | None = None, **kwargs) -> requests.Response:
+        headers = kwargs.pop("headers", {})
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return requests.request(method, self.url + path, headers=headers, timeout=30, allow_redirects=False,
+                                **kwargs)
+
+    def callback(self, **params) -> requests.Response:
+        return requests.get(f"{self.url}/auth/callback", params=params, timeout=30, allow_redirects=False)
+
+    def broker(self, method: str, path: str, **kwargs) -> requests.Response:
+        from django.conf import settings
+
+        headers = {"X-API-Key": settings.BROKER_API_KEY, **kwargs.pop("headers", {})}
+        return requests.request(method, self.url + path, headers=headers, timeout=30, allow_redirects=False,
+                                **kwargs)
+
+
+@pytest.fixture
+def stack(live_server, settings, transactional_db):
+    settings.BASE_URL = live_server.url
+    settings.BROKER_INTERNAL_URL = live_server.url
+    from gateway_app import broker_client
+
+    broker_client.reset()
+    yield Stack(url=live_server.url)
+    broker_client.reset()
+
+
+def auth_params(auth_url: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(auth_url).query).items()}
+
+
+def start_connection(stack: Stack, key: str, *, provider: str = "fake", return_url: str = "https://app.example.com/oauth/return",
+                     scopes: list[str] | None = None, **extra) -> dict:
+    body = {"user_id": "user-1", "provider_name": provider, "scopes": scopes or ["openid", "email"],
+            "return_url": return_url, **extra}
+    response = stack.call("POST", "/v1/request-connection", key, json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def connect(stack: Stack, fake: FakeProvider, key: str, **kwargs) -> str:
+    """Run the consent flow against the fake provider; return the active connection id."""
+    started = start_connection(stack, key, **kwargs)
+    params = auth_params(started["authUrl"])
+    code = fake.issue_code(code_challenge=params["code_challenge"], nonce=params.get("nonce"))
+    response = stack.callback(code=code, state=params["state"], iss=fake.issuer)
+    assert response.status_code == 302, response.text
+    assert "status=success" in response.headers["Location"], response.headers["Location"]
+    return started["connection_id"]
+
+
+SECRETISH = re.compile(r"(at|rt)-[A-Za-z0-9_-]{20,}")

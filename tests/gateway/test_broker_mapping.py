@@ -1,0 +1,49 @@
+"""Honest status mapping when the broker answers badly: 502, never a leaked HTML page."""
+
+from __future__ import annotations
+
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class _Broken(BaseHTTPRequestHandler):
+    answers = {"/internal/v1/connections/c_html/token": (500, "text/html", b"<html>Traceback ...</html>"),
+               "/internal/v1/connections/c_text/token": (200, "text/plain", b"ok"),
+               "/internal/v1/connections/c_json5/token": (500, "application/json", b'{"detail": "boom"}')}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        status, content_type, body = self.answers.get(self.path.split("?")[0], (404, "text/plain", b"?"))
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def broken_broker(settings):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Broken)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("connection_id", ["c_html", "c_text", "c_json5"])
+def test_bad_broker_answers_are_502(stack, settings, broken_broker, connection_id):
+    from gateway_app import broker_client
+
+    key = stack.key()
+    settings.BROKER_INTERNAL_URL = broken_broker
+    broker_client.reset()
+    response = stack.call("GET", f"/v1/token/{connection_id}", key)
+    assert response.status_code == 502
+    assert response.json()["error"] == "bad_gateway"
+    assert "Traceback" not in response.text

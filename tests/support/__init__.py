@@ -1,0 +1,1 @@
+"""Test helpers: the local OpenID provider (oidc_server) and its consent driver (oidc_consent)."""

@@ -1,0 +1,306 @@
+"""A hand-written OAuth 2.0 / OIDC provider for the edge cases a real one cannot produce
+on demand: programmable token responses (500, timeouts, 429, invalid_grant, missing
+fields), rotating refresh tokens that revoke the grant on reuse, exact call counts, and
+id_tokens with any claim or header we want to test rejection of.
+
+The real-provider suite (devtools/oidc-provider, tests/e2e) is the other half."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+CLIENT_ID = "fake-client"
+CLIENT_SECRET = "fake-client-secret-value"
+
+
+def _rsa_jwk(kid: str):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    public.update({"kid": kid, "use": "sig", "alg": "RS256"})
+    return key, public
+
+
+@dataclass
+class Grant:
+    refresh_token: str
+    revoked: bool = False
+    used_refresh_tokens: set = field(default_factory=set)
+    sub: str = "user-1"
+
+
+class FakeProvider:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.signing_key, self.public_jwk = _rsa_jwk("key-1")
+        self.extra_jwks: list[dict] = []
+        self.codes: dict[str, dict[str, Any]] = {}
+        self.grants: dict[str, Grant] = {}  # refresh token -> grant
+        self.refresh_calls = 0
+        self.token_calls = 0
+        self.jwks_calls = 0
+        self.revocations: list[dict[str, str]] = []
+        self.revocation_status = 200
+        self.scripted: deque[Callable[[dict], tuple[int, dict, dict]]] = deque()
+        self.refresh_delay = 0.0
+        self.access_token_ttl: int | None = 3600
+        self.rotate = True
+        self.jwks_status = 200
+        self.issuer_override: str | None = None
+        # Security suite knobs: what discovery advertises and how long documents may be cached.
+        self.advertised_algs: list[str] = ["RS256"]
+        self.jwks_cache_control = "max-age=300"
+        self.discovery_cache_control = "max-age=300"
+        self.publish_primary_key = True
+        self.discovery_calls = 0
+        self.last_token_form: dict[str, str] = {}
+        self.last_token_auth: str | None = None
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def issuer(self) -> str:
+        return self.issuer_override or self.url
+
+    @property
+    def discovery_url(self) -> str:
+        return f"{self.url}/.well-known/openid-configuration"
+
+    def start(self) -> FakeProvider:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def reset(self) -> None:
+        with self.lock:
+            self.codes.clear()
+            self.grants.clear()
+            self.refresh_calls = self.token_calls = self.jwks_calls = 0
+            self.revocations.clear()
+            self.revocation_status = 200
+            self.scripted.clear()
+            self.refresh_delay = 0.0
+            self.access_token_ttl = 3600
+            self.rotate = True
+            self.jwks_status = 200
+            self.issuer_override = None
+            self.extra_jwks = []
+            self.advertised_algs = ["RS256"]
+            self.jwks_cache_control = "max-age=300"
+            self.discovery_cache_control = "max-age=300"
+            self.publish_primary_key = True
+            self.discovery_calls = 0
+
+    # -- test helpers ------------------------------------------------------------------------
+    def id_token(self, *, nonce: str | None = None, key=None, headers: dict | None = None,
+                 algorithm: str = "RS256", **claims: Any) -> str:
+        now = int(time.time())
+        payload = {"iss": self.issuer, "sub": "user-1", "aud": CLIENT_ID, "iat": now, "exp": now + 600,
+                   "email": "user-1@example.test"}
+        if nonce is not None:
+            payload["nonce"] = nonce
+        for name, value in claims.items():
+            if value is _DROP:
+                payload.pop(name, None)
+            else:
+                payload[name] = value
+        return jwt.encode(payload, key or self.signing_key, algorithm=algorithm,
+                          headers={"kid": "key-1", **(headers or {})})
+
+    def issue_code(self, *, code_challenge: str | None, nonce: str | None, id_token: str | None = None,
+                   scope: str | None = None, sub: str = "user-1", response: dict | None = None) -> str:
+        code = secrets.token_urlsafe(16)
+        with self.lock:
+            self.codes[code] = {"challenge": code_challenge, "nonce": nonce, "id_token": id_token,
+                                "scope": scope, "sub": sub, "response": response}
+        return code
+
+    def script(self, *responses: Callable[[dict], tuple[int, dict, dict]]) -> None:
+        """Queue responses for the next token-endpoint calls (then normal behaviour)."""
+        self.scripted.extend(responses)
+
+    def jwks(self) -> dict:
+        return {"keys": [self.public_jwk, *self.extra_jwks] if self.publish_primary_key else list(self.extra_jwks)}
+
+    def add_signing_key(self, kid: str):
+        """Publish one more RSA key (a rotation at the provider); return its private key."""
+        private, public = _rsa_jwk(kid)
+        with self.lock:
+            self.extra_jwks.append(public)
+        return private
+
+    # -- token endpoint ----------------------------------------------------------------------
+    def _tokens(self, sub: str, *, id_token: str | None, scope: str | None) -> dict:
+        body: dict[str, Any] = {"access_token": "at-" + secrets.token_urlsafe(24), "token_type": "bearer"}
+        if self.access_token_ttl:
+            body["expires_in"] = self.access_token_ttl
+        if id_token:
+            body["id_token"] = id_token
+        if scope:
+            body["scope"] = scope
+        return body
+
+    def token_endpoint(self, form: dict[str, str]) -> tuple[int, dict, dict]:
+        with self.lock:
+            self.token_calls += 1
+            self.last_token_form = dict(form)
+            scripted = self.scripted.popleft() if self.scripted else None
+            if form.get("grant_type") == "refresh_token":
+                self.refresh_calls += 1
+        if scripted is not None:
+            return scripted(form)
+        grant_type = form.get("grant_type")
+        if grant_type == "authorization_code":
+            with self.lock:
+                entry = self.codes.pop(form.get("code", ""), None)
+            if entry is None:
+                return 400, {"error": "invalid_grant", "error_description": "unknown code"}, {}
+            if entry["challenge"]:
+                verifier = form.get("code_verifier", "")
+                digest = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+                if digest != entry["challenge"]:
+                    return 400, {"error": "invalid_grant", "error_description": "PKCE verification failed"}, {}
+            if entry["response"] is not None:
+                return 200, entry["response"], {}
+            id_token = entry["id_token"]
+            if id_token is None and entry["nonce"] is not None:
+                id_token = self.id_token(nonce=entry["nonce"], sub=entry["sub"])
+            body = self._tokens(entry["sub"], id_token=id_token, scope=entry["scope"])
+            body["refresh_token"] = "rt-" + secrets.token_urlsafe(24)
+            with self.lock:
+                self.grants[body["refresh_token"]] = Grant(refresh_token=body["refresh_token"], sub=entry["sub"])
+            return 200, body, {}
+        if grant_type == "refresh_token":
+            if self.refresh_delay:
+                time.sleep(self.refresh_delay)
+            presented = form.get("refresh_token", "")
+            with self.lock:
+                grant = self.grants.get(presented)
+                if grant is None or grant.revoked:
+                    return 400, {"error": "invalid_grant", "error_description": "unknown or revoked"}, {}
+                if presented in grant.used_refresh_tokens:
+                    grant.revoked = True  # reuse detected: the whole grant dies (RFC 9700 §4.14.2)
+                    return 400, {"error": "invalid_grant", "error_description": "refresh token reused"}, {}
+                body = self._tokens(grant.sub, id_token=None, scope=None)
+                if self.rotate:
+                    grant.used_refresh_tokens.add(presented)
+                    body["refresh_token"] = "rt-" + secrets.token_urlsafe(24)
+                    grant.refresh_token = body["refresh_token"]
+                    self.grants[body["refresh_token"]] = grant
+            return 200, body, {}
+        return 400, {"error": "unsupported_grant_type"}, {}
+
+    def is_live(self, refresh_token: str) -> bool:
+        grant = self.grants.get(refresh_token)
+        return bool(grant and not grant.revoked and refresh_token not in grant.used_refresh_tokens)
+
+    def _handler(self):
+        provider = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _send(self, status: int, body: dict, headers: dict | None = None) -> None:
+                raw = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(raw)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                if path == "/.well-known/openid-configuration":
+                    with provider.lock:
+                        provider.discovery_calls += 1
+                    self._send(200, {
+                        "issuer": provider.issuer,
+                        "authorization_endpoint": f"{provider.url}/authorize",
+                        "token_endpoint": f"{provider.url}/token",
+                        "revocation_endpoint": f"{provider.url}/revoke",
+                        "userinfo_endpoint": f"{provider.url}/userinfo",
+                        "jwks_uri": f"{provider.url}/jwks",
+                        "id_token_signing_alg_values_supported": list(provider.advertised_algs),
+                        "authorization_response_iss_parameter_supported": True,
+                    }, {"Cache-Control": provider.discovery_cache_control})
+                elif path == "/jwks":
+                    with provider.lock:
+                        provider.jwks_calls += 1
+                    if provider.jwks_status != 200:
+                        self._send(provider.jwks_status, {"error": "down"})
+                    else:
+                        self._send(200, provider.jwks(), {"Cache-Control": provider.jwks_cache_control})
+                else:
+                    self._send(404, {"error": "not_found"})
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", "0"))
+                form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+                path = self.path.split("?")[0]
+                if path == "/token":
+                    provider.last_token_auth = self.headers.get("Authorization")
+                    status, body, headers = provider.token_endpoint(form)
+                    if status == -1:  # simulate a hang up
+                        self.close_connection = True
+                        return
+                    self._send(status, body, headers)
+                elif path == "/revoke":
+                    with provider.lock:
+                        provider.revocations.append(form)
+                        token = form.get("token", "")
+                        grant = provider.grants.get(token)
+                        if grant and provider.revocation_status == 200:
+                            grant.revoked = True
+                    self._send(provider.revocation_status, {})
+                else:
+                    self._send(404, {"error": "not_found"})
+
+        return Handler
+
+
+class _Drop:
+    pass
+
+
+_DROP = _Drop()
+DROP = _DROP
+
+
+def respond(status: int, body: dict | None = None, headers: dict | None = None):
+    """A scripted token-endpoint answer."""
+    return lambda form: (status, body or {}, headers or {})
+
+
+def hang(seconds: float):
+    """A scripted answer that stalls longer than the broker's timeout."""
+
+    def answer(form):
+        time.sleep(seconds)
+        return 504, {"error": "late"}, {}
+
+    return answer
