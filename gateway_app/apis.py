@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from dromos.errors import InvalidRequest
+from gateway_app import schema as _schema  # noqa: F401  (registers the API-key security scheme)
 from gateway_app.authentication import ApiKeyAuthentication, ApiKeyThrottle, HasScope
 from gateway_app.broker_client import BrokerAnswer, broker
 
@@ -57,6 +58,30 @@ class ConnectionSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
     activated_at = serializers.DateTimeField(allow_null=True)
     last_refreshed_at = serializers.DateTimeField(allow_null=True)
+
+
+class ParamFormatSerializer(serializers.Serializer):
+    pattern = serializers.CharField()
+    example = serializers.CharField()
+    required = serializers.BooleanField()
+
+
+class ProviderSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    display_name = serializers.CharField()
+    provider_id = serializers.CharField()
+    template = serializers.CharField()
+    default_scopes = serializers.ListField(child=serializers.CharField())
+    supports_refresh = serializers.BooleanField()
+    supports_pkce = serializers.BooleanField()
+    oidc = serializers.BooleanField()
+    docs_url = serializers.CharField(allow_blank=True)
+    params = serializers.ListField(child=serializers.CharField())
+    scopes_url = serializers.CharField(allow_blank=True)
+    supports_revocation = serializers.BooleanField(allow_null=True)
+    refresh_token_rotation = serializers.BooleanField()
+    refresh_token_lifetime_days = serializers.IntegerField(allow_null=True)
+    param_formats = serializers.DictField(child=ParamFormatSerializer())
 
 
 ERRORS = {code: OpenApiResponse(ErrorSerializer, description=text) for code, text in (
@@ -219,7 +244,7 @@ class ProviderListApi(GatewayApi):
     required_scope = "connections:read"
 
     @extend_schema(operation_id="list_providers", responses={200: inline_serializer("ProviderList", {
-        "providers": serializers.ListField(child=serializers.DictField()),
+        "providers": ProviderSerializer(many=True),
     }), **ERRORS})
     def get(self, request):
         return _relay(broker().call("GET", "/internal/v1/providers", principal=request.user,

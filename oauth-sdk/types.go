@@ -73,6 +73,8 @@ type Connection struct {
 	// ScopesNarrowed reports that the provider granted fewer scopes than
 	// requested.
 	ScopesNarrowed bool `json:"scopes_narrowed"`
+	// MissingScopes are the requested scopes the provider did not grant.
+	MissingScopes []string `json:"missing_scopes"`
 	// Error is the OAuth error that failed the connection (e.g.
 	// "access_denied", "invalid_grant"); empty when none.
 	Error string `json:"error"`
@@ -85,6 +87,10 @@ type Connection struct {
 	Metadata map[string]any `json:"metadata"`
 	// ExpiresAt is when the current access token expires; nil when unknown.
 	ExpiresAt *time.Time `json:"expires_at"`
+	// RefreshTokenExpiresAt is when the refresh token stops working for good
+	// (the user must consent again after it); nil when the provider sets no
+	// absolute limit.
+	RefreshTokenExpiresAt *time.Time `json:"refresh_token_expires_at"`
 	// CreatedAt is when the connection was requested.
 	CreatedAt *time.Time `json:"created_at"`
 	// UpdatedAt is when the connection last changed.
@@ -155,6 +161,36 @@ type Provider struct {
 	// Params names the extra parameters accepted in
 	// [RequestConnectionInput.Params].
 	Params []string `json:"params"`
+	// Template is the catalog entry the provider is configured from, e.g.
+	// "google" or "oidc".
+	Template string `json:"template"`
+	// OIDC reports whether id_tokens are issued and verified.
+	OIDC bool `json:"oidc"`
+	// ScopesURL points at the provider's list of scopes; empty when unknown.
+	ScopesURL string `json:"scopes_url"`
+	// SupportsRevocation reports whether deleting a connection revokes the
+	// grant at the provider; nil when the provider's discovery document
+	// decides.
+	SupportsRevocation *bool `json:"supports_revocation"`
+	// RefreshTokenRotation reports whether each refresh issues a new refresh
+	// token.
+	RefreshTokenRotation bool `json:"refresh_token_rotation"`
+	// RefreshTokenLifetimeDays is the refresh token's documented absolute
+	// lifetime; nil when it has none.
+	RefreshTokenLifetimeDays *int `json:"refresh_token_lifetime_days"`
+	// ParamFormats describes each of Params: the pattern a value must match,
+	// an example, and whether it is required.
+	ParamFormats map[string]ParamFormat `json:"param_formats"`
+}
+
+// ParamFormat describes one provider parameter (see [Provider.ParamFormats]).
+type ParamFormat struct {
+	// Pattern is the regular expression a value must match.
+	Pattern string `json:"pattern"`
+	// Example is a valid value.
+	Example string `json:"example"`
+	// Required reports whether a connection request must set it.
+	Required bool `json:"required"`
 }
 
 // ListConnectionsInput filters and pages GET /v1/connections. Zero fields are
@@ -177,6 +213,10 @@ type ListConnectionsInput struct {
 type ConnectionList struct {
 	// Count is the total number of matching connections, over all pages.
 	Count int `json:"count"`
+	// Page is this page's 1-based number.
+	Page int `json:"page"`
+	// PageSize is the page length used.
+	PageSize int `json:"page_size"`
 	// Next is the URL of the next page; empty on the last page.
 	Next string `json:"next"`
 	// Previous is the URL of the previous page; empty on the first page.

@@ -15,6 +15,7 @@ from dromos_sdk import (
     ConnectionPage,
     ConnectionRequest,
     ConnectionStatus,
+    ParamFormat,
     Provider,
     Token,
     WaitTimeoutError,
@@ -157,6 +158,32 @@ def test_provider() -> None:
     assert provider.supports_refresh and provider.supports_pkce
     assert provider.docs_url is None
     assert provider.params == ("tenant",)
+
+
+def test_provider_metadata() -> None:
+    provider = Provider.from_dict(
+        provider_json(
+            template="microsoft",
+            oidc=True,
+            supports_revocation=None,
+            refresh_token_rotation=True,
+            refresh_token_lifetime_days=90,
+            params=["tenant"],
+            param_formats={
+                "tenant": {"pattern": "^[a-z]+$", "example": "common", "required": True}
+            },
+        )
+    )
+    assert provider.template == "microsoft" and provider.oidc
+    assert provider.supports_revocation is None
+    assert provider.refresh_token_rotation and provider.refresh_token_lifetime_days == 90
+    assert provider.param_formats == {
+        "tenant": ParamFormat(pattern="^[a-z]+$", example="common", required=True)
+    }
+    with pytest.raises(TypeError):
+        Provider.from_dict(provider_json(refresh_token_lifetime_days="90"))
+    with pytest.raises(TypeError):
+        Provider.from_dict(provider_json(supports_revocation="yes"))
 
 
 def test_connection_page() -> None:

@@ -29,6 +29,7 @@ from .models import (
     ConnectionPage,
     ConnectionRequest,
     ConnectionStatus,
+    ParamFormat,
     Provider,
     Token,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "ForbiddenError",
     "InvalidRequestError",
     "NotFoundError",
+    "ParamFormat",
     "Provider",
     "RateLimitedError",
     "RetryPolicy",

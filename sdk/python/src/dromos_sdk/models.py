@@ -19,6 +19,7 @@ __all__ = [
     "ConnectionPage",
     "ConnectionRequest",
     "ConnectionStatus",
+    "ParamFormat",
     "Provider",
     "Token",
     "parse_timestamp",
@@ -74,6 +75,20 @@ def _strs(data: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _opt_bool(data: Mapping[str, Any], key: str) -> bool | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{key!r} must be a boolean or null, not {type(value).__name__}")
+    return value
+
+
+def _opt_int(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError(f"{key!r} must be an integer or null, not {type(value).__name__}")
+    return value
+
+
 def _mapping(data: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = data.get(key) or {}
     if not isinstance(value, Mapping):
@@ -114,11 +129,13 @@ class Connection:
     scopes: tuple[str, ...] = ()
     granted_scopes: tuple[str, ...] = ()
     scopes_narrowed: bool = False
+    missing_scopes: tuple[str, ...] = ()
     error: str | None = None
     error_description: str | None = None
     account: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
     expires_at: datetime | None = None
+    refresh_token_expires_at: datetime | None = None
     created_at: datetime | None = None
     updated_at: datetime | None = None
     activated_at: datetime | None = None
@@ -139,11 +156,13 @@ class Connection:
             scopes=_strs(data, "scopes"),
             granted_scopes=_strs(data, "granted_scopes"),
             scopes_narrowed=bool(data.get("scopes_narrowed", False)),
+            missing_scopes=_strs(data, "missing_scopes"),
             error=_opt_str(data, "error"),
             error_description=_opt_str(data, "error_description"),
             account=_mapping(data, "account"),
             metadata=_mapping(data, "metadata"),
             expires_at=parse_timestamp(data.get("expires_at")),
+            refresh_token_expires_at=parse_timestamp(data.get("refresh_token_expires_at")),
             created_at=parse_timestamp(data.get("created_at")),
             updated_at=parse_timestamp(data.get("updated_at")),
             activated_at=parse_timestamp(data.get("activated_at")),
@@ -194,6 +213,23 @@ class Token:
 
 
 @dataclass(frozen=True, slots=True)
+class ParamFormat:
+    """What one provider parameter (``Provider.params``) accepts."""
+
+    pattern: str
+    example: str = ""
+    required: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ParamFormat:
+        return cls(
+            pattern=_str(data, "pattern"),
+            example=_opt_str(data, "example") or "",
+            required=bool(data.get("required", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Provider:
     """A provider configured on the broker."""
 
@@ -205,6 +241,13 @@ class Provider:
     supports_pkce: bool = False
     docs_url: str | None = None
     params: tuple[str, ...] = ()
+    template: str = ""
+    oidc: bool = False
+    scopes_url: str | None = None
+    supports_revocation: bool | None = None
+    refresh_token_rotation: bool = False
+    refresh_token_lifetime_days: int | None = None
+    param_formats: Mapping[str, ParamFormat] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Provider:
@@ -218,6 +261,16 @@ class Provider:
             supports_pkce=bool(data.get("supports_pkce", False)),
             docs_url=_opt_str(data, "docs_url") or None,
             params=_strs(data, "params"),
+            template=_opt_str(data, "template") or "",
+            oidc=bool(data.get("oidc", False)),
+            scopes_url=_opt_str(data, "scopes_url") or None,
+            supports_revocation=_opt_bool(data, "supports_revocation"),
+            refresh_token_rotation=bool(data.get("refresh_token_rotation", False)),
+            refresh_token_lifetime_days=_opt_int(data, "refresh_token_lifetime_days"),
+            param_formats={
+                str(name): ParamFormat.from_dict(spec)
+                for name, spec in _mapping(data, "param_formats").items()
+            },
         )
 
 
@@ -230,6 +283,8 @@ class ConnectionPage:
     next: str | None
     previous: str | None
     results: tuple[Connection, ...]
+    page: int = 1
+    page_size: int = 0
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ConnectionPage:
@@ -241,4 +296,6 @@ class ConnectionPage:
             next=_opt_str(data, "next"),
             previous=_opt_str(data, "previous"),
             results=tuple(Connection.from_dict(item) for item in results),
+            page=int(data.get("page") or 1),
+            page_size=int(data.get("page_size") or len(results)),
         )
