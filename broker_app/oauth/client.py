@@ -37,6 +37,9 @@ def pkce_challenge(verifier: str) -> str:
 
 def authorize_url(spec, *, redirect_uri: str, scopes: list[str], state: str,
                   code_challenge: str | None, nonce: str | None, extra: dict[str, str] | None = None) -> str:
+    """The URL the user consents at. Catalog and operator `authorize_params` (Google's
+    access_type, Dropbox's token_access_type …) are added, but can never replace the
+    parameters that bind the answer to this connection (state, redirect_uri, PKCE, nonce)."""
     params: dict[str, str] = {
         "response_type": "code",
         "client_id": spec.client_id,
@@ -50,8 +53,9 @@ def authorize_url(spec, *, redirect_uri: str, scopes: list[str], state: str,
         params["code_challenge_method"] = "S256"
     if nonce:
         params["nonce"] = nonce
-    params.update(spec.authorize_params)
-    params.update(extra or {})
+    for name, value in {**spec.authorize_params, **(extra or {})}.items():
+        if name not in params:
+            params[name] = str(value)
     parts = urlsplit(spec.authorize_url)
     query = parse_qsl(parts.query, keep_blank_values=True) + list(params.items())
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query, quote_via=quote), ""))
@@ -67,18 +71,17 @@ def _retry_after(response: requests.Response) -> int | None:
 
 
 def _decode_body(response: requests.Response) -> dict[str, Any]:
-    content_type = response.headers.get("Content-Type", "")
-    if "json" in content_type:
-        try:
-            data = response.json()
-        except ValueError:
-            return {}
-        return data if isinstance(data, dict) else {}
-    if "x-www-form-urlencoded" in content_type or "text/plain" in content_type:
-        return dict(parse_qsl(response.text))
+    """The body as a dict: JSON, or form-encoded (GitHub without an Accept header answers
+    `access_token=…&scope=…`). A body labelled `text/plain` or not at all is tried as JSON first."""
+    content_type = response.headers.get("Content-Type", "").lower()
+    text = response.text.strip()
+    if "x-www-form-urlencoded" in content_type and not text.startswith("{"):
+        return dict(parse_qsl(text))
     try:
         data = response.json()
     except ValueError:
+        if "json" not in content_type and "=" in text and not text.startswith("<"):
+            return dict(parse_qsl(text))
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -95,11 +98,18 @@ def _client_auth(spec, data: dict[str, str], method: str) -> tuple[tuple[str, st
 
 
 def _error_code(spec, body: dict[str, Any]) -> str | None:
-    # GitHub and Slack answer errors with HTTP 200; HubSpot names them in `status`.
-    value = body.get(spec.error_field)
-    if value in (None, False, "") or isinstance(value, dict | list):
-        return None
-    return str(value)
+    """The provider's error code, mapped through the catalog's error_aliases. GitHub and
+    Slack answer errors with HTTP 200; HubSpot names them in `status` (and its newer
+    endpoints in `error` too). A boolean (Figma's `"error": true`) or an object names no code."""
+    codes = []
+    for name in dict.fromkeys((spec.error_field, "error")):
+        value = body.get(name)
+        if isinstance(value, str) and value:
+            codes.append(value)
+    for code in codes:
+        if code in spec.error_aliases:
+            return spec.error_aliases[code]
+    return codes[0] if codes else None
 
 
 def token_request(spec, form: dict[str, str], *, url: str | None = None) -> dict[str, Any]:
@@ -124,7 +134,7 @@ def token_request(spec, form: dict[str, str], *, url: str | None = None) -> dict
                                   status=response.status_code, retry_after=_retry_after(response))
     error = _error_code(spec, body)
     if response.status_code >= 400 or error:
-        code = spec.error_aliases.get(error, error) if error else f"http_{response.status_code}"
+        code = error or f"http_{response.status_code}"
         description = body.get("error_description")
         description = description if isinstance(description, str) else ""
         if code in spec.transient_errors:

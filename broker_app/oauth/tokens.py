@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# Longer than any lifetime a provider states (Linear's legacy tokens: ten years), short
+# enough that `now + timedelta(seconds=…)` never overflows on a nonsensical figure.
+MAX_LIFETIME_SECONDS = 50 * 365 * 86400
+_TOKEN_TYPES = {"bearer": "Bearer", "dpop": "DPoP", "mac": "MAC"}
+
 
 @dataclass(frozen=True)
 class TokenSet:
@@ -22,17 +27,21 @@ class TokenSet:
 
 
 def normalise_token_type(value: Any) -> str:
-    # Providers answer "bearer", "Bearer", "BEARER" or nothing at all.
-    if not value or str(value).lower() == "bearer":
+    """Providers answer "bearer", "Bearer", "BEARER" or nothing at all: one spelling each
+    for the schemes RFC 6750 / RFC 9449 name; anything else is kept (truncated)."""
+    if not value:
         return "Bearer"
-    return str(value)[:32]
+    text = str(value)
+    return _TOKEN_TYPES.get(text.lower(), text[:32])
 
 
 def parse_expires_in(value: Any) -> int | None:
-    if value in (None, ""):
+    """A lifetime in seconds (Salesforce sends none, some providers send "3600" as text);
+    None when absent, unparsable or not positive."""
+    if value in (None, "") or isinstance(value, bool):
         return None
     try:
         seconds = int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return seconds if seconds > 0 else None
+    return min(seconds, MAX_LIFETIME_SECONDS) if seconds > 0 else None

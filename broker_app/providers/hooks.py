@@ -12,7 +12,8 @@ from typing import Any
 from broker_app.oauth.errors import IdTokenError, PermanentOAuthError, TransientOAuthError
 from broker_app.oauth.tokens import TokenSet, normalise_token_type, parse_expires_in
 
-_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# \Z, not $: "$" would accept a trailing newline.
+_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 # Flat, non-secret facts some token responses carry (Salesforce's instance_url …).
 _METADATA_FIELDS = ("instance_url", "id", "issued_at", "realmId", "workspace_id", "workspace_name", "bot_id",
                     "cloudid", "api_domain", "hub_id", "shop", "account_id", "uid", "tenant_id")
@@ -80,9 +81,10 @@ class ProviderHooks:
         return tuple(dict.fromkeys(spec.scope_aliases.get(s, s) for s in scopes))
 
     def token_type(self, value: Any) -> str:
-        # Slack says "user" or "bot", others "bearer": all are used as Bearer tokens.
+        # Slack says "user" or "bot", others "bearer" or nothing: all are used as Bearer
+        # tokens. Only a scheme that changes how the token is presented is kept.
         normalised = normalise_token_type(value)
-        return normalised if normalised.lower() in ("dpop", "mac") else "Bearer"
+        return normalised if normalised in ("DPoP", "MAC") else "Bearer"
 
     def refresh_expires_in(self, spec, data: dict[str, Any], *, has_refresh_token: bool) -> int | None:
         """The refresh token's lifetime: the provider's own figure (GitHub Apps, QuickBooks,
@@ -153,6 +155,9 @@ class MicrosoftHooks(ProviderHooks):
         return issuer.replace("{tenantid}", tid)
 
 
+_SLACK_TOKEN_KEYS = ("access_token", "refresh_token", "expires_in", "scope", "token_type")
+
+
 class SlackHooks(ProviderHooks):
     """Slack v2: the user token lives under `authed_user` (the top level holds the bot token,
     if any); a refresh answers with the refreshed token at the top level."""
@@ -162,8 +167,10 @@ class SlackHooks(ProviderHooks):
             raise PermanentOAuthError(str(data.get("error") or "slack_error"))
         user = data.get("authed_user")
         if isinstance(user, dict) and user.get("access_token"):
-            token_keys = ("access_token", "refresh_token", "expires_in", "scope", "token_type")
-            data = {**{k: v for k, v in data.items() if k not in token_keys}, **user}
+            # The user token's own fields replace the bot token's; nothing else moves (the
+            # user's `id` stays under authed_user, where account_fields reads it).
+            data = {**{k: v for k, v in data.items() if k not in _SLACK_TOKEN_KEYS},
+                    **{k: v for k, v in user.items() if k in _SLACK_TOKEN_KEYS}}
         return super().parse_token_response(spec, data)
 
 

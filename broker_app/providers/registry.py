@@ -49,10 +49,14 @@ def template_values(provider, params: dict[str, Any] | None = None) -> dict[str,
     values = resolve_values(entry, fixed=provider.settings or {}, given=params or {})
     missing = missing_params(entry, values)
     if missing:
-        spec = param_specs(entry)[missing[0]]
-        who = "the operator must set it with --setting" if spec.operator_only else "pass it in `params`"
-        example = f", e.g. {spec.example!r}" if spec.example else ""
-        raise ProviderConfigError(f"parameter {missing[0]!r} is required for {provider.name} ({who}{example})")
+        specs = param_specs(entry)
+        parts = []
+        for name in missing:
+            who = "the operator sets it with --setting" if specs[name].operator_only else "pass it in `params`"
+            example = f", e.g. {specs[name].example!r}" if specs[name].example else ""
+            parts.append(f"{name!r} ({who}{example})")
+        noun = "parameter" if len(parts) == 1 else "parameters"
+        raise ProviderConfigError(f"{provider.name} needs the {noun} {', '.join(parts)}")
     return values
 
 

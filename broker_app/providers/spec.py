@@ -24,6 +24,89 @@ def catalog() -> dict[str, dict[str, Any]]:
         return tomllib.load(handle)
 
 
+# Every key a catalog table may hold (catalog.toml's header explains each). A key outside
+# this set is a typo that would otherwise be ignored silently.
+CATALOG_KEYS = frozenset({
+    "display_name", "docs_url", "scopes_url", "setup_url", "discovery_url", "issuer", "authorize_url",
+    "token_url", "refresh_url", "revocation_url", "userinfo_url", "jwks_uri", "oidc", "scope_separator",
+    "scope_param", "pkce", "default_scopes", "authorize_params", "token_auth", "token_format", "token_headers",
+    "refresh", "refresh_token_rotation", "refresh_token_lifetime_days", "refresh_params", "revocation_method",
+    "revocation_auth", "revocation_format", "revocation_token_param", "revocation_token", "revocation_hint",
+    "error_field", "error_aliases", "transient_errors", "account_fields", "metadata_fields", "callback_params",
+    "scope_aliases", "scope_strip_prefix", "unreported_scopes", "hook", "id_token_algs", "params",
+})
+URL_KEYS = ("discovery_url", "issuer", "authorize_url", "token_url", "refresh_url", "revocation_url",
+            "userinfo_url", "jwks_uri")
+_CHOICES = {
+    "pkce": ("S256", "required", "none"),
+    "token_auth": ("client_secret_basic", "client_secret_post"),
+    "token_format": ("form", "json"),
+    "revocation_method": ("POST", "DELETE"),
+    "revocation_auth": ("client", "basic", "post", "bearer", "none"),
+    "revocation_format": ("form", "json", "none"),
+    "revocation_token": ("refresh_token", "access_token"),
+}
+# Placeholders filled by the broker itself, never by a parameter.
+_BUILTIN_PLACEHOLDERS = {"revocation_url": {"client_id"}, "issuer": {"tenantid"}}
+
+
+def entry_problems(key: str, entry: dict[str, Any]) -> list[str]:
+    """What is wrong with one catalog table (empty when nothing): unknown keys, endpoints
+    that are not https, placeholders without a parameter, parameter patterns that are not
+    anchored or reject their own example. tests/providers runs it over the whole catalog."""
+    from broker_app.providers.hooks import HOOKS
+
+    problems = [f"{key}: unknown key {name!r}" for name in sorted(set(entry) - CATALOG_KEYS)]
+    if not entry.get("display_name"):
+        problems.append(f"{key}: display_name is missing")
+    if not entry.get("discovery_url") and not (entry.get("authorize_url") and entry.get("token_url")):
+        if key != "oidc":  # the generic template gets its discovery URL from the operator
+            problems.append(f"{key}: needs discovery_url or authorize_url + token_url")
+    for name, allowed in _CHOICES.items():
+        if name in entry and entry[name] not in allowed:
+            problems.append(f"{key}: {name} must be one of {', '.join(allowed)}")
+    if entry.get("hook", "default") not in HOOKS:
+        problems.append(f"{key}: hook {entry['hook']!r} is not in hooks.HOOKS")
+    lifetime = entry.get("refresh_token_lifetime_days")
+    if lifetime is not None and (not isinstance(lifetime, int) or lifetime <= 0):
+        problems.append(f"{key}: refresh_token_lifetime_days must be a positive integer")
+    if entry.get("oidc") and not entry.get("discovery_url") and not (entry.get("issuer") and entry.get("jwks_uri")):
+        if key != "oidc":
+            problems.append(f"{key}: an OIDC template needs discovery_url, or issuer + jwks_uri")
+    specs = param_specs(entry)
+    used: set[str] = set()
+    for name in URL_KEYS:
+        url = entry.get(name, "")
+        if not url:
+            continue
+        if not url.startswith("https://"):
+            problems.append(f"{key}: {name} is not an https URL")
+        for placeholder in _PLACEHOLDER.findall(url):
+            used.add(placeholder)
+            if placeholder not in specs and placeholder not in _BUILTIN_PLACEHOLDERS.get(name, set()):
+                problems.append(f"{key}: {name} uses {{{placeholder}}} but no params.{placeholder} is declared")
+    for name, spec in specs.items():
+        if name not in used:
+            problems.append(f"{key}: params.{name} appears in no URL")
+        if not (spec.pattern.startswith("^") and spec.pattern.endswith("$")):
+            problems.append(f"{key}: params.{name} pattern must be anchored with ^…$")
+        try:
+            compiled = re.compile(spec.pattern)
+        except re.error:
+            problems.append(f"{key}: params.{name} pattern does not compile")
+            continue
+        for label, value in (("example", spec.example), ("default", spec.default)):
+            if value and not compiled.fullmatch(value):
+                problems.append(f"{key}: params.{name} {label} {value!r} does not match its pattern")
+        if not spec.example and spec.default is None:
+            problems.append(f"{key}: params.{name} needs an example (agents see it)")
+    return problems
+
+
+def catalog_problems() -> list[str]:
+    return [problem for key, entry in catalog().items() for problem in entry_problems(key, entry)]
+
+
 def template(key: str) -> dict[str, Any]:
     try:
         return catalog()[key]

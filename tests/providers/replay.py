@@ -47,7 +47,7 @@ class Replay:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.requests: list[Recorded] = []
-        self.answers: dict[tuple[str, str], deque[tuple[int, Any, str]]] = {}
+        self.answers: dict[tuple[str, str], deque[tuple[int, Any, str, dict[str, str]]]] = {}
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -73,10 +73,12 @@ class Replay:
             self.answers.clear()
 
     def answer(self, method: str, path: str, status: int, body: Any = None, *,
-               content_type: str = "application/json") -> None:
-        """Queue one answer for the next `method path` request (FIFO; 404 when none left)."""
+               content_type: str = "application/json", headers: dict[str, str] | None = None) -> None:
+        """Queue one answer for the next `method path` request (FIFO; 404 when none left).
+        A str body is sent as is; anything else as JSON (None as `null`, except with 204)."""
         with self.lock:
-            self.answers.setdefault((method.upper(), path), deque()).append((status, body, content_type))
+            self.answers.setdefault((method.upper(), path), deque()).append(
+                (status, body, content_type, dict(headers or {})))
 
     def only(self, method: str | None = None) -> Recorded:
         assert len(self.requests) == 1, [f"{r.method} {r.path}" for r in self.requests]
@@ -100,13 +102,15 @@ class Replay:
                 with replay.lock:
                     replay.requests.append(recorded)
                     queue = replay.answers.get((self.command, parts.path))
-                    status, payload, content_type = queue.popleft() if queue else (404, {"error": "not_found"},
-                                                                                   "application/json")
+                    status, payload, content_type, headers = queue.popleft() if queue else (
+                        404, {"error": "not_found"}, "application/json", {})
                 raw = b"" if payload is None and status == 204 else (
                     payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
                 self.send_response(status)
                 if raw:
                     self.send_header("Content-Type", content_type)
+                for name, value in headers.items():
+                    self.send_header(name, value)
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
                 self.wfile.write(raw)
