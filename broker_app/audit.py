@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
+from django.db import connection as db_connection
+from django.utils import timezone
+
 from broker_app.models import AuditEvent
+from dromos.db import execute_fixed
 
 
 @dataclass(frozen=True)
@@ -20,13 +25,24 @@ class Actor:
 SYSTEM = Actor("system")
 
 
+_COLUMNS = ("connection_id", "workspace", "actor", "action", "ip", "detail", "created_at")
+
+
+@lru_cache(maxsize=1)
+def _insert() -> tuple[str, tuple]:
+    meta, quote = AuditEvent._meta, db_connection.ops.quote_name
+    fields = tuple(meta.get_field(name) for name in _COLUMNS)
+    columns = ", ".join(quote(field.column) for field in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    # Identifiers come from the model (quoted), values are always parameters.
+    return " ".join(("INSERT INTO", quote(meta.db_table), f"({columns})", "VALUES", f"({placeholders})")), fields
+
+
 def audit_record(*, connection_id: str, workspace: str, actor: Actor, action: str,
                  detail: dict[str, Any] | None = None) -> None:
-    AuditEvent.objects.create(
-        connection_id=connection_id,
-        workspace=workspace,
-        actor=actor.name[:128],
-        action=action,
-        ip=actor.ip,
-        detail=detail or {},
-    )
+    """One INSERT, nothing read back: every token read writes one of these (issue 7)."""
+    sql, fields = _insert()
+    values = (connection_id, workspace, actor.name[:128], action, actor.ip, detail or {}, timezone.now())
+    # The fields' own preparation (JSON adapter, IP normalisation): stored exactly as the ORM stores it.
+    execute_fixed(sql, [field.get_db_prep_save(value, db_connection)
+                        for field, value in zip(fields, values, strict=True)])

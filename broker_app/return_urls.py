@@ -21,8 +21,9 @@ from urllib.parse import urlsplit
 from django.conf import settings
 
 _FORBIDDEN_CHARS = re.compile(r"[\x00-\x20\x7f\\]|%0[0-9a-f]|%1[0-9a-f]|%7f|%5c|%2f%2f", re.IGNORECASE)
-_HOST = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
-_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+# \Z, never $: "$" also matches before a trailing newline.
+_HOST = re.compile(r"^(?=.{1,253}\Z)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\Z")
+_IPV4 = re.compile(r"^\d{1,3}(\.\d{1,3}){3}\Z")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 

@@ -39,6 +39,10 @@ class JsonFormatter(logging.Formatter):
             lowered = name.lower()
             if lowered in _SECRET_NAMES or any(marker in lowered for marker in _SECRET_MARKERS):
                 value = "[redacted]"
+            elif hasattr(value, "META") and hasattr(value, "path"):
+                # django.request passes the request itself: its repr carries the query string,
+                # and the OAuth callback's query carries the authorization code and state.
+                value = f"{getattr(value, 'method', '')} {value.path}"
             entry[name] = value
         if record.exc_info:
             entry["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None

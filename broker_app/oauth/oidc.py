@@ -64,7 +64,7 @@ def _store(url: str, body: dict[str, Any], ttl: int) -> None:
     )
 
 
-def _fetch(url: str) -> tuple[dict[str, Any], int]:
+def _fetch(url: str, require_list: str | None = None) -> tuple[dict[str, Any], int]:
     try:
         response = http().get(url, timeout=(3, settings.PROVIDER_HTTP_TIMEOUT),
                               headers={"Accept": "application/json"}, allow_redirects=False)
@@ -74,11 +74,15 @@ def _fetch(url: str) -> tuple[dict[str, Any], int]:
         raise DocumentUnavailable(f"could not fetch {url}: {type(exc).__name__}") from None
     if not isinstance(body, dict):
         raise DocumentUnavailable(f"{url} did not return a JSON object")
+    if require_list and not isinstance(body.get(require_list), list):
+        # A broken answer ({"keys": null}) must not replace the good copy we hold.
+        raise DocumentUnavailable(f"{url} did not return a list of {require_list}")
     return body, _max_age(response)
 
 
-def get_document(url: str, *, force: bool = False) -> dict[str, Any]:
-    """The JSON document at `url`, from cache when fresh; stale cache when the fetch fails."""
+def get_document(url: str, *, force: bool = False, require_list: str | None = None) -> dict[str, Any]:
+    """The JSON document at `url`, from cache when fresh; stale cache when the fetch fails
+    (or answers a document without the `require_list` list: a JWKS without `keys`)."""
     from broker_app.models import CachedDocument
 
     now_mono = time.monotonic()
@@ -99,7 +103,7 @@ def get_document(url: str, *, force: bool = False) -> dict[str, Any]:
         row = CachedDocument.objects.filter(url=url).first()
         stale = row.body if row else None
     try:
-        body, ttl = _fetch(url)
+        body, ttl = _fetch(url, require_list)
     except DocumentUnavailable:
         if stale is not None:
             logger.warning("using cached copy, refetch failed", extra={"url": url})
@@ -124,7 +128,9 @@ _CRV_FOR_ALG = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521", "EdDSA": (
 def _usable_entries(jwks: dict[str, Any]) -> list[dict[str, Any]]:
     """The JWKS entries that may verify signatures: asymmetric (never `oct`), meant for
     signing. Entries PyJWT cannot use (unknown kty, alg, crv) are dropped later, one by one."""
-    entries = jwks.get("keys", []) if isinstance(jwks, dict) else []
+    entries = jwks.get("keys") if isinstance(jwks, dict) else None
+    if not isinstance(entries, list):
+        return []
     return [
         entry for entry in entries
         if isinstance(entry, dict) and entry.get("kty") in ("RSA", "EC", "OKP") and entry.get("use", "sig") == "sig"
@@ -160,7 +166,7 @@ def signing_key(jwks_uri: str, kid: str, alg: str) -> jwt.PyJWK:
     at most once per KID_REFETCH_COOLDOWN per URL in this process: a flood of random kids
     costs the provider one request and evicts nothing (the cached set is only replaced by
     a successful fetch, which is the provider's current truth)."""
-    keys = _matching_keys(get_document(jwks_uri), kid, alg)
+    keys = _matching_keys(get_document(jwks_uri, require_list="keys"), kid, alg)
     if not keys:
         now = time.monotonic()
         with _lock:
@@ -169,7 +175,7 @@ def signing_key(jwks_uri: str, kid: str, alg: str) -> jwt.PyJWK:
             if allowed:
                 _last_forced[jwks_uri] = now
         if allowed:
-            keys = _matching_keys(get_document(jwks_uri, force=True), kid, alg)
+            keys = _matching_keys(get_document(jwks_uri, force=True, require_list="keys"), kid, alg)
     if not keys:
         raise IdTokenError("no signing key matches the token's kid and algorithm")
     return keys[0]
@@ -239,7 +245,13 @@ def verify_id_token(spec, hooks, id_token: str, *, nonce_digest: str | None,
             raise IdTokenError("id_token nonce does not match")
     if expected:
         for claim, value in expected.items():
-            if value is not None and claims.get(claim) != value:
+            if value is None:
+                continue
+            if claim == "aud":  # "a" and ["a"] name the same audience
+                same = set(audiences) == set(value if isinstance(value, list) else [value])
+            else:
+                same = claims.get(claim) == value
+            if not same:
                 raise IdTokenError(f"refreshed id_token changed its {claim}")
     return claims
 

@@ -101,3 +101,29 @@ def test_forwarded_proto_is_ignored_unless_behind_a_proxy(settings, db):
     settings.SECURE_PROXY_SSL_HEADER = None
     response = Client().get("/healthz", headers={"X-Forwarded-Proto": "https"})
     assert "Strict-Transport-Security" not in response.headers
+
+
+def test_answers_carrying_secrets_are_never_cached(stack, fake_provider, fake_provider_row):
+    from tests.conftest import connect
+
+    key = stack.key()
+    started = stack.call("POST", "/v1/request-connection", key, json=BODY)  # carries the state
+    assert started.status_code == 201 and started.headers["Cache-Control"] == "no-store"
+    cid = connect(stack, fake_provider, key)
+    for method, path in (("GET", f"/v1/token/{cid}"), ("POST", f"/v1/refresh/{cid}"),
+                         ("GET", f"/v1/token/{cid}?auto_refresh=true&min_ttl=86400")):
+        response = stack.call(method, path, key)
+        assert response.status_code == 200 and "access_token" in response.json()
+        assert response.headers["Cache-Control"] == "no-store", path
+
+
+def test_throttled_token_reads_never_reach_the_broker(stack, fake_provider, fake_provider_row, settings):
+    from broker_app.models import AuditEvent
+    from tests.conftest import connect
+
+    cid = connect(stack, fake_provider, stack.key("ws-a"))
+    reader = stack.key("ws-a")  # a key of its own: its budget starts empty
+    settings.API_KEY_RATE_LIMIT = "2/min"
+    codes = [stack.call("GET", f"/v1/token/{cid}", reader).status_code for _ in range(4)]
+    assert codes == [200, 200, 429, 429]
+    assert AuditEvent.objects.filter(connection_id=cid, action="token.read").count() == 2

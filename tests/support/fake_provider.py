@@ -68,6 +68,7 @@ class FakeProvider:
         self.discovery_calls = 0
         self.last_token_form: dict[str, str] = {}
         self.last_token_auth: str | None = None
+        self.last_revocation_auth: str | None = None
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -272,6 +273,7 @@ class FakeProvider:
                 elif path == "/revoke":
                     with provider.lock:
                         provider.revocations.append(form)
+                        provider.last_revocation_auth = self.headers.get("Authorization")
                         token = form.get("token", "")
                         grant = provider.grants.get(token)
                         if grant and provider.revocation_status == 200:

@@ -1,6 +1,6 @@
 """`manage.py rotate_token_keys [--check] [--batch-size N]` — re-encrypt every stored secret
-(connections' tokens and PKCE verifiers, providers' client secrets) under the first key of
-TOKEN_ENCRYPTION_KEYS.
+(connections' tokens and PKCE verifiers, providers' client secrets, webhook signing secrets)
+under the first key of TOKEN_ENCRYPTION_KEYS.
 
 Online: each batch is one short transaction that locks only its own rows and skips rows
 another transaction holds (`FOR UPDATE SKIP LOCKED`): a refresh in flight is never
@@ -23,8 +23,8 @@ from django.db import transaction
 from django.db.models import Count, Model, Q
 from django.db.models.functions import Substr
 
-from broker_app import crypto
-from broker_app.models import Connection, Provider
+from broker_app import crypto, webhooks
+from broker_app.models import Connection, Provider, WebhookEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ TARGETS = (
            lambda row, name: row.aad(name.removesuffix("_enc"))),
     Target("providers", Provider, ("client_secret_enc",),
            lambda row, name: f"provider:{row.pk}:client_secret"),
+    Target("webhooks", WebhookEndpoint, ("secret_enc",), lambda row, name: webhooks._secret_aad(row)),
 )
 
 
@@ -81,7 +82,7 @@ class Progress:
 
 
 class Command(BaseCommand):
-    help = "Re-encrypt every stored token and client secret under the first TOKEN_ENCRYPTION_KEYS key."
+    help = "Re-encrypt every stored token, client secret and webhook secret under the first TOKEN_ENCRYPTION_KEYS key."
 
     def add_arguments(self, parser):
         parser.add_argument("--check", action="store_true",

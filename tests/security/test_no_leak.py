@@ -1,0 +1,377 @@
+"""No token, code, secret or key anywhere it should not be.
+
+One test drives the whole life of connections over real HTTP (agent → gateway → broker →
+fake provider), with every logger at DEBUG, through the happy path and the unhappy ones —
+including a provider that echoes the refresh token, the authorization code and our client
+secret back in its error descriptions. Then it searches, for every secret value it saw
+(the provider's access, refresh and id tokens, authorization codes, PKCE verifiers, state
+and nonce, our client secret and its Basic-auth form, TOKEN_ENCRYPTION_KEYS, BROKER_API_KEY,
+the Django secret key, the agent's API key, the webhook signing secret):
+
+- every captured log record (formatted as the JSON log line, and its raw attributes);
+- every error body, redirect and non-token answer the agent or the browser got;
+- every Celery task message published (args, kwargs, headers) and the whole Redis database
+  (queues, cache, locks);
+- every admin page (changelists and change pages of connections, providers, audit events,
+  cached documents, webhooks) as a logged-in superuser;
+- a `pg_dump` of the database.
+
+None may be found."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import logging
+import shutil
+import subprocess
+from datetime import timedelta
+from urllib.parse import quote, urlencode
+
+import pytest
+import redis
+import requests
+from celery import signals
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import connection as db_connection
+from django.test import Client
+from django.utils import timezone
+from fake_provider import CLIENT_ID, CLIENT_SECRET
+
+from broker_app.models import AuditEvent, CachedDocument, Connection, WebhookDelivery, WebhookEndpoint
+from broker_app.services.sweep import refresh_one, sweep_due
+from broker_app.tasks import retry_revocations
+from broker_app.webhooks import webhook_deliver, webhook_endpoint_create
+from dromos.logging import JsonFormatter
+from tests.conftest import auth_params, start_connection
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DEBUG_LOGGERS = ("", "django", "django.request", "django.server", "django.db.backends", "urllib3", "requests",
+                 "celery", "kombu", "broker_app", "gateway_app", "dromos", "dromos.events", "dromos.request")
+
+
+class _Task:
+    def retry(self, countdown, **_):
+        return RuntimeError("retry")
+
+
+class Evidence:
+    """Secret values seen during the run, and every place they must not be."""
+
+    def __init__(self) -> None:
+        self.secrets: dict[str, str] = {}
+        self.places: dict[str, list[tuple[str, str]]] = {}
+
+    def secret(self, name: str, value: str | None) -> None:
+        if value:
+            assert len(value) >= 12, f"{name} is too short to search for reliably"
+            self.secrets.setdefault(value, name)
+
+    def place(self, kind: str, where: str, text: str | bytes) -> None:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="replace")
+        self.places.setdefault(kind, []).append((where, text))
+
+    def leaks(self) -> list[str]:
+        found = []
+        for value, name in self.secrets.items():
+            needles = {value, quote(value, safe=""), value.replace("/", "\\/")}
+            for kind, entries in self.places.items():
+                for where, text in entries:
+                    if any(needle in text for needle in needles):
+                        found.append(f"{name} found in {kind}: {where}")
+        return found
+
+
+@pytest.fixture
+def evidence(fake_provider, monkeypatch):
+    seen = Evidence()
+    seen.secret("client secret", CLIENT_SECRET)
+    seen.secret("client credentials (Basic auth)",
+                base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode())
+    seen.secret("BROKER_API_KEY", settings.BROKER_API_KEY)
+    seen.secret("DJANGO_SECRET_KEY", settings.SECRET_KEY)
+    seen.secret("TOKEN_ENCRYPTION_KEYS", settings.TOKEN_ENCRYPTION_KEYS)
+    for index, key in enumerate(settings.TOKEN_ENCRYPTION_KEYS.split(",")):
+        seen.secret(f"token encryption key {index + 1}", key.strip())
+        seen.secret(f"token encryption key {index + 1} (unpadded)", key.strip().rstrip("="))
+        raw = base64.urlsafe_b64decode(key.strip())
+        seen.secret(f"token encryption key {index + 1} (hex)", raw.hex())
+
+    real = fake_provider.token_endpoint
+
+    def recording(form):
+        for field in ("code", "code_verifier", "refresh_token", "client_secret"):
+            seen.secret(f"provider-side {field}", form.get(field))
+        status, body, headers = real(form)
+        for field in ("access_token", "refresh_token", "id_token"):
+            if isinstance(body.get(field), str):
+                seen.secret(field, body[field])
+                if field == "id_token":
+                    seen.secret("id_token signature", body[field].rsplit(".", 1)[1])
+        return status, body, headers
+
+    monkeypatch.setattr(fake_provider, "token_endpoint", recording)
+    return seen
+
+
+@pytest.fixture
+def published_tasks():
+    messages: list[str] = []
+
+    def record(sender=None, body=None, headers=None, routing_key=None, **_):
+        messages.append(f"{sender} {routing_key} body={body!r} headers={headers!r}")
+
+    signals.before_task_publish.connect(record, weak=False)
+    yield messages
+    signals.before_task_publish.disconnect(record)
+
+
+class BrowserAnswer:
+    def __init__(self, status: int, headers: dict[str, str], text: str) -> None:
+        self.status_code, self.headers, self.text = status, headers, text
+
+
+def _browser(stack, **params: str) -> BrowserAnswer:
+    """The user's browser following the provider's redirect. Plain http.client, which logs
+    nothing: the browser is not part of the system, its own request line would hold the code."""
+    host, port = stack.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request("GET", "/auth/callback?" + urlencode(params))
+        response = connection.getresponse()
+        return BrowserAnswer(response.status, dict(response.getheaders()), response.read().decode())
+    finally:
+        connection.close()
+
+
+def _consent(stack, fake_provider, evidence, key, responses, **issue) -> tuple[str, BrowserAnswer]:
+    started = start_connection(stack, key)
+    params = auth_params(started["authUrl"])
+    evidence.secret("state", params["state"])
+    evidence.secret("nonce", params["nonce"])
+    code = fake_provider.issue_code(code_challenge=params["code_challenge"], nonce=params["nonce"], **issue)
+    evidence.secret("authorization code", code)
+    response = _browser(stack, code=code, state=params["state"], iss=fake_provider.issuer)
+    responses.append(("callback", response))
+    # The same redirect again (a reload, or an attacker replaying it).
+    responses.append(("replayed callback", _browser(stack, code=code, state=params["state"], iss=fake_provider.issuer)))
+    return started["connection_id"], response
+
+
+def _age(cid: str) -> None:
+    now = timezone.now()
+    Connection.objects.filter(pk=cid).update(expires_at=now + timedelta(seconds=30),
+                                             last_refreshed_at=now - timedelta(seconds=3570),
+                                             next_refresh_attempt_at=None, refresh_failures=0)
+
+
+def _echo(status: int, error: str):
+    """A provider that puts what it received into its error description."""
+    def answer(form):
+        echoed = " ".join(f"{name}={form.get(name)}" for name in ("refresh_token", "code", "code_verifier",
+                                                                  "client_secret") if form.get(name))
+        return status, {"error": error, "error_description": f"rejected: {echoed}", "received": form}, {}
+    return answer
+
+
+def _admin_pages(evidence: Evidence, connection_ids: list[str]) -> int:
+    admin = User.objects.create_superuser("leakcheck", "leakcheck@example.test", "pw-not-used")
+    client = Client()
+    client.force_login(admin)
+    urls = ["/admin/", "/admin/broker_app/connection/", "/admin/broker_app/provider/",
+            "/admin/broker_app/auditevent/", "/admin/broker_app/cacheddocument/",
+            "/admin/broker_app/webhookendpoint/", "/admin/broker_app/webhookdelivery/",
+            "/admin/broker_app/connection/?status__exact=failed", "/admin/broker_app/auditevent/?action=token.read"]
+    urls += [f"/admin/broker_app/connection/{cid}/change/" for cid in connection_ids]
+    from broker_app.models import Provider
+
+    urls += [f"/admin/broker_app/provider/{pk}/change/" for pk in Provider.objects.values_list("pk", flat=True)]
+    urls += [f"/admin/broker_app/auditevent/{pk}/change/" for pk in AuditEvent.objects.values_list("pk", flat=True)]
+    urls += [f"/admin/broker_app/cacheddocument/{pk}/change/"
+             for pk in CachedDocument.objects.values_list("pk", flat=True)]
+    urls += [f"/admin/broker_app/webhookendpoint/{pk}/change/"
+             for pk in WebhookEndpoint.objects.values_list("pk", flat=True)]
+    urls += [f"/admin/broker_app/webhookdelivery/{pk}/change/"
+             for pk in WebhookDelivery.objects.values_list("pk", flat=True)]
+    for url in urls:
+        response = client.get(url)
+        assert response.status_code == 200, (url, response.status_code)
+        evidence.place("admin page", url, response.content)
+    return len(urls)
+
+
+def _redis_dump(evidence: Evidence) -> int:
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    count = 0
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key).decode()
+        if kind == "string":
+            value = repr(client.get(key))
+        elif kind == "list":
+            value = repr(client.lrange(key, 0, -1))
+        elif kind == "hash":
+            value = repr(client.hgetall(key))
+        elif kind == "set":
+            value = repr(client.smembers(key))
+        elif kind == "zset":
+            value = repr(client.zrange(key, 0, -1, withscores=True))
+        else:
+            value = kind
+        evidence.place("redis", key.decode(errors="replace"), f"{key!r} {value}")
+        count += 1
+    return count
+
+
+def _pg_dump() -> str:
+    binary = shutil.which("pg_dump")
+    assert binary, "pg_dump is missing: scripts/ensure-system-packages.sh installs postgresql-client"
+    db = settings.DATABASES["default"]
+    done = subprocess.run([binary, "--no-owner", "-h", db["HOST"], "-p", str(db["PORT"]), "-U", db["USER"],
+                           db_connection.settings_dict["NAME"]],
+                          capture_output=True, text=True, timeout=120, check=True)
+    return done.stdout
+
+
+def test_no_secret_in_logs_errors_tasks_admin_or_database(stack, fake_provider, fake_provider_row, evidence,
+                                                          published_tasks, caplog):
+    for name in DEBUG_LOGGERS:
+        caplog.set_level(logging.DEBUG, logger=name)
+    key = stack.key("ws-a")
+    evidence.secret("agent API key", key)
+    evidence.secret("agent API key secret part", key.split("_", 2)[2])
+    dead_port = _free_port()
+    _, webhook_secret = webhook_endpoint_create(workspace="ws-a", url=f"http://127.0.0.1:{dead_port}/hook")
+    evidence.secret("webhook signing secret", webhook_secret)
+    responses: list[tuple[str, requests.Response | BrowserAnswer]] = []
+    served: list[requests.Response] = []
+
+    # 1. A consent that works, then every way of reading and refreshing the token.
+    cid, done = _consent(stack, fake_provider, evidence, key, responses)
+    assert "status=success" in done.headers["Location"]
+    served.append(stack.call("GET", f"/v1/token/{cid}", key))
+    served.append(stack.call("POST", f"/v1/refresh/{cid}", key))
+    served.append(stack.call("GET", f"/v1/token/{cid}?auto_refresh=true&min_ttl=86400", key))
+    assert all(r.status_code == 200 for r in served), [r.text for r in served]
+    for what, path in (("check-connection", f"/v1/check-connection/{cid}"), ("list", "/v1/connections"),
+                       ("providers", "/v1/providers")):
+        responses.append((what, stack.call("GET", path, key)))
+
+    # 2. The provider fails transiently and echoes the refresh token and our secret.
+    _age(cid)  # (a forced refresh right after another one returns that one's result)
+    fake_provider.script(_echo(500, "server_error"))
+    failed = stack.call("POST", f"/v1/refresh/{cid}", key)
+    assert failed.status_code == 503, failed.text
+    responses.append(("transient refresh failure", failed))
+    _age(cid)
+    fake_provider.script(_echo(400, "invalid_request"))
+    responses.append(("refresh rejected", stack.call("POST", f"/v1/refresh/{cid}", key)))
+
+    # 3. The background sweep: a Celery task is published, then run.
+    _age(cid)
+    assert sweep_due().queued >= 1
+    assert refresh_one(task=_Task(), connection_id=cid) == "success"
+
+    # 4. A consent whose code exchange fails, the provider echoing code, verifier and secret.
+    fake_provider.script(_echo(400, "invalid_grant"))
+    failed_cid, failed_cb = _consent(stack, fake_provider, evidence, key, responses)
+    assert "error=code_exchange_failed" in failed_cb.headers["Location"]
+
+    # 5. A consent whose id_token is refused.
+    bad_cid, bad_cb = _consent(stack, fake_provider, evidence, key, responses,
+                               id_token=fake_provider.id_token(nonce="not-the-nonce"))
+    assert "error=invalid_id_token" in bad_cb.headers["Location"]
+
+    # 6. Wrong credentials, at the gateway and at the broker.
+    responses.append(("wrong key secret", stack.call("GET", f"/v1/token/{cid}", key[:-6] + "AAAAAA")))
+    responses.append(("garbage authorization", stack.call("GET", "/v1/connections", "not-a-key " + key)))
+    responses.append(("wrong broker key", stack.call("GET", f"/internal/v1/connections/{cid}/token",
+                                                     headers={"X-API-Key": settings.BROKER_API_KEY[:-1] + "x"})))
+    responses.append(("unknown connection", stack.call("GET", "/v1/token/c_" + "x" * 32, key)))
+    responses.append(("bad input", stack.call("POST", "/v1/request-connection", key,
+                                              json={"user_id": "u", "provider_name": "fake", "return_url": key})))
+
+    # 7. A ciphertext that no longer decrypts (tampered row).
+    row = Connection.objects.get(pk=cid)
+    Connection.objects.filter(pk=cid).update(access_token_enc=row.access_token_enc[:-4] + "AAAA")
+    unreadable = stack.call("GET", f"/v1/token/{cid}", key)
+    assert unreadable.status_code >= 500
+    responses.append(("unreadable token", unreadable))
+    Connection.objects.filter(pk=cid).update(access_token_enc=row.access_token_enc)
+
+    # 8. A second active connection refused at refresh with invalid_grant (echoing the token).
+    second, _ = _consent(stack, fake_provider, evidence, key, responses)
+    _age(second)
+    fake_provider.script(_echo(400, "invalid_grant"))
+    gone = stack.call("POST", f"/v1/refresh/{second}", key)
+    assert gone.status_code == 409, gone.text
+    responses.append(("invalid_grant", gone))
+
+    # 9. Revocation that fails at first, then succeeds from the Celery task.
+    fake_provider.revocation_status = 503
+    responses.append(("revoke deferred", stack.call("DELETE", f"/v1/connections/{cid}", key)))
+    fake_provider.revocation_status = 200
+    assert retry_revocations.apply().result == 1
+    assert not Connection.objects.get(pk=cid).revoke_pending
+
+    # 10. Webhook deliveries (their tasks were published on commit): one attempt each.
+    deliveries = list(WebhookDelivery.objects.values_list("pk", flat=True))
+    assert deliveries
+    for delivery_id in deliveries:
+        webhook_deliver(delivery_id=str(delivery_id))
+
+    # Every token the provider issued was seen, and some were really served.
+    assert sum(name == "access_token" for name in evidence.secrets.values()) >= 6
+    assert any(r.json().get("access_token") in evidence.secrets for r in served)
+    assert {Connection.objects.get(pk=c).status for c in (failed_cid, bad_cid, second)} == {"failed"}
+
+    # -- now look everywhere ------------------------------------------------------------------------
+    formatter = JsonFormatter()
+    assert len(caplog.records) > 50
+    for index, record in enumerate(caplog.records):
+        where = f"record {index} ({record.name}: {record.getMessage()[:60]})"
+        evidence.place("log line", where, formatter.format(record))
+        # Django's `request` attribute is written as method and path by the formatter (above).
+        evidence.place("log record attributes", where,
+                       repr({k: v for k, v in vars(record).items() if k not in ("request", "args", "msg")}))
+        if record.exc_info:
+            evidence.place("log traceback", where, logging.Formatter().formatException(record.exc_info))
+    for what, response in responses:
+        assert response.status_code != 200 or "access_token" not in response.text, what
+        evidence.place("HTTP answer", f"{what} ({response.status_code})",
+                       f"{response.headers.get('Location', '')}\n{response.text}")
+    for response in served:
+        assert response.headers["Cache-Control"] == "no-store"
+    assert published_tasks, "no Celery task was published: the task-argument check saw nothing"
+    for index, message in enumerate(published_tasks):
+        evidence.place("Celery task message", str(index), message)
+    redis_keys = _redis_dump(evidence)
+    admin_pages = _admin_pages(evidence, [cid, failed_cid, bad_cid, second])
+    evidence.place("pg_dump", "database", _pg_dump())
+
+    leaks = evidence.leaks()
+    assert not leaks, "\n".join(leaks)
+    # The search really looked at something in every place.
+    assert len(evidence.secrets) >= 25 and redis_keys > 0 and admin_pages >= 20, (
+        len(evidence.secrets), redis_keys, admin_pages)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_the_search_finds_a_planted_secret(caplog):
+    """The haystack search is not blind: a token that does reach a log line, an answer or
+    the dump is reported."""
+    seen = Evidence()
+    seen.secret("access_token", "at-planted-0123456789abcdef")
+    logging.getLogger("broker_app").warning("oops %s", "at-planted-0123456789abcdef")
+    seen.place("log line", "planted", JsonFormatter().format(caplog.records[-1]))
+    seen.place("pg_dump", "planted", "COPY x FROM stdin;\nat-planted-0123456789abcdef%2F\n")
+    assert seen.leaks() == ["access_token found in log line: planted", "access_token found in pg_dump: planted"]
