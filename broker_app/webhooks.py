@@ -164,15 +164,17 @@ def _queue(task, delivery_id: str) -> None:
         logger.exception("webhook delivery not queued", extra={"delivery_id": delivery_id})
 
 
-def _backoff(attempts: int) -> int:
+def _backoff(attempts: int) -> float:
+    """Seconds before the next attempt: the base doubled per failed attempt, capped, less up
+    to 20% jitter (so a burst of failures does not retry in lockstep), at least one second."""
     base = settings.WEBHOOK_RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1)
-    return max(1, int(min(settings.WEBHOOK_RETRY_MAX_SECONDS, base) * random.uniform(0.8, 1.0)))
+    return round(max(1.0, min(settings.WEBHOOK_RETRY_MAX_SECONDS, base) * random.uniform(0.8, 1.0)), 3)
 
 
 @dataclass(frozen=True)
 class AttemptResult:
     status: str
-    retry_in: int | None = None
+    retry_in: float | None = None
 
 
 def webhook_deliver(*, delivery_id: str) -> AttemptResult:

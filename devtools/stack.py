@@ -145,12 +145,14 @@ class Stack:
             self.manage("broker", "provider", "upsert", "--name", PROVIDER_NAME, "--template", "oidc",
                         "--display-name", "Local OIDC provider (demo)",
                         "--discovery-url", f"{self.oidc.issuer}/.well-known/openid-configuration",
-                        "--client-id", CLIENT_ID, "--client-secret", self.client_secret,
+                        "--client-id", CLIENT_ID, f"--client-secret={self.client_secret}",  # may start with "-"
                         "--default-scopes", "openid email profile offline_access",
                         "--authorize-param", "prompt=consent")
             created = self.manage("gateway", "apikey", "create", "--workspace", "demo", "--name", "stack")
             self.api_key = created.stdout.strip().splitlines()[-1]
             gunicorn = [PYTHON, "-m", "gunicorn", "dromos.wsgi:application", "--access-logfile", "-",
+                        # path only (%(U)s): a query string can hold the callback's code and state
+                        "--access-logformat", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
                         "--timeout", "60", "--graceful-timeout", "5"]
             self._spawn("broker", [*gunicorn, "-b", f"127.0.0.1:{self.broker_port}",
                                    "-w", str(self.broker_workers), "-k", "gthread", "--threads", "8"], "broker")

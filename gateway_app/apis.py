@@ -21,6 +21,10 @@ from gateway_app.authentication import ApiKeyAuthentication, ApiKeyThrottle, Has
 from gateway_app.broker_client import BrokerAnswer, broker
 
 CONNECTION_ID = r"[A-Za-z0-9_-]{1,64}"
+CONNECTION_STATUSES = ["pending", "active", "failed", "revoked"]
+CONNECTION_ID_PARAMETER = OpenApiParameter(
+    "connection_id", OpenApiTypes.STR, OpenApiParameter.PATH, pattern=f"^{CONNECTION_ID}$",
+    description="The id returned by request-connection (anything else is answered 400)")
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -40,7 +44,7 @@ class TokenSerializer(serializers.Serializer):
 
 class ConnectionSerializer(serializers.Serializer):
     connection_id = serializers.CharField()
-    status = serializers.ChoiceField(choices=["pending", "active", "failed", "revoked"])
+    status = serializers.ChoiceField(choices=CONNECTION_STATUSES)
     provider_name = serializers.CharField()
     provider_id = serializers.CharField()
     user_id = serializers.CharField()
@@ -48,6 +52,9 @@ class ConnectionSerializer(serializers.Serializer):
     granted_scopes = serializers.ListField(child=serializers.CharField())
     scopes_narrowed = serializers.BooleanField()
     missing_scopes = serializers.ListField(child=serializers.CharField())
+    warnings = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="refresh_token_expires_soon, refresh_token_expired, no_refresh_token, scopes_narrowed")
     error = serializers.CharField(allow_null=True)
     error_description = serializers.CharField(allow_null=True)
     account = serializers.DictField()
@@ -82,6 +89,34 @@ class ProviderSerializer(serializers.Serializer):
     refresh_token_rotation = serializers.BooleanField()
     refresh_token_lifetime_days = serializers.IntegerField(allow_null=True)
     param_formats = serializers.DictField(child=ParamFormatSerializer())
+
+
+class TokenQuerySerializer(serializers.Serializer):
+    auto_refresh = serializers.BooleanField(required=False, help_text="Refresh first when the token expires "
+                                            "within min_ttl seconds")
+    min_ttl = serializers.IntegerField(required=False, min_value=0, max_value=86400,
+                                       help_text="Seconds (default 60)")
+
+
+class ConnectionListQuerySerializer(serializers.Serializer):
+    user_id = serializers.CharField(required=False, allow_blank=True, max_length=255)
+    provider_name = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    status = serializers.ChoiceField(choices=CONNECTION_STATUSES, required=False, allow_blank=True)
+    page = serializers.IntegerField(required=False, min_value=1, help_text="Default 1")
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=200, help_text="Default 50")
+
+
+def _query(serializer_class: type[serializers.Serializer], request) -> dict[str, str]:
+    """Validated query parameters as the broker reads them (blank ones dropped): bad values
+    are answered 400 here, before any broker call."""
+    serializer = serializer_class(data=request.query_params)
+    serializer.is_valid(raise_exception=True)
+    params = {}
+    for name, value in serializer.validated_data.items():
+        if name not in request.query_params or value in ("", None):
+            continue
+        params[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return params
 
 
 ERRORS = {code: OpenApiResponse(ErrorSerializer, description=text) for code, text in (
@@ -163,7 +198,8 @@ class RequestConnectionApi(GatewayApi):
 class CheckConnectionApi(GatewayApi):
     required_scope = "connections:read"
 
-    @extend_schema(operation_id="check_connection", responses={200: ConnectionSerializer, **ERRORS})
+    @extend_schema(operation_id="check_connection", parameters=[CONNECTION_ID_PARAMETER],
+                   responses={200: ConnectionSerializer, **ERRORS})
     def get(self, request, connection_id: str):
         _check_id(connection_id)
         return _relay(broker().call("GET", f"/internal/v1/connections/{connection_id}", principal=request.user,
@@ -175,16 +211,13 @@ class TokenApi(GatewayApi):
 
     @extend_schema(
         operation_id="get_token",
-        parameters=[
-            OpenApiParameter("auto_refresh", OpenApiTypes.BOOL, description="Refresh first when the token "
-                             "expires within min_ttl seconds"),
-            OpenApiParameter("min_ttl", OpenApiTypes.INT, description="Seconds (default 60)"),
-        ],
+        parameters=[CONNECTION_ID_PARAMETER, TokenQuerySerializer],
         responses={200: TokenSerializer, **ERRORS},
     )
     def get(self, request, connection_id: str):
         _check_id(connection_id)
-        params = {k: request.query_params[k] for k in ("auto_refresh", "min_ttl") if k in request.query_params}
+        # The hot path: most calls carry no query string, and validating none costs CPU (issue 7).
+        params = _query(TokenQuerySerializer, request) if request.query_params else {}
         return _relay(broker().call("GET", f"/internal/v1/connections/{connection_id}/token",
                                     principal=request.user, client_ip=_client_ip(request), params=params),
                       no_store=True)
@@ -193,7 +226,8 @@ class TokenApi(GatewayApi):
 class RefreshApi(GatewayApi):
     required_scope = "tokens:refresh"
 
-    @extend_schema(operation_id="refresh_token", request=None, responses={200: TokenSerializer, **ERRORS})
+    @extend_schema(operation_id="refresh_token", request=None, parameters=[CONNECTION_ID_PARAMETER],
+                   responses={200: TokenSerializer, **ERRORS})
     def post(self, request, connection_id: str):
         _check_id(connection_id)
         return _relay(broker().call("POST", f"/internal/v1/connections/{connection_id}/refresh",
@@ -205,8 +239,7 @@ class ConnectionListApi(GatewayApi):
 
     @extend_schema(
         operation_id="list_connections",
-        parameters=[OpenApiParameter(name, OpenApiTypes.STR) for name in ("user_id", "provider_name", "status")]
-        + [OpenApiParameter(name, OpenApiTypes.INT) for name in ("page", "page_size")],
+        parameters=[ConnectionListQuerySerializer],
         responses={200: inline_serializer("ConnectionPage", {
             "count": serializers.IntegerField(), "page": serializers.IntegerField(),
             "page_size": serializers.IntegerField(),
@@ -216,8 +249,7 @@ class ConnectionListApi(GatewayApi):
         }), **ERRORS},
     )
     def get(self, request):
-        params = {k: request.query_params[k] for k in ("user_id", "provider_name", "status", "page", "page_size")
-                  if k in request.query_params}
+        params = _query(ConnectionListQuerySerializer, request)
         answer = broker().call("GET", "/internal/v1/connections", principal=request.user,
                                client_ip=_client_ip(request), params=params)
         if answer.status != 200:
@@ -233,7 +265,8 @@ class ConnectionListApi(GatewayApi):
 class ConnectionDeleteApi(GatewayApi):
     required_scope = "connections:delete"
 
-    @extend_schema(operation_id="delete_connection", responses={200: ConnectionSerializer, **ERRORS})
+    @extend_schema(operation_id="delete_connection", parameters=[CONNECTION_ID_PARAMETER],
+                   responses={200: ConnectionSerializer, **ERRORS})
     def delete(self, request, connection_id: str):
         _check_id(connection_id)
         return _relay(broker().call("DELETE", f"/internal/v1/connections/{connection_id}",

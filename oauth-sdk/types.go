@@ -75,6 +75,10 @@ type Connection struct {
 	ScopesNarrowed bool `json:"scopes_narrowed"`
 	// MissingScopes are the requested scopes the provider did not grant.
 	MissingScopes []string `json:"missing_scopes"`
+	// Warnings name conditions the caller should act on before they break
+	// the connection: "refresh_token_expires_soon", "refresh_token_expired",
+	// "no_refresh_token", "scopes_narrowed".
+	Warnings []string `json:"warnings"`
 	// Error is the OAuth error that failed the connection (e.g.
 	// "access_denied", "invalid_grant"); empty when none.
 	Error string `json:"error"`

@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -24,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 from oidc_consent import complete_consent  # noqa: E402
 from oidc_server import free_port  # noqa: E402
-from stack import Stack, reset_postgres_database  # noqa: E402
+from stack import CLIENT_ID, Stack, reset_postgres_database  # noqa: E402
 
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 ARTIFACTS = ROOT / "artifacts"
@@ -32,9 +36,11 @@ RETURN_URL = "http://127.0.0.1:1/oauth/return"  # nothing listens: the consent w
 
 
 def sibling_database(suffix: str) -> str:
+    """A database of its own next to the test database (one per xdist worker)."""
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dromos")
     head, name = base.rsplit("/", 1)
-    return f"{head}/{name}_{suffix}"
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    return f"{head}/{name}_{suffix}{'_' + worker if worker else ''}"
 
 
 def entrypoint_env(base: dict[str, str], workdir: Path, name: str) -> dict[str, str]:
@@ -72,14 +78,29 @@ class EntrypointStack(Stack):
     def new_key(self, workspace: str) -> str:
         return self.manage("gateway", "apikey", "create", "--workspace", workspace, "--name", "ops").stdout.split()[-1]
 
-    def connect(self, key: str, *, user_id: str = "user-ops", login: str = "alice", deny: bool = False) -> str:
+    def connect(self, key: str, *, user_id: str = "user-ops", login: str = "alice", deny: bool = False,
+                provider: str = "local") -> str:
         """A connection through the real consent flow; returns its id (active, or failed when denied)."""
         started = self.gw("POST", "/v1/request-connection", key, json={
-            "user_id": user_id, "provider_name": "local", "scopes": ["openid", "email", "offline_access"],
+            "user_id": user_id, "provider_name": provider, "scopes": ["openid", "email", "offline_access"],
             "return_url": RETURN_URL})
         assert started.status_code == 201, started.text
         complete_consent(started.json()["authUrl"], login=login, deny=deny, stop_at_prefix=RETURN_URL)
         return started.json()["connection_id"]
+
+    def db(self):
+        """A connection to the stack's own database (the test database is another one)."""
+        import psycopg
+
+        return psycopg.connect(self.database_url, autocommit=True)
+
+    def deliveries_settled(self, workspace: str) -> bool:
+        """No delivery of the workspace's webhooks is still pending (the worker stores the
+        outcome just after the receiver has answered)."""
+        with self.db() as conn:
+            return not conn.execute(
+                "SELECT 1 FROM broker_app_webhookdelivery d JOIN broker_app_webhookendpoint e ON e.id = d.endpoint_id "
+                "WHERE e.workspace = %s AND d.status = 'pending' LIMIT 1", [workspace]).fetchone()
 
     def json_log(self, name: str) -> list[dict]:
         lines = []
@@ -101,8 +122,8 @@ def ops_stack(tmp_path_factory, _redis_database_per_worker):
     stack = EntrypointStack(
         workdir=tmp_path_factory.mktemp("ops-stack"), database_url=database_url,
         redis_url=settings.REDIS_URL, celery=True, beat=False,
-        extra_env={"WEBHOOK_RETRY_BASE_SECONDS": "1", "WEBHOOK_ALLOW_HTTP_HOSTS": "127.0.0.1",
-                   "METRICS_CONNECTIONS_CACHE_SECONDS": "0"},
+        extra_env={"WEBHOOK_RETRY_BASE_SECONDS": "1", "WEBHOOK_MAX_ATTEMPTS": "3",
+                   "WEBHOOK_ALLOW_HTTP_HOSTS": "127.0.0.1", "METRICS_CONNECTIONS_CACHE_SECONDS": "0"},
     )
     stack.start()
     try:
@@ -110,6 +131,32 @@ def ops_stack(tmp_path_factory, _redis_database_per_worker):
         yield stack
     finally:
         stack.stop()
+
+
+def start_role(role: str, env: dict[str, str], workdir: Path, port: int) -> subprocess.Popen:
+    """One more gateway or broker (one gunicorn worker) through the entrypoint, next to the stack."""
+    env = {**entrypoint_env(env, workdir, f"{role}-{port}"), "BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "1",
+           "GUNICORN_THREADS": "2"}
+    log = open(workdir / f"{role}-{port}.log", "ab")  # noqa: SIM115 - owned by the process
+    return subprocess.Popen([str(ENTRYPOINT), role], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def http_status(url: str, **headers: str) -> int | None:
+    try:
+        return requests.get(url, headers=headers, timeout=5).status_code
+    except requests.RequestException:
+        return None
 
 
 def _get_ok(url: str) -> bool:
@@ -158,3 +205,118 @@ def metric_value(text: str, name: str, **labels: str) -> float:
 
 def random_id(prefix: str = "ops") -> str:
     return f"{prefix}-{secrets.token_hex(8)}"
+
+
+# -- small HTTP servers the tests run next to the stack ---------------------------------------------
+
+@dataclass
+class Received:
+    at: float
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> dict:
+        return json.loads(self.body)
+
+
+class WebhookReceiver:
+    """A workspace's webhook endpoint: records every POST and answers the statuses a test
+    scripts per path (then 200)."""
+
+    def __init__(self) -> None:
+        self.received: list[Received] = []
+        self.scripts: dict[str, list[int]] = {}
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver._lock:
+                    receiver.received.append(Received(time.monotonic(), self.path, dict(self.headers), body))
+                    script = receiver.scripts.get(self.path) or []
+                    status = script.pop(0) if script else 200
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def at(self, path: str) -> list[Received]:
+        with self._lock:
+            return [r for r in self.received if r.path == path]
+
+    def wait_for(self, path: str, event: str, connection_id: str, *, timeout: float = 30) -> Received:
+        def found():
+            for r in self.at(path):
+                if r.headers.get("Dromos-Event") == event and r.json()["data"]["connection_id"] == connection_id:
+                    return r
+            return None
+
+        return wait_for(found, f"{event} for {connection_id} at {path}", timeout)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def webhook_receiver():
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()
+
+
+class TokenProxy:
+    """Stands in front of the OIDC provider's token endpoint; while `failing` it answers 503
+    (a provider outage, as the refresh service sees one)."""
+
+    def __init__(self, target: str) -> None:
+        self.target, self.failing, self.calls = target, False, 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                proxy.calls += 1
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.failing:
+                    status, payload, content_type = 503, b'{"error":"temporarily_unavailable"}', "application/json"
+                else:
+                    headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")}
+                    answer = requests.post(proxy.target, data=body, headers=headers, timeout=10)
+                    status, payload = answer.status_code, answer.content
+                    content_type = answer.headers.get("Content-Type", "application/json")
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def flaky_provider(ops_stack):
+    """A second provider on the same OIDC server whose token endpoint the test can take down."""
+    proxy = TokenProxy(ops_stack.oidc.metadata["token_endpoint"])
+    ops_stack.manage("broker", "provider", "upsert", "--name", "flaky", "--template", "oidc",
+                     "--discovery-url", ops_stack.oidc.discovery_url, "--token-url", proxy.url,
+                     "--client-id", CLIENT_ID, f"--client-secret={ops_stack.client_secret}",
+                     "--default-scopes", "openid email offline_access", "--authorize-param", "prompt=consent")
+    yield proxy
+    proxy.close()

@@ -3,6 +3,7 @@ the --help / exit-code contract of every command an operator runs."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import subprocess
@@ -37,6 +38,21 @@ def manage(*args: str, role: str = "broker", **env: str) -> subprocess.Completed
                           capture_output=True, text=True, timeout=120)
 
 
+def execute(*argv: str) -> tuple[int, str, str]:
+    """`manage.py ARGV` in this process, exactly as manage.py runs it (argument parsing, the
+    CommandError → message + exit status path): returns (exit status, stdout, stderr)."""
+    from django.core.management import execute_from_command_line
+
+    out, err = io.StringIO(), io.StringIO()
+    status = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            execute_from_command_line(["manage.py", *argv])
+        except SystemExit as exc:
+            status = exc.code if isinstance(exc.code, int) else 1
+    return status, out.getvalue(), err.getvalue()
+
+
 def run(*args: str) -> tuple[str, str]:
     out, err = io.StringIO(), io.StringIO()
     call_command(*args, stdout=out, stderr=err)
@@ -47,23 +63,123 @@ def run(*args: str) -> tuple[str, str]:
 
 @pytest.mark.parametrize("role, command", [
     ("broker", "provider"), ("broker", "prune_pending"), ("broker", "webhook"), ("broker", "refresh_due"),
-    ("broker", "check"), ("gateway", "apikey"), ("gateway", "check"),
+    ("broker", "rotate_token_keys"), ("broker", "check"), ("gateway", "apikey"), ("gateway", "check"),
+    ("broker", "provider upsert"), ("broker", "provider list"), ("broker", "provider remove"),
+    ("broker", "provider templates"), ("broker", "webhook add"), ("broker", "webhook list"),
+    ("broker", "webhook remove"), ("broker", "webhook deliveries"), ("gateway", "apikey create"),
+    ("gateway", "apikey list"), ("gateway", "apikey revoke"),
 ])
 def test_every_operator_command_has_help(role, command):
-    result = manage(command, "--help", role=role)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: manage.py " + command)
+    status, out, err = execute(*command.split(), "--help")
+    assert status == 0, err
+    assert out.startswith("usage: manage.py " + command) and "-h, --help" in out
 
 
-@pytest.mark.parametrize("args, message", [
-    (["webhook"], "the following arguments are required: {add,list,remove,deliveries}"),
-    (["webhook", "add", "--workspace", "ws"], "the following arguments are required: --url"),
-    (["webhook", "add", "--workspace", "ws", "--url", "https://h.test/x", "--event", "nope"], "invalid choice"),
-    (["prune_pending", "--bogus"], "unrecognized arguments: --bogus"),
+def test_help_works_in_each_role_process():
+    for role, command in (("broker", "rotate_token_keys"), ("gateway", "apikey")):
+        result = manage(command, "--help", role=role)
+        assert result.returncode == 0 and result.stdout.startswith(f"usage: manage.py {command}"), result.stderr
+
+
+@pytest.mark.parametrize("role, args, message", [
+    ("broker", ["webhook"], "the following arguments are required: {add,list,remove,deliveries}"),
+    ("broker", ["webhook", "add", "--workspace", "ws"], "the following arguments are required: --url"),
+    ("broker", ["webhook", "add", "--workspace", "ws", "--url", "https://h.test/x", "--event", "nope"],
+     "invalid choice"),
+    ("broker", ["prune_pending", "--bogus"], "unrecognized arguments: --bogus"),
+    ("broker", ["provider"], "the following arguments are required: {upsert,list,remove,templates}"),
+    ("broker", ["provider", "upsert"], "the following arguments are required: --name"),
+    ("broker", ["provider", "upsert", "--name", "x", "--token-auth", "magic"], "invalid choice: 'magic'"),
+    ("broker", ["refresh_due", "--window", "soon"], "invalid int value: 'soon'"),
+    ("broker", ["rotate_token_keys", "--batch-size", "many"], "invalid int value: 'many'"),
+    ("gateway", ["apikey"], "the following arguments are required: {create,list,revoke}"),
+    ("gateway", ["apikey", "create", "--workspace", "ws"], "the following arguments are required: --name"),
+    ("gateway", ["apikey", "create", "--workspace", "ws", "--name", "n", "--scope", "tokens:all"],
+     "invalid choice: 'tokens:all'"),
+    ("gateway", ["apikey", "revoke"], "the following arguments are required: --prefix"),
 ])
-def test_usage_errors_exit_2(args, message):
-    result = manage(*args)
-    assert result.returncode == 2 and message in result.stderr
+def test_usage_errors_exit_2(role, args, message):
+    status, _, err = execute(*args)
+    assert status == 2, err
+    assert message in err and "usage: manage.py" in err
+
+
+@pytest.mark.parametrize("role, args, message", [
+    ("gateway", ["apikey", "revoke", "--prefix", "nosuchkey"], "no key with prefix 'nosuchkey'"),
+    ("gateway", ["apikey", "create", "--workspace", "bad workspace!", "--name", "n"], "workspace must be 1-128"),
+    ("broker", ["provider", "remove", "--name", "nope"], "no provider named 'nope'"),
+    ("broker", ["provider", "upsert", "--name", "x", "--template", "nope"], "unknown template 'nope'"),
+    ("broker", ["provider", "upsert", "--name", "google", "--authorize-param", "hd"], "expected key=value, got 'hd'"),
+    ("broker", ["refresh_due", "--window", "-5"], "--window must be 0 or more seconds"),
+    ("broker", ["refresh_due", "--provider", "nope"], "unknown provider 'nope'"),
+    ("broker", ["refresh_due", "--enqueue", "--window", "60"], "--window applies to refreshes run here"),
+    ("broker", ["rotate_token_keys", "--batch-size", "0"], "--batch-size must be at least 1"),
+])
+def test_bad_input_is_a_clear_one_line_error_with_exit_1(role, args, message):
+    status, _, err = execute(*args)
+    assert status == 1, err
+    assert err.startswith("CommandError: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_bad_input_exit_status_in_the_role_process():
+    result = manage("apikey", "revoke", "--prefix", "nosuchkey", role="gateway")
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == "CommandError: no key with prefix 'nosuchkey'"
+    result = manage("refresh_due", "--window", "-1")
+    assert result.returncode == 1 and "CommandError: --window must be 0 or more seconds" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- apikey: what an operator runs ----------------------------------------------------------------------
+
+def test_apikey_create_list_revoke_as_an_operator_runs_them():
+    status, key, err = execute("apikey", "create", "--workspace", "acme", "--name", "billing-agent",
+                               "--scope", "tokens:read", "--scope", "connections:read")
+    assert status == 0, err
+    key = key.strip()
+    prefix = key.split("_")[1]
+    assert f"created key {prefix} for workspace acme; it is shown once" in err and key not in err
+    other = execute("apikey", "create", "--workspace", "umbrella", "--name", "ops")[1].strip()
+
+    status, listing, _ = execute("apikey", "list", "--workspace", "acme")
+    assert status == 0 and key not in listing
+    assert listing.splitlines() == [
+        f"{prefix}\tacme\tbilling-agent\tactive\tlast_used=never\tscopes=connections:read,tokens:read"]
+    everything = execute("apikey", "list")[1]
+    assert prefix in everything and other.split("_")[1] in everything and other not in everything
+
+    from gateway_app.services import apikey_verify, cache_clear
+
+    assert apikey_verify(key).workspace == "acme"
+    status, out, _ = execute("apikey", "revoke", "--prefix", prefix)
+    assert status == 0 and out.strip() == f"revoked {prefix}"
+    cache_clear()
+    assert apikey_verify(key) is None
+    today = timezone.now().strftime("%Y-%m-%d")
+    assert f"\tbilling-agent\trevoked {today}\t" in execute("apikey", "list", "--workspace", "acme")[1]
+    status, out, _ = execute("apikey", "revoke", "--prefix", prefix)  # idempotent
+    assert status == 0 and out.strip() == f"revoked {prefix}"
+    assert apikey_verify(other) is not None
+
+
+# -- refresh_due: progress on stderr, outcomes on stdout --------------------------------------------
+
+def test_refresh_due_shows_progress_and_outcomes(stack, fake_provider, fake_provider_row):
+    from tests.conftest import connect
+
+    key = stack.key("ws-due")
+    ids = [connect(stack, fake_provider, key) for _ in range(3)]
+    now = timezone.now()  # two one-hour tokens with 30 s left, one with five hours left
+    Connection.objects.filter(pk__in=ids[:2]).update(expires_at=now + timedelta(seconds=30), next_refresh_attempt_at=None,
+                                                     last_refreshed_at=now - timedelta(seconds=3570))
+    Connection.objects.filter(pk=ids[2]).update(expires_at=now + timedelta(hours=5), next_refresh_attempt_at=None)
+    out, _ = run("refresh_due", "--dry-run")
+    assert set(out.splitlines()[:-1]) == set(ids[:2]) and out.splitlines()[-1] == "due: 2 (dry run, nothing changed)"
+    out, err = run("refresh_due", "--provider", "fake")
+    assert err.strip().endswith("2/2")
+    assert out.startswith("due: 2; success: 2 (")
+    assert all(Connection.objects.get(pk=cid).token_version == 2 for cid in ids[:2])
+    assert Connection.objects.get(pk=ids[2]).token_version == 1
+    assert run("refresh_due")[0].startswith("due: 0; nothing due")
 
 
 # -- prune_pending -----------------------------------------------------------------------------------

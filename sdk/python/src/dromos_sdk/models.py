@@ -130,6 +130,7 @@ class Connection:
     granted_scopes: tuple[str, ...] = ()
     scopes_narrowed: bool = False
     missing_scopes: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
     error: str | None = None
     error_description: str | None = None
     account: Mapping[str, Any] = field(default_factory=dict)
@@ -157,6 +158,7 @@ class Connection:
             granted_scopes=_strs(data, "granted_scopes"),
             scopes_narrowed=bool(data.get("scopes_narrowed", False)),
             missing_scopes=_strs(data, "missing_scopes"),
+            warnings=_strs(data, "warnings"),
             error=_opt_str(data, "error"),
             error_description=_opt_str(data, "error_description"),
             account=_mapping(data, "account"),
