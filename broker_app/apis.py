@@ -96,11 +96,12 @@ class ConnectionStartApi(APIView):
             raise InvalidRequest("page and page_size must be integers") from None
         if page_number < 1:
             raise InvalidRequest("page must be 1 or more")
+        user_id = request.query_params.get("user_id") or None
+        provider_name = request.query_params.get("provider_name") or None
+        if "\x00" in (user_id or "") + (provider_name or ""):  # PostgreSQL text cannot hold NUL
+            raise InvalidRequest("user_id and provider_name must not contain NUL characters")
         queryset = selectors.connection_list(
-            workspace=workspace,
-            user_id=request.query_params.get("user_id") or None,
-            provider_name=request.query_params.get("provider_name") or None,
-            status=status,
+            workspace=workspace, user_id=user_id, provider_name=provider_name, status=status,
         )
         paginator = Paginator(queryset, page_size)
         try:
