@@ -1,14 +1,17 @@
 """Token fetch path benchmark (issue 7): the hot path measured against the web stack's floor.
+docs/benchmarks.md ("Token path") has the results and how to read them.
 
-    .venv/bin/python bench/token_bench.py            # full run: 10^4 then 10^6 stored connections
+    make bench                                        # full run: 10^4 then 10^6 stored connections
     .venv/bin/python bench/token_bench.py --scales 10000 --rounds 3 --duration 3   # quick look
 
-Starts the real processes with production settings (DEBUG off, gunicorn, PostgreSQL,
-Redis; the same server model and worker counts for gateway and broker and for every case)
-in a fresh database (`dromos_bench` unless BENCH_DATABASE_URL says otherwise), seeds it
+Starts the real processes with production settings (DEBUG off, gunicorn with
+docker/gunicorn.conf.py, PostgreSQL, Redis; the same server model and worker counts for
+gateway and broker and for every case) in a fresh database (BENCH_DATABASE_URL, default
+`dromos_bench`, dropped and recreated; BENCH_REDIS_URL, default Redis database 7), seeds it
 with active connections whose tokens are encrypted exactly as the broker stores them, and
-drives load from a separate process with `wrk` (not installed here: `apt-get install wrk`).
-Every request picks a random connection id (and a random API key) from the seeded set.
+drives load from a separate process with `wrk` (installed with apt-get when missing and run
+as root). Every request picks a random connection id (and a random API key) from the
+seeded set.
 
 Cases, measured in the same run and alternated (A B C D A B C D …, several rounds; the
 table shows medians, and ratios are medians of per-round ratios to the floor of the same
@@ -21,8 +24,9 @@ round, so they hold on a noisy machine):
 3. gateway        GET {gateway}/v1/token/{id}: API key, throttle, gateway→broker hop, all of 2;
 4. gateway+auto   the same with ?auto_refresh=true on tokens that need no refresh.
 
-Prints one Markdown table per scale (requests/s, p50, p99, ratio to the floor, errors),
-resident memory per gunicorn worker, and the 10^6 / 10^4 ratio; writes the raw numbers to
+Prints one Markdown table per scale (requests/s, p50, p99, ratios to the floor, errors, CPU
+time per request of each group of processes), resident memory per gunicorn worker, the
+10^6 / 10^4 comparison and the issue's targets, met or missed; writes the raw numbers to
 var/bench/token_bench.json. Exits non-zero when any request failed.
 """
 
@@ -32,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import runpy
 import secrets
 import shutil
 import signal
@@ -66,8 +71,10 @@ class BenchStack(Stack):
     """The gateway and the broker under gunicorn, nothing else (no Celery, no OIDC provider):
     the token path needs neither, and idle processes would only add noise."""
 
-    worker_class: str = "gthread"
-    threads: int = 8
+    # None: production's value (docker/gunicorn.conf.py, from the CPU count), identical for both roles.
+    workers: int | None = None
+    worker_class: str | None = None
+    threads: int | None = None
     access_log: bool = False  # production's gunicorn.conf.py leaves it off (the app logs each request)
 
     def start(self) -> BenchStack:
@@ -78,13 +85,12 @@ class BenchStack(Stack):
         try:
             self.manage("broker", "migrate", "--noinput", "-v0")
             self.manage("gateway", "migrate", "--noinput", "-v0")
-            for role, port, workers in (("broker", self.broker_port, self.broker_workers),
-                                        ("gateway", self.gateway_port, self.gateway_workers)):
+            for role, port in (("broker", self.broker_port), ("gateway", self.gateway_port)):
                 # As in production (docker/entrypoint.sh): one Prometheus directory per role.
                 metrics_dir = self.workdir / f"metrics-{role}"
                 metrics_dir.mkdir(exist_ok=True)
                 self.env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-                self._spawn(role, self.gunicorn_args(port, workers), role)
+                self._spawn(role, self.gunicorn_args(port), role)
             self.env.pop("PROMETHEUS_MULTIPROC_DIR")
             self._wait_http(f"{self.broker_url}/healthz", "broker")
             self._wait_http(f"{self.gateway_url}/healthz", "gateway")
@@ -93,17 +99,31 @@ class BenchStack(Stack):
             raise
         return self
 
-    def gunicorn_args(self, port: int, workers: int) -> list[str]:
+    def gunicorn_args(self, port: int) -> list[str]:
         args = [sys.executable, "-m", "gunicorn", "dromos.wsgi:application"]
         if GUNICORN_CONF.exists():
             args += ["--config", str(GUNICORN_CONF)]  # production's; the options below override it
-        args += ["-b", f"127.0.0.1:{port}", "-w", str(workers), "-k", self.worker_class,
-                 "--timeout", "60", "--graceful-timeout", "5"]
-        if self.worker_class == "gthread":
-            args += ["--threads", str(self.threads)]
+        args += ["-b", f"127.0.0.1:{port}", "--graceful-timeout", "5"]
+        for flag, value in (("-w", self.workers), ("-k", self.worker_class), ("--threads", self.threads)):
+            if value is not None:
+                args += [flag, str(value)]
         if self.access_log:
             args += ["--access-logfile", "-"]
         return args
+
+    def server_model(self) -> dict[str, object]:
+        """The worker model both roles run: production's configuration with this run's overrides."""
+        saved = dict(os.environ)
+        try:
+            os.environ.update({k: v for k, v in self.env.items() if k.startswith("GUNICORN_")})
+            config = runpy.run_path(str(GUNICORN_CONF)) if GUNICORN_CONF.exists() else {}
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        return {"workers": self.workers or config.get("workers", 1),
+                "worker_class": self.worker_class or config.get("worker_class", "sync"),
+                "threads": self.threads or config.get("threads", 1),
+                "max_requests": config.get("max_requests", 0)}
 
     def worker_rss_kib(self, role: str) -> list[int]:
         """VmRSS of each gunicorn worker (the master's children) of one role."""
@@ -138,24 +158,81 @@ class Sample:
     p99_ms: float
     errors: int
     requests: int
+    cpu_ms: dict[str, float] = field(default_factory=dict)  # CPU time per request, by process group
+
+
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_ticks(pid: int | str, *, with_children: bool = False) -> int:
+    """utime + stime of one process (all its threads); with the children it has reaped."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks + int(fields[13]) + int(fields[14]) if with_children else ticks
+
+
+class CpuMeter:
+    """CPU seconds spent by each process group: each gunicorn role (master, live workers and
+    the workers it has already reaped: max_requests recycles them), the PostgreSQL backends
+    serving the benchmark's database, Redis and wrk. CPU time per request is far steadier
+    than requests per second on a shared machine."""
+
+    def __init__(self, masters: dict[str, int], database: str) -> None:
+        self.masters, self.database = masters, database
+
+    def snapshot(self) -> dict[str, int]:
+        totals = {role: _proc_ticks(pid, with_children=True) + sum(
+            _proc_ticks(child) for child in _children(pid)) for role, pid in self.masters.items()}
+        totals["postgres"] = totals["redis"] = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if command.startswith("postgres:") and f" {self.database} " in command:
+                totals["postgres"] += _proc_ticks(entry.name)
+            elif command.startswith("redis-server"):
+                totals["redis"] += _proc_ticks(entry.name)
+        children = os.times()
+        totals["wrk"] = round((children.children_user + children.children_system) * _CLK)
+        return totals
+
+    @staticmethod
+    def per_request(before: dict[str, int], after: dict[str, int], requests: int) -> dict[str, float]:
+        return {k: (after[k] - before[k]) / _CLK * 1000 / max(requests, 1) for k in after}
+
+
+def _children(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
 
 
 def wrk_run(case: Case, *, ids_file: Path, keys_file: Path, duration: float, concurrency: int,
-            threads: int) -> Sample:
+            threads: int, meter: CpuMeter | None = None) -> Sample:
     args = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
             "-s", str(LUA)]
     for name, value in case.headers.items():
         args += ["-H", f"{name}: {value}"]
     args += [case.base_url, "--", str(ids_file) if case.random_id else "-", case.prefix, case.suffix]
     args += [str(keys_file), "Authorization"] if case.keyed else ["-", ""]
+    before = meter.snapshot() if meter else {}
     result = subprocess.run(args, capture_output=True, text=True, timeout=duration + 60)
+    after = meter.snapshot() if meter else {}
     line = next((x for x in result.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
     if result.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed for {case.name}:\n{result.stdout}\n{result.stderr}")
     data = json.loads(line.removeprefix("BENCH_JSON "))
     errors = sum(data[k] for k in ("connect", "read", "write", "status", "timeout"))
     return Sample(rps=data["requests"] / (data["duration_us"] / 1e6), p50_ms=data["p50_us"] / 1000,
-                  p99_ms=data["p99_us"] / 1000, errors=errors, requests=data["requests"])
+                  p99_ms=data["p99_us"] / 1000, errors=errors, requests=data["requests"],
+                  cpu_ms=CpuMeter.per_request(before, after, data["requests"]) if meter else {})
 
 
 def check_case(case: Case, connection_id: str, key: str) -> None:
@@ -170,6 +247,23 @@ def check_case(case: Case, connection_id: str, key: str) -> None:
     body = response.json()
     if case.name != "floor" and body.get("access_token") != access_token_for(connection_id):
         raise RuntimeError(f"{case.name}: the answer does not carry the seeded token")
+
+
+def ensure_wrk() -> bool:
+    """wrk (Debian package `wrk`) on PATH; installed with apt-get when missing and we are root."""
+    if shutil.which("wrk"):
+        return True
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        print("installing the wrk load generator: apt-get install -y wrk", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for command in (["apt-get", "install", "-y", "-qq", "wrk"], ["apt-get", "update", "-qq"],
+                        ["apt-get", "install", "-y", "-qq", "wrk"]):
+            subprocess.run(command, env=env, stdout=subprocess.DEVNULL, check=False)
+            if shutil.which("wrk"):
+                return True
+    print("bench/token_bench.py needs the wrk load generator on PATH: sudo apt-get install -y wrk",
+          file=sys.stderr)
+    return False
 
 
 def machine() -> dict[str, str]:
@@ -195,20 +289,57 @@ def summarise(samples: dict[str, list[Sample]]) -> dict[str, dict[str, float]]:
             "p99_ratio": statistics.median(p99_ratios),
             "errors": sum(s.errors for s in runs),
             "requests": sum(s.requests for s in runs),
+            "cpu_ms": {group: statistics.median(s.cpu_ms.get(group, 0.0) for s in runs)
+                       for group in runs[0].cpu_ms},
         }
     return table
 
 
 def render(scale: int, table: dict[str, dict[str, float]], rss: dict[str, list[int]], concurrency: int) -> str:
     lines = [f"connections stored: {scale:,}  ·  {concurrency} concurrent clients", "",
-             "| case | requests/s | p50 ms | p99 ms | throughput vs floor | p99 vs floor | errors / requests |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| case | requests/s | p50 ms | p99 ms | throughput vs floor | p99 vs floor | errors / requests "
+             "| CPU ms/request: gateway · broker · postgres · redis · wrk |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, row in table.items():
+        cpu = row.get("cpu_ms") or {}
+        cpu_text = " · ".join(f"{cpu.get(g, 0.0):.2f}" for g in ("gateway", "broker", "postgres", "redis", "wrk"))
         lines.append(f"| {name} | {row['rps']:,.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
-                     f"{row['ratio']:.0%} | {row['p99_ratio']:.2f}× | {row['errors']} / {row['requests']:,} |")
+                     f"{row['ratio']:.0%} | {row['p99_ratio']:.2f}× | {row['errors']} / {row['requests']:,} "
+                     f"| {cpu_text} |")
     lines.append("")
     lines.append("RSS per worker: " + ", ".join(
         f"{role} {' / '.join(f'{kib / 1024:.0f}' for kib in sizes)} MiB" for role, sizes in rss.items()))
+    return "\n".join(lines)
+
+
+def server_cpu_ms(row: dict) -> float:
+    """CPU per request of everything that serves it (both roles, PostgreSQL, Redis), not wrk."""
+    return sum(v for k, v in (row.get("cpu_ms") or {}).items() if k != "wrk")
+
+
+def target_check(results: dict, scales: list[int]) -> str:
+    """Issue 7's targets against this run, one Markdown list item each."""
+    lines = ["targets (issue 7):"]
+
+    def item(ok: bool, text: str) -> None:
+        lines.append(f"- {'met' if ok else 'MISSED'}: {text}")
+
+    for scale in scales:
+        table = results["scales"][scale]["table"]
+        if "gateway" in table:
+            item(table["gateway"]["ratio"] >= 0.40,
+                 f"{scale:,}: gateway token fetch {table['gateway']['ratio']:.0%} of the floor (≥ 40%)")
+            item(table["gateway"]["p99_ratio"] <= 4,
+                 f"{scale:,}: gateway p99 {table['gateway']['p99_ratio']:.2f}× the floor's (≤ 4×)")
+        if "broker" in table:
+            item(table["broker"]["ratio"] >= 0.70,
+                 f"{scale:,}: broker direct token read {table['broker']['ratio']:.0%} of the floor (≥ 70%)")
+    for name, scaling in results.get("scaling", {}).items():
+        item(scaling["normalised"] >= 0.90, f"{name}: {scales[-1]:,} stored gives {scaling['normalised']:.0%} of "
+                                            f"the {scales[0]:,} throughput, floor-normalised "
+                                            f"({scaling['raw']:.0%} raw; ≥ 90%)")
+    errors = sum(row["errors"] for data in results["scales"].values() for row in data["table"].values())
+    item(errors == 0, f"{errors} failed requests (0)")
     return "\n".join(lines)
 
 
@@ -220,9 +351,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=3, help="seconds per case before the rounds")
     parser.add_argument("--concurrency", type=int, default=32, help="wrk connections")
     parser.add_argument("--wrk-threads", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers, gateway and broker alike")
-    parser.add_argument("--worker-class", default="gthread")
-    parser.add_argument("--threads", type=int, default=8, help="threads per gthread worker")
+    parser.add_argument("--workers", type=int, help="gunicorn workers per role (default: production's)")
+    parser.add_argument("--worker-class", help="gunicorn worker class (default: production's, gthread)")
+    parser.add_argument("--threads", type=int, help="threads per gthread worker (default: production's)")
     parser.add_argument("--access-log", action="store_true", help="also gunicorn's own access log")
     parser.add_argument("--keys", type=int, default=8, help="gateway API keys, picked at random per request")
     parser.add_argument("--cases", default=",".join(CASES))
@@ -233,9 +364,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "var" / "bench" / "token_bench.json"))
     args = parser.parse_args()
 
-    if shutil.which("wrk") is None:
-        print("bench/token_bench.py needs the wrk load generator on PATH: apt-get install -y wrk "
-              "(.ci/run installs it).", file=sys.stderr)
+    if not ensure_wrk():
         return 2
     scales = sorted(int(x) for x in args.scales.split(","))
     cases_wanted = [c for c in args.cases.split(",") if c]
@@ -250,8 +379,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="token-bench-"))
     stack = BenchStack(
         workdir=workdir, database_url=database_url, redis_url=redis_url, celery=False, beat=False,
-        gateway_workers=args.workers, broker_workers=args.workers, worker_class=args.worker_class,
-        threads=args.threads, access_log=args.access_log,
+        workers=args.workers, worker_class=args.worker_class, threads=args.threads, access_log=args.access_log,
         # The benchmark measures the throttle's cost, not its limit.
         extra_env={"API_KEY_RATE_LIMIT": "100000000/min", **dict(item.split("=", 1) for item in args.env)},
     )
@@ -262,6 +390,10 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     try:
         stack.start()
+        servers = stack.server_model()
+        results["servers"] = servers
+        print(f"servers: gunicorn {servers['worker_class']}, {servers['workers']} workers × {servers['threads']} "
+              f"threads per role (docker/gunicorn.conf.py), DEBUG off, PostgreSQL + Redis", flush=True)
         stack.manage("broker", "provider", "upsert", "--name", PROVIDER, "--template", "github",
                      "--client-id", "bench", "--client-secret", secrets.token_urlsafe(16), "--no-check")
         provider_id = stack.manage("broker", "shell", "--no-imports", "-c",
@@ -304,8 +436,10 @@ def main() -> int:
                                   "pids": {k: p.pid for k, p in stack.processes.items()}}), flush=True)
                 while True:
                     time.sleep(3600)
+            meter = CpuMeter({role: stack.processes[role].pid for role in ("gateway", "broker")},
+                             database_url.rsplit("/", 1)[1])
             run = dict(ids_file=ids_file, keys_file=keys_file, concurrency=args.concurrency,
-                       threads=args.wrk_threads)
+                       threads=args.wrk_threads, meter=meter)
             for case in cases:
                 wrk_run(case, duration=args.warmup, **run)
             samples: dict[str, list[Sample]] = {case.name: [] for case in cases}
@@ -323,12 +457,18 @@ def main() -> int:
             print(render(scale, table, rss, args.concurrency))
         if len(scales) > 1:
             small, large = results["scales"][scales[0]]["table"], results["scales"][scales[-1]]["table"]
-            print(f"\n{scales[-1]:,} vs {scales[0]:,} stored (throughput; raw and normalised by each run's floor):")
+            print(f"\nthroughput with {scales[-1]:,} stored connections vs {scales[0]:,} (raw, and normalised "
+                  "by each scale's own floor, which removes the machine's drift between the two runs):\n")
+            print("| case | throughput, raw | throughput, floor-normalised | server CPU per request |\n"
+                  "|---|---:|---:|---:|")
             for name in cases_wanted[1:]:
                 raw = large[name]["rps"] / small[name]["rps"]
                 normalised = large[name]["ratio"] / small[name]["ratio"]
-                print(f"  {name}: {raw:.0%} raw, {normalised:.0%} floor-normalised")
-                results.setdefault("scaling", {})[name] = {"raw": raw, "normalised": normalised}
+                cpu = server_cpu_ms(large[name]) / max(server_cpu_ms(small[name]), 1e-9)
+                print(f"| {name} | {raw:.0%} | {normalised:.0%} | {cpu:.0%} |")
+                results.setdefault("scaling", {})[name] = {"raw": raw, "normalised": normalised, "cpu": cpu}
+        print()
+        print(target_check(results, scales))
     finally:
         stack.stop()
     out = Path(args.out)

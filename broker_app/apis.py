@@ -20,6 +20,7 @@ from broker_app.presenters import connection_as_dict, provider_as_dict
 from broker_app.services.connect import connection_start
 from broker_app.services.tokens import connection_revoke, token_read, token_refresh
 from dromos.errors import InvalidRequest
+from dromos.renderers import JSONOnlyNegotiation
 
 
 def _actor(request) -> Actor:
@@ -132,6 +133,8 @@ class ConnectionDetailApi(APIView):
 
 
 class TokenReadApi(APIView):
+    content_negotiation_class = JSONOnlyNegotiation  # the hot path (issue 7)
+
     def get(self, request, connection_id: str):
         auto_refresh = request.query_params.get("auto_refresh", "false").lower()
         if auto_refresh not in ("true", "false", "1", "0"):

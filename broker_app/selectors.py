@@ -3,9 +3,13 @@ workspace's connection id is indistinguishable from an unknown one."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+from django.db import connection as db_connection
 from django.db.models import QuerySet
 
 from broker_app.models import Connection, Provider
+from dromos.db import execute_fixed
 from dromos.errors import InvalidRequest, NotFound
 
 
@@ -42,18 +46,41 @@ def connection_get(*, connection_id: str, workspace: str | None) -> Connection:
 
 
 _TOKEN_FIELDS = ("id", "workspace", "status", "access_token_enc", "id_token_enc", "token_type",
-                 "expires_at", "scopes", "granted_scopes", "error", "refresh_token_enc",
-                 "provider__name")
+                 "expires_at", "scopes", "granted_scopes", "error", "refresh_token_enc", "provider")
+
+
+@lru_cache(maxsize=2)
+def _token_query(scoped: bool) -> tuple[str, tuple]:
+    """The token path's one query, written once: compiling it with the ORM on every call
+    cost more CPU than everything else the broker does for a token read (issue 7)."""
+    quote = db_connection.ops.quote_name
+    meta, provider_meta = Connection._meta, Provider._meta
+    # In the model's field order: Model.from_db matches values to fields in that order.
+    fields = tuple(field for field in meta.concrete_fields if field.name in _TOKEN_FIELDS)
+    columns = ", ".join(f"c.{quote(field.column)}" for field in fields)
+    # Identifiers come from the models (quoted), values are always parameters.
+    sql = " ".join((
+        f"SELECT {columns}, p.{quote(provider_meta.get_field('name').column)}",
+        f"FROM {quote(meta.db_table)} c INNER JOIN {quote(provider_meta.db_table)} p",
+        f"ON p.{quote(provider_meta.pk.column)} = c.{quote(meta.get_field('provider').column)}",
+        f"WHERE c.{quote(meta.pk.column)} = %s",
+    ))
+    if scoped:
+        sql += f" AND c.{quote(meta.get_field('workspace').column)} = %s"
+    return sql, fields
 
 
 def connection_for_token(*, connection_id: str, workspace: str | None) -> Connection:
-    """Only the columns the token path needs, in one query."""
-    queryset = Connection.objects.select_related("provider").only(*_TOKEN_FIELDS)
-    if workspace is not None:
-        queryset = queryset.filter(workspace=workspace)
-    connection = queryset.filter(pk=connection_id).first()
-    if connection is None:
+    """Only the columns the token path needs (the provider's name included), in one query.
+    The other columns are deferred: reading one loads it."""
+    sql, fields = _token_query(workspace is not None)
+    row = execute_fixed(sql, [connection_id] if workspace is None else [connection_id, workspace], fetch=True)
+    if row is None:
         raise NotFound("connection not found")
+    values = [field.from_db_value(value, None, db_connection) if hasattr(field, "from_db_value") else value
+              for field, value in zip(fields, row, strict=False)]
+    connection = Connection.from_db(db_connection.alias, [field.attname for field in fields], values)
+    connection.provider = Provider.from_db(db_connection.alias, ["id", "name"], [connection.provider_id, row[-1]])
     return connection
 
 

@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from dromos.errors import InvalidRequest
+from dromos.renderers import JSONOnlyNegotiation
 from gateway_app import schema as _schema  # noqa: F401  (registers the API-key security scheme)
 from gateway_app.authentication import ApiKeyAuthentication, ApiKeyThrottle, HasScope
 from gateway_app.broker_client import BrokerAnswer, broker
@@ -161,6 +162,7 @@ class PingApi(APIView):
     authentication_classes: list = []
     permission_classes: list = []
     throttle_classes: list = []
+    content_negotiation_class = JSONOnlyNegotiation  # as the token path's views, or the floor would be higher
 
     @extend_schema(operation_id="ping", responses={200: inline_serializer("Pong", {"status": serializers.CharField()})})
     def get(self, request):
@@ -208,6 +210,7 @@ class CheckConnectionApi(GatewayApi):
 
 class TokenApi(GatewayApi):
     required_scope = "tokens:read"
+    content_negotiation_class = JSONOnlyNegotiation  # the hot path (issue 7)
 
     @extend_schema(
         operation_id="get_token",

@@ -11,10 +11,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
-import requests
+import orjson
+import urllib3
 from django.conf import settings
-from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ConnectTimeoutError, HTTPError, TimeoutError
 
 from dromos.errors import BadGateway, BrokerUnavailable
 from dromos.logging import request_id_var
@@ -31,15 +33,28 @@ class BrokerAnswer:
 
 
 class BrokerClient:
+    """urllib3's connection pool used directly: the gateway makes one kind of call to one
+    host, so requests' per-call work (proxy lookup in the environment, cookie jar, hooks,
+    settings merge) would only cost CPU on the hot path (issue 7)."""
+
     def __init__(self) -> None:
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=settings.BROKER_POOL_SIZE, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers.update({"X-API-Key": settings.BROKER_API_KEY, "Accept": "application/json",
-                                     "User-Agent": "dromos-gateway/1.0"})
-        self.base = settings.BROKER_INTERNAL_URL
-        self.timeout = (settings.BROKER_CONNECT_TIMEOUT, settings.BROKER_READ_TIMEOUT)
+        url = urllib3.util.parse_url(settings.BROKER_INTERNAL_URL)
+        self.base_path = (url.path or "").rstrip("/")
+        self.pool = urllib3.connection_from_url(
+            settings.BROKER_INTERNAL_URL,
+            maxsize=settings.BROKER_POOL_SIZE,  # idle keep-alive connections kept per process
+            block=False,  # more concurrent calls than that open extra (short-lived) connections
+            retries=False,
+            timeout=urllib3.Timeout(connect=settings.BROKER_CONNECT_TIMEOUT, read=settings.BROKER_READ_TIMEOUT),
+            headers={"X-API-Key": settings.BROKER_API_KEY, "Accept": "application/json",
+                     "User-Agent": "dromos-gateway/1.0"},
+        )
+
+    def _request(self, method: str, path: str, headers: dict[str, str], body: bytes | None = None,
+                 timeout: urllib3.Timeout | None = None) -> urllib3.BaseHTTPResponse:
+        return self.pool.urlopen(method, self.base_path + path, body=body, headers={**self.pool.headers, **headers},
+                                 retries=False, redirect=False, assert_same_host=False,
+                                 timeout=timeout or self.pool.timeout)
 
     def call(self, method: str, path: str, *, principal, client_ip: str | None = None,
              json: dict | None = None, params: dict | None = None) -> BrokerAnswer:
@@ -50,31 +65,40 @@ class BrokerClient:
         }
         if client_ip:
             headers["X-Dromos-Client-IP"] = client_ip
+        body = None
+        if json is not None:
+            body = orjson.dumps(json)
+            headers["Content-Type"] = "application/json"
+        target = f"{path}?{urlencode(params)}" if params else path
         started = time.perf_counter()
         try:
-            response = self.session.request(method, self.base + path, json=json, params=params,
-                                            headers=headers, timeout=self.timeout, allow_redirects=False)
-        except requests.ConnectionError:
-            observe_broker_call(method, path, "unreachable", started)
-            logger.warning("broker unreachable", extra={"path_template": path.split("/")[3:4]})
-            raise BrokerUnavailable("the broker is unreachable; retry shortly", retry_after=2) from None
-        except requests.Timeout:
+            response = self._request(method, target, headers, body)
+        except TimeoutError as exc:
+            if isinstance(exc, ConnectTimeoutError):  # includes "connection refused"
+                observe_broker_call(method, path, "unreachable", started)
+                logger.warning("broker unreachable", extra={"path_template": path.split("/")[3:4]})
+                raise BrokerUnavailable("the broker is unreachable; retry shortly", retry_after=2) from None
             observe_broker_call(method, path, "timeout", started)
             logger.warning("broker timed out")
             raise BrokerUnavailable("the broker did not answer in time; retry shortly", retry_after=2) from None
-        observe_broker_call(method, path, str(response.status_code), started)
+        except HTTPError:  # connection reset, closed mid-answer …
+            observe_broker_call(method, path, "unreachable", started)
+            logger.warning("broker unreachable", extra={"path_template": path.split("/")[3:4]})
+            raise BrokerUnavailable("the broker is unreachable; retry shortly", retry_after=2) from None
+        status, content = response.status, response.data
+        observe_broker_call(method, path, str(status), started)
         content_type = response.headers.get("Content-Type", "")
-        if not content_type.startswith("application/json") or not response.content.startswith(b"{"):
-            logger.warning("broker answered without JSON", extra={"status": response.status_code})
-            raise BadGateway(f"the broker answered {response.status_code} without a JSON body")
-        if response.status_code >= 500 and b'"error"' not in response.content:
-            raise BadGateway(f"the broker answered {response.status_code}")
-        return BrokerAnswer(response.status_code, response.content, response.headers.get("Retry-After"))
+        if not content_type.startswith("application/json") or not content.startswith(b"{"):
+            logger.warning("broker answered without JSON", extra={"status": status})
+            raise BadGateway(f"the broker answered {status} without a JSON body")
+        if status >= 500 and b'"error"' not in content:
+            raise BadGateway(f"the broker answered {status}")
+        return BrokerAnswer(status, content, response.headers.get("Retry-After"))
 
     def healthy(self) -> bool:
         try:
-            return self.session.get(self.base + "/healthz", timeout=(1, 2)).status_code == 200
-        except requests.RequestException:
+            return self._request("GET", "/healthz", {}, timeout=urllib3.Timeout(connect=1, read=2)).status == 200
+        except HTTPError:
             return False
 
 

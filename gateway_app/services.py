@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
+import redis
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
@@ -97,6 +98,66 @@ _cache_lock = threading.Lock()
 _CACHE_MAX = 10_000
 
 
+_REDIS_CACHE = "django.core.cache.backends.redis.RedisCache"
+_redis_clients: dict[str, redis.Redis] = {}
+
+
+def _shared_redis() -> redis.Redis | None:
+    """The shared cache's Redis as one plain client per process (thread-safe, pooled), or
+    None when the cache is not Redis (the embedded default). Django's cache API builds a
+    client object on every call; on the token path that cost more than the call itself."""
+    config = settings.CACHES["default"]
+    if config["BACKEND"] != _REDIS_CACHE:
+        return None
+    location = config["LOCATION"]
+    location = location[0] if isinstance(location, list | tuple) else location
+    client = _redis_clients.get(location)
+    if client is None:
+        client = _redis_clients.setdefault(location, redis.Redis.from_url(location))
+    return client
+
+
+def _revoked_elsewhere(prefix: str) -> bool:
+    client = _shared_redis()
+    if client is None:
+        return bool(cache.get(_revoked_marker(prefix)))
+    # The marker was written through Django's cache: same key, any value means revoked.
+    return bool(client.exists(cache.make_key(_revoked_marker(prefix))))
+
+
+def rate_limit_hit(*, key: str, limit: int, window: int) -> float | None:
+    """Count one request against `limit` per `window` seconds; None when it is allowed,
+    else the seconds to wait. A sliding-window counter in the shared cache: this window's
+    count plus the previous window's, weighted by how much of it still overlaps the last
+    `window` seconds. One round trip, atomic across processes, and the same small cost
+    whatever the limit (DRF's SimpleRateThrottle stores, reads and rewrites the timestamp of
+    every request in the window). A refused request is not counted."""
+    now = time.time()
+    slot = int(now // window)
+    elapsed = now - slot * window
+    current, previous = f"{key}:{slot}", f"{key}:{slot - 1}"
+    client = _shared_redis()
+    if client is not None:
+        with client.pipeline(transaction=False) as pipe:
+            count, _, before = pipe.incr(current).expire(current, 2 * window + 1).get(previous).execute()
+    else:
+        cache.add(current, 0, timeout=2 * window + 1)
+        count, before = cache.incr(current), cache.get(previous)
+    before = int(before or 0)
+    weight = (window - elapsed) / window
+    if before * weight + count <= limit:
+        return None
+    if client is not None:
+        client.decr(current)
+    else:
+        cache.decr(current)
+    if count > limit or before == 0:
+        return window - elapsed  # this window alone is full: wait for the next one
+    # Wait until the previous window's weight leaves room for one more request.
+    room = (limit - count) / before  # weight at which one more request fits
+    return max(0.0, (window - elapsed) - room * window)
+
+
 def _cache_forget(prefix: str) -> None:
     with _cache_lock:
         _cache.pop(prefix, None)
@@ -120,7 +181,7 @@ def apikey_verify(presented: str) -> Principal | None:
         _, stored_digest, principal, _ = cached
         if not hmac.compare_digest(stored_digest, presented_digest):
             return None
-        if cache.get(_revoked_marker(prefix)):
+        if _revoked_elsewhere(prefix):
             _cache_forget(prefix)
             return None
         return principal

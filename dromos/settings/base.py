@@ -21,10 +21,18 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if
 DATABASE_URL = env_str("DATABASE_URL")
 if DATABASE_URL:
     DATABASES = {
-        "default": dj_database_url.parse(
-            DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 600), conn_health_checks=True
-        )
+        "default": {
+            **dj_database_url.parse(
+                DATABASE_URL, conn_max_age=env_int("DB_CONN_MAX_AGE", 600), conn_health_checks=True
+            ),
+            # Persistent connections, pinged only after DB_HEALTH_CHECK_IDLE_SECONDS idle; the hot
+            # path's fixed statements prepared unless DB_PREPARED_STATEMENTS=false (dromos/db/base.py).
+            "HEALTH_CHECK_IDLE_SECONDS": float(env_str("DB_HEALTH_CHECK_IDLE_SECONDS", "1")),
+            "PREPARED_STATEMENTS": env_bool("DB_PREPARED_STATEMENTS", True),
+        }
     }
+    if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        DATABASES["default"]["ENGINE"] = "dromos.db"
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
