@@ -3,6 +3,8 @@ timeouts on every call, and honest status mapping:
 
 - broker unreachable (connection refused, connect timeout, read timeout) → 503 + Retry-After;
 - broker answered 5xx without our error shape, or something that is not JSON → 502;
+- broker refused the gateway itself (401/403: wrong BROKER_API_KEY, address outside
+  BROKER_ALLOWED_CIDRS) → 502, so an agent is never told its own key is bad;
 - otherwise the broker's JSON answer (including its 4xx and provider 502/503) passes through.
 """
 
@@ -93,6 +95,12 @@ class BrokerClient:
             raise BadGateway(f"the broker answered {status} without a JSON body")
         if status >= 500 and b'"error"' not in content:
             raise BadGateway(f"the broker answered {status}")
+        if status in (401, 403):
+            # The broker refused the gateway itself (BROKER_API_KEY or BROKER_ALLOWED_CIDRS):
+            # an operator's misconfiguration, not the agent's key; never relay it as the agent's 401.
+            logger.error("broker refused the gateway: check BROKER_API_KEY and BROKER_ALLOWED_CIDRS",
+                         extra={"status": status})
+            raise BadGateway("the broker refused the gateway's credentials")
         return BrokerAnswer(status, content, response.headers.get("Retry-After"))
 
     def healthy(self) -> bool:

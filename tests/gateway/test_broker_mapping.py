@@ -47,3 +47,20 @@ def test_bad_broker_answers_are_502(stack, settings, broken_broker, connection_i
     assert response.status_code == 502
     assert response.json()["error"] == "bad_gateway"
     assert "Traceback" not in response.text
+
+
+def test_broker_refusing_the_gateway_key_is_502_not_the_agents_401(stack, fake_provider_row):
+    """A wrong BROKER_API_KEY is the operator's misconfiguration: the agent's key is fine."""
+    from gateway_app import broker_client
+
+    key = stack.key()
+    broker_client.reset()
+    client = broker_client.broker()
+    client.pool.headers["X-API-Key"] = "not-the-broker-key"  # only the gateway's side is wrong
+    try:
+        response = stack.call("GET", "/v1/providers", key)
+    finally:
+        broker_client.reset()
+    assert response.status_code == 502
+    assert response.json()["error"] == "bad_gateway"
+    assert "not-the-broker-key" not in response.text
