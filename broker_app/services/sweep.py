@@ -35,7 +35,7 @@ CLAIM_SECONDS = 300
 # A lease older than this is from a process that died mid-refresh: its slot is free again.
 LEASE_SECONDS = 90
 
-__all__ = ["CLAIM_SECONDS", "SWEEP_ACTOR", "SweepResult", "due_queryset", "refresh_one", "sweep_due"]
+__all__ = ["CLAIM_SECONDS", "SWEEP_ACTOR", "SweepResult", "batch_queryset", "due_queryset", "refresh_one", "sweep_due"]
 
 
 @dataclass
@@ -62,6 +62,21 @@ def due_queryset(*, now: datetime, window_seconds: int, provider_name: str | Non
     return queryset
 
 
+def batch_queryset(*, now: datetime, window_seconds: int, provider_name: str | None = None,
+                   cursor: datetime | None = None, seen_at_cursor: list[str] | None = None,
+                   lock: bool = True) -> QuerySet:
+    """One sweep batch (slice it): (id, expires_at) of due rows in index order from the cursor
+    on, skipping rows locked elsewhere (lock=True also locks the ones it returns)."""
+    queryset = due_queryset(now=now, window_seconds=window_seconds, provider_name=provider_name)
+    if cursor is not None:
+        queryset = queryset.filter(expires_at__gte=cursor)
+        if seen_at_cursor:
+            queryset = queryset.exclude(id__in=seen_at_cursor)
+    if lock:
+        queryset = queryset.select_for_update(skip_locked=True, of=("self",))
+    return queryset.order_by("expires_at").values_list("id", "expires_at")
+
+
 def sweep_due(*, window_seconds: int | None = None, provider_name: str | None = None, dry_run: bool = False,
               batch_size: int | None = None, enqueue: bool = True, limit: int | None = None) -> SweepResult:
     """Select connections expiring within the window, claim them and (enqueue) queue one
@@ -72,22 +87,24 @@ def sweep_due(*, window_seconds: int | None = None, provider_name: str | None = 
     batch = batch_size or settings.REFRESH_SWEEP_BATCH
     result = SweepResult()
     now = timezone.now()
-    cursor: tuple[datetime, str] | None = None
+    # Keyset cursor: the last expiry seen and the ids seen at exactly that expiry. Each batch
+    # reads the partial index in its own order from the cursor on (no sort, no re-reading of
+    # earlier batches), so a sweep costs in proportion to the rows due.
+    cursor: datetime | None = None
+    seen_at_cursor: list[str] = []
     while limit is None or result.selected < limit:
         take = batch if limit is None else min(batch, limit - result.selected)
         with transaction.atomic():
-            queryset = due_queryset(now=now, window_seconds=window, provider_name=provider_name)
-            if cursor is not None:
-                # Keyset: resume after the last row seen instead of re-reading claimed rows.
-                queryset = queryset.filter(expires_at__gte=cursor[0]).filter(
-                    Q(expires_at__gt=cursor[0]) | Q(id__gt=cursor[1]))
-            if not dry_run:
-                queryset = queryset.select_for_update(skip_locked=True, of=("self",))
-            rows = list(queryset.order_by("expires_at", "id").values_list("id", "expires_at")[:take])
+            queryset = batch_queryset(now=now, window_seconds=window, provider_name=provider_name, cursor=cursor,
+                                      seen_at_cursor=seen_at_cursor, lock=not dry_run)
+            rows = list(queryset[:take])
             if not rows:
                 break
             ids = [cid for cid, _ in rows]
-            cursor = (rows[-1][1], rows[-1][0])
+            last = rows[-1][1]
+            at_last = [cid for cid, expires_at in rows if expires_at == last]
+            seen_at_cursor = seen_at_cursor + at_last if last == cursor else at_last
+            cursor = last
             result.selected += len(ids)
             result.batches += 1
             result.connection_ids.extend(ids)

@@ -378,6 +378,33 @@ def test_response_without_refresh_token_or_expiry_keeps_the_refresh_token(stack,
     assert _via_gateway_refresh(stack, key, cid) != body["access_token"]
 
 
+@pytest.mark.parametrize("rotated, expires_in", [(False, 1800), (True, None)],
+                         ids=["expiry-without-refresh-token", "refresh-token-without-expiry"])
+def test_response_missing_one_field_keeps_or_rotates_what_it_says(stack, fake_provider, active, rotated, expires_in):
+    key, cid = active
+    old_rt = _stored_refresh_token(cid)
+    body = {"access_token": "at-" + "m" * 30, "token_type": "BeArEr"}
+    if rotated:
+        body["refresh_token"] = "rt-" + "q" * 30
+    if expires_in:
+        body["expires_in"] = expires_in
+    fake_provider.script(respond(200, body))
+    response = stack.call("POST", f"/v1/refresh/{cid}", key)
+    assert response.status_code == 200, response.text
+    assert response.json()["token_type"] == "Bearer" and response.json()["access_token"] == body["access_token"]
+    assert _stored_refresh_token(cid) == (body["refresh_token"] if rotated else old_rt)
+    row = Connection.objects.get(pk=cid)
+    assert row.status == "active" and row.refresh_failures == 0
+    if expires_in:
+        remaining = (row.expires_at - timezone.now()).total_seconds()
+        assert expires_in - 30 < remaining <= expires_in
+        # The sweep picks it up again one window (600 s) before it expires.
+        assert row.next_refresh_attempt_at == row.expires_at - timedelta(seconds=600)
+    else:
+        assert row.expires_at is None and row.next_refresh_attempt_at is None
+        assert response.json()["expires_at"] is None
+
+
 def test_refreshed_id_token_with_the_same_identity_is_stored(stack, fake_provider, active):
     key, cid = active
     id_token = fake_provider.id_token(sub="user-1", email="new@example.test")
@@ -400,6 +427,59 @@ def test_refreshed_id_token_for_another_identity_fails_the_connection(stack, fak
     assert row.status == "failed" and row.error == "invalid_id_token"
     assert row.access_token_enc == before["access_token_enc"]  # the other identity's token is never stored
     assert outcome_counts() == {"invalid_id_token": 1}
+
+
+# -- the sweep's selection -----------------------------------------------------------------------
+
+def _rows_expiring(provider, expiries, **fields) -> list[str]:
+    fields = {"access_token_enc": "v1.k.a", "refresh_token_enc": "v1.k.r", **fields}
+    rows = [Connection(workspace="ws-a", user_id=f"user-{n}", provider=provider, status="active",
+                       return_url="https://app.example.com/r", expires_at=expires_at, **fields)
+            for n, expires_at in enumerate(expiries)]
+    Connection.objects.bulk_create(rows)
+    return [row.id for row in rows]
+
+
+def test_sweep_batches_take_every_due_row_once_in_expiry_order(fake_provider_row):
+    now = timezone.now()
+    tied = now + timedelta(seconds=100)  # 15 rows expire at the same instant, across batch boundaries
+    due = _rows_expiring(fake_provider_row, [now + timedelta(seconds=s) for s in range(10, 200, 10)] + [tied] * 15)
+    _rows_expiring(fake_provider_row, [now + timedelta(hours=2)] * 3)  # outside the window
+    _rows_expiring(fake_provider_row, [tied] * 2, next_refresh_attempt_at=now + timedelta(minutes=5))  # backing off
+    _rows_expiring(fake_provider_row, [tied], refresh_token_enc="")  # cannot be refreshed
+    _rows_expiring(fake_provider_row, [None])  # no expiry: never swept
+
+    dry = sweep_due(dry_run=True, batch_size=4)
+    assert sorted(dry.connection_ids) == sorted(due) and dry.batches == 9
+    expiries = dict(Connection.objects.filter(pk__in=due).values_list("id", "expires_at"))
+    assert [expiries[cid] for cid in dry.connection_ids] == sorted(expiries.values())
+    claimed = sweep_due(enqueue=False, batch_size=4)
+    assert sorted(claimed.connection_ids) == sorted(due) and claimed.queued == 0
+    assert sweep_due(enqueue=False, batch_size=4).selected == 0  # claimed: no second sweep takes them
+    assert sweep_due(dry_run=True, limit=5).selected == 0
+
+
+def test_sweep_skips_a_row_locked_elsewhere_and_takes_it_next_time(fake_provider_row):
+    now = timezone.now()
+    ids = _rows_expiring(fake_provider_row, [now + timedelta(seconds=s) for s in (30, 60, 90)])
+    locked, release = threading.Event(), threading.Event()
+
+    def hold():
+        with transaction.atomic():
+            Connection.objects.select_for_update().get(pk=ids[1])  # e.g. a refresh in progress
+            locked.set()
+            release.wait(10)
+        db_connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(5)
+        assert sweep_due(enqueue=False, batch_size=2).connection_ids == [ids[0], ids[2]]
+    finally:
+        release.set()
+        holder.join()
+    assert sweep_due(enqueue=False).connection_ids == [ids[1]]
 
 
 # -- metrics -------------------------------------------------------------------------------------
