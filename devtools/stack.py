@@ -57,6 +57,9 @@ class Stack:
     access_token_ttl: int = 3600
     extra_env: dict[str, str] = field(default_factory=dict)
     quiet: bool = True
+    # Also register the local provider as "google", so that the integration guide's snippet
+    # (ProviderName: "Google"; names match case-insensitively) runs unchanged against the stack.
+    guide_provider: bool = False
 
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     oidc: OidcProviderHandle | None = None
@@ -142,12 +145,16 @@ class Stack:
             }], access_token_ttl=self.access_token_ttl)
             self.manage("broker", "migrate", "--noinput", "-v0")
             self.manage("gateway", "migrate", "--noinput", "-v0")
-            self.manage("broker", "provider", "upsert", "--name", PROVIDER_NAME, "--template", "oidc",
-                        "--display-name", "Local OIDC provider (demo)",
-                        "--discovery-url", f"{self.oidc.issuer}/.well-known/openid-configuration",
-                        "--client-id", CLIENT_ID, f"--client-secret={self.client_secret}",  # may start with "-"
-                        "--default-scopes", "openid email profile offline_access",
-                        "--authorize-param", "prompt=consent")
+            names = [(PROVIDER_NAME, "Local OIDC provider (demo)")]
+            if self.guide_provider:
+                names.append(("google", "Google (stand-in: the local OIDC provider)"))
+            for name, display_name in names:
+                self.manage("broker", "provider", "upsert", "--name", name, "--template", "oidc",
+                            "--display-name", display_name,
+                            "--discovery-url", f"{self.oidc.issuer}/.well-known/openid-configuration",
+                            "--client-id", CLIENT_ID, f"--client-secret={self.client_secret}",  # may start with "-"
+                            "--default-scopes", "openid email profile offline_access",
+                            "--authorize-param", "prompt=consent")
             created = self.manage("gateway", "apikey", "create", "--workspace", "demo", "--name", "stack")
             self.api_key = created.stdout.strip().splitlines()[-1]
             gunicorn = [PYTHON, "-m", "gunicorn", "dromos.wsgi:application", "--access-logfile", "-",
@@ -229,6 +236,8 @@ def main() -> int:
     up.add_argument("--broker-port", type=int, default=8001)
     up.add_argument("--oidc-port", type=int, default=9400)
     up.add_argument("--no-celery", action="store_true")
+    up.add_argument("--guide-provider", action="store_true",
+                    help='also register the local provider as "google" (the integration guide\'s snippet)')
     up.add_argument("--env-file", help="write the agent environment (KEY=VALUE lines) here")
     up.add_argument("--demo", action="store_true", help="walk through the flow once, then keep running")
     args = parser.parse_args()
@@ -240,7 +249,7 @@ def main() -> int:
                   database_url=None if args.embedded else os.environ.get("DATABASE_URL"),
                   redis_url=None if args.embedded else os.environ.get("REDIS_URL"),
                   celery=not args.no_celery, gateway_port=args.gateway_port, broker_port=args.broker_port,
-                  oidc_port=args.oidc_port)
+                  oidc_port=args.oidc_port, guide_provider=args.guide_provider)
     stack.start()
     env = stack.agent_env()
     if args.env_file:

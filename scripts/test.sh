@@ -49,7 +49,7 @@ LIVE_DIR=$(mktemp -d)
 LIVE_DB=postgres://postgres@127.0.0.1:5432/dromos_sdk_live
 "$VPY" -c "import sys; sys.path.insert(0, 'devtools'); from stack import reset_postgres_database as r; r('$LIVE_DB')"
 DATABASE_URL=$LIVE_DB REDIS_URL=redis://127.0.0.1:6379/5 "$VPY" devtools/stack.py up \
-  --workdir "$LIVE_DIR/stack" --gateway-port 0 --broker-port 0 --oidc-port 0 \
+  --workdir "$LIVE_DIR/stack" --gateway-port 0 --broker-port 0 --oidc-port 0 --guide-provider \
   --env-file "$LIVE_DIR/env" > "$LIVE_DIR/stack.out" 2>&1 &
 STACK_PID=$!
 trap 'kill $STACK_PID 2>/dev/null; wait $STACK_PID 2>/dev/null || true' EXIT
