@@ -5,11 +5,14 @@ same shape. Messages never contain token values."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404
+from django.db import InterfaceError, OperationalError
+from django.http import Http404, HttpResponse, JsonResponse
+from django.views.defaults import server_error as html_server_error
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
@@ -72,6 +75,13 @@ class BrokerUnavailable(ApiError):
     status_code, code = 503, "broker_unavailable"
 
 
+class DatabaseUnavailable(ApiError):
+    status_code, code = 503, "service_unavailable"
+
+
+logger = logging.getLogger(__name__)
+
+
 def error_response(error: ApiError) -> Response:
     response = Response(error.as_body(), status=error.status_code)
     if error.retry_after is not None:
@@ -82,6 +92,12 @@ def error_response(error: ApiError) -> Response:
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ApiError):
         return error_response(exc)
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        # PostgreSQL unreachable, restarting, or a connection cut mid-request: transient, and
+        # the request's transaction was rolled back, so the client may simply retry. The
+        # driver's message (host, user, database) stays out of the log and the answer.
+        logger.error("database unavailable (%s)", type(exc).__name__)
+        return error_response(DatabaseUnavailable("The database is unavailable; retry shortly.", retry_after=2))
     if isinstance(exc, RequestDataTooBig):
         # Django would answer 400 with an HTML page; the contract says 413 JSON.
         return error_response(RequestTooLarge(
@@ -123,3 +139,11 @@ def _first_message(details: Any) -> str:
     if isinstance(details, list) and details:
         return _first_message(details[0])
     return str(details)
+
+
+def server_error(request) -> HttpResponse:
+    """handler500: the JSON error shape for the APIs, Django's plain page for people (the
+    admin, the provider callback)."""
+    if request.path.startswith(("/admin/", "/auth/")):
+        return html_server_error(request)
+    return JsonResponse({"error": "server_error", "message": "Internal server error."}, status=500)

@@ -13,3 +13,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("", include("broker_app.urls")),
 ]
+
+handler500 = "dromos.errors.server_error"

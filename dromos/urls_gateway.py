@@ -13,3 +13,5 @@ urlpatterns = [
     path("redoc", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("", include("gateway_app.urls")),
 ]
+
+handler500 = "dromos.errors.server_error"

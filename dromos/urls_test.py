@@ -9,3 +9,5 @@ urlpatterns = [
     path("", include("gateway_app.urls")),
     *broker_patterns,
 ]
+
+handler500 = "dromos.errors.server_error"

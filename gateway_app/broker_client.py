@@ -2,7 +2,8 @@
 timeouts on every call, and honest status mapping:
 
 - broker unreachable (connection refused, connect timeout, read timeout) → 503 + Retry-After;
-- broker answered 5xx without our error shape, or something that is not JSON → 502;
+- broker answered 5xx without our error shape or as a crash (`server_error`), or something
+  that is not JSON → 502;
 - broker refused the gateway itself (401/403: wrong BROKER_API_KEY, address outside
   BROKER_ALLOWED_CIDRS) → 502, so an agent is never told its own key is bad;
 - otherwise the broker's JSON answer (including its 4xx and provider 502/503) passes through.
@@ -93,7 +94,9 @@ class BrokerClient:
         if not content_type.startswith("application/json") or not content.startswith(b"{"):
             logger.warning("broker answered without JSON", extra={"status": status})
             raise BadGateway(f"the broker answered {status} without a JSON body")
-        if status >= 500 and b'"error"' not in content:
+        if status >= 500 and _error_code(content) in (None, "server_error"):
+            # The broker's own 5xx errors (token_unreadable, provider_error, provider_unavailable,
+            # service_unavailable) pass through; a crash or a foreign body is a bad upstream here.
             raise BadGateway(f"the broker answered {status}")
         if status in (401, 403):
             # The broker refused the gateway itself (BROKER_API_KEY or BROKER_ALLOWED_CIDRS):
@@ -108,6 +111,15 @@ class BrokerClient:
             return self._request("GET", "/healthz", {}, timeout=urllib3.Timeout(connect=1, read=2)).status == 200
         except HTTPError:
             return False
+
+
+def _error_code(content: bytes) -> str | None:
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return None
+    code = body.get("error") if isinstance(body, dict) else None
+    return code if isinstance(code, str) else None
 
 
 _client: BrokerClient | None = None

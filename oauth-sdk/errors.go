@@ -37,6 +37,11 @@ const (
 	CodeBrokerUnavailable = "broker_unavailable"
 	// CodeProviderUnavailable (503): the provider is temporarily down.
 	CodeProviderUnavailable = "provider_unavailable"
+	// CodeServiceUnavailable (503): the gateway's or the broker's database is
+	// unavailable; retried like any 503.
+	CodeServiceUnavailable = "service_unavailable"
+	// CodeServerError (500): an unexpected error in the gateway.
+	CodeServerError = "server_error"
 )
 
 // ErrEmptyConnectionID is returned, without any request being sent, by the

@@ -33,6 +33,10 @@ if DATABASE_URL:
     }
     if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         DATABASES["default"]["ENGINE"] = "dromos.db"
+        # An unreachable server fails the request in seconds (503, dromos.errors), not after
+        # the kernel's TCP timeout of minutes that would outlast gunicorn's worker timeout.
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
+            "connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5))
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {

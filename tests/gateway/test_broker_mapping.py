@@ -13,7 +13,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 class _Broken(BaseHTTPRequestHandler):
     answers = {"/internal/v1/connections/c_html/token": (500, "text/html", b"<html>Traceback ...</html>"),
                "/internal/v1/connections/c_text/token": (200, "text/plain", b"ok"),
-               "/internal/v1/connections/c_json5/token": (500, "application/json", b'{"detail": "boom"}')}
+               "/internal/v1/connections/c_json5/token": (500, "application/json", b'{"detail": "boom"}'),
+               "/internal/v1/connections/c_crash/token": (
+                   500, "application/json", b'{"error": "server_error", "message": "Internal server error."}')}
 
     def log_message(self, *args):
         pass
@@ -36,7 +38,7 @@ def broken_broker(settings):
     server.server_close()
 
 
-@pytest.mark.parametrize("connection_id", ["c_html", "c_text", "c_json5"])
+@pytest.mark.parametrize("connection_id", ["c_html", "c_text", "c_json5", "c_crash"])
 def test_bad_broker_answers_are_502(stack, settings, broken_broker, connection_id):
     from gateway_app import broker_client
 
@@ -64,3 +66,22 @@ def test_broker_refusing_the_gateway_key_is_502_not_the_agents_401(stack, fake_p
     assert response.status_code == 502
     assert response.json()["error"] == "bad_gateway"
     assert "not-the-broker-key" not in response.text
+
+
+def test_a_crash_is_a_json_500_on_the_broker_and_502_through_the_gateway(stack, monkeypatch):
+    """An unexpected exception: the API's JSON error shape (never Django's HTML page, never
+    the exception's text), and the gateway reports its upstream as bad."""
+    from broker_app import apis
+
+    def crash(**_):
+        raise RuntimeError("boom: sk_live_do_not_show")
+
+    monkeypatch.setattr(apis, "token_read", crash)
+    key = stack.key()
+    direct = stack.broker("GET", "/internal/v1/connections/c_any/token", headers={"X-Dromos-Workspace": "ws-a"})
+    assert direct.status_code == 500
+    assert direct.json() == {"error": "server_error", "message": "Internal server error."}
+    through = stack.call("GET", "/v1/token/c_any", key)
+    assert through.status_code == 502
+    assert through.json()["error"] == "bad_gateway"
+    assert "sk_live" not in direct.text + through.text
