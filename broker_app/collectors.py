@@ -14,6 +14,7 @@ from django.core.cache import cache
 from django.db import DatabaseError
 from django.db.models import Count
 from prometheus_client.core import GaugeMetricFamily
+from redis import RedisError
 
 logger = logging.getLogger(__name__)
 CACHE_KEY = "dromos:metrics:connections-by-status"
@@ -27,6 +28,14 @@ def connection_counts() -> list[tuple[str, str, int]]:
     return [(provider, status, count) for provider, status, count in rows]
 
 
+def _cache_call(method, *args):
+    """The count is only cached to spare the database: without Redis, count every scrape."""
+    try:
+        return method(*args)
+    except RedisError:
+        return None
+
+
 class ConnectionStatusCollector:
     def describe(self):
         # Nothing at registration: describing must not query the database.
@@ -34,7 +43,7 @@ class ConnectionStatusCollector:
 
     def collect(self):
         ttl = getattr(settings, "METRICS_CONNECTIONS_CACHE_SECONDS", 15)
-        counts = cache.get(CACHE_KEY) if ttl else None
+        counts = _cache_call(cache.get, CACHE_KEY) if ttl else None
         if counts is None:
             try:
                 counts = connection_counts()
@@ -42,7 +51,7 @@ class ConnectionStatusCollector:
                 logger.warning("connection counts unavailable for /metrics")
                 return
             if ttl:
-                cache.set(CACHE_KEY, counts, ttl)
+                _cache_call(cache.set, CACHE_KEY, counts, ttl)
         family = GaugeMetricFamily("dromos_connections", "Connections by provider and status (counted at scrape "
                                    "time, cached for METRICS_CONNECTIONS_CACHE_SECONDS)", labels=["provider", "status"])
         for provider, status, count in counts:

@@ -23,6 +23,13 @@ TOKEN_FETCHES = Counter(
     ["outcome"],
 )
 
+DEGRADED = Counter(
+    "dromos_degraded_total",
+    "Requests served in a degraded mode because Redis was unreachable, by what was skipped "
+    "(rate_limit: not enforced; revocation_marker: not read or not written)",
+    ["component"],
+)
+
 _ID_SEGMENT = re.compile(r"(/connections/)[^/]+")
 
 

@@ -4,12 +4,19 @@ A key is `dk_<prefix>_<secret>`: the 8-character prefix is public (logs, audit, 
 and finds the row; the whole key is stored only as a SHA-256 digest and compared in
 constant time. Revocation reaches this process at once, every other process through a
 marker in the shared cache (Redis) at the next request, and, failing that, within
-API_KEY_CACHE_SECONDS."""
+API_KEY_CACHE_SECONDS.
+
+Redis unreachable: the gateway keeps serving (REDIS_TIMEOUT_SECONDS bounds each call). The
+revocation marker cannot be read, so a key revoked meanwhile is refused by the other processes
+within API_KEY_CACHE_SECONDS (their cache entries expire and the database is read again); the
+rate limit is not enforced. Both are logged (at most every 10 s per process) and counted in
+dromos_degraded_total."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import threading
@@ -23,7 +30,10 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
+from gateway_app.metrics import DEGRADED
 from gateway_app.models import ALL_SCOPES, ApiKey
+
+logger = logging.getLogger(__name__)
 
 KEY_PATTERN = re.compile(r"^dk_([a-z0-9]{8})_([A-Za-z0-9_-]{43})$")
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -83,8 +93,35 @@ def apikey_revoke(*, prefix: str) -> ApiKey:
 def _announce_revocation(prefix: str) -> None:
     # Other processes may hold the key in their in-process cache: tell them through the
     # shared cache. After API_KEY_CACHE_SECONDS every cache entry has been re-read anyway.
-    cache.set(_revoked_marker(prefix), True, timeout=settings.API_KEY_CACHE_SECONDS + 60)
     _cache_forget(prefix)
+    try:
+        cache.set(_revoked_marker(prefix), True, timeout=settings.API_KEY_CACHE_SECONDS + 60)
+    except redis.RedisError:
+        _degraded("revocation_marker", "Redis unreachable: the revocation is saved; other gateway processes "
+                  "refuse the key once their cached copy expires (API_KEY_CACHE_SECONDS)", always=True,
+                  failed=True)
+
+
+_last_degraded_log: dict[str, float] = {}
+# After a failed call this process leaves Redis alone for a moment: a Redis that hangs costs
+# one REDIS_TIMEOUT_SECONDS now and then, not one per call.
+REDIS_RETRY_SECONDS = 2.0
+_redis_retry_at = 0.0
+
+
+def _degraded(component: str, message: str, *, always: bool = False, failed: bool = False) -> None:
+    global _redis_retry_at
+    DEGRADED.labels(component=component).inc()
+    now = time.monotonic()
+    if failed:
+        _redis_retry_at = now + REDIS_RETRY_SECONDS
+    if always or now - _last_degraded_log.get(component, -1e9) >= 10:
+        _last_degraded_log[component] = now
+        logger.warning(message)
+
+
+def _redis_resting() -> bool:
+    return time.monotonic() < _redis_retry_at
 
 
 def _revoked_marker(prefix: str) -> str:
@@ -113,7 +150,9 @@ def _shared_redis() -> redis.Redis | None:
     location = location[0] if isinstance(location, list | tuple) else location
     client = _redis_clients.get(location)
     if client is None:
-        client = _redis_clients.setdefault(location, redis.Redis.from_url(location))
+        client = _redis_clients.setdefault(location, redis.Redis.from_url(
+            location, socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=settings.REDIS_TIMEOUT_SECONDS))
     return client
 
 
@@ -121,8 +160,16 @@ def _revoked_elsewhere(prefix: str) -> bool:
     client = _shared_redis()
     if client is None:
         return bool(cache.get(_revoked_marker(prefix)))
-    # The marker was written through Django's cache: same key, any value means revoked.
-    return bool(client.exists(cache.make_key(_revoked_marker(prefix))))
+    message = "Redis unreachable: revocations by other processes reach this one within API_KEY_CACHE_SECONDS"
+    if _redis_resting():
+        _degraded("revocation_marker", message)
+        return False
+    try:
+        # The marker was written through Django's cache: same key, any value means revoked.
+        return bool(client.exists(cache.make_key(_revoked_marker(prefix))))
+    except redis.RedisError:
+        _degraded("revocation_marker", message, failed=True)
+        return False
 
 
 def rate_limit_hit(*, key: str, limit: int, window: int) -> float | None:
@@ -138,8 +185,16 @@ def rate_limit_hit(*, key: str, limit: int, window: int) -> float | None:
     current, previous = f"{key}:{slot}", f"{key}:{slot - 1}"
     client = _shared_redis()
     if client is not None:
-        with client.pipeline(transaction=False) as pipe:
-            count, _, before = pipe.incr(current).expire(current, 2 * window + 1).get(previous).execute()
+        message = "Redis unreachable: the per-key rate limit is not enforced"
+        if _redis_resting():
+            _degraded("rate_limit", message)
+            return None
+        try:
+            with client.pipeline(transaction=False) as pipe:
+                count, _, before = pipe.incr(current).expire(current, 2 * window + 1).get(previous).execute()
+        except redis.RedisError:
+            _degraded("rate_limit", message, failed=True)
+            return None
     else:
         cache.add(current, 0, timeout=2 * window + 1)
         count, before = cache.incr(current), cache.get(previous)
@@ -148,7 +203,10 @@ def rate_limit_hit(*, key: str, limit: int, window: int) -> float | None:
     if before * weight + count <= limit:
         return None
     if client is not None:
-        client.decr(current)
+        try:
+            client.decr(current)
+        except redis.RedisError:
+            pass  # the count expires with its window
     else:
         cache.decr(current)
     if count > limit or before == 0:

@@ -3,90 +3,24 @@ comes back: every API answers 503 JSON with Retry-After while it is gone (the SD
 503), nothing leaks the driver's message, and both processes serve again once it is back,
 without a restart.
 
-The processes reach PostgreSQL through a TCP relay in this test, so the outage is real
-(connections cut mid-stream, new ones refused) without stopping the PostgreSQL that other
+The processes reach PostgreSQL through a TCP relay (tests/support/relay.py), so the outage is
+real (connections cut mid-stream, new ones refused) without stopping the PostgreSQL that other
 tests share."""
 
 from __future__ import annotations
 
 import os
 import secrets
-import socket
-import threading
 import time
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
 from oidc_server import free_port  # noqa: I001  (tests/support, on sys.path via conftest)
+from relay import Relay
 from stack import Stack, reset_postgres_database  # noqa: I001  (devtools/, on sys.path via conftest)
 
 from tests.ops.conftest import sibling_database
-
-
-class Relay:
-    """127.0.0.1:<port> → PostgreSQL. `cut()` closes every relayed connection and refuses new
-    ones (accepted, then closed at once, as a restarting server does); `restore()` relays again."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.up = True
-        self.sockets: set[socket.socket] = set()
-        self.lock = threading.Lock()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.up:
-                client.close()
-                continue
-            try:
-                server = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            server.settimeout(None)
-            with self.lock:
-                self.sockets.update((client, server))
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, sink):
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def cut(self) -> None:
-        self.up = False
-        with self.lock:
-            doomed, self.sockets = self.sockets, set()
-        for sock in doomed:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-
-    def restore(self) -> None:
-        self.up = True
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
 
 
 @pytest.fixture(scope="module")
