@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -189,21 +190,29 @@ class Stack:
         }
 
     def stop(self) -> None:
+        """SIGTERM to each main process: gunicorn and Celery stop their own workers (a signal
+        to the whole process group kills Celery's pool under its feet, and its main process
+        can then hang on exit for good). Up to 10 s, then SIGKILL to whatever is left in each
+        process group. Another Ctrl-C meanwhile skips the wait, never the clean-up."""
         for process in reversed(list(self.processes.values())):
             if process.poll() is None:
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        for process in self.processes.values():
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-        self.processes.clear()
-        if self.oidc is not None:
-            self.oidc.stop()
-            self.oidc = None
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+        try:
+            deadline = time.monotonic() + 10
+            for process in self.processes.values():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for process in self.processes.values():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(process.pid, signal.SIGKILL)
+            self.processes.clear()
+            if self.oidc is not None:
+                self.oidc.stop()
+                self.oidc = None
 
     def __enter__(self) -> Stack:
         return self.start()
