@@ -21,6 +21,7 @@ from broker_app.services.connect import connection_start
 from broker_app.services.tokens import connection_revoke, token_read, token_refresh
 from dromos.errors import InvalidRequest
 from dromos.renderers import JSONOnlyNegotiation
+from dromos.validators import validate_scope_token
 
 
 def _actor(request) -> Actor:
@@ -55,8 +56,8 @@ class ConnectionStartApi(APIView):
     class InputSerializer(serializers.Serializer):
         user_id = serializers.CharField(max_length=255)
         provider_name = serializers.CharField(max_length=64)
-        scopes = serializers.ListField(child=serializers.CharField(max_length=256), required=False,
-                                       allow_empty=True, max_length=100)
+        scopes = serializers.ListField(child=serializers.CharField(max_length=256, validators=[validate_scope_token]),
+                                       required=False, allow_empty=True, max_length=100)
         return_url = serializers.CharField(max_length=2048, trim_whitespace=False)
         params = serializers.DictField(child=serializers.CharField(max_length=256), required=False,
                                        allow_empty=True)

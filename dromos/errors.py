@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpResponse, JsonResponse
+from django.views.defaults import page_not_found as html_page_not_found
 from django.views.defaults import server_error as html_server_error
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
@@ -141,9 +142,19 @@ def _first_message(details: Any) -> str:
     return str(details)
 
 
+_PAGES = ("/admin/", "/auth/", "/static/")  # for people: Django's plain pages
+
+
 def server_error(request) -> HttpResponse:
     """handler500: the JSON error shape for the APIs, Django's plain page for people (the
     admin, the provider callback)."""
-    if request.path.startswith(("/admin/", "/auth/")):
+    if request.path.startswith(_PAGES):
         return html_server_error(request)
     return JsonResponse({"error": "server_error", "message": "Internal server error."}, status=500)
+
+
+def not_found(request, exception) -> HttpResponse:
+    """handler404 for URLs that match no route: JSON for the APIs (the path is not echoed)."""
+    if request.path.startswith(_PAGES):
+        return html_page_not_found(request, exception)
+    return JsonResponse({"error": "not_found", "message": "No such endpoint."}, status=404)

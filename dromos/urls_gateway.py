@@ -14,4 +14,5 @@ urlpatterns = [
     path("", include("gateway_app.urls")),
 ]
 
+handler404 = "dromos.errors.not_found"
 handler500 = "dromos.errors.server_error"

@@ -10,4 +10,5 @@ urlpatterns = [
     *broker_patterns,
 ]
 
+handler404 = "dromos.errors.not_found"
 handler500 = "dromos.errors.server_error"

@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 
 from dromos.errors import InvalidRequest
 from dromos.renderers import JSONOnlyNegotiation
+from dromos.validators import validate_scope_token
 from gateway_app import schema as _schema  # noqa: F401  (registers the API-key security scheme)
 from gateway_app.authentication import ApiKeyAuthentication, ApiKeyThrottle, HasScope
 from gateway_app.broker_client import BrokerAnswer, broker
@@ -175,8 +176,8 @@ class RequestConnectionApi(GatewayApi):
     class InputSerializer(serializers.Serializer):
         user_id = serializers.CharField(max_length=255)
         provider_name = serializers.CharField(max_length=64)
-        scopes = serializers.ListField(child=serializers.CharField(max_length=256), required=False,
-                                       allow_empty=True, max_length=100)
+        scopes = serializers.ListField(child=serializers.CharField(max_length=256, validators=[validate_scope_token]),
+                                       required=False, allow_empty=True, max_length=100)
         return_url = serializers.CharField(max_length=2048, trim_whitespace=False)
         params = serializers.DictField(child=serializers.CharField(max_length=256), required=False)
 

@@ -82,12 +82,40 @@ def test_broker_refresh_endpoint_needs_api_key(stack, fake_provider, fake_provid
     ({"user_id": "u", "provider_name": "fake", "scopes": "openid email", "return_url": "https://app.example.com/r"}, "scopes"),
     ({"user_id": "u", "provider_name": "fake", "scopes": [1, {"a": 2}], "return_url": "https://app.example.com/r"}, "scopes"),
     ({"user_id": ["u"], "provider_name": "fake", "return_url": "https://app.example.com/r"}, "user_id"),
+    *(({"user_id": "u", "provider_name": "fake", "scopes": ["openid", bad], "return_url": "https://app.example.com/r"},
+       "scopes") for bad in ("openid email", 'say"hi', "a\\b", "caf\u00e9", "tab\there", "", "x" * 257)),
 ])
 def test_request_connection_rejects_malformed_fields(stack, fake_provider_row, body, field):
     response = stack.call("POST", "/v1/request-connection", stack.key(), json=body)
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_request" and field in response.json()["details"]
     assert Connection.objects.count() == 0
+
+
+def test_a_space_separated_scope_string_in_one_item_is_refused_with_a_hint(stack, fake_provider_row):
+    """["openid email"] would reach the provider as two scopes while the connection records
+    one: refused on the gateway and on the broker's own API, saying how to send it."""
+    body = {"user_id": "u", "provider_name": "fake", "scopes": ["openid email"],
+            "return_url": "https://app.example.com/r"}
+    response = stack.call("POST", "/v1/request-connection", stack.key(), json=body)
+    assert response.status_code == 400
+    assert 'send ["openid", "email"]' in response.json()["message"]
+    direct = stack.broker("POST", "/internal/v1/connections", json=body, headers={"X-Dromos-Workspace": "ws-a"})
+    assert direct.status_code == 400 and "scopes" in direct.json()["details"]
+    ok = stack.call("POST", "/v1/request-connection", stack.key(), json={
+        **body, "scopes": ["openid", "https://www.googleapis.com/auth/drive.readonly", "chat:write", "User.Read"]})
+    assert ok.status_code == 201, ok.text
+    assert Connection.objects.count() == 1
+
+
+def test_unknown_endpoints_answer_json_404_and_the_admin_keeps_its_page(stack):
+    key = stack.key()
+    for path in ("/v1/nothing", "/v1/token/c_x/extra", "/v1/"):
+        response = stack.call("GET", path, key)
+        assert response.status_code == 404, path
+        assert response.json() == {"error": "not_found", "message": "No such endpoint."}
+    page = stack.call("GET", "/admin/no-such-page/")
+    assert page.status_code in (302, 404) and "json" not in page.headers["Content-Type"]
 
 
 def test_request_connection_rejects_non_json(stack, fake_provider_row):
