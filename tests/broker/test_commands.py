@@ -58,6 +58,18 @@ def test_provider_upsert_rejects_unknown_template_and_unreachable_discovery():
     assert not Provider.objects.filter(name__in=["x", "y"]).exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (("--name", "bad name!", "--template", "oidc", "--discovery-url", "https://idp.example.com"), "name: "),
+    (("--name", "okname", "--template", "oidc", "--discovery-url", "not a url"), "discovery_url: Enter a valid URL"),
+    (("--name", "x" * 65, "--template", "oidc", "--discovery-url", "https://idp.example.com"), "name: "),
+])
+def test_provider_upsert_refuses_invalid_fields_with_a_one_line_error(args, message):
+    """A CommandError (one line, exit 1), not a ValidationError traceback; nothing saved."""
+    with pytest.raises(CommandError, match=f"^provider not saved: {message}"):
+        _run("provider", "upsert", *args, "--client-id", "c", "--client-secret", "s3cr3t-value", "--no-check")
+    assert Provider.objects.count() == 0
+
+
 def test_apikey_create_prints_the_key_alone_as_last_line():
     out = _run("apikey", "create", "--workspace", "acme", "--name", "agent")
     key = out.strip().splitlines()[-1]

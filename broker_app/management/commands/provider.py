@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
@@ -101,7 +102,11 @@ class Command(BaseCommand):
         if options["client_secret"] is not None:
             set_client_secret(provider, options["client_secret"])
         created = provider._state.adding
-        provider.full_clean(exclude=["client_secret_enc"])
+        try:
+            provider.full_clean(exclude=["client_secret_enc"])
+        except ValidationError as exc:
+            problems = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items())
+            raise CommandError(f"provider not saved: {problems}") from None
         entry = catalog()[template_key]
         try:
             # Template values (tenant, shop, host …) must fit the catalog's pattern, always:
