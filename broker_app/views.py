@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.http import HttpResponseRedirect
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
 from broker_app.services.connect import connection_complete
@@ -18,6 +19,7 @@ PAGE_MESSAGES = {
 
 
 @never_cache
+@csrf_exempt  # GET only: a POST (or any other method) gets 405, not the CSRF failure page
 @require_GET
 def auth_callback(request):
     params = request.GET

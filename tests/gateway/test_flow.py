@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+import requests
 from django.utils import timezone
 
 from broker_app.models import AuditEvent, Connection
@@ -188,6 +189,17 @@ def test_callback_missing_and_unknown_state_render_a_page(stack, fake_provider_r
         response = stack.callback(**params)
         assert response.status_code == 400 and "text/html" in response.headers["Content-Type"]
         assert "could not complete" in response.text
+
+
+def test_callback_takes_only_get_and_a_post_leaves_the_connection_pending(stack, fake_provider_row):
+    started = start_connection(stack, stack.key())
+    state = auth_params(started["authUrl"])["state"]
+    for method in ("POST", "PUT", "DELETE"):
+        response = requests.request(method, f"{stack.url}/auth/callback", params={"state": state, "code": "x"},
+                                    data={"state": state, "code": "x"}, timeout=30, allow_redirects=False)
+        assert response.status_code == 405, method
+        assert response.headers["Allow"] == "GET"
+    assert Connection.objects.get(pk=started["connection_id"]).status == "pending"
 
 
 def test_callback_state_is_single_use(stack, fake_provider, fake_provider_row):
