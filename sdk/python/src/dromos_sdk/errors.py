@@ -127,7 +127,8 @@ class UpstreamError(APIError):
 
 
 class UnavailableError(APIError):
-    """503: the broker is unreachable or the provider is temporarily down."""
+    """503: the broker is unreachable, the provider is temporarily down, or the service's
+    database is (``code`` ``service_unavailable``); retried like every 503."""
 
 
 class TransportError(DromosError):
