@@ -158,7 +158,9 @@ def webhook_enqueue(*, connection_id: str, event: str) -> list[str]:
 
 def _queue(task, delivery_id: str) -> None:
     try:
-        task.delay(delivery_id)
+        # One attempt (no publish retries): this runs after a request's commit, and a delivery
+        # that could not be queued is not lost.
+        task.apply_async((delivery_id,), retry=False)
     except Exception:
         # The transport is down: the retry sweep picks the delivery up (next_attempt_at is set).
         logger.exception("webhook delivery not queued", extra={"delivery_id": delivery_id})

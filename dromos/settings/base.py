@@ -128,7 +128,9 @@ if not REDIS_URL:
     for _folder in ("celery", "celery-processed", "celery-control"):
         (VAR_DIR / _folder).mkdir(parents=True, exist_ok=True)
 CELERY_BROKER_TRANSPORT_OPTIONS = (
-    {}
+    # Bounded waits on a Redis that hangs (publishing from a request included). The worker's
+    # BRPOP blocks for 1 s (kombu's polling_interval), well within the read timeout.
+    {"socket_timeout": 5.0, "socket_connect_timeout": max(REDIS_TIMEOUT_SECONDS, 2.0)}
     if REDIS_URL
     else {
         "data_folder_in": str(VAR_DIR / "celery"),

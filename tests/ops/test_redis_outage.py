@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import time
 from urllib.parse import urlsplit, urlunsplit
 
@@ -19,7 +21,7 @@ from oidc_server import free_port  # noqa: I001  (tests/support, on sys.path via
 from relay import Relay
 from stack import Stack, reset_postgres_database  # noqa: I001  (devtools/, on sys.path via conftest)
 
-from tests.ops.conftest import sibling_database
+from tests.ops.conftest import ROOT, sibling_database
 
 LIMIT = 3  # requests per minute per key, for this stack
 CACHE_SECONDS = 2  # API_KEY_CACHE_SECONDS, for this stack
@@ -129,3 +131,35 @@ def test_a_hanging_redis_costs_its_timeout_now_and_then_not_per_request(redis_re
     finally:
         relay.restore()
     _wait_ready(stack)
+
+
+QUEUE_UNDER_HANGING_REDIS = """
+import logging, sys, time
+import django
+django.setup()
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
+from broker_app.tasks import deliver_webhook
+from broker_app.webhooks import _queue
+started = time.monotonic()
+_queue(deliver_webhook, "00000000-0000-0000-0000-000000000000")
+print(f"returned after {time.monotonic() - started:.1f} s")
+"""
+
+
+def test_queueing_a_webhook_while_redis_hangs_gives_up_in_bounded_time(redis_relayed_stack):
+    """A request that commits a state change queues its webhook deliveries (after the commit):
+    with Redis hanging, that gives up within seconds (the retry sweep delivers it later),
+    instead of holding the request, and its gunicorn thread, indefinitely."""
+    stack, relay = redis_relayed_stack
+    relay.hang()
+    try:
+        env = {**stack.env, "DJANGO_SETTINGS_MODULE": "dromos.settings.broker"}
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, "-c", QUEUE_UNDER_HANGING_REDIS], env=env, cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        elapsed = time.monotonic() - started
+    finally:
+        relay.restore()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "webhook delivery not queued" in result.stdout + result.stderr
+    assert elapsed < 20, f"queueing waited {elapsed:.0f} s on a hanging Redis"
