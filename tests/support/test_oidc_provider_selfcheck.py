@@ -406,6 +406,17 @@ def test_start_fails_clearly_without_node_modules(tmp_path, monkeypatch):
         start_oidc_provider(free_port())
 
 
+def test_a_start_that_never_listens_is_retried_once_then_reported_with_the_process_state(tmp_path, monkeypatch,
+                                                                                          capfd):
+    (tmp_path / "node_modules" / "oidc-provider").mkdir(parents=True)
+    (tmp_path / "server.js").write_text("console.log('stuck'); setInterval(() => {}, 1000);\n")
+    monkeypatch.setattr(oidc_server, "PROVIDER_DIR", tmp_path)
+    with pytest.raises(OidcProviderError, match=r"did not answer .* within 1s .*process state [A-Z]") as info:
+        start_oidc_provider(free_port(), timeout=1)
+    assert "stuck" in str(info.value)
+    assert "oidc-provider: retrying once after" in capfd.readouterr().err
+
+
 def test_jwks_from_env_and_default_client(http):
     import json
 
