@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -221,10 +222,12 @@ class ConnectionAdmin(admin.ModelAdmin):
                     return HttpResponseNotAllowed(["POST"])
                 if not self.has_operate_permission(request):
                     raise PermissionDenied
-                connection = get_object_or_404(Connection.objects.only("id"), pk=object_id)
+                # The admin quotes primary keys in its URLs ("_" → "_5F"): connection ids hold "_".
+                connection = get_object_or_404(Connection.objects.only("id"), pk=unquote(object_id))
                 level, text = operation(request, connection)
                 self.message_user(request, text, level)
-                return HttpResponseRedirect(reverse("admin:broker_app_connection_change", args=[connection.pk]))
+                return HttpResponseRedirect(reverse("admin:broker_app_connection_change",
+                                                    args=[quote(connection.pk)]))
             return self.admin_site.admin_view(view)
 
         return [

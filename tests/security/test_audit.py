@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.contrib.admin.utils import quote
 from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
@@ -144,10 +145,29 @@ def test_admin_operations_are_recorded_as_the_admin_user(stack, fake_provider, f
                                                           superuser_client):
     cid = connect(stack, fake_provider, stack.key())
     for operation, action in (("refresh", "token.refreshed"), ("revoke", "connection.revoked")):
-        response = superuser_client.post(f"/admin/broker_app/connection/{cid}/{operation}/")
+        response = superuser_client.post(f"/admin/broker_app/connection/{quote(cid)}/{operation}/")
         assert response.status_code == 302
         last = events(cid)[-1]
         assert (last.action, last.actor, last.ip) == (action, "admin:auditor", "10.0.0.7")
+
+
+def test_admin_buttons_work_for_ids_the_admin_must_quote(stack, fake_provider, fake_provider_row, superuser_client):
+    """Connection ids hold "_"; the admin writes "_" as "_5F" in its URLs and reads "_3A" as
+    ":". The buttons and the redirect after them quote the id, so an id such as c_x_3Ay… opens
+    its own page again (not "doesn't exist")."""
+    import re
+
+    cid = connect(stack, fake_provider, stack.key())
+    tricky = "c_x_3Ay" + cid[7:]
+    Connection.objects.filter(pk=cid).update(id=tricky)
+    page = superuser_client.get(f"/admin/broker_app/connection/{quote(tricky)}/change/")
+    assert page.status_code == 200 and tricky in page.content.decode()
+    action = re.search(r'action="([^"]+/refresh/)"', page.content.decode()).group(1)
+    assert action == f"/admin/broker_app/connection/{quote(tricky)}/refresh/"
+    done = superuser_client.post(action, follow=True)
+    assert done.redirect_chain[-1][0] == f"/admin/broker_app/connection/{quote(tricky)}/change/"
+    # (The refresh itself fails here: the ciphertexts stay bound to the id they were stored under.)
+    assert done.status_code == 200 and tricky in done.content.decode() and "doesn" not in done.content.decode()
 
 
 def test_audit_log_is_readable_in_the_admin_and_cannot_be_edited(stack, fake_provider, fake_provider_row,
@@ -171,7 +191,7 @@ def test_audit_log_is_readable_in_the_admin_and_cannot_be_edited(stack, fake_pro
     assert superuser_client.post(f"/admin/broker_app/auditevent/{read.pk}/delete/", {"post": "yes"}).status_code == 403
     assert AuditEvent.objects.filter(pk=read.pk, action="token.read").exists()
     # The connection page shows its trail too.
-    trail = superuser_client.get(f"/admin/broker_app/connection/{cid}/change/").content.decode()
+    trail = superuser_client.get(f"/admin/broker_app/connection/{quote(cid)}/change/").content.decode()
     assert "audit-trail" in trail and "token.read" in trail
     for html in (page, detail.content.decode(), trail):
         assert served not in html

@@ -33,6 +33,7 @@ import redis
 import requests
 from celery import signals
 from django.conf import settings
+from django.contrib.admin.utils import quote as admin_quote
 from django.contrib.auth.models import User
 from django.db import connection as db_connection
 from django.test import Client
@@ -185,7 +186,7 @@ def _admin_pages(evidence: Evidence, connection_ids: list[str]) -> int:
             "/admin/broker_app/auditevent/", "/admin/broker_app/cacheddocument/",
             "/admin/broker_app/webhookendpoint/", "/admin/broker_app/webhookdelivery/",
             "/admin/broker_app/connection/?status__exact=failed", "/admin/broker_app/auditevent/?action=token.read"]
-    urls += [f"/admin/broker_app/connection/{cid}/change/" for cid in connection_ids]
+    urls += [f"/admin/broker_app/connection/{admin_quote(cid)}/change/" for cid in connection_ids]
     from broker_app.models import Provider
 
     urls += [f"/admin/broker_app/provider/{pk}/change/" for pk in Provider.objects.values_list("pk", flat=True)]
