@@ -6,6 +6,7 @@ server); the fake provider plays the provider; PostgreSQL and Redis are real."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import time
@@ -31,6 +32,28 @@ pytestmark = pytest.mark.django_db(transaction=True)
 TOKEN_FIELDS = ("access_token_enc", "refresh_token_enc", "id_token_enc", "expires_at", "token_version",
                 "token_type", "status")
 
+
+
+@contextlib.contextmanager
+def _row_locked_elsewhere(connection_id: str):
+    """Another database session holds the connection's row lock for the duration."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold():
+        with transaction.atomic():
+            Connection.objects.select_for_update().get(pk=connection_id)
+            locked.set()
+            release.wait(10)
+        db_connection.close()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(5)
+        yield
+    finally:
+        release.set()
+        holder.join()
 
 def _tokens_of(cid: str) -> dict:
     return Connection.objects.filter(pk=cid).values(*TOKEN_FIELDS).get()
@@ -156,28 +179,13 @@ def test_forced_refresh_right_after_another_returns_its_result(stack, fake_provi
 def test_a_waiter_that_times_out_on_the_lock_gets_503_and_no_provider_call(stack, fake_provider, active, settings):
     key, cid = active
     settings.REFRESH_LOCK_TIMEOUT_SECONDS = 1
-    locked, release = threading.Event(), threading.Event()
-
-    def hold():
-        with transaction.atomic():
-            Connection.objects.select_for_update().get(pk=cid)
-            locked.set()
-            release.wait(10)
-        db_connection.close()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert locked.wait(5)
+    with _row_locked_elsewhere(cid):
         started = time.monotonic()
         response = stack.call("POST", f"/v1/refresh/{cid}", key)
         assert time.monotonic() - started < 5
         assert response.status_code == 503 and response.headers["Retry-After"]
         assert response.json()["error"] == "provider_unavailable"
         assert "in progress" in response.json()["message"]
-    finally:
-        release.set()
-        holder.join()
     assert fake_provider.refresh_calls == 0 and outcome_counts() == {"lock_timeout": 1}
     assert _via_gateway_refresh(stack, key, cid)
 
@@ -462,23 +470,8 @@ def test_sweep_batches_take_every_due_row_once_in_expiry_order(fake_provider_row
 def test_sweep_skips_a_row_locked_elsewhere_and_takes_it_next_time(fake_provider_row):
     now = timezone.now()
     ids = _rows_expiring(fake_provider_row, [now + timedelta(seconds=s) for s in (30, 60, 90)])
-    locked, release = threading.Event(), threading.Event()
-
-    def hold():
-        with transaction.atomic():
-            Connection.objects.select_for_update().get(pk=ids[1])  # e.g. a refresh in progress
-            locked.set()
-            release.wait(10)
-        db_connection.close()
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    try:
-        assert locked.wait(5)
+    with _row_locked_elsewhere(ids[1]):  # e.g. a refresh in progress
         assert sweep_due(enqueue=False, batch_size=2).connection_ids == [ids[0], ids[2]]
-    finally:
-        release.set()
-        holder.join()
     assert sweep_due(enqueue=False).connection_ids == [ids[1]]
 
 
