@@ -65,6 +65,7 @@ WORKSPACE = "bench"
 
 # -- the fast provider -----------------------------------------------------------------------------
 
+
 def _serve_provider(port: int, ready) -> None:
     """Run in its own process. Every refresh token is accepted once: seeded ones (unknown to
     us, but each presented once) and rotated ones; a second presentation is a reuse."""
@@ -72,10 +73,15 @@ def _serve_provider(port: int, ready) -> None:
     used: set[str] = set()
     stats = {"calls": 0, "reuse": 0, "first_call": None, "last_call": None}
     issuer = f"http://127.0.0.1:{port}"
-    discovery = json.dumps({
-        "issuer": issuer, "authorization_endpoint": f"{issuer}/authorize", "token_endpoint": f"{issuer}/token",
-        "jwks_uri": f"{issuer}/jwks", "id_token_signing_alg_values_supported": ["RS256"],
-    }).encode()
+    discovery = json.dumps(
+        {
+            "issuer": issuer,
+            "authorization_endpoint": f"{issuer}/authorize",
+            "token_endpoint": f"{issuer}/token",
+            "jwks_uri": f"{issuer}/jwks",
+            "id_token_signing_alg_values_supported": ["RS256"],
+        }
+    ).encode()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as a real provider
@@ -123,9 +129,17 @@ def _serve_provider(port: int, ready) -> None:
             if reused or form.get("grant_type") != ["refresh_token"]:
                 self._send(400, b'{"error": "invalid_grant"}')
                 return
-            self._send(200, json.dumps({
-                "access_token": "at-" + secrets.token_urlsafe(24), "token_type": "Bearer", "expires_in": 3600,
-                "refresh_token": "rt-rot-" + secrets.token_urlsafe(24)}).encode())
+            self._send(
+                200,
+                json.dumps(
+                    {
+                        "access_token": "at-" + secrets.token_urlsafe(24),
+                        "token_type": "Bearer",
+                        "expires_in": 3600,
+                        "refresh_token": "rt-rot-" + secrets.token_urlsafe(24),
+                    }
+                ).encode(),
+            )
 
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
@@ -179,8 +193,16 @@ def add_filler(url: str, provider_id: str, start: int, count: int) -> None:
     """`count` more stored connections, active, expiring 1-30 days out (never due here)."""
     step = 200_000
     for first in range(start, start + count, step):
-        _sql(url, FILLER_SQL, {"workspace": WORKSPACE, "provider_id": uuid.UUID(provider_id), "start": first,
-                               "stop": min(first + step, start + count) - 1})
+        _sql(
+            url,
+            FILLER_SQL,
+            {
+                "workspace": WORKSPACE,
+                "provider_id": uuid.UUID(provider_id),
+                "start": first,
+                "stop": min(first + step, start + count) - 1,
+            },
+        )
     _sql(url, f"VACUUM ANALYZE {TABLE}")
     _sql(url, "CHECKPOINT")
 
@@ -188,17 +210,30 @@ def add_filler(url: str, provider_id: str, start: int, count: int) -> None:
 def make_due(url: str, ids: list[str]) -> None:
     """Their access tokens expire 1-2 minutes from now (inside the 10-minute sweep window),
     each at its own moment as tokens issued at different times do."""
-    _sql(url, "UPDATE broker_app_connection SET expires_at = now() + interval '60 seconds' + random() * "
-              "interval '60 seconds', last_refreshed_at = NULL, next_refresh_attempt_at = NULL WHERE id = ANY(%s)",
-         [ids])
+    _sql(
+        url,
+        "UPDATE broker_app_connection SET expires_at = now() + interval '60 seconds' + random() * "
+        "interval '60 seconds', last_refreshed_at = NULL, next_refresh_attempt_at = NULL WHERE id = ANY(%s)",
+        [ids],
+    )
     _sql(url, f"VACUUM ANALYZE {TABLE}")
 
 
 # -- Django in this process (the sweep runs here, exactly as the beat task's body) ------------------
 
+
 def django_setup(env: dict[str, str]) -> None:
-    for name in ("DATABASE_URL", "REDIS_URL", "TOKEN_ENCRYPTION_KEYS", "DJANGO_SECRET_KEY", "BROKER_API_KEY",
-                 "ALLOWED_HOSTS", "ALLOW_HTTP_PROVIDER_HOSTS", "BASE_URL", "DROMOS_VAR_DIR"):
+    for name in (
+        "DATABASE_URL",
+        "REDIS_URL",
+        "TOKEN_ENCRYPTION_KEYS",
+        "DJANGO_SECRET_KEY",
+        "BROKER_API_KEY",
+        "ALLOWED_HOSTS",
+        "ALLOW_HTTP_PROVIDER_HOSTS",
+        "BASE_URL",
+        "DROMOS_VAR_DIR",
+    ):
         os.environ[name] = env[name]
     os.environ["DJANGO_SETTINGS_MODULE"] = "dromos.settings.broker"
     os.environ["LOG_LEVEL"] = "WARNING"
@@ -223,7 +258,7 @@ def explain_first_batch() -> str:
     # Exactly the sweep's batch query (FOR UPDATE SKIP LOCKED); rolled back, nothing claimed.
     with transaction.atomic():
         queryset = batch_queryset(now=timezone.now(), window_seconds=settings.REFRESH_SWEEP_WINDOW_SECONDS)
-        sql, params = queryset[:settings.REFRESH_SWEEP_BATCH].query.sql_with_params()
+        sql, params = queryset[: settings.REFRESH_SWEEP_BATCH].query.sql_with_params()
         with connection.cursor() as cursor:
             cursor.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + sql, params)
             plan = "\n".join(row[0] for row in cursor.fetchall())
@@ -238,8 +273,17 @@ def outcome_counts(redis_url: str) -> dict[str, int]:
     return {k.decode().split("|", 1)[1]: int(v) for k, v in stored.items() if k.decode().startswith(PROVIDER + "|")}
 
 
-def run_scale(*, stored: int, due_ids: list[str], url: str, redis_url: str, provider: FastProvider,
-              expect_version: int, resweep_every: float, timeout: float) -> dict:
+def run_scale(
+    *,
+    stored: int,
+    due_ids: list[str],
+    url: str,
+    redis_url: str,
+    provider: FastProvider,
+    expect_version: int,
+    resweep_every: float,
+    timeout: float,
+) -> dict:
     import redis
     from django.db import connection
 
@@ -280,8 +324,13 @@ def run_scale(*, stored: int, due_ids: list[str], url: str, redis_url: str, prov
     # Anything still running or queued twice would reach the provider within a few seconds.
     time.sleep(5)
     stats = provider.stats()
-    rows = dict(_sql(url, "SELECT status || ':' || token_version, count(*) FROM broker_app_connection "
-                          "WHERE id = ANY(%s) GROUP BY 1", [due_ids]))
+    rows = dict(
+        _sql(
+            url,
+            "SELECT status || ':' || token_version, count(*) FROM broker_app_connection WHERE id = ANY(%s) GROUP BY 1",
+            [due_ids],
+        )
+    )
     idle_seconds = statistics.median(timed(sweep_due, dry_run=True)[0] for _ in range(5))
     outcomes = outcome_counts(redis_url)
     checks = {
@@ -291,12 +340,23 @@ def run_scale(*, stored: int, due_ids: list[str], url: str, redis_url: str, prov
         "outcomes: success only": outcomes == {"success": due},
     }
     return {
-        "stored": stored, "due": due, "provider_calls": stats["calls"], "distinct_refresh_tokens": stats["distinct"],
-        "reuse": stats["reuse"], "refresh_seconds": round(elapsed, 2), "refreshes_per_second": round(due / elapsed, 1),
-        "sweep_select_ms": round(dry_seconds * 1000, 1), "sweep_claim_fanout_ms": round(sweep_seconds * 1000, 1),
-        "sweep_fanout_ms": round(sum(fan_out_seconds) * 1000, 1), "sweep_batches": result.batches,
+        "stored": stored,
+        "due": due,
+        "provider_calls": stats["calls"],
+        "distinct_refresh_tokens": stats["distinct"],
+        "reuse": stats["reuse"],
+        "refresh_seconds": round(elapsed, 2),
+        "refreshes_per_second": round(due / elapsed, 1),
+        "sweep_select_ms": round(dry_seconds * 1000, 1),
+        "sweep_claim_fanout_ms": round(sweep_seconds * 1000, 1),
+        "sweep_fanout_ms": round(sum(fan_out_seconds) * 1000, 1),
+        "sweep_batches": result.batches,
         "sweep_nothing_due_ms": round(idle_seconds * 1000, 2),
-        "resweeps": resweeps, "rows": rows, "outcomes": outcomes, "checks": checks, "plan_first_batch": plan,
+        "resweeps": resweeps,
+        "rows": rows,
+        "outcomes": outcomes,
+        "checks": checks,
+        "plan_first_batch": plan,
     }
 
 
@@ -307,9 +367,11 @@ def render(results: list[dict], concurrency: int) -> str:
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        lines.append(f"| {r['stored']:,} | {r['due']:,} | {r['provider_calls']:,} | {r['refreshes_per_second']:,.0f} "
-                     f"| {r['sweep_select_ms']:,.0f} ms | {r['sweep_claim_fanout_ms'] / 1000:,.1f} s "
-                     f"({r['sweep_fanout_ms'] / 1000:,.1f} s) | {r['sweep_nothing_due_ms']:.1f} ms |")
+        lines.append(
+            f"| {r['stored']:,} | {r['due']:,} | {r['provider_calls']:,} | {r['refreshes_per_second']:,.0f} "
+            f"| {r['sweep_select_ms']:,.0f} ms | {r['sweep_claim_fanout_ms'] / 1000:,.1f} s "
+            f"({r['sweep_fanout_ms'] / 1000:,.1f} s) | {r['sweep_nothing_due_ms']:.1f} ms |"
+        )
     return "\n".join(lines)
 
 
@@ -335,25 +397,67 @@ def main() -> int:
     reset_postgres_database(url)
     workdir = Path(tempfile.mkdtemp(prefix="refresh-bench-"))
     provider = FastProvider()
-    stack = BenchStack(workdir=workdir, database_url=url, redis_url=redis_url, celery=False, beat=False,
-                       gateway_workers=1, broker_workers=1, extra_env={"LOG_LEVEL": "WARNING"})
+    stack = BenchStack(
+        workdir=workdir,
+        database_url=url,
+        redis_url=redis_url,
+        celery=False,
+        beat=False,
+        gateway_workers=1,
+        broker_workers=1,
+        extra_env={"LOG_LEVEL": "WARNING"},
+    )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results: list[dict] = []
     try:
         stack.start()
-        stack.manage("broker", "provider", "upsert", "--name", PROVIDER, "--template", "oidc",
-                     "--discovery-url", f"{provider.url}/.well-known/openid-configuration",
-                     "--client-id", "bench", "--client-secret", secrets.token_urlsafe(16))
-        (provider_id,), = _sql(url, "SELECT id FROM broker_app_provider WHERE name = %s", [PROVIDER])
+        stack.manage(
+            "broker",
+            "provider",
+            "upsert",
+            "--name",
+            PROVIDER,
+            "--template",
+            "oidc",
+            "--discovery-url",
+            f"{provider.url}/.well-known/openid-configuration",
+            "--client-id",
+            "bench",
+            "--client-secret",
+            secrets.token_urlsafe(16),
+        )
+        ((provider_id,),) = _sql(url, "SELECT id FROM broker_app_provider WHERE name = %s", [PROVIDER])
         ids_file = workdir / "ids.txt"
         started = time.monotonic()
-        seed_connections(database_url=url, raw_keys=stack.env["TOKEN_ENCRYPTION_KEYS"], workspace=WORKSPACE,
-                         provider_id=str(provider_id), count=args.due, ids_file=ids_file)
+        seed_connections(
+            database_url=url,
+            raw_keys=stack.env["TOKEN_ENCRYPTION_KEYS"],
+            workspace=WORKSPACE,
+            provider_id=str(provider_id),
+            count=args.due,
+            ids_file=ids_file,
+        )
         due_ids = ids_file.read_text().split()
         print(f"seeded {args.due:,} connections with real ciphertexts in {time.monotonic() - started:.0f} s")
         django_setup(stack.env)
-        stack._spawn("worker", [sys.executable, "-m", "celery", "-A", "dromos", "worker", "-l", "WARNING",
-                                "-c", str(args.concurrency), "--without-gossip", "--without-mingle"], "broker")
+        stack._spawn(
+            "worker",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "dromos",
+                "worker",
+                "-l",
+                "WARNING",
+                "-c",
+                str(args.concurrency),
+                "--without-gossip",
+                "--without-mingle",
+            ],
+            "broker",
+        )
         from dromos.celery import app
 
         deadline = time.monotonic() + 60
@@ -368,14 +472,25 @@ def main() -> int:
                 stored = scale
                 print(f"stored: {stored:,} connections (filler added in {time.monotonic() - started:.0f} s)")
             make_due(url, due_ids)
-            result = run_scale(stored=stored, due_ids=due_ids, url=url, redis_url=redis_url, provider=provider,
-                               expect_version=1 + number, resweep_every=60, timeout=args.timeout)
+            result = run_scale(
+                stored=stored,
+                due_ids=due_ids,
+                url=url,
+                redis_url=redis_url,
+                provider=provider,
+                expect_version=1 + number,
+                resweep_every=60,
+                timeout=args.timeout,
+            )
             results.append(result)
-            print(f"  {stored:,} stored: {result['refreshes_per_second']:,.0f} refreshes/s, "
-                  f"{result['provider_calls']:,} provider calls, sweep select {result['sweep_select_ms']:,.0f} ms, "
-                  f"select+claim+fan-out {result['sweep_claim_fanout_ms']:,.0f} ms "
-                  f"(fan-out {result['sweep_fanout_ms']:,.0f} ms), checks "
-                  f"{'ok' if all(result['checks'].values()) else result['checks']}", flush=True)
+            print(
+                f"  {stored:,} stored: {result['refreshes_per_second']:,.0f} refreshes/s, "
+                f"{result['provider_calls']:,} provider calls, sweep select {result['sweep_select_ms']:,.0f} ms, "
+                f"select+claim+fan-out {result['sweep_claim_fanout_ms']:,.0f} ms "
+                f"(fan-out {result['sweep_fanout_ms']:,.0f} ms), checks "
+                f"{'ok' if all(result['checks'].values()) else result['checks']}",
+                flush=True,
+            )
     finally:
         stack.stop()
         provider.stop()
@@ -385,9 +500,19 @@ def main() -> int:
     print("\nfirst sweep batch at the largest scale:\n" + results[-1]["plan_first_batch"])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": host,
-                               "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                               "settings": vars(args), "results": results}, indent=2, default=str))
+    out.write_text(
+        json.dumps(
+            {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "machine": host,
+                "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                "settings": vars(args),
+                "results": results,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     print(f"\nraw numbers: {out}; logs: {workdir}")
     failed = [name for r in results for name, ok in r["checks"].items() if not ok]
     if failed:

@@ -29,10 +29,32 @@ _ID_TOKEN = ".".join(base64.urlsafe_b64encode(os.urandom(n)).decode().rstrip("="
 # Every NOT NULL column without a database default must be listed here; `seed` refuses to
 # run (naming the column) if a migration adds one it does not know.
 COLUMNS = (
-    "id", "workspace", "user_id", "provider_id", "status", "scopes", "granted_scopes", "params", "return_url",
-    "nonce_digest", "pkce_verifier_enc", "access_token_enc", "refresh_token_enc", "id_token_enc", "token_type",
-    "expires_at", "token_version", "refresh_failures", "account", "metadata", "error", "error_description",
-    "created_at", "updated_at", "activated_at", "revoke_pending",
+    "id",
+    "workspace",
+    "user_id",
+    "provider_id",
+    "status",
+    "scopes",
+    "granted_scopes",
+    "params",
+    "return_url",
+    "nonce_digest",
+    "pkce_verifier_enc",
+    "access_token_enc",
+    "refresh_token_enc",
+    "id_token_enc",
+    "token_type",
+    "expires_at",
+    "token_version",
+    "refresh_failures",
+    "account",
+    "metadata",
+    "error",
+    "error_description",
+    "created_at",
+    "updated_at",
+    "activated_at",
+    "revoke_pending",
 )
 
 
@@ -54,35 +76,76 @@ def _rows(args: tuple[str, str, str, str, int, int]) -> tuple[list[str], bytes]:
         refresh = ring.encrypt(f"rt-bench-{secrets.token_urlsafe(32)}", aad=f"{cid}:refresh_token")
         id_token = ring.encrypt(_ID_TOKEN, aad=f"{cid}:id_token")
         values = (
-            cid, workspace, f"user-{seed}-{n}", provider_id, "active", SCOPES, SCOPES, "{}",
-            "https://app.example.com/oauth/return", "", "", access, refresh, id_token, "Bearer",
-            expires, "1", "0", "{}", "{}", "", "", stamp, stamp, stamp, "f",
+            cid,
+            workspace,
+            f"user-{seed}-{n}",
+            provider_id,
+            "active",
+            SCOPES,
+            SCOPES,
+            "{}",
+            "https://app.example.com/oauth/return",
+            "",
+            "",
+            access,
+            refresh,
+            id_token,
+            "Bearer",
+            expires,
+            "1",
+            "0",
+            "{}",
+            "{}",
+            "",
+            "",
+            stamp,
+            stamp,
+            stamp,
+            "f",
         )
         lines.append("\t".join(values))
     return ids, ("\n".join(lines) + "\n").encode()
 
 
 def _check_columns(conn: psycopg.Connection) -> None:
-    required = {row[0] for row in conn.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_name = %s "
-        "AND is_nullable = 'NO' AND column_default IS NULL", [TABLE])}
+    required = {
+        row[0]
+        for row in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = %s "
+            "AND is_nullable = 'NO' AND column_default IS NULL",
+            [TABLE],
+        )
+    }
     unknown = required - set(COLUMNS)
     if unknown:
-        raise SystemExit(f"bench/seed.py does not know the NOT NULL column(s) {sorted(unknown)} of {TABLE}; "
-                         "add them to COLUMNS")
+        raise SystemExit(
+            f"bench/seed.py does not know the NOT NULL column(s) {sorted(unknown)} of {TABLE}; add them to COLUMNS"
+        )
 
 
-def seed_connections(*, database_url: str, raw_keys: str, workspace: str, provider_id: str, count: int,
-                     ids_file: Path, chunk: int = 20_000) -> int:
+def seed_connections(
+    *,
+    database_url: str,
+    raw_keys: str,
+    workspace: str,
+    provider_id: str,
+    count: int,
+    ids_file: Path,
+    chunk: int = 20_000,
+) -> int:
     """Append `count` active connections; append their ids to `ids_file`. Returns rows written."""
     stamp = datetime.now(UTC).isoformat()
-    jobs = [(raw_keys, workspace, provider_id, stamp, min(chunk, count - start), start)
-            for start in range(0, count, chunk)]
+    jobs = [
+        (raw_keys, workspace, provider_id, stamp, min(chunk, count - start), start) for start in range(0, count, chunk)
+    ]
     written = 0
     with psycopg.connect(database_url) as conn, open(ids_file, "a") as ids_out:
         _check_columns(conn)
-        with (ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool, conn.cursor() as cursor,
-              cursor.copy(f"COPY {TABLE} ({', '.join(COLUMNS)}) FROM STDIN") as copy):
+        with (
+            ProcessPoolExecutor(max_workers=os.cpu_count() or 2) as pool,
+            conn.cursor() as cursor,
+            cursor.copy(f"COPY {TABLE} ({', '.join(COLUMNS)}) FROM STDIN") as copy,
+        ):
             for ids, block in pool.map(_rows, jobs):
                 copy.write(block)
                 ids_out.write("\n".join(ids) + "\n")

@@ -120,10 +120,12 @@ class BenchStack(Stack):
         finally:
             os.environ.clear()
             os.environ.update(saved)
-        return {"workers": self.workers or config.get("workers", 1),
-                "worker_class": self.worker_class or config.get("worker_class", "sync"),
-                "threads": self.threads or config.get("threads", 1),
-                "max_requests": config.get("max_requests", 0)}
+        return {
+            "workers": self.workers or config.get("workers", 1),
+            "worker_class": self.worker_class or config.get("worker_class", "sync"),
+            "threads": self.threads or config.get("threads", 1),
+            "max_requests": config.get("max_requests", 0),
+        }
 
     def worker_rss_kib(self, role: str) -> list[int]:
         """VmRSS of each gunicorn worker (the master's children) of one role."""
@@ -184,8 +186,10 @@ class CpuMeter:
         self.masters, self.database = masters, database
 
     def snapshot(self) -> dict[str, int]:
-        totals = {role: _proc_ticks(pid, with_children=True) + sum(
-            _proc_ticks(child) for child in _children(pid)) for role, pid in self.masters.items()}
+        totals = {
+            role: _proc_ticks(pid, with_children=True) + sum(_proc_ticks(child) for child in _children(pid))
+            for role, pid in self.masters.items()
+        }
         totals["postgres"] = totals["redis"] = 0
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -214,10 +218,26 @@ def _children(pid: int) -> list[str]:
         return []
 
 
-def wrk_run(case: Case, *, ids_file: Path, keys_file: Path, duration: float, concurrency: int,
-            threads: int, meter: CpuMeter | None = None) -> Sample:
-    args = ["wrk", f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
-            "-s", str(LUA)]
+def wrk_run(
+    case: Case,
+    *,
+    ids_file: Path,
+    keys_file: Path,
+    duration: float,
+    concurrency: int,
+    threads: int,
+    meter: CpuMeter | None = None,
+) -> Sample:
+    args = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{concurrency}",
+        f"-d{max(1, round(duration))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA),
+    ]
     for name, value in case.headers.items():
         args += ["-H", f"{name}: {value}"]
     args += [case.base_url, "--", str(ids_file) if case.random_id else "-", case.prefix, case.suffix]
@@ -230,9 +250,14 @@ def wrk_run(case: Case, *, ids_file: Path, keys_file: Path, duration: float, con
         raise RuntimeError(f"wrk failed for {case.name}:\n{result.stdout}\n{result.stderr}")
     data = json.loads(line.removeprefix("BENCH_JSON "))
     errors = sum(data[k] for k in ("connect", "read", "write", "status", "timeout"))
-    return Sample(rps=data["requests"] / (data["duration_us"] / 1e6), p50_ms=data["p50_us"] / 1000,
-                  p99_ms=data["p99_us"] / 1000, errors=errors, requests=data["requests"],
-                  cpu_ms=CpuMeter.per_request(before, after, data["requests"]) if meter else {})
+    return Sample(
+        rps=data["requests"] / (data["duration_us"] / 1e6),
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        errors=errors,
+        requests=data["requests"],
+        cpu_ms=CpuMeter.per_request(before, after, data["requests"]) if meter else {},
+    )
 
 
 def check_case(case: Case, connection_id: str, key: str) -> None:
@@ -256,23 +281,37 @@ def ensure_wrk() -> bool:
     if os.geteuid() == 0 and shutil.which("apt-get"):
         print("installing the wrk load generator: apt-get install -y wrk", flush=True)
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for command in (["apt-get", "install", "-y", "-qq", "wrk"], ["apt-get", "update", "-qq"],
-                        ["apt-get", "install", "-y", "-qq", "wrk"]):
+        for command in (
+            ["apt-get", "install", "-y", "-qq", "wrk"],
+            ["apt-get", "update", "-qq"],
+            ["apt-get", "install", "-y", "-qq", "wrk"],
+        ):
             subprocess.run(command, env=env, stdout=subprocess.DEVNULL, check=False)
             if shutil.which("wrk"):
                 return True
-    print("bench/token_bench.py needs the wrk load generator on PATH: sudo apt-get install -y wrk",
-          file=sys.stderr)
+    print("bench/token_bench.py needs the wrk load generator on PATH: sudo apt-get install -y wrk", file=sys.stderr)
     return False
 
 
 def machine() -> dict[str, str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    mem_kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                       if line.startswith("MemTotal:")))
-    return {"nproc": str(os.cpu_count()), "cpu": cpu, "ram": f"{mem_kib / 1024 / 1024:.1f} GiB",
-            "python": platform.python_version(), "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kib = int(
+        next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal:"))
+    )
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "ram": f"{mem_kib / 1024 / 1024:.1f} GiB",
+        "python": platform.python_version(),
+        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
 
 
 def summarise(samples: dict[str, list[Sample]]) -> dict[str, dict[str, float]]:
@@ -289,26 +328,32 @@ def summarise(samples: dict[str, list[Sample]]) -> dict[str, dict[str, float]]:
             "p99_ratio": statistics.median(p99_ratios),
             "errors": sum(s.errors for s in runs),
             "requests": sum(s.requests for s in runs),
-            "cpu_ms": {group: statistics.median(s.cpu_ms.get(group, 0.0) for s in runs)
-                       for group in runs[0].cpu_ms},
+            "cpu_ms": {group: statistics.median(s.cpu_ms.get(group, 0.0) for s in runs) for group in runs[0].cpu_ms},
         }
     return table
 
 
 def render(scale: int, table: dict[str, dict[str, float]], rss: dict[str, list[int]], concurrency: int) -> str:
-    lines = [f"connections stored: {scale:,}  ·  {concurrency} concurrent clients", "",
-             "| case | requests/s | p50 ms | p99 ms | throughput vs floor | p99 vs floor | errors / requests "
-             "| CPU ms/request: gateway · broker · postgres · redis · wrk |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"connections stored: {scale:,}  ·  {concurrency} concurrent clients",
+        "",
+        "| case | requests/s | p50 ms | p99 ms | throughput vs floor | p99 vs floor | errors / requests "
+        "| CPU ms/request: gateway · broker · postgres · redis · wrk |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for name, row in table.items():
         cpu = row.get("cpu_ms") or {}
         cpu_text = " · ".join(f"{cpu.get(g, 0.0):.2f}" for g in ("gateway", "broker", "postgres", "redis", "wrk"))
-        lines.append(f"| {name} | {row['rps']:,.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
-                     f"{row['ratio']:.0%} | {row['p99_ratio']:.2f}× | {row['errors']} / {row['requests']:,} "
-                     f"| {cpu_text} |")
+        lines.append(
+            f"| {name} | {row['rps']:,.0f} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | "
+            f"{row['ratio']:.0%} | {row['p99_ratio']:.2f}× | {row['errors']} / {row['requests']:,} "
+            f"| {cpu_text} |"
+        )
     lines.append("")
-    lines.append("RSS per worker: " + ", ".join(
-        f"{role} {' / '.join(f'{kib / 1024:.0f}' for kib in sizes)} MiB" for role, sizes in rss.items()))
+    lines.append(
+        "RSS per worker: "
+        + ", ".join(f"{role} {' / '.join(f'{kib / 1024:.0f}' for kib in sizes)} MiB" for role, sizes in rss.items())
+    )
     return "\n".join(lines)
 
 
@@ -327,17 +372,26 @@ def target_check(results: dict, scales: list[int]) -> str:
     for scale in scales:
         table = results["scales"][scale]["table"]
         if "gateway" in table:
-            item(table["gateway"]["ratio"] >= 0.40,
-                 f"{scale:,}: gateway token fetch {table['gateway']['ratio']:.0%} of the floor (≥ 40%)")
-            item(table["gateway"]["p99_ratio"] <= 4,
-                 f"{scale:,}: gateway p99 {table['gateway']['p99_ratio']:.2f}× the floor's (≤ 4×)")
+            item(
+                table["gateway"]["ratio"] >= 0.40,
+                f"{scale:,}: gateway token fetch {table['gateway']['ratio']:.0%} of the floor (≥ 40%)",
+            )
+            item(
+                table["gateway"]["p99_ratio"] <= 4,
+                f"{scale:,}: gateway p99 {table['gateway']['p99_ratio']:.2f}× the floor's (≤ 4×)",
+            )
         if "broker" in table:
-            item(table["broker"]["ratio"] >= 0.70,
-                 f"{scale:,}: broker direct token read {table['broker']['ratio']:.0%} of the floor (≥ 70%)")
+            item(
+                table["broker"]["ratio"] >= 0.70,
+                f"{scale:,}: broker direct token read {table['broker']['ratio']:.0%} of the floor (≥ 70%)",
+            )
     for name, scaling in results.get("scaling", {}).items():
-        item(scaling["normalised"] >= 0.90, f"{name}: {scales[-1]:,} stored gives {scaling['normalised']:.0%} of "
-                                            f"the {scales[0]:,} throughput, floor-normalised "
-                                            f"({scaling['raw']:.0%} raw; ≥ 90%)")
+        item(
+            scaling["normalised"] >= 0.90,
+            f"{name}: {scales[-1]:,} stored gives {scaling['normalised']:.0%} of "
+            f"the {scales[0]:,} throughput, floor-normalised "
+            f"({scaling['raw']:.0%} raw; ≥ 90%)",
+        )
     errors = sum(row["errors"] for data in results["scales"].values() for row in data["table"].values())
     item(errors == 0, f"{errors} failed requests (0)")
     return "\n".join(lines)
@@ -357,10 +411,18 @@ def main() -> int:
     parser.add_argument("--access-log", action="store_true", help="also gunicorn's own access log")
     parser.add_argument("--keys", type=int, default=8, help="gateway API keys, picked at random per request")
     parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra environment for both servers (experiments)")
-    parser.add_argument("--hold", action="store_true",
-                        help="seed the first scale, print how to reach the stack, keep it up until interrupted")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for both servers (experiments)",
+    )
+    parser.add_argument(
+        "--hold",
+        action="store_true",
+        help="seed the first scale, print how to reach the stack, keep it up until interrupted",
+    )
     parser.add_argument("--out", default=str(ROOT / "var" / "bench" / "token_bench.json"))
     args = parser.parse_args()
 
@@ -378,32 +440,67 @@ def main() -> int:
     reset_postgres_database(database_url)
     workdir = Path(tempfile.mkdtemp(prefix="token-bench-"))
     stack = BenchStack(
-        workdir=workdir, database_url=database_url, redis_url=redis_url, celery=False, beat=False,
-        workers=args.workers, worker_class=args.worker_class, threads=args.threads, access_log=args.access_log,
+        workdir=workdir,
+        database_url=database_url,
+        redis_url=redis_url,
+        celery=False,
+        beat=False,
+        workers=args.workers,
+        worker_class=args.worker_class,
+        threads=args.threads,
+        access_log=args.access_log,
         # The benchmark measures the throttle's cost, not its limit.
         extra_env={"API_KEY_RATE_LIMIT": "100000000/min", **dict(item.split("=", 1) for item in args.env)},
     )
-    results: dict = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": host,
-                     "command": " ".join([Path(sys.executable).name, *sys.argv]), "settings": vars(args),
-                     "scales": {}}
+    results: dict = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": host,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "settings": vars(args),
+        "scales": {},
+    }
     failed = False
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the servers on the way out
     try:
         stack.start()
         servers = stack.server_model()
         results["servers"] = servers
-        print(f"servers: gunicorn {servers['worker_class']}, {servers['workers']} workers × {servers['threads']} "
-              f"threads per role (docker/gunicorn.conf.py), DEBUG off, PostgreSQL + Redis", flush=True)
-        stack.manage("broker", "provider", "upsert", "--name", PROVIDER, "--template", "github",
-                     "--client-id", "bench", "--client-secret", secrets.token_urlsafe(16), "--no-check")
-        provider_id = stack.manage("broker", "shell", "--no-imports", "-c",
-                                   f"from broker_app.models import Provider; "
-                                   f"print(Provider.objects.get(name='{PROVIDER}').pk)").stdout.strip()
-        made = stack.manage("gateway", "shell", "--no-imports", "-c",
-                            "from gateway_app.services import apikey_create\n"
-                            f"for i in range({args.keys}):\n"
-                            f"    print(apikey_create(workspace='{WORKSPACE}', name=f'bench-{{i}}', "
-                            "scopes=['tokens:read'])[1])")
+        print(
+            f"servers: gunicorn {servers['worker_class']}, {servers['workers']} workers × {servers['threads']} "
+            f"threads per role (docker/gunicorn.conf.py), DEBUG off, PostgreSQL + Redis",
+            flush=True,
+        )
+        stack.manage(
+            "broker",
+            "provider",
+            "upsert",
+            "--name",
+            PROVIDER,
+            "--template",
+            "github",
+            "--client-id",
+            "bench",
+            "--client-secret",
+            secrets.token_urlsafe(16),
+            "--no-check",
+        )
+        provider_id = stack.manage(
+            "broker",
+            "shell",
+            "--no-imports",
+            "-c",
+            f"from broker_app.models import Provider; print(Provider.objects.get(name='{PROVIDER}').pk)",
+        ).stdout.strip()
+        made = stack.manage(
+            "gateway",
+            "shell",
+            "--no-imports",
+            "-c",
+            "from gateway_app.services import apikey_create\n"
+            f"for i in range({args.keys}):\n"
+            f"    print(apikey_create(workspace='{WORKSPACE}', name=f'bench-{{i}}', "
+            "scopes=['tokens:read'])[1])",
+        )
         keys = [f"Bearer {line}" for line in made.stdout.split()]
         keys_file = workdir / "keys.txt"
         keys_file.write_text("\n".join(keys) + "\n")
@@ -415,52 +512,83 @@ def main() -> int:
             "floor": Case("floor", stack.gateway_url, "/v1/ping", random_id=False),
             "broker": Case("broker", stack.broker_url, "/internal/v1/connections/", "/token", broker_headers),
             "gateway": Case("gateway", stack.gateway_url, "/v1/token/", keyed=True),
-            "gateway+auto": Case("gateway+auto", stack.gateway_url, "/v1/token/", "?auto_refresh=true",
-                                 keyed=True),
+            "gateway+auto": Case("gateway+auto", stack.gateway_url, "/v1/token/", "?auto_refresh=true", keyed=True),
         }
         cases = [all_cases[name] for name in cases_wanted]
         stored = 0
         for scale in scales:
             started = time.monotonic()
-            stored += seed_connections(database_url=database_url, raw_keys=stack.env["TOKEN_ENCRYPTION_KEYS"],
-                                       workspace=WORKSPACE, provider_id=provider_id, count=scale - stored,
-                                       ids_file=ids_file)
+            stored += seed_connections(
+                database_url=database_url,
+                raw_keys=stack.env["TOKEN_ENCRYPTION_KEYS"],
+                workspace=WORKSPACE,
+                provider_id=provider_id,
+                count=scale - stored,
+                ids_file=ids_file,
+            )
             print(f"\nseeded {stored:,} connections in {time.monotonic() - started:.0f} s")
             sample_id = ids_file.read_text().split("\n", 1)[0]
             for case in cases:
                 check_case(case, sample_id, keys[0])
             if args.hold:
-                print(json.dumps({"gateway": stack.gateway_url, "broker": stack.broker_url,
-                                  "broker_key": stack.env["BROKER_API_KEY"], "api_key": keys[0],
-                                  "ids": str(ids_file), "keys": str(keys_file), "logs": str(workdir),
-                                  "pids": {k: p.pid for k, p in stack.processes.items()}}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "gateway": stack.gateway_url,
+                            "broker": stack.broker_url,
+                            "broker_key": stack.env["BROKER_API_KEY"],
+                            "api_key": keys[0],
+                            "ids": str(ids_file),
+                            "keys": str(keys_file),
+                            "logs": str(workdir),
+                            "pids": {k: p.pid for k, p in stack.processes.items()},
+                        }
+                    ),
+                    flush=True,
+                )
                 while True:
                     time.sleep(3600)
-            meter = CpuMeter({role: stack.processes[role].pid for role in ("gateway", "broker")},
-                             database_url.rsplit("/", 1)[1])
-            run = dict(ids_file=ids_file, keys_file=keys_file, concurrency=args.concurrency,
-                       threads=args.wrk_threads, meter=meter)
+            meter = CpuMeter(
+                {role: stack.processes[role].pid for role in ("gateway", "broker")}, database_url.rsplit("/", 1)[1]
+            )
+            run = dict(
+                ids_file=ids_file,
+                keys_file=keys_file,
+                concurrency=args.concurrency,
+                threads=args.wrk_threads,
+                meter=meter,
+            )
             for case in cases:
                 wrk_run(case, duration=args.warmup, **run)
             samples: dict[str, list[Sample]] = {case.name: [] for case in cases}
             for round_number in range(args.rounds):
                 for case in cases:
                     samples[case.name].append(wrk_run(case, duration=args.duration, **run))
-                print(f"  round {round_number + 1}/{args.rounds}: " + ", ".join(
-                    f"{name} {runs[-1].rps:,.0f}/s" for name, runs in samples.items()), flush=True)
+                print(
+                    f"  round {round_number + 1}/{args.rounds}: "
+                    + ", ".join(f"{name} {runs[-1].rps:,.0f}/s" for name, runs in samples.items()),
+                    flush=True,
+                )
             rss = {role: stack.worker_rss_kib(role) for role in ("gateway", "broker")}
             table = summarise(samples)
             failed = failed or any(row["errors"] for row in table.values())
-            results["scales"][scale] = {"table": table, "rss_kib": rss,
-                                        "samples": {k: [vars(s) for s in v] for k, v in samples.items()}}
+            results["scales"][scale] = {
+                "table": table,
+                "rss_kib": rss,
+                "samples": {k: [vars(s) for s in v] for k, v in samples.items()},
+            }
             print()
             print(render(scale, table, rss, args.concurrency))
         if len(scales) > 1:
             small, large = results["scales"][scales[0]]["table"], results["scales"][scales[-1]]["table"]
-            print(f"\nthroughput with {scales[-1]:,} stored connections vs {scales[0]:,} (raw, and normalised "
-                  "by each scale's own floor, which removes the machine's drift between the two runs):\n")
-            print("| case | throughput, raw | throughput, floor-normalised | server CPU per request |\n"
-                  "|---|---:|---:|---:|")
+            print(
+                f"\nthroughput with {scales[-1]:,} stored connections vs {scales[0]:,} (raw, and normalised "
+                "by each scale's own floor, which removes the machine's drift between the two runs):\n"
+            )
+            print(
+                "| case | throughput, raw | throughput, floor-normalised | server CPU per request |\n"
+                "|---|---:|---:|---:|"
+            )
             for name in cases_wanted[1:]:
                 raw = large[name]["rps"] / small[name]["rps"]
                 normalised = large[name]["ratio"] / small[name]["ratio"]

@@ -31,8 +31,16 @@ from broker_app.webhooks import WebhookError, validate_events, webhook_redeliver
 from dromos.errors import ApiError
 
 # Never shown anywhere in the admin.
-SECRET_FIELDS = ("access_token_enc", "refresh_token_enc", "id_token_enc", "pkce_verifier_enc", "state_digest",
-                 "nonce_digest", "client_secret_enc", "secret_enc")
+SECRET_FIELDS = (
+    "access_token_enc",
+    "refresh_token_enc",
+    "id_token_enc",
+    "pkce_verifier_enc",
+    "state_digest",
+    "nonce_digest",
+    "client_secret_enc",
+    "secret_enc",
+)
 
 
 def _actor(request) -> Actor:
@@ -64,8 +72,12 @@ class WorkspaceFilter(admin.SimpleListFilter):
     def choices(self, changelist):
         # One entry: the other parameters in force (kept by the form) and the "All" link.
         keep = [(name, value) for name, value in changelist.params.items() if name != self.parameter_name]
-        yield {"selected": self.value() is None, "query_parts": keep, "display": "All",
-               "query_string": changelist.get_query_string(remove=[self.parameter_name])}
+        yield {
+            "selected": self.value() is None,
+            "query_parts": keep,
+            "display": "All",
+            "query_string": changelist.get_query_string(remove=[self.parameter_name]),
+        }
 
 
 class ConnectionOperations:
@@ -92,8 +104,17 @@ class ConnectionOperations:
 
 @admin.register(Connection)
 class ConnectionAdmin(admin.ModelAdmin):
-    list_display = ("id", "workspace", "user_id", "provider", "status", "expires_at", "last_refreshed_at",
-                    "failure", "created_at")
+    list_display = (
+        "id",
+        "workspace",
+        "user_id",
+        "provider",
+        "status",
+        "expires_at",
+        "last_refreshed_at",
+        "failure",
+        "created_at",
+    )
     list_filter = ("status", "provider", WorkspaceFilter)
     show_facets = admin.ShowFacets.NEVER  # counts per filter choice would scan the table on every page
     search_fields = ("=id", "=user_id")
@@ -107,9 +128,21 @@ class ConnectionAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("id", "workspace", "user_id", "provider", "status")}),
         ("Scopes", {"fields": ("scopes", "granted_scopes")}),
-        ("Tokens (values are never shown)", {"fields": (
-            "token_type", "token_expires", "refresh_token_expires", "has_refresh_token", "last_refresh",
-            "token_version", "refresh_failures", "next_refresh_attempt")}),
+        (
+            "Tokens (values are never shown)",
+            {
+                "fields": (
+                    "token_type",
+                    "token_expires",
+                    "refresh_token_expires",
+                    "has_refresh_token",
+                    "last_refresh",
+                    "token_version",
+                    "refresh_failures",
+                    "next_refresh_attempt",
+                )
+            },
+        ),
         ("Failure", {"fields": ("error", "error_description", "revoke_pending")}),
         ("Account", {"fields": ("account", "metadata", "params", "return_url")}),
         ("Timestamps", {"fields": ("created", "updated", "activated", "consent_window_closes")}),
@@ -180,27 +213,52 @@ class ConnectionAdmin(admin.ModelAdmin):
     def audit_trail(self, obj):
         rows = AuditEvent.objects.filter(connection_id=obj.id).order_by("-id")[:50]
         body = format_html_join(
-            "\n", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            ((_when(e.created_at), e.action, e.actor, e.ip or "—",
-              ", ".join(f"{k}={v}" for k, v in (e.detail or {}).items()) or "—") for e in rows),
+            "\n",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    _when(e.created_at),
+                    e.action,
+                    e.actor,
+                    e.ip or "—",
+                    ", ".join(f"{k}={v}" for k, v in (e.detail or {}).items()) or "—",
+                )
+                for e in rows
+            ),
         )
         if not body:
             return "—"
-        return format_html('<table class="audit-trail"><thead><tr><th>When</th><th>Action</th><th>Actor</th>'
-                           "<th>From</th><th>Detail</th></tr></thead><tbody>{}</tbody></table>", body)
+        return format_html(
+            '<table class="audit-trail"><thead><tr><th>When</th><th>Action</th><th>Actor</th>'
+            "<th>From</th><th>Detail</th></tr></thead><tbody>{}</tbody></table>",
+            body,
+        )
 
     @admin.display(description="Webhook deliveries (latest 20)")
     def webhook_deliveries(self, obj):
         rows = WebhookDelivery.objects.filter(connection_id=obj.id).select_related("endpoint")[:20]
         body = format_html_join(
-            "\n", '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
-            ((reverse("admin:broker_app_webhookdelivery_change", args=[d.pk]), _when(d.created_at), d.event,
-              d.endpoint.url, d.status, d.attempts) for d in rows),
+            "\n",
+            '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
+            (
+                (
+                    reverse("admin:broker_app_webhookdelivery_change", args=[d.pk]),
+                    _when(d.created_at),
+                    d.event,
+                    d.endpoint.url,
+                    d.status,
+                    d.attempts,
+                )
+                for d in rows
+            ),
         )
         if not body:
             return "—"
-        return format_html("<table><thead><tr><th>Created</th><th>Event</th><th>Endpoint</th><th>Status</th>"
-                           "<th>Attempts</th></tr></thead><tbody>{}</tbody></table>", body)
+        return format_html(
+            "<table><thead><tr><th>Created</th><th>Event</th><th>Endpoint</th><th>Status</th>"
+            "<th>Attempts</th></tr></thead><tbody>{}</tbody></table>",
+            body,
+        )
 
     @admin.action(description="Refresh now", permissions=["operate"])
     def refresh_now(self, request, queryset):
@@ -226,15 +284,13 @@ class ConnectionAdmin(admin.ModelAdmin):
                 connection = get_object_or_404(Connection.objects.only("id"), pk=unquote(object_id))
                 level, text = operation(request, connection)
                 self.message_user(request, text, level)
-                return HttpResponseRedirect(reverse("admin:broker_app_connection_change",
-                                                    args=[quote(connection.pk)]))
+                return HttpResponseRedirect(reverse("admin:broker_app_connection_change", args=[quote(connection.pk)]))
+
             return self.admin_site.admin_view(view)
 
         return [
-            path("<str:object_id>/refresh/", wrap(ConnectionOperations.refresh),
-                 name="broker_app_connection_refresh"),
-            path("<str:object_id>/revoke/", wrap(ConnectionOperations.revoke),
-                 name="broker_app_connection_revoke"),
+            path("<str:object_id>/refresh/", wrap(ConnectionOperations.refresh), name="broker_app_connection_refresh"),
+            path("<str:object_id>/revoke/", wrap(ConnectionOperations.revoke), name="broker_app_connection_revoke"),
             *super().get_urls(),
         ]
 
@@ -315,27 +371,63 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
     def recent_deliveries(self, obj):
         rows = obj.deliveries.all()[:20]
         body = format_html_join(
-            "\n", '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
-            ((reverse("admin:broker_app_webhookdelivery_change", args=[d.pk]), _when(d.created_at), d.event,
-              d.connection_id, d.status, d.attempts, d.last_status_code or "—") for d in rows),
+            "\n",
+            '<tr><td><a href="{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>',
+            (
+                (
+                    reverse("admin:broker_app_webhookdelivery_change", args=[d.pk]),
+                    _when(d.created_at),
+                    d.event,
+                    d.connection_id,
+                    d.status,
+                    d.attempts,
+                    d.last_status_code or "—",
+                )
+                for d in rows
+            ),
         )
         if not body:
             return "—"
-        return format_html("<table><thead><tr><th>Created</th><th>Event</th><th>Connection</th><th>Status</th>"
-                           "<th>Attempts</th><th>Last HTTP status</th></tr></thead><tbody>{}</tbody></table>", body)
+        return format_html(
+            "<table><thead><tr><th>Created</th><th>Event</th><th>Connection</th><th>Status</th>"
+            "<th>Attempts</th><th>Last HTTP status</th></tr></thead><tbody>{}</tbody></table>",
+            body,
+        )
 
 
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "event", "connection_id", "endpoint", "status", "attempts", "last_status_code",
-                    "last_error", "next_attempt_at", "delivered_at")
+    list_display = (
+        "created_at",
+        "event",
+        "connection_id",
+        "endpoint",
+        "status",
+        "attempts",
+        "last_status_code",
+        "last_error",
+        "next_attempt_at",
+        "delivered_at",
+    )
     list_filter = ("status", "event", "endpoint__workspace")
     search_fields = ("=connection_id", "=id")
     list_select_related = ("endpoint",)
     show_full_result_count = False
     actions = ("redeliver",)
-    readonly_fields = ("id", "endpoint", "event", "connection_id", "payload", "status", "attempts",
-                       "last_status_code", "last_error", "next_attempt_at", "created_at", "delivered_at")
+    readonly_fields = (
+        "id",
+        "endpoint",
+        "event",
+        "connection_id",
+        "payload",
+        "status",
+        "attempts",
+        "last_status_code",
+        "last_error",
+        "next_attempt_at",
+        "created_at",
+        "delivered_at",
+    )
     fields = readonly_fields
 
     def has_add_permission(self, request):

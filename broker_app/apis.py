@@ -30,8 +30,9 @@ def _actor(request) -> Actor:
         ipaddress.ip_address(ip or "")
     except ValueError:
         ip = None
-    return Actor(name=request.META.get("HTTP_X_DROMOS_ACTOR", "broker-api")[:128],
-                 workspace=_workspace(request) or "", ip=ip)
+    return Actor(
+        name=request.META.get("HTTP_X_DROMOS_ACTOR", "broker-api")[:128], workspace=_workspace(request) or "", ip=ip
+    )
 
 
 def _workspace(request) -> str | None:
@@ -56,11 +57,14 @@ class ConnectionStartApi(APIView):
     class InputSerializer(serializers.Serializer):
         user_id = serializers.CharField(max_length=255)
         provider_name = serializers.CharField(max_length=64)
-        scopes = serializers.ListField(child=serializers.CharField(max_length=256, validators=[validate_scope_token]),
-                                       required=False, allow_empty=True, max_length=100)
+        scopes = serializers.ListField(
+            child=serializers.CharField(max_length=256, validators=[validate_scope_token]),
+            required=False,
+            allow_empty=True,
+            max_length=100,
+        )
         return_url = serializers.CharField(max_length=2048, trim_whitespace=False)
-        params = serializers.DictField(child=serializers.CharField(max_length=256), required=False,
-                                       allow_empty=True)
+        params = serializers.DictField(child=serializers.CharField(max_length=256), required=False, allow_empty=True)
 
     def post(self, request):
         serializer = self.InputSerializer(data=request.data)
@@ -103,7 +107,10 @@ class ConnectionStartApi(APIView):
         if "\x00" in (user_id or "") + (provider_name or ""):  # PostgreSQL text cannot hold NUL
             raise InvalidRequest("user_id and provider_name must not contain NUL characters")
         queryset = selectors.connection_list(
-            workspace=workspace, user_id=user_id, provider_name=provider_name, status=status,
+            workspace=workspace,
+            user_id=user_id,
+            provider_name=provider_name,
+            status=status,
         )
         paginator = Paginator(queryset, page_size)
         try:
@@ -112,14 +119,16 @@ class ConnectionStartApi(APIView):
             has_next, has_previous = page.has_next(), page.has_previous()
         except EmptyPage:
             results, has_next, has_previous = [], False, page_number > 1
-        return Response({
-            "count": paginator.count,
-            "page": page_number,
-            "page_size": page_size,
-            "next_page": page_number + 1 if has_next else None,
-            "previous_page": page_number - 1 if has_previous else None,
-            "results": results,
-        })
+        return Response(
+            {
+                "count": paginator.count,
+                "page": page_number,
+                "page_size": page_size,
+                "next_page": page_number + 1 if has_next else None,
+                "previous_page": page_number - 1 if has_previous else None,
+                "results": results,
+            }
+        )
 
 
 class ConnectionDetailApi(APIView):
@@ -128,8 +137,9 @@ class ConnectionDetailApi(APIView):
         return Response(connection_as_dict(connection))
 
     def delete(self, request, connection_id: str):
-        connection = connection_revoke(connection_id=connection_id, workspace=_required_workspace(request),
-                                       actor=_actor(request))
+        connection = connection_revoke(
+            connection_id=connection_id, workspace=_required_workspace(request), actor=_actor(request)
+        )
         return Response(connection_as_dict(connection))
 
 
@@ -146,8 +156,13 @@ class TokenReadApi(APIView):
             raise InvalidRequest("min_ttl must be an integer number of seconds") from None
         if not 0 <= min_ttl <= 86400:
             raise InvalidRequest("min_ttl must be between 0 and 86400")
-        view = token_read(connection_id=connection_id, workspace=_required_workspace(request),
-                          actor=_actor(request), auto_refresh=auto_refresh in ("true", "1"), min_ttl=min_ttl)
+        view = token_read(
+            connection_id=connection_id,
+            workspace=_required_workspace(request),
+            actor=_actor(request),
+            auto_refresh=auto_refresh in ("true", "1"),
+            min_ttl=min_ttl,
+        )
         return _token_response(view)
 
 
@@ -155,8 +170,7 @@ class TokenRefreshApi(APIView):
     """Gateway refresh proxy target, workspace-scoped."""
 
     def post(self, request, connection_id: str):
-        view = token_refresh(connection_id=connection_id, workspace=_required_workspace(request),
-                             actor=_actor(request))
+        view = token_refresh(connection_id=connection_id, workspace=_required_workspace(request), actor=_actor(request))
         return _token_response(view)
 
 

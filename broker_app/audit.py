@@ -38,11 +38,13 @@ def _insert() -> tuple[str, tuple]:
     return " ".join(("INSERT INTO", quote(meta.db_table), f"({columns})", "VALUES", f"({placeholders})")), fields
 
 
-def audit_record(*, connection_id: str, workspace: str, actor: Actor, action: str,
-                 detail: dict[str, Any] | None = None) -> None:
+def audit_record(
+    *, connection_id: str, workspace: str, actor: Actor, action: str, detail: dict[str, Any] | None = None
+) -> None:
     """One INSERT, nothing read back: every token read writes one of these (issue 7)."""
     sql, fields = _insert()
     values = (connection_id, workspace, actor.name[:128], action, actor.ip, detail or {}, timezone.now())
     # The fields' own preparation (JSON adapter, IP normalisation): stored exactly as the ORM stores it.
-    execute_fixed(sql, [field.get_db_prep_save(value, db_connection)
-                        for field, value in zip(fields, values, strict=True)])
+    execute_fixed(
+        sql, [field.get_db_prep_save(value, db_connection) for field, value in zip(fields, values, strict=True)]
+    )

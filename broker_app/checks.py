@@ -50,15 +50,21 @@ def check_allowed_cidrs(app_configs, **kwargs):
         try:
             ipaddress.ip_network(entry, strict=False)
         except ValueError:
-            problems.append(checks.Critical(f"BROKER_ALLOWED_CIDRS entry {entry!r} is not an IP network",
-                                            id="dromos.E003"))
+            problems.append(
+                checks.Critical(f"BROKER_ALLOWED_CIDRS entry {entry!r} is not an IP network", id="dromos.E003")
+            )
     return problems
 
 
 def check_return_url_policy(app_configs, **kwargs):
     if settings.ENFORCE_RETURN_URL and not settings.ALLOWED_RETURN_DOMAINS:
-        return [checks.Warning("ENFORCE_RETURN_URL is on and ALLOWED_RETURN_DOMAINS is empty: every "
-                               "request-connection will be refused", id="dromos.W001")]
+        return [
+            checks.Warning(
+                "ENFORCE_RETURN_URL is on and ALLOWED_RETURN_DOMAINS is empty: every "
+                "request-connection will be refused",
+                id="dromos.W001",
+            )
+        ]
     return []
 
 
@@ -73,8 +79,11 @@ def unknown_key_problems() -> list[str]:
     for name, secret in Provider.objects.exclude(client_secret_enc="").values_list("name", "client_secret_enc"):
         if crypto.KeyRing.key_of(secret) not in known:
             problems.append(f"provider {name}: client secret is encrypted under a key that is not configured")
-    recent = (Connection.objects.filter(status=Connection.Status.ACTIVE, expires_at__isnull=False)
-              .order_by("-expires_at").values_list("id", *TOKEN_FIELDS)[:SAMPLE_SIZE])
+    recent = (
+        Connection.objects.filter(status=Connection.Status.ACTIVE, expires_at__isnull=False)
+        .order_by("-expires_at")
+        .values_list("id", *TOKEN_FIELDS)[:SAMPLE_SIZE]
+    )
     for connection_id, *values in recent:
         if any(value and crypto.KeyRing.key_of(value) not in known for value in values):
             problems.append(f"connection {connection_id}: tokens are encrypted under a key that is not configured")
@@ -104,8 +113,13 @@ def check_keys_match_data(app_configs, databases=None, **kwargs):
         problems = unknown_key_problems()
     except DatabaseError:
         return []
-    return [checks.Critical(problem + " (wrong TOKEN_ENCRYPTION_KEYS, or a retired key was removed before "
-                            "rotate_token_keys finished)", id="dromos.E004") for problem in problems]
+    return [
+        checks.Critical(
+            problem + " (wrong TOKEN_ENCRYPTION_KEYS, or a retired key was removed before rotate_token_keys finished)",
+            id="dromos.E004",
+        )
+        for problem in problems
+    ]
 
 
 def check_provider_secrets(app_configs, databases=None, **kwargs):
@@ -124,9 +138,11 @@ def check_provider_secrets(app_configs, databases=None, **kwargs):
         try:
             client_secret(provider)
         except crypto.DecryptionError:
-            problems.append(checks.Error(
-                f"provider {provider.name}: client secret does not decrypt with TOKEN_ENCRYPTION_KEYS "
-                "(wrong key, or a retired key was removed before rotate_token_keys ran)",
-                id="dromos.E002",
-            ))
+            problems.append(
+                checks.Error(
+                    f"provider {provider.name}: client secret does not decrypt with TOKEN_ENCRYPTION_KEYS "
+                    "(wrong key, or a retired key was removed before rotate_token_keys ran)",
+                    id="dromos.E002",
+                )
+            )
     return problems

@@ -23,8 +23,7 @@ CACHE_KEY = "dromos:metrics:connections-by-status"
 def connection_counts() -> list[tuple[str, str, int]]:
     from broker_app.models import Connection
 
-    rows = (Connection.objects.order_by().values_list("provider__name", "status")
-            .annotate(count=Count("id")))
+    rows = Connection.objects.order_by().values_list("provider__name", "status").annotate(count=Count("id"))
     return [(provider, status, count) for provider, status, count in rows]
 
 
@@ -52,8 +51,11 @@ class ConnectionStatusCollector:
                 return
             if ttl:
                 _cache_call(cache.set, CACHE_KEY, counts, ttl)
-        family = GaugeMetricFamily("dromos_connections", "Connections by provider and status (counted at scrape "
-                                   "time, cached for METRICS_CONNECTIONS_CACHE_SECONDS)", labels=["provider", "status"])
+        family = GaugeMetricFamily(
+            "dromos_connections",
+            "Connections by provider and status (counted at scrape time, cached for METRICS_CONNECTIONS_CACHE_SECONDS)",
+            labels=["provider", "status"],
+        )
         for provider, status, count in counts:
             family.add_metric([provider, status], count)
         yield family

@@ -52,9 +52,7 @@ def parse_keys(raw: str) -> list[bytes]:
         try:
             key = _b64decode(item)
         except (binascii.Error, ValueError):
-            raise ImproperlyConfigured(
-                f"TOKEN_ENCRYPTION_KEYS entry {index + 1} is not url-safe base64"
-            ) from None
+            raise ImproperlyConfigured(f"TOKEN_ENCRYPTION_KEYS entry {index + 1} is not url-safe base64") from None
         if len(key) != 32:
             raise ImproperlyConfigured(
                 f"TOKEN_ENCRYPTION_KEYS entry {index + 1} must decode to 32 bytes (Fernet.generate_key() format)"

@@ -20,9 +20,14 @@ DEV_KEY = "ZGV2LW9ubHktaW5zZWN1cmUta2V5LTAwMDAwMDAwMDA="
 def check_token_keys(app_configs, **kwargs):
     raw = [item.strip() for item in settings.TOKEN_ENCRYPTION_KEYS.split(",") if item.strip()]
     if DEV_KEY in raw:
-        return [checks.Error("TOKEN_ENCRYPTION_KEYS holds the development key", hint="generate one with python -c "
-                             "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'",
-                             id="dromos.E111")]
+        return [
+            checks.Error(
+                "TOKEN_ENCRYPTION_KEYS holds the development key",
+                hint="generate one with python -c "
+                "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'",
+                id="dromos.E111",
+            )
+        ]
     return []
 
 
@@ -73,13 +78,18 @@ def check_providers(app_configs, **kwargs):
     try:
         providers = list(Provider.objects.filter(enabled=True))
     except DatabaseError as exc:
-        return [checks.Error(f"cannot read providers: {type(exc).__name__}", hint="run manage.py migrate",
-                             id="dromos.E112")]
+        return [
+            checks.Error(f"cannot read providers: {type(exc).__name__}", hint="run manage.py migrate", id="dromos.E112")
+        ]
     if not providers:
-        return [checks.Warning("no provider is configured", hint="manage.py provider upsert --name …",
-                               id="dromos.W111")]
-    return [checks.Error(f"provider {provider.name}: {problem}", id="dromos.E113")
-            for provider in providers for problem in provider_problems(provider)]
+        return [
+            checks.Warning("no provider is configured", hint="manage.py provider upsert --name …", id="dromos.W111")
+        ]
+    return [
+        checks.Error(f"provider {provider.name}: {problem}", id="dromos.E113")
+        for provider in providers
+        for problem in provider_problems(provider)
+    ]
 
 
 def register() -> None:

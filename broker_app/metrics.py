@@ -101,8 +101,9 @@ class _Child:
         self._parent.inc(self._values, amount)
 
 
-REFRESH_OUTCOMES = SharedCounter("dromos_refresh", REFRESH_OUTCOME_HELP, ("provider", "outcome"),
-                                 redis_key="dromos:metrics:refresh_total")
+REFRESH_OUTCOMES = SharedCounter(
+    "dromos_refresh", REFRESH_OUTCOME_HELP, ("provider", "outcome"), redis_key="dromos:metrics:refresh_total"
+)
 
 
 def refresh_outcomes_collector() -> SharedCounter:

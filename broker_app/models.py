@@ -201,8 +201,7 @@ class WebhookDelivery(models.Model):
         ordering = ["-created_at"]
         verbose_name_plural = "webhook deliveries"
         indexes = [
-            models.Index(fields=["next_attempt_at"], name="webhook_pending_due",
-                         condition=Q(status="pending")),
+            models.Index(fields=["next_attempt_at"], name="webhook_pending_due", condition=Q(status="pending")),
         ]
 
     def __str__(self) -> str:

@@ -23,8 +23,9 @@ def _scope_gap(connection: Connection, entry: dict[str, Any]) -> list[str]:
     if not granted:
         return []
     unreported = {scope.casefold() for scope in entry.get("unreported_scopes", [])}
-    return sorted(scope for scope in connection.scopes
-                  if scope.casefold() not in granted and scope.casefold() not in unreported)
+    return sorted(
+        scope for scope in connection.scopes if scope.casefold() not in granted and scope.casefold() not in unreported
+    )
 
 
 def connection_warnings(connection: Connection, *, missing_scopes: list[str]) -> list[str]:
@@ -101,8 +102,11 @@ def provider_as_dict(provider: Provider) -> dict[str, Any]:
         "refresh_token_rotation": bool(entry.get("refresh_token_rotation", False)),
         "refresh_token_lifetime_days": entry.get("refresh_token_lifetime_days"),
         "param_formats": {
-            name: {"pattern": specs[name].pattern, "example": specs[name].example,
-                   "required": specs[name].default is None}
+            name: {
+                "pattern": specs[name].pattern,
+                "example": specs[name].example,
+                "required": specs[name].default is None,
+            }
             for name in open_names
         },
     }

@@ -45,8 +45,20 @@ def connection_get(*, connection_id: str, workspace: str | None) -> Connection:
     return connection
 
 
-_TOKEN_FIELDS = ("id", "workspace", "status", "access_token_enc", "id_token_enc", "token_type",
-                 "expires_at", "scopes", "granted_scopes", "error", "refresh_token_enc", "provider")
+_TOKEN_FIELDS = (
+    "id",
+    "workspace",
+    "status",
+    "access_token_enc",
+    "id_token_enc",
+    "token_type",
+    "expires_at",
+    "scopes",
+    "granted_scopes",
+    "error",
+    "refresh_token_enc",
+    "provider",
+)
 
 
 @lru_cache(maxsize=2)
@@ -59,12 +71,14 @@ def _token_query(scoped: bool) -> tuple[str, tuple]:
     fields = tuple(field for field in meta.concrete_fields if field.name in _TOKEN_FIELDS)
     columns = ", ".join(f"c.{quote(field.column)}" for field in fields)
     # Identifiers come from the models (quoted), values are always parameters.
-    sql = " ".join((
-        f"SELECT {columns}, p.{quote(provider_meta.get_field('name').column)}",
-        f"FROM {quote(meta.db_table)} c INNER JOIN {quote(provider_meta.db_table)} p",
-        f"ON p.{quote(provider_meta.pk.column)} = c.{quote(meta.get_field('provider').column)}",
-        f"WHERE c.{quote(meta.pk.column)} = %s",
-    ))
+    sql = " ".join(
+        (
+            f"SELECT {columns}, p.{quote(provider_meta.get_field('name').column)}",
+            f"FROM {quote(meta.db_table)} c INNER JOIN {quote(provider_meta.db_table)} p",
+            f"ON p.{quote(provider_meta.pk.column)} = c.{quote(meta.get_field('provider').column)}",
+            f"WHERE c.{quote(meta.pk.column)} = %s",
+        )
+    )
     if scoped:
         sql += f" AND c.{quote(meta.get_field('workspace').column)} = %s"
     return sql, fields
@@ -77,15 +91,18 @@ def connection_for_token(*, connection_id: str, workspace: str | None) -> Connec
     row = execute_fixed(sql, [connection_id] if workspace is None else [connection_id, workspace], fetch=True)
     if row is None:
         raise NotFound("connection not found")
-    values = [field.from_db_value(value, None, db_connection) if hasattr(field, "from_db_value") else value
-              for field, value in zip(fields, row, strict=False)]
+    values = [
+        field.from_db_value(value, None, db_connection) if hasattr(field, "from_db_value") else value
+        for field, value in zip(fields, row, strict=False)
+    ]
     connection = Connection.from_db(db_connection.alias, [field.attname for field in fields], values)
     connection.provider = Provider.from_db(db_connection.alias, ["id", "name"], [connection.provider_id, row[-1]])
     return connection
 
 
-def connection_list(*, workspace: str, user_id: str | None = None, provider_name: str | None = None,
-                    status: str | None = None) -> QuerySet[Connection]:
+def connection_list(
+    *, workspace: str, user_id: str | None = None, provider_name: str | None = None, status: str | None = None
+) -> QuerySet[Connection]:
     queryset = Connection.objects.filter(workspace=workspace).select_related("provider").order_by("-created_at", "id")
     if user_id:
         queryset = queryset.filter(user_id=user_id)

@@ -13,7 +13,7 @@ from broker_app.services.connect import connection_complete
 PAGE_MESSAGES = {
     "missing_state": "This sign-in link is incomplete: the state parameter is missing.",
     "unknown_state": "This sign-in link is unknown, expired or was already used. "
-                     "Start the connection again from the app.",
+    "Start the connection again from the app.",
     "state_already_used": "This sign-in was already completed. Start the connection again from the app if needed.",
 }
 
@@ -36,6 +36,9 @@ def auth_callback(request):
         response["Referrer-Policy"] = "no-referrer"
         return response
     error = outcome.page_error or "unknown_state"
-    return render(request, "broker/callback_error.html",
-                  {"error": error, "message": PAGE_MESSAGES.get(error, "The sign-in could not be completed.")},
-                  status=400)
+    return render(
+        request,
+        "broker/callback_error.html",
+        {"error": error, "message": PAGE_MESSAGES.get(error, "The sign-in could not be completed.")},
+        status=400,
+    )

@@ -37,8 +37,11 @@ logger = logging.getLogger(__name__)
 SIGNATURE_HEADER = "Dromos-Signature"
 EVENTS = tuple(WebhookEndpoint.Event.values)
 
-DELIVERIES = Counter("dromos_webhook_deliveries_total", "Webhook delivery attempts by outcome: delivered, "
-                     "retry (non-2xx or network error, will retry), failed (gave up)", ["event", "outcome"])
+DELIVERIES = Counter(
+    "dromos_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome: delivered, retry (non-2xx or network error, will retry), failed (gave up)",
+    ["event", "outcome"],
+)
 
 
 class WebhookError(ValueError):
@@ -47,6 +50,7 @@ class WebhookError(ValueError):
 
 # -- signing -----------------------------------------------------------------------------------
 
+
 def sign(secret: str, body: bytes, *, timestamp: int | None = None) -> str:
     """The Dromos-Signature header value for `body`."""
     ts = int(time.time()) if timestamp is None else timestamp
@@ -54,8 +58,9 @@ def sign(secret: str, body: bytes, *, timestamp: int | None = None) -> str:
     return f"t={ts},v1={mac}"
 
 
-def verify_signature(secret: str, header: str, body: bytes, *, tolerance_seconds: int = 300,
-                     now: float | None = None) -> bool:
+def verify_signature(
+    secret: str, header: str, body: bytes, *, tolerance_seconds: int = 300, now: float | None = None
+) -> bool:
     """True when `header` is a valid signature of `body` made within the tolerance."""
     parts: dict[str, list[str]] = {}
     for item in header.split(","):
@@ -82,6 +87,7 @@ def endpoint_secret(endpoint: WebhookEndpoint) -> str:
 
 # -- endpoints ---------------------------------------------------------------------------------
 
+
 def _validate_url(url: str) -> str:
     url = url.strip()
     parts = urlsplit(url)
@@ -102,8 +108,9 @@ def validate_events(events: list[str] | None) -> list[str]:
 
 
 @transaction.atomic
-def webhook_endpoint_create(*, workspace: str, url: str, events: list[str] | None = None
-                            ) -> tuple[WebhookEndpoint, str]:
+def webhook_endpoint_create(
+    *, workspace: str, url: str, events: list[str] | None = None
+) -> tuple[WebhookEndpoint, str]:
     """Create an endpoint; returns it with its signing secret (shown once, stored encrypted)."""
     workspace = workspace.strip()
     if not workspace:
@@ -127,6 +134,7 @@ def webhook_endpoint_remove(*, endpoint: WebhookEndpoint) -> int:
 
 # -- deliveries --------------------------------------------------------------------------------
 
+
 def _payload(delivery_id: str, event: str, connection: Connection) -> dict:
     data = connection_as_dict(connection)
     data["workspace"] = connection.workspace
@@ -140,13 +148,15 @@ def webhook_enqueue(*, connection_id: str, event: str) -> list[str]:
     connection = Connection.objects.select_related("provider").filter(pk=connection_id).first()
     if connection is None:
         return []
-    endpoints = [e for e in WebhookEndpoint.objects.filter(workspace=connection.workspace, enabled=True)
-                 if e.wants(event)]
+    endpoints = [
+        e for e in WebhookEndpoint.objects.filter(workspace=connection.workspace, enabled=True) if e.wants(event)
+    ]
     ids: list[str] = []
     with transaction.atomic():
         for endpoint in endpoints:
-            delivery = WebhookDelivery(endpoint=endpoint, event=event, connection_id=connection.id,
-                                       next_attempt_at=timezone.now())
+            delivery = WebhookDelivery(
+                endpoint=endpoint, event=event, connection_id=connection.id, next_attempt_at=timezone.now()
+            )
             # Round-trip through JSON so the stored payload is exactly what is sent.
             delivery.payload = json.loads(json.dumps(_payload(str(delivery.id), event, connection), default=str))
             delivery.save(force_insert=True)
@@ -183,8 +193,12 @@ def webhook_deliver(*, delivery_id: str) -> AttemptResult:
     """One delivery attempt. The row stays locked during the POST so two workers never
     send the same delivery at once; a delivery no longer pending is left alone."""
     with transaction.atomic():
-        delivery = (WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
-                    .select_related("endpoint").filter(pk=delivery_id).first())
+        delivery = (
+            WebhookDelivery.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("endpoint")
+            .filter(pk=delivery_id)
+            .first()
+        )
         if delivery is None:
             return AttemptResult("busy_or_missing")
         if delivery.status != WebhookDelivery.Status.PENDING:
@@ -206,8 +220,13 @@ def webhook_deliver(*, delivery_id: str) -> AttemptResult:
         delivery.attempts += 1
         code, error = None, ""
         try:
-            response = requests.post(endpoint.url, data=body, headers=headers, allow_redirects=False,
-                                     timeout=(3, settings.WEBHOOK_TIMEOUT_SECONDS))
+            response = requests.post(
+                endpoint.url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=(3, settings.WEBHOOK_TIMEOUT_SECONDS),
+            )
             code = response.status_code
             if not 200 <= code < 300:
                 error = f"HTTP {code} {response.reason or ''}".strip()[:512]
@@ -216,7 +235,10 @@ def webhook_deliver(*, delivery_id: str) -> AttemptResult:
         delivery.last_status_code, delivery.last_error = code, error
         if not error:
             delivery.status, delivery.delivered_at, delivery.next_attempt_at = (
-                WebhookDelivery.Status.DELIVERED, timezone.now(), None)
+                WebhookDelivery.Status.DELIVERED,
+                timezone.now(),
+                None,
+            )
             outcome, retry_in = "delivered", None
         elif delivery.attempts >= settings.WEBHOOK_MAX_ATTEMPTS:
             delivery.status, delivery.next_attempt_at = WebhookDelivery.Status.FAILED, None
@@ -225,13 +247,23 @@ def webhook_deliver(*, delivery_id: str) -> AttemptResult:
             retry_in = _backoff(delivery.attempts)
             delivery.next_attempt_at = timezone.now() + timedelta(seconds=retry_in)
             outcome = "retry"
-        delivery.save(update_fields=["status", "attempts", "last_status_code", "last_error", "next_attempt_at",
-                                     "delivered_at"])
+        delivery.save(
+            update_fields=["status", "attempts", "last_status_code", "last_error", "next_attempt_at", "delivered_at"]
+        )
     DELIVERIES.labels(event=delivery.event, outcome=outcome).inc()
     log = logger.info if outcome == "delivered" else logger.warning
-    log("webhook %s", outcome, extra={"delivery_id": str(delivery.id), "connection_id": delivery.connection_id,
-                                      "event": delivery.event, "attempts": delivery.attempts,
-                                      "status_code": code, "retry_in": retry_in})
+    log(
+        "webhook %s",
+        outcome,
+        extra={
+            "delivery_id": str(delivery.id),
+            "connection_id": delivery.connection_id,
+            "event": delivery.event,
+            "attempts": delivery.attempts,
+            "status_code": code,
+            "retry_in": retry_in,
+        },
+    )
     return AttemptResult(delivery.status, retry_in)
 
 
@@ -241,8 +273,11 @@ def webhook_requeue_stale(*, grace_seconds: int = 600, limit: int = 500) -> int:
     from broker_app.tasks import deliver_webhook
 
     cutoff = timezone.now() - timedelta(seconds=grace_seconds)
-    ids = list(WebhookDelivery.objects.filter(status=WebhookDelivery.Status.PENDING, next_attempt_at__lt=cutoff)
-               .order_by("next_attempt_at").values_list("id", flat=True)[:limit])
+    ids = list(
+        WebhookDelivery.objects.filter(status=WebhookDelivery.Status.PENDING, next_attempt_at__lt=cutoff)
+        .order_by("next_attempt_at")
+        .values_list("id", flat=True)[:limit]
+    )
     for delivery_id in ids:
         _queue(deliver_webhook, str(delivery_id))
     return len(ids)
@@ -253,7 +288,8 @@ def webhook_redeliver(*, delivery: WebhookDelivery) -> bool:
     from broker_app.tasks import deliver_webhook
 
     updated = WebhookDelivery.objects.filter(pk=delivery.pk).update(
-        status=WebhookDelivery.Status.PENDING, attempts=0, next_attempt_at=timezone.now(), delivered_at=None)
+        status=WebhookDelivery.Status.PENDING, attempts=0, next_attempt_at=timezone.now(), delivered_at=None
+    )
     if updated:
         transaction.on_commit(lambda: _queue(deliver_webhook, str(delivery.pk)))
     return bool(updated)

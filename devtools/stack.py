@@ -78,20 +78,22 @@ class Stack:
 
     def _base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL"))}
-        env.update({
-            "PYTHONPATH": str(ROOT),
-            "DEBUG": "false",
-            "DJANGO_SECRET_KEY": secrets.token_urlsafe(32),
-            "BROKER_API_KEY": secrets.token_urlsafe(32),
-            "TOKEN_ENCRYPTION_KEYS": _key(),
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "BASE_URL": self.broker_url,
-            "BROKER_INTERNAL_URL": self.broker_url,
-            "ALLOWED_RETURN_DOMAINS": "127.0.0.1:*,localhost:*,app.example.com",
-            "ALLOW_HTTP_PROVIDER_HOSTS": "127.0.0.1,localhost",
-            "DROMOS_VAR_DIR": str(self.workdir),
-            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
-        })
+        env.update(
+            {
+                "PYTHONPATH": str(ROOT),
+                "DEBUG": "false",
+                "DJANGO_SECRET_KEY": secrets.token_urlsafe(32),
+                "BROKER_API_KEY": secrets.token_urlsafe(32),
+                "TOKEN_ENCRYPTION_KEYS": _key(),
+                "ALLOWED_HOSTS": "127.0.0.1,localhost",
+                "BASE_URL": self.broker_url,
+                "BROKER_INTERNAL_URL": self.broker_url,
+                "ALLOWED_RETURN_DOMAINS": "127.0.0.1:*,localhost:*,app.example.com",
+                "ALLOW_HTTP_PROVIDER_HOSTS": "127.0.0.1,localhost",
+                "DROMOS_VAR_DIR": str(self.workdir),
+                "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+            }
+        )
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
         if self.redis_url:
@@ -101,8 +103,9 @@ class Stack:
 
     def manage(self, role: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         env = {**self.env, "DJANGO_SETTINGS_MODULE": f"dromos.settings.{role}"}
-        result = subprocess.run([PYTHON, str(ROOT / "manage.py"), *args], env=env, cwd=ROOT,
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run(
+            [PYTHON, str(ROOT / "manage.py"), *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
         if check and result.returncode != 0:
             raise RuntimeError(f"manage.py {' '.join(args[:2])} ({role}) failed:\n{result.stderr[-3000:]}")
         return result
@@ -110,8 +113,9 @@ class Stack:
     def _spawn(self, name: str, args: list[str], role: str) -> None:
         env = {**self.env, "DJANGO_SETTINGS_MODULE": f"dromos.settings.{role}"}
         log = open(self.workdir / f"{name}.log", "ab")
-        self.processes[name] = subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                                start_new_session=True)
+        self.processes[name] = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def _wait_http(self, url: str, name: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -138,40 +142,127 @@ class Stack:
         self.oidc_port = self.oidc_port or free_port()
         self.env = self._base_env()
         try:
-            self.oidc = start_oidc_provider(self.oidc_port, [{
-                "client_id": CLIENT_ID,
-                "client_secret": self.client_secret,
-                "redirect_uris": [f"{self.broker_url}/auth/callback"],
-                "token_endpoint_auth_method": "client_secret_basic",
-            }], access_token_ttl=self.access_token_ttl)
+            self.oidc = start_oidc_provider(
+                self.oidc_port,
+                [
+                    {
+                        "client_id": CLIENT_ID,
+                        "client_secret": self.client_secret,
+                        "redirect_uris": [f"{self.broker_url}/auth/callback"],
+                        "token_endpoint_auth_method": "client_secret_basic",
+                    }
+                ],
+                access_token_ttl=self.access_token_ttl,
+            )
             self.manage("broker", "migrate", "--noinput", "-v0")
             self.manage("gateway", "migrate", "--noinput", "-v0")
             names = [(PROVIDER_NAME, "Local OIDC provider (demo)")]
             if self.guide_provider:
                 names.append(("google", "Google (stand-in: the local OIDC provider)"))
             for name, display_name in names:
-                self.manage("broker", "provider", "upsert", "--name", name, "--template", "oidc",
-                            "--display-name", display_name,
-                            "--discovery-url", f"{self.oidc.issuer}/.well-known/openid-configuration",
-                            "--client-id", CLIENT_ID, f"--client-secret={self.client_secret}",  # may start with "-"
-                            "--default-scopes", "openid email profile offline_access",
-                            "--authorize-param", "prompt=consent")
+                self.manage(
+                    "broker",
+                    "provider",
+                    "upsert",
+                    "--name",
+                    name,
+                    "--template",
+                    "oidc",
+                    "--display-name",
+                    display_name,
+                    "--discovery-url",
+                    f"{self.oidc.issuer}/.well-known/openid-configuration",
+                    "--client-id",
+                    CLIENT_ID,
+                    f"--client-secret={self.client_secret}",  # may start with "-"
+                    "--default-scopes",
+                    "openid email profile offline_access",
+                    "--authorize-param",
+                    "prompt=consent",
+                )
             created = self.manage("gateway", "apikey", "create", "--workspace", "demo", "--name", "stack")
             self.api_key = created.stdout.strip().splitlines()[-1]
-            gunicorn = [PYTHON, "-m", "gunicorn", "dromos.wsgi:application", "--access-logfile", "-",
-                        # path only (%(U)s): a query string can hold the callback's code and state
-                        "--access-logformat", '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
-                        "--timeout", "60", "--graceful-timeout", "5"]
-            self._spawn("broker", [*gunicorn, "-b", f"127.0.0.1:{self.broker_port}",
-                                   "-w", str(self.broker_workers), "-k", "gthread", "--threads", "8"], "broker")
-            self._spawn("gateway", [*gunicorn, "-b", f"127.0.0.1:{self.gateway_port}",
-                                    "-w", str(self.gateway_workers), "-k", "gthread", "--threads", "8"], "gateway")
+            gunicorn = [
+                PYTHON,
+                "-m",
+                "gunicorn",
+                "dromos.wsgi:application",
+                "--access-logfile",
+                "-",
+                # path only (%(U)s): a query string can hold the callback's code and state
+                "--access-logformat",
+                '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
+                "--timeout",
+                "60",
+                "--graceful-timeout",
+                "5",
+            ]
+            self._spawn(
+                "broker",
+                [
+                    *gunicorn,
+                    "-b",
+                    f"127.0.0.1:{self.broker_port}",
+                    "-w",
+                    str(self.broker_workers),
+                    "-k",
+                    "gthread",
+                    "--threads",
+                    "8",
+                ],
+                "broker",
+            )
+            self._spawn(
+                "gateway",
+                [
+                    *gunicorn,
+                    "-b",
+                    f"127.0.0.1:{self.gateway_port}",
+                    "-w",
+                    str(self.gateway_workers),
+                    "-k",
+                    "gthread",
+                    "--threads",
+                    "8",
+                ],
+                "gateway",
+            )
             if self.celery:
-                self._spawn("worker", [PYTHON, "-m", "celery", "-A", "dromos", "worker", "-l", "INFO",
-                                       "-c", "2", "--without-gossip", "--without-mingle"], "broker")
+                self._spawn(
+                    "worker",
+                    [
+                        PYTHON,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "dromos",
+                        "worker",
+                        "-l",
+                        "INFO",
+                        "-c",
+                        "2",
+                        "--without-gossip",
+                        "--without-mingle",
+                    ],
+                    "broker",
+                )
                 if self.beat:
-                    self._spawn("beat", [PYTHON, "-m", "celery", "-A", "dromos", "beat", "-l", "INFO",
-                                         "-s", str(self.workdir / "celerybeat-schedule")], "broker")
+                    self._spawn(
+                        "beat",
+                        [
+                            PYTHON,
+                            "-m",
+                            "celery",
+                            "-A",
+                            "dromos",
+                            "beat",
+                            "-l",
+                            "INFO",
+                            "-s",
+                            str(self.workdir / "celerybeat-schedule"),
+                        ],
+                        "broker",
+                    )
             self._wait_http(f"{self.broker_url}/healthz", "broker")
             self._wait_http(f"{self.gateway_url}/healthz", "gateway")
         except BaseException:
@@ -245,8 +336,11 @@ def main() -> int:
     up.add_argument("--broker-port", type=int, default=8001)
     up.add_argument("--oidc-port", type=int, default=9400)
     up.add_argument("--no-celery", action="store_true")
-    up.add_argument("--guide-provider", action="store_true",
-                    help='also register the local provider as "google" (the integration guide\'s snippet)')
+    up.add_argument(
+        "--guide-provider",
+        action="store_true",
+        help='also register the local provider as "google" (the integration guide\'s snippet)',
+    )
     up.add_argument("--env-file", help="write the agent environment (KEY=VALUE lines) here")
     up.add_argument("--demo", action="store_true", help="walk through the flow once, then keep running")
     args = parser.parse_args()
@@ -254,17 +348,31 @@ def main() -> int:
     workdir = Path(args.workdir)
     if args.embedded:
         shutil.rmtree(workdir, ignore_errors=True)
-    stack = Stack(workdir=workdir,
-                  database_url=None if args.embedded else os.environ.get("DATABASE_URL"),
-                  redis_url=None if args.embedded else os.environ.get("REDIS_URL"),
-                  celery=not args.no_celery, gateway_port=args.gateway_port, broker_port=args.broker_port,
-                  oidc_port=args.oidc_port, guide_provider=args.guide_provider)
+    stack = Stack(
+        workdir=workdir,
+        database_url=None if args.embedded else os.environ.get("DATABASE_URL"),
+        redis_url=None if args.embedded else os.environ.get("REDIS_URL"),
+        celery=not args.no_celery,
+        gateway_port=args.gateway_port,
+        broker_port=args.broker_port,
+        oidc_port=args.oidc_port,
+        guide_provider=args.guide_provider,
+    )
     stack.start()
     env = stack.agent_env()
     if args.env_file:
         Path(args.env_file).write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
-    print(json.dumps({"gateway": stack.gateway_url, "broker": stack.broker_url,
-                      "oidc_provider": stack.oidc.issuer if stack.oidc else None, "logs": str(workdir)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "gateway": stack.gateway_url,
+                "broker": stack.broker_url,
+                "oidc_provider": stack.oidc.issuer if stack.oidc else None,
+                "logs": str(workdir),
+            },
+            indent=2,
+        )
+    )
     print("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
     sys.stdout.flush()
     if args.demo:

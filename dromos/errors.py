@@ -101,8 +101,9 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         return error_response(DatabaseUnavailable("The database is unavailable; retry shortly.", retry_after=2))
     if isinstance(exc, RequestDataTooBig):
         # Django would answer 400 with an HTML page; the contract says 413 JSON.
-        return error_response(RequestTooLarge(
-            f"Request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."))
+        return error_response(
+            RequestTooLarge(f"Request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.")
+        )
     if isinstance(exc, Http404):
         return error_response(NotFound("Not found."))
     if isinstance(exc, drf_exceptions.Throttled):
@@ -113,9 +114,7 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, drf_exceptions.ParseError):
         return error_response(InvalidRequest("Request body is not valid JSON."))
     if isinstance(exc, drf_exceptions.UnsupportedMediaType):
-        return Response(
-            {"error": "unsupported_media_type", "message": "Send application/json."}, status=415
-        )
+        return Response({"error": "unsupported_media_type", "message": "Send application/json."}, status=415)
     if isinstance(exc, (drf_exceptions.NotAuthenticated, drf_exceptions.AuthenticationFailed)):
         response = error_response(Unauthorized(str(exc.detail)))
         if getattr(exc, "auth_header", None):

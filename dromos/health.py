@@ -93,20 +93,37 @@ def metrics(request):
 
 # -- deployment checks (tag "dromos"; only with --deploy or --tag dromos) --------------------------
 
+
 def check_secrets(app_configs, **kwargs):
     """Development defaults, short secrets and DEBUG have no place in a deployment."""
     problems = []
     for name, value in (("DJANGO_SECRET_KEY", settings.SECRET_KEY), ("BROKER_API_KEY", settings.BROKER_API_KEY)):
         if value.startswith("dev-only"):
-            problems.append(checks.Error(f"{name} is the development default", hint="set a random value of at "
-                                         "least 32 characters (python -c 'import secrets; "
-                                         "print(secrets.token_urlsafe(32))')", id="dromos.E101"))
+            problems.append(
+                checks.Error(
+                    f"{name} is the development default",
+                    hint="set a random value of at "
+                    "least 32 characters (python -c 'import secrets; "
+                    "print(secrets.token_urlsafe(32))')",
+                    id="dromos.E101",
+                )
+            )
         elif len(value) < 32:
-            problems.append(checks.Warning(f"{name} is only {len(value)} characters long",
-                                           hint="use at least 32 random characters", id="dromos.W101"))
+            problems.append(
+                checks.Warning(
+                    f"{name} is only {len(value)} characters long",
+                    hint="use at least 32 random characters",
+                    id="dromos.W101",
+                )
+            )
     if settings.DEBUG:
-        problems.append(checks.Warning("DEBUG is on: development secrets are accepted and errors show detail",
-                                       hint="set DEBUG=false", id="dromos.W102"))
+        problems.append(
+            checks.Warning(
+                "DEBUG is on: development secrets are accepted and errors show detail",
+                hint="set DEBUG=false",
+                id="dromos.W102",
+            )
+        )
     return problems
 
 
@@ -126,8 +143,9 @@ def check_services(app_configs, **kwargs):
         variable, text = _UNREACHABLE_HINTS.get(name, (None, f"{name} is not ready"))
         target = getattr(settings, variable, None) if variable == "BROKER_INTERNAL_URL" else None
         where = f" at {target}/healthz" if target else ""
-        problems.append(checks.Error(f"{text}{where}", hint=f"check {variable}" if variable else None,
-                                     id="dromos.E102"))
+        problems.append(
+            checks.Error(f"{text}{where}", hint=f"check {variable}" if variable else None, id="dromos.E102")
+        )
     return problems
 
 

@@ -73,8 +73,18 @@ class RequestMetricsMiddleware:
         REQUEST_SECONDS.labels(route=route, method=method, status=str(response.status_code)).observe(elapsed)
         level = logging.DEBUG if request.path.startswith(_QUIET_PATHS) else logging.INFO
         if access_logger.isEnabledFor(level):
-            access_logger.log(level, "%s %s %s", request.method, request.path, response.status_code, extra={
-                "method": request.method, "path": request.path, "route": route,
-                "status": response.status_code, "duration_ms": round(elapsed * 1000, 2),
-            })
+            access_logger.log(
+                level,
+                "%s %s %s",
+                request.method,
+                request.path,
+                response.status_code,
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "route": route,
+                    "status": response.status_code,
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
+            )
         return response

@@ -16,6 +16,6 @@ def validate_scope_token(value: str) -> None:
     if not _SCOPE_TOKEN.match(value):
         if " " in value.strip():
             raise serializers.ValidationError(
-                "each scope is one list item without spaces: send [\"openid\", \"email\"], not [\"openid email\"]")
-        raise serializers.ValidationError(
-            "a scope is printable ASCII without spaces, '\"' or '\\' (RFC 6749 §3.3)")
+                'each scope is one list item without spaces: send ["openid", "email"], not ["openid email"]'
+            )
+        raise serializers.ValidationError("a scope is printable ASCII without spaces, '\"' or '\\' (RFC 6749 §3.3)")

@@ -25,8 +25,12 @@ from gateway_app.broker_client import BrokerAnswer, broker
 CONNECTION_ID = r"[A-Za-z0-9_-]{1,64}"
 CONNECTION_STATUSES = ["pending", "active", "failed", "revoked"]
 CONNECTION_ID_PARAMETER = OpenApiParameter(
-    "connection_id", OpenApiTypes.STR, OpenApiParameter.PATH, pattern=f"^{CONNECTION_ID}$",
-    description="The id returned by request-connection (anything else is answered 400)")
+    "connection_id",
+    OpenApiTypes.STR,
+    OpenApiParameter.PATH,
+    pattern=f"^{CONNECTION_ID}$",
+    description="The id returned by request-connection (anything else is answered 400)",
+)
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -56,7 +60,8 @@ class ConnectionSerializer(serializers.Serializer):
     missing_scopes = serializers.ListField(child=serializers.CharField())
     warnings = serializers.ListField(
         child=serializers.CharField(),
-        help_text="refresh_token_expires_soon, refresh_token_expired, no_refresh_token, scopes_narrowed")
+        help_text="refresh_token_expires_soon, refresh_token_expired, no_refresh_token, scopes_narrowed",
+    )
     error = serializers.CharField(allow_null=True)
     error_description = serializers.CharField(allow_null=True)
     account = serializers.DictField()
@@ -94,10 +99,10 @@ class ProviderSerializer(serializers.Serializer):
 
 
 class TokenQuerySerializer(serializers.Serializer):
-    auto_refresh = serializers.BooleanField(required=False, help_text="Refresh first when the token expires "
-                                            "within min_ttl seconds")
-    min_ttl = serializers.IntegerField(required=False, min_value=0, max_value=86400,
-                                       help_text="Seconds (default 60)")
+    auto_refresh = serializers.BooleanField(
+        required=False, help_text="Refresh first when the token expires within min_ttl seconds"
+    )
+    min_ttl = serializers.IntegerField(required=False, min_value=0, max_value=86400, help_text="Seconds (default 60)")
 
 
 class ConnectionListQuerySerializer(serializers.Serializer):
@@ -121,11 +126,19 @@ def _query(serializer_class: type[serializers.Serializer], request) -> dict[str,
     return params
 
 
-ERRORS = {code: OpenApiResponse(ErrorSerializer, description=text) for code, text in (
-    (400, "Bad input"), (401, "No or bad API key"), (403, "Key lacks the scope"), (404, "Unknown or not yours"),
-    (409, "Connection not active"), (429, "Throttled (Retry-After)"), (502, "Provider or broker answered badly"),
-    (503, "Broker or provider unavailable (Retry-After)"),
-)}
+ERRORS = {
+    code: OpenApiResponse(ErrorSerializer, description=text)
+    for code, text in (
+        (400, "Bad input"),
+        (401, "No or bad API key"),
+        (403, "Key lacks the scope"),
+        (404, "Unknown or not yours"),
+        (409, "Connection not active"),
+        (429, "Throttled (Retry-After)"),
+        (502, "Provider or broker answered badly"),
+        (503, "Broker or provider unavailable (Retry-After)"),
+    )
+}
 
 
 def _client_ip(request) -> str | None:
@@ -176,37 +189,63 @@ class RequestConnectionApi(GatewayApi):
     class InputSerializer(serializers.Serializer):
         user_id = serializers.CharField(max_length=255)
         provider_name = serializers.CharField(max_length=64)
-        scopes = serializers.ListField(child=serializers.CharField(max_length=256, validators=[validate_scope_token]),
-                                       required=False, allow_empty=True, max_length=100)
+        scopes = serializers.ListField(
+            child=serializers.CharField(max_length=256, validators=[validate_scope_token]),
+            required=False,
+            allow_empty=True,
+            max_length=100,
+        )
         return_url = serializers.CharField(max_length=2048, trim_whitespace=False)
         params = serializers.DictField(child=serializers.CharField(max_length=256), required=False)
 
     @extend_schema(
         operation_id="request_connection",
         request=InputSerializer,
-        responses={201: inline_serializer("ConnectionRequest", {
-            "authUrl": serializers.URLField(), "state": serializers.CharField(),
-            "scopes": serializers.ListField(child=serializers.CharField()),
-            "provider_id": serializers.CharField(), "connection_id": serializers.CharField(),
-        }), **{k: v for k, v in ERRORS.items() if k in (400, 401, 403, 429, 502, 503)}},
+        responses={
+            201: inline_serializer(
+                "ConnectionRequest",
+                {
+                    "authUrl": serializers.URLField(),
+                    "state": serializers.CharField(),
+                    "scopes": serializers.ListField(child=serializers.CharField()),
+                    "provider_id": serializers.CharField(),
+                    "connection_id": serializers.CharField(),
+                },
+            ),
+            **{k: v for k, v in ERRORS.items() if k in (400, 401, 403, 429, 502, 503)},
+        },
     )
     def post(self, request):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        answer = broker().call("POST", "/internal/v1/connections", principal=request.user,
-                               client_ip=_client_ip(request), json=serializer.validated_data)
+        answer = broker().call(
+            "POST",
+            "/internal/v1/connections",
+            principal=request.user,
+            client_ip=_client_ip(request),
+            json=serializer.validated_data,
+        )
         return _relay(answer, no_store=True)
 
 
 class CheckConnectionApi(GatewayApi):
     required_scope = "connections:read"
 
-    @extend_schema(operation_id="check_connection", parameters=[CONNECTION_ID_PARAMETER],
-                   responses={200: ConnectionSerializer, **ERRORS})
+    @extend_schema(
+        operation_id="check_connection",
+        parameters=[CONNECTION_ID_PARAMETER],
+        responses={200: ConnectionSerializer, **ERRORS},
+    )
     def get(self, request, connection_id: str):
         _check_id(connection_id)
-        return _relay(broker().call("GET", f"/internal/v1/connections/{connection_id}", principal=request.user,
-                                    client_ip=_client_ip(request)))
+        return _relay(
+            broker().call(
+                "GET",
+                f"/internal/v1/connections/{connection_id}",
+                principal=request.user,
+                client_ip=_client_ip(request),
+            )
+        )
 
 
 class TokenApi(GatewayApi):
@@ -222,20 +261,38 @@ class TokenApi(GatewayApi):
         _check_id(connection_id)
         # The hot path: most calls carry no query string, and validating none costs CPU (issue 7).
         params = _query(TokenQuerySerializer, request) if request.query_params else {}
-        return _relay(broker().call("GET", f"/internal/v1/connections/{connection_id}/token",
-                                    principal=request.user, client_ip=_client_ip(request), params=params),
-                      no_store=True)
+        return _relay(
+            broker().call(
+                "GET",
+                f"/internal/v1/connections/{connection_id}/token",
+                principal=request.user,
+                client_ip=_client_ip(request),
+                params=params,
+            ),
+            no_store=True,
+        )
 
 
 class RefreshApi(GatewayApi):
     required_scope = "tokens:refresh"
 
-    @extend_schema(operation_id="refresh_token", request=None, parameters=[CONNECTION_ID_PARAMETER],
-                   responses={200: TokenSerializer, **ERRORS})
+    @extend_schema(
+        operation_id="refresh_token",
+        request=None,
+        parameters=[CONNECTION_ID_PARAMETER],
+        responses={200: TokenSerializer, **ERRORS},
+    )
     def post(self, request, connection_id: str):
         _check_id(connection_id)
-        return _relay(broker().call("POST", f"/internal/v1/connections/{connection_id}/refresh",
-                                    principal=request.user, client_ip=_client_ip(request)), no_store=True)
+        return _relay(
+            broker().call(
+                "POST",
+                f"/internal/v1/connections/{connection_id}/refresh",
+                principal=request.user,
+                client_ip=_client_ip(request),
+            ),
+            no_store=True,
+        )
 
 
 class ConnectionListApi(GatewayApi):
@@ -244,45 +301,75 @@ class ConnectionListApi(GatewayApi):
     @extend_schema(
         operation_id="list_connections",
         parameters=[ConnectionListQuerySerializer],
-        responses={200: inline_serializer("ConnectionPage", {
-            "count": serializers.IntegerField(), "page": serializers.IntegerField(),
-            "page_size": serializers.IntegerField(),
-            "next": serializers.URLField(allow_null=True),
-            "previous": serializers.URLField(allow_null=True),
-            "results": ConnectionSerializer(many=True),
-        }), **ERRORS},
+        responses={
+            200: inline_serializer(
+                "ConnectionPage",
+                {
+                    "count": serializers.IntegerField(),
+                    "page": serializers.IntegerField(),
+                    "page_size": serializers.IntegerField(),
+                    "next": serializers.URLField(allow_null=True),
+                    "previous": serializers.URLField(allow_null=True),
+                    "results": ConnectionSerializer(many=True),
+                },
+            ),
+            **ERRORS,
+        },
     )
     def get(self, request):
         params = _query(ConnectionListQuerySerializer, request)
-        answer = broker().call("GET", "/internal/v1/connections", principal=request.user,
-                               client_ip=_client_ip(request), params=params)
+        answer = broker().call(
+            "GET", "/internal/v1/connections", principal=request.user, client_ip=_client_ip(request), params=params
+        )
         if answer.status != 200:
             return _relay(answer)
         body = orjson.loads(answer.body)
         # The broker knows page numbers; links are the gateway's own URLs.
         for link, page in (("next", body.pop("next_page", None)), ("previous", body.pop("previous_page", None))):
-            body[link] = None if page is None else request.build_absolute_uri(
-                f"{request.path}?{urlencode({**params, 'page': page})}")
+            body[link] = (
+                None
+                if page is None
+                else request.build_absolute_uri(f"{request.path}?{urlencode({**params, 'page': page})}")
+            )
         return HttpResponse(orjson.dumps(body), content_type="application/json")
 
 
 class ConnectionDeleteApi(GatewayApi):
     required_scope = "connections:delete"
 
-    @extend_schema(operation_id="delete_connection", parameters=[CONNECTION_ID_PARAMETER],
-                   responses={200: ConnectionSerializer, **ERRORS})
+    @extend_schema(
+        operation_id="delete_connection",
+        parameters=[CONNECTION_ID_PARAMETER],
+        responses={200: ConnectionSerializer, **ERRORS},
+    )
     def delete(self, request, connection_id: str):
         _check_id(connection_id)
-        return _relay(broker().call("DELETE", f"/internal/v1/connections/{connection_id}",
-                                    principal=request.user, client_ip=_client_ip(request)))
+        return _relay(
+            broker().call(
+                "DELETE",
+                f"/internal/v1/connections/{connection_id}",
+                principal=request.user,
+                client_ip=_client_ip(request),
+            )
+        )
 
 
 class ProviderListApi(GatewayApi):
     required_scope = "connections:read"
 
-    @extend_schema(operation_id="list_providers", responses={200: inline_serializer("ProviderList", {
-        "providers": ProviderSerializer(many=True),
-    }), **ERRORS})
+    @extend_schema(
+        operation_id="list_providers",
+        responses={
+            200: inline_serializer(
+                "ProviderList",
+                {
+                    "providers": ProviderSerializer(many=True),
+                },
+            ),
+            **ERRORS,
+        },
+    )
     def get(self, request):
-        return _relay(broker().call("GET", "/internal/v1/providers", principal=request.user,
-                                    client_ip=_client_ip(request)))
+        return _relay(
+            broker().call("GET", "/internal/v1/providers", principal=request.user, client_ip=_client_ip(request))
+        )

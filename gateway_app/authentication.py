@@ -45,7 +45,7 @@ class HasScope(BasePermission):
 
 @lru_cache(maxsize=8)
 def parse_rate(rate: str) -> tuple[int, int]:
-    """"600/min" → (600, 60): requests per window of seconds (s, min, h, day, as DRF spells them)."""
+    """ "600/min" → (600, 60): requests per window of seconds (s, min, h, day, as DRF spells them)."""
     count, _, period = rate.partition("/")
     return int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[period.strip()[0]]
 

@@ -49,18 +49,42 @@ class BrokerClient:
             block=False,  # more concurrent calls than that open extra (short-lived) connections
             retries=False,
             timeout=urllib3.Timeout(connect=settings.BROKER_CONNECT_TIMEOUT, read=settings.BROKER_READ_TIMEOUT),
-            headers={"X-API-Key": settings.BROKER_API_KEY, "Accept": "application/json",
-                     "User-Agent": "dromos-gateway/1.0"},
+            headers={
+                "X-API-Key": settings.BROKER_API_KEY,
+                "Accept": "application/json",
+                "User-Agent": "dromos-gateway/1.0",
+            },
         )
 
-    def _request(self, method: str, path: str, headers: dict[str, str], body: bytes | None = None,
-                 timeout: urllib3.Timeout | None = None) -> urllib3.BaseHTTPResponse:
-        return self.pool.urlopen(method, self.base_path + path, body=body, headers={**self.pool.headers, **headers},
-                                 retries=False, redirect=False, assert_same_host=False,
-                                 timeout=timeout or self.pool.timeout)
+    def _request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        body: bytes | None = None,
+        timeout: urllib3.Timeout | None = None,
+    ) -> urllib3.BaseHTTPResponse:
+        return self.pool.urlopen(
+            method,
+            self.base_path + path,
+            body=body,
+            headers={**self.pool.headers, **headers},
+            retries=False,
+            redirect=False,
+            assert_same_host=False,
+            timeout=timeout or self.pool.timeout,
+        )
 
-    def call(self, method: str, path: str, *, principal, client_ip: str | None = None,
-             json: dict | None = None, params: dict | None = None) -> BrokerAnswer:
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        principal,
+        client_ip: str | None = None,
+        json: dict | None = None,
+        params: dict | None = None,
+    ) -> BrokerAnswer:
         headers = {
             "X-Dromos-Workspace": principal.workspace,
             "X-Dromos-Actor": f"apikey:{principal.prefix}",
@@ -101,8 +125,9 @@ class BrokerClient:
         if status in (401, 403):
             # The broker refused the gateway itself (BROKER_API_KEY or BROKER_ALLOWED_CIDRS):
             # an operator's misconfiguration, not the agent's key; never relay it as the agent's 401.
-            logger.error("broker refused the gateway: check BROKER_API_KEY and BROKER_ALLOWED_CIDRS",
-                         extra={"status": status})
+            logger.error(
+                "broker refused the gateway: check BROKER_API_KEY and BROKER_ALLOWED_CIDRS", extra={"status": status}
+            )
             raise BadGateway("the broker refused the gateway's credentials")
         return BrokerAnswer(status, content, response.headers.get("Retry-After"))
 

@@ -12,8 +12,7 @@ from prometheus_client import Counter, Histogram
 
 BROKER_CALL_SECONDS = Histogram(
     "dromos_gateway_broker_call_seconds",
-    "Latency of the gateway's calls to the broker by operation and outcome (HTTP status, "
-    "unreachable, timeout)",
+    "Latency of the gateway's calls to the broker by operation and outcome (HTTP status, unreachable, timeout)",
     ["operation", "outcome"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )

@@ -75,8 +75,9 @@ def apikey_create(*, workspace: str, name: str, scopes: list[str] | None = None)
         if not ApiKey.objects.filter(prefix=prefix).exists():
             break
     plaintext = f"dk_{prefix}_{secrets.token_urlsafe(32)}"
-    key = ApiKey.objects.create(workspace=workspace, name=name, prefix=prefix, key_digest=_digest(plaintext),
-                                scopes=sorted(scopes or []))
+    key = ApiKey.objects.create(
+        workspace=workspace, name=name, prefix=prefix, key_digest=_digest(plaintext), scopes=sorted(scopes or [])
+    )
     return key, plaintext
 
 
@@ -97,9 +98,13 @@ def _announce_revocation(prefix: str) -> None:
     try:
         cache.set(_revoked_marker(prefix), True, timeout=settings.API_KEY_CACHE_SECONDS + 60)
     except redis.RedisError:
-        _degraded("revocation_marker", "Redis unreachable: the revocation is saved; other gateway processes "
-                  "refuse the key once their cached copy expires (API_KEY_CACHE_SECONDS)", always=True,
-                  failed=True)
+        _degraded(
+            "revocation_marker",
+            "Redis unreachable: the revocation is saved; other gateway processes "
+            "refuse the key once their cached copy expires (API_KEY_CACHE_SECONDS)",
+            always=True,
+            failed=True,
+        )
 
 
 _last_degraded_log: dict[str, float] = {}
@@ -150,9 +155,14 @@ def _shared_redis() -> redis.Redis | None:
     location = location[0] if isinstance(location, list | tuple) else location
     client = _redis_clients.get(location)
     if client is None:
-        client = _redis_clients.setdefault(location, redis.Redis.from_url(
-            location, socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
-            socket_connect_timeout=settings.REDIS_TIMEOUT_SECONDS))
+        client = _redis_clients.setdefault(
+            location,
+            redis.Redis.from_url(
+                location,
+                socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
+                socket_connect_timeout=settings.REDIS_TIMEOUT_SECONDS,
+            ),
+        )
     return client
 
 
@@ -243,13 +253,16 @@ def apikey_verify(presented: str) -> Principal | None:
             _cache_forget(prefix)
             return None
         return principal
-    key = ApiKey.objects.filter(prefix=prefix).only(
-        "id", "workspace", "prefix", "key_digest", "scopes", "revoked_at", "last_used_at"
-    ).first()
+    key = (
+        ApiKey.objects.filter(prefix=prefix)
+        .only("id", "workspace", "prefix", "key_digest", "scopes", "revoked_at", "last_used_at")
+        .first()
+    )
     if key is None or key.revoked_at is not None or not hmac.compare_digest(key.key_digest, presented_digest):
         return None
-    principal = Principal(key_id=key.id, workspace=key.workspace, prefix=key.prefix,
-                          scopes=frozenset(key.scopes or ALL_SCOPES))
+    principal = Principal(
+        key_id=key.id, workspace=key.workspace, prefix=key.prefix, scopes=frozenset(key.scopes or ALL_SCOPES)
+    )
     if key.last_used_at is None or timezone.now() - key.last_used_at > LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
     with _cache_lock:

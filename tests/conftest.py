@@ -69,13 +69,27 @@ def _clear_process_caches():
     yield
 
 
-def make_provider(*, name: str, discovery_url: str, client_id: str, client_secret: str,
-                  default_scopes: list[str] | None = None, template: str = "oidc", **fields):
+def make_provider(
+    *,
+    name: str,
+    discovery_url: str,
+    client_id: str,
+    client_secret: str,
+    default_scopes: list[str] | None = None,
+    template: str = "oidc",
+    **fields,
+):
     from broker_app.models import Provider
     from broker_app.providers.registry import set_client_secret
 
-    provider = Provider(name=name, template=template, discovery_url=discovery_url, client_id=client_id,
-                        default_scopes=default_scopes or ["openid", "email", "profile"], **fields)
+    provider = Provider(
+        name=name,
+        template=template,
+        discovery_url=discovery_url,
+        client_id=client_id,
+        default_scopes=default_scopes or ["openid", "email", "profile"],
+        **fields,
+    )
     set_client_secret(provider, client_secret)
     provider.save()
     return provider
@@ -83,8 +97,9 @@ def make_provider(*, name: str, discovery_url: str, client_id: str, client_secre
 
 @pytest.fixture
 def fake_provider_row(db, fake_provider):
-    return make_provider(name="fake", discovery_url=fake_provider.discovery_url, client_id=CLIENT_ID,
-                         client_secret=CLIENT_SECRET)
+    return make_provider(
+        name="fake", discovery_url=fake_provider.discovery_url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET
+    )
 
 
 @dataclass
@@ -101,8 +116,7 @@ class Stack:
         headers = kwargs.pop("headers", {})
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        return requests.request(method, self.url + path, headers=headers, timeout=30, allow_redirects=False,
-                                **kwargs)
+        return requests.request(method, self.url + path, headers=headers, timeout=30, allow_redirects=False, **kwargs)
 
     def callback(self, **params) -> requests.Response:
         return requests.get(f"{self.url}/auth/callback", params=params, timeout=30, allow_redirects=False)
@@ -111,8 +125,7 @@ class Stack:
         from django.conf import settings
 
         headers = {"X-API-Key": settings.BROKER_API_KEY, **kwargs.pop("headers", {})}
-        return requests.request(method, self.url + path, headers=headers, timeout=30, allow_redirects=False,
-                                **kwargs)
+        return requests.request(method, self.url + path, headers=headers, timeout=30, allow_redirects=False, **kwargs)
 
 
 @pytest.fixture
@@ -130,10 +143,22 @@ def auth_params(auth_url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(auth_url).query).items()}
 
 
-def start_connection(stack: Stack, key: str, *, provider: str = "fake", return_url: str = "https://app.example.com/oauth/return",
-                     scopes: list[str] | None = None, **extra) -> dict:
-    body = {"user_id": "user-1", "provider_name": provider, "scopes": scopes or ["openid", "email"],
-            "return_url": return_url, **extra}
+def start_connection(
+    stack: Stack,
+    key: str,
+    *,
+    provider: str = "fake",
+    return_url: str = "https://app.example.com/oauth/return",
+    scopes: list[str] | None = None,
+    **extra,
+) -> dict:
+    body = {
+        "user_id": "user-1",
+        "provider_name": provider,
+        "scopes": scopes or ["openid", "email"],
+        "return_url": return_url,
+        **extra,
+    }
     response = stack.call("POST", "/v1/request-connection", key, json=body)
     assert response.status_code == 201, response.text
     return response.json()

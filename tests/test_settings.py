@@ -22,9 +22,14 @@ GOOD = {
 
 def _check(mode: str, **env: str) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k not in GOOD and not k.startswith("DJANGO_")}
-    full = {**base, **{k: v for k, v in env.items() if v is not None}, "DJANGO_SETTINGS_MODULE": f"dromos.settings.{mode}"}
-    return subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=full, capture_output=True,
-                          text=True, timeout=60)
+    full = {
+        **base,
+        **{k: v for k, v in env.items() if v is not None},
+        "DJANGO_SETTINGS_MODULE": f"dromos.settings.{mode}",
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=full, capture_output=True, text=True, timeout=60
+    )
 
 
 @pytest.mark.parametrize("mode", ["gateway", "broker"])
@@ -33,10 +38,16 @@ def test_complete_production_settings_start(mode):
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("mode, missing", [
-    ("gateway", "DJANGO_SECRET_KEY"), ("gateway", "BROKER_API_KEY"),
-    ("broker", "DJANGO_SECRET_KEY"), ("broker", "BROKER_API_KEY"), ("broker", "TOKEN_ENCRYPTION_KEYS"),
-])
+@pytest.mark.parametrize(
+    "mode, missing",
+    [
+        ("gateway", "DJANGO_SECRET_KEY"),
+        ("gateway", "BROKER_API_KEY"),
+        ("broker", "DJANGO_SECRET_KEY"),
+        ("broker", "BROKER_API_KEY"),
+        ("broker", "TOKEN_ENCRYPTION_KEYS"),
+    ],
+)
 def test_missing_secret_is_fatal_outside_debug(mode, missing):
     result = _check(mode, **{**GOOD, missing: None})
     assert result.returncode != 0

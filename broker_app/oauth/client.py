@@ -35,8 +35,16 @@ def pkce_challenge(verifier: str) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).decode().rstrip("=")
 
 
-def authorize_url(spec, *, redirect_uri: str, scopes: list[str], state: str,
-                  code_challenge: str | None, nonce: str | None, extra: dict[str, str] | None = None) -> str:
+def authorize_url(
+    spec,
+    *,
+    redirect_uri: str,
+    scopes: list[str],
+    state: str,
+    code_challenge: str | None,
+    nonce: str | None,
+    extra: dict[str, str] | None = None,
+) -> str:
     """The URL the user consents at. Catalog and operator `authorize_params` (Google's
     access_type, Dropbox's token_access_type …) are added, but can never replace the
     parameters that bind the answer to this connection (state, redirect_uri, PKCE, nonce)."""
@@ -119,19 +127,25 @@ def token_request(spec, form: dict[str, str], *, url: str | None = None) -> dict
     auth, data = _client_auth(spec, dict(form), spec.token_auth)
     body_kwarg = {"json": data} if spec.token_format == "json" else {"data": data}
     try:
-        response = _session.post(url or spec.token_url, headers=headers, auth=auth,
-                                 timeout=_timeout(), allow_redirects=False, **body_kwarg)
+        response = _session.post(
+            url or spec.token_url, headers=headers, auth=auth, timeout=_timeout(), allow_redirects=False, **body_kwarg
+        )
     except requests.Timeout:
         raise TransientOAuthError("timeout", "the provider did not answer in time") from None
     except requests.RequestException:
         raise TransientOAuthError("connection_error", "the provider could not be reached") from None
     body = _decode_body(response)
     if response.status_code == 429:
-        raise TransientOAuthError("rate_limited", "the provider throttled the request",
-                                  status=429, retry_after=_retry_after(response))
+        raise TransientOAuthError(
+            "rate_limited", "the provider throttled the request", status=429, retry_after=_retry_after(response)
+        )
     if response.status_code >= 500:
-        raise TransientOAuthError("server_error", f"the provider answered {response.status_code}",
-                                  status=response.status_code, retry_after=_retry_after(response))
+        raise TransientOAuthError(
+            "server_error",
+            f"the provider answered {response.status_code}",
+            status=response.status_code,
+            retry_after=_retry_after(response),
+        )
     error = _error_code(spec, body)
     if response.status_code >= 400 or error:
         code = error or f"http_{response.status_code}"
@@ -141,8 +155,9 @@ def token_request(spec, form: dict[str, str], *, url: str | None = None) -> dict
             raise TransientOAuthError(code, description, status=response.status_code)
         raise PermanentOAuthError(code, description, status=response.status_code)
     if not body:
-        raise TransientOAuthError("bad_response", "the provider's token response was not JSON",
-                                  status=response.status_code)
+        raise TransientOAuthError(
+            "bad_response", "the provider's token response was not JSON", status=response.status_code
+        )
     return body
 
 
@@ -177,24 +192,35 @@ def revoke(spec, *, token: str, token_type_hint: str) -> bool:
     if spec.revocation_auth == "bearer":
         headers["Authorization"] = f"Bearer {token}"
     elif spec.revocation_auth != "none":
-        method = {"basic": "client_secret_basic", "post": "client_secret_post"}.get(spec.revocation_auth,
-                                                                                     spec.token_auth)
+        method = {"basic": "client_secret_basic", "post": "client_secret_post"}.get(
+            spec.revocation_auth, spec.token_auth
+        )
         auth, data = _client_auth(spec, data, method)
     body_kwarg: dict[str, Any] = {}
     if data:
         body_kwarg = {"json": data} if spec.revocation_format == "json" else {"data": data}
     try:
-        response = _session.request(spec.revocation_method, spec.revocation_url, auth=auth, timeout=_timeout(),
-                                    headers=headers, allow_redirects=False, **body_kwarg)
+        response = _session.request(
+            spec.revocation_method,
+            spec.revocation_url,
+            auth=auth,
+            timeout=_timeout(),
+            headers=headers,
+            allow_redirects=False,
+            **body_kwarg,
+        )
     except requests.RequestException:
         raise TransientOAuthError("connection_error", "revocation endpoint unreachable") from None
     if 200 <= response.status_code < 300:
         return True
     if response.status_code == 503 or response.status_code == 429 or response.status_code >= 500:
-        raise TransientOAuthError("server_error", f"revocation answered {response.status_code}",
-                                  status=response.status_code, retry_after=_retry_after(response))
+        raise TransientOAuthError(
+            "server_error",
+            f"revocation answered {response.status_code}",
+            status=response.status_code,
+            retry_after=_retry_after(response),
+        )
     body = _decode_body(response)
     if body.get("error") == "unsupported_token_type":
         return False
-    raise PermanentOAuthError(str(body.get("error") or f"http_{response.status_code}"),
-                              status=response.status_code)
+    raise PermanentOAuthError(str(body.get("error") or f"http_{response.status_code}"), status=response.status_code)

@@ -33,8 +33,9 @@ class TransientOAuthError(OAuthError):
 
     transient = True
 
-    def __init__(self, error: str, description: str = "", *, status: int | None = None,
-                 retry_after: int | None = None) -> None:
+    def __init__(
+        self, error: str, description: str = "", *, status: int | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(error, description, status=status)
         self.retry_after = retry_after
 

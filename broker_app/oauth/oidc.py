@@ -66,8 +66,12 @@ def _store(url: str, body: dict[str, Any], ttl: int) -> None:
 
 def _fetch(url: str, require_list: str | None = None) -> tuple[dict[str, Any], int]:
     try:
-        response = http().get(url, timeout=(3, settings.PROVIDER_HTTP_TIMEOUT),
-                              headers={"Accept": "application/json"}, allow_redirects=False)
+        response = http().get(
+            url,
+            timeout=(3, settings.PROVIDER_HTTP_TIMEOUT),
+            headers={"Accept": "application/json"},
+            allow_redirects=False,
+        )
         response.raise_for_status()
         body = response.json()
     except (requests.RequestException, ValueError) as exc:
@@ -132,7 +136,8 @@ def _usable_entries(jwks: dict[str, Any]) -> list[dict[str, Any]]:
     if not isinstance(entries, list):
         return []
     return [
-        entry for entry in entries
+        entry
+        for entry in entries
         if isinstance(entry, dict) and entry.get("kty") in ("RSA", "EC", "OKP") and entry.get("use", "sig") == "sig"
     ]
 
@@ -181,8 +186,9 @@ def signing_key(jwks_uri: str, kid: str, alg: str) -> jwt.PyJWK:
     return keys[0]
 
 
-def verify_id_token(spec, hooks, id_token: str, *, nonce_digest: str | None,
-                    expected: dict[str, Any] | None = None) -> dict[str, Any]:
+def verify_id_token(
+    spec, hooks, id_token: str, *, nonce_digest: str | None, expected: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Verify signature (JWKS), alg, iss, aud, azp, exp, iat and nonce; return the claims.
 
     `expected` pins claims that must not change (a refreshed id_token keeps iss, sub, aud).

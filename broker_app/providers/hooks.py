@@ -15,8 +15,22 @@ from broker_app.oauth.tokens import TokenSet, normalise_token_type, parse_expire
 # \Z, not $: "$" would accept a trailing newline.
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 # Flat, non-secret facts some token responses carry (Salesforce's instance_url …).
-_METADATA_FIELDS = ("instance_url", "id", "issued_at", "realmId", "workspace_id", "workspace_name", "bot_id",
-                    "cloudid", "api_domain", "hub_id", "shop", "account_id", "uid", "tenant_id")
+_METADATA_FIELDS = (
+    "instance_url",
+    "id",
+    "issued_at",
+    "realmId",
+    "workspace_id",
+    "workspace_name",
+    "bot_id",
+    "cloudid",
+    "api_domain",
+    "hub_id",
+    "shop",
+    "account_id",
+    "uid",
+    "tenant_id",
+)
 _REFRESH_LIFETIME_FIELDS = ("refresh_token_expires_in", "refresh_expires_in", "x_refresh_token_expires_in")
 _MAX_VALUE_LENGTH = 512
 
@@ -77,7 +91,7 @@ class ProviderHooks:
         if scopes is None:
             return None
         prefix = spec.scope_strip_prefix
-        scopes = tuple(s[len(prefix):] if prefix and s.startswith(prefix) else s for s in scopes)
+        scopes = tuple(s[len(prefix) :] if prefix and s.startswith(prefix) else s for s in scopes)
         return tuple(dict.fromkeys(spec.scope_aliases.get(s, s) for s in scopes))
 
     def token_type(self, value: Any) -> str:
@@ -169,8 +183,10 @@ class SlackHooks(ProviderHooks):
         if isinstance(user, dict) and user.get("access_token"):
             # The user token's own fields replace the bot token's; nothing else moves (the
             # user's `id` stays under authed_user, where account_fields reads it).
-            data = {**{k: v for k, v in data.items() if k not in _SLACK_TOKEN_KEYS},
-                    **{k: v for k, v in user.items() if k in _SLACK_TOKEN_KEYS}}
+            data = {
+                **{k: v for k, v in data.items() if k not in _SLACK_TOKEN_KEYS},
+                **{k: v for k, v in user.items() if k in _SLACK_TOKEN_KEYS},
+            }
         return super().parse_token_response(spec, data)
 
 

@@ -20,8 +20,15 @@ from broker_app.providers.spec import (
     template,
 )
 
-_URL_FIELDS = ("discovery_url", "authorize_url", "token_url", "revocation_url", "userinfo_url", "jwks_uri",
-               "refresh_url")
+_URL_FIELDS = (
+    "discovery_url",
+    "authorize_url",
+    "token_url",
+    "revocation_url",
+    "userinfo_url",
+    "jwks_uri",
+    "refresh_url",
+)
 _ROW_URL_FIELDS = ("discovery_url", "authorize_url", "token_url", "revocation_url", "userinfo_url")
 
 
@@ -75,8 +82,10 @@ def resolve(provider, params: dict[str, Any] | None = None) -> tuple[ProviderSpe
     algs = tuple(entry.get("id_token_algs", ("RS256",)))
     oidc_enabled = bool(entry.get("oidc", False))
 
-    needs_discovery = oidc_enabled and urls["discovery_url"] and not (
-        urls["authorize_url"] and urls["token_url"] and urls["jwks_uri"] and issuer
+    needs_discovery = (
+        oidc_enabled
+        and urls["discovery_url"]
+        and not (urls["authorize_url"] and urls["token_url"] and urls["jwks_uri"] and issuer)
     )
     if needs_discovery:
         _check_endpoint(urls["discovery_url"], "discovery_url")
@@ -84,9 +93,13 @@ def resolve(provider, params: dict[str, Any] | None = None) -> tuple[ProviderSpe
             doc = oidc.discovery(urls["discovery_url"])
         except oidc.DocumentUnavailable as exc:
             raise ProviderConfigError(str(exc)) from None
-        for field, key in (("authorize_url", "authorization_endpoint"), ("token_url", "token_endpoint"),
-                           ("revocation_url", "revocation_endpoint"), ("userinfo_url", "userinfo_endpoint"),
-                           ("jwks_uri", "jwks_uri")):
+        for field, key in (
+            ("authorize_url", "authorization_endpoint"),
+            ("token_url", "token_endpoint"),
+            ("revocation_url", "revocation_endpoint"),
+            ("userinfo_url", "userinfo_endpoint"),
+            ("jwks_uri", "jwks_uri"),
+        ):
             if not urls[field] and isinstance(doc.get(key), str):
                 urls[field] = doc[key]
         issuer = issuer or str(doc.get("issuer", ""))

@@ -26,17 +26,63 @@ def catalog() -> dict[str, dict[str, Any]]:
 
 # Every key a catalog table may hold (catalog.toml's header explains each). A key outside
 # this set is a typo that would otherwise be ignored silently.
-CATALOG_KEYS = frozenset({
-    "display_name", "docs_url", "scopes_url", "setup_url", "discovery_url", "issuer", "authorize_url",
-    "token_url", "refresh_url", "revocation_url", "userinfo_url", "jwks_uri", "oidc", "scope_separator",
-    "scope_param", "pkce", "default_scopes", "authorize_params", "token_auth", "token_format", "token_headers",
-    "refresh", "refresh_token_rotation", "refresh_token_lifetime_days", "refresh_params", "revocation_method",
-    "revocation_auth", "revocation_format", "revocation_token_param", "revocation_token", "revocation_hint",
-    "error_field", "error_aliases", "transient_errors", "account_fields", "metadata_fields", "callback_params",
-    "scope_aliases", "scope_strip_prefix", "unreported_scopes", "hook", "id_token_algs", "params",
-})
-URL_KEYS = ("discovery_url", "issuer", "authorize_url", "token_url", "refresh_url", "revocation_url",
-            "userinfo_url", "jwks_uri")
+CATALOG_KEYS = frozenset(
+    {
+        "display_name",
+        "docs_url",
+        "scopes_url",
+        "setup_url",
+        "discovery_url",
+        "issuer",
+        "authorize_url",
+        "token_url",
+        "refresh_url",
+        "revocation_url",
+        "userinfo_url",
+        "jwks_uri",
+        "oidc",
+        "scope_separator",
+        "scope_param",
+        "pkce",
+        "default_scopes",
+        "authorize_params",
+        "token_auth",
+        "token_format",
+        "token_headers",
+        "refresh",
+        "refresh_token_rotation",
+        "refresh_token_lifetime_days",
+        "refresh_params",
+        "revocation_method",
+        "revocation_auth",
+        "revocation_format",
+        "revocation_token_param",
+        "revocation_token",
+        "revocation_hint",
+        "error_field",
+        "error_aliases",
+        "transient_errors",
+        "account_fields",
+        "metadata_fields",
+        "callback_params",
+        "scope_aliases",
+        "scope_strip_prefix",
+        "unreported_scopes",
+        "hook",
+        "id_token_algs",
+        "params",
+    }
+)
+URL_KEYS = (
+    "discovery_url",
+    "issuer",
+    "authorize_url",
+    "token_url",
+    "refresh_url",
+    "revocation_url",
+    "userinfo_url",
+    "jwks_uri",
+)
 _CHOICES = {
     "pkce": ("S256", "required", "none"),
     "token_auth": ("client_secret_basic", "client_secret_post"),
@@ -132,9 +178,13 @@ def param_specs(entry: dict[str, Any]) -> dict[str, ParamSpec]:
         if isinstance(raw, str):
             specs[name] = ParamSpec(name=name, pattern=raw)
         else:
-            specs[name] = ParamSpec(name=name, pattern=raw["pattern"], example=raw.get("example", ""),
-                                    operator_only=bool(raw.get("operator_only", False)),
-                                    default=raw.get("default"))
+            specs[name] = ParamSpec(
+                name=name,
+                pattern=raw["pattern"],
+                example=raw.get("example", ""),
+                operator_only=bool(raw.get("operator_only", False)),
+                default=raw.get("default"),
+            )
     return specs
 
 
@@ -203,8 +253,7 @@ def validate_params(entry: dict[str, Any], values: dict[str, Any], *, operator: 
             raise ProviderConfigError(f"unknown parameter {str(name)[:64]!r} (this provider takes: {known})")
         if spec.operator_only and not operator:
             raise ProviderConfigError(f"parameter {name!r} is set by the operator, not per connection")
-        if (not isinstance(value, str) or len(value) > MAX_PARAM_LENGTH
-                or not re.fullmatch(spec.pattern, value)):
+        if not isinstance(value, str) or len(value) > MAX_PARAM_LENGTH or not re.fullmatch(spec.pattern, value):
             hint = f" (expected something like {spec.example!r})" if spec.example else ""
             raise ProviderConfigError(f"parameter {name!r} has an invalid value{hint}")
         clean[name] = value
@@ -242,5 +291,6 @@ def missing_params(entry: dict[str, Any], values: dict[str, str]) -> list[str]:
 
 def open_params(entry: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     """Parameters an agent may (or must) pass per connection: not operator-only, not fixed."""
-    return sorted(name for name, spec in param_specs(entry).items()
-                  if not spec.operator_only and name not in (settings or {}))
+    return sorted(
+        name for name, spec in param_specs(entry).items() if not spec.operator_only and name not in (settings or {})
+    )

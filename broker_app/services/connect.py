@@ -51,8 +51,16 @@ class CallbackOutcome:
     page_error: str | None = None
 
 
-def connection_start(*, workspace: str, user_id: str, provider_name: str, scopes: list[str] | None,
-                     return_url: str, params: dict[str, Any] | None, actor: Actor) -> StartResult:
+def connection_start(
+    *,
+    workspace: str,
+    user_id: str,
+    provider_name: str,
+    scopes: list[str] | None,
+    return_url: str,
+    params: dict[str, Any] | None,
+    actor: Actor,
+) -> StartResult:
     """Create a pending connection and the authorization URL the user must visit."""
     provider = provider_get_by_name(provider_name)
     try:
@@ -90,8 +98,13 @@ def connection_start(*, workspace: str, user_id: str, provider_name: str, scopes
     )
     with transaction.atomic():
         connection.save(force_insert=True)
-        audit_record(connection_id=connection.id, workspace=workspace, actor=actor,
-                     action="connection.requested", detail={"provider": provider.name, "scopes": requested})
+        audit_record(
+            connection_id=connection.id,
+            workspace=workspace,
+            actor=actor,
+            action="connection.requested",
+            detail={"provider": provider.name, "scopes": requested},
+        )
     metrics.CONNECTIONS_STARTED.labels(provider=provider.name).inc()
     logger.info("connection requested", extra={"connection_id": connection.id, "provider": provider.name})
     return StartResult(connection=connection, auth_url=auth_url, state=state)
@@ -107,8 +120,10 @@ def _claim_state(state: str) -> tuple[Connection | None, str | None]:
     """Consume the state (single use) and return its connection, or a page error."""
     with transaction.atomic():
         connection = (
-            Connection.objects.select_for_update().select_related("provider")
-            .filter(state_digest=crypto.digest(state)).first()
+            Connection.objects.select_for_update()
+            .select_related("provider")
+            .filter(state_digest=crypto.digest(state))
+            .first()
         )
         if connection is None:
             return None, "unknown_state"
@@ -119,16 +134,23 @@ def _claim_state(state: str) -> tuple[Connection | None, str | None]:
     return connection, None
 
 
-def connection_fail(connection: Connection, *, error: str, description: str = "",
-                    actor: Actor = SYSTEM) -> None:
+def connection_fail(connection: Connection, *, error: str, description: str = "", actor: Actor = SYSTEM) -> None:
     with transaction.atomic():
         updated = Connection.objects.filter(pk=connection.pk, status=Connection.Status.PENDING).update(
-            status=Connection.Status.FAILED, error=safe_code(error), error_description=description[:512],
-            pkce_verifier_enc="", updated_at=timezone.now(),
+            status=Connection.Status.FAILED,
+            error=safe_code(error),
+            error_description=description[:512],
+            pkce_verifier_enc="",
+            updated_at=timezone.now(),
         )
         if updated:
-            audit_record(connection_id=connection.id, workspace=connection.workspace, actor=actor,
-                         action="connection.failed", detail={"error": safe_code(error)})
+            audit_record(
+                connection_id=connection.id,
+                workspace=connection.workspace,
+                actor=actor,
+                action="connection.failed",
+                detail={"error": safe_code(error)},
+            )
     connection.status, connection.error = Connection.Status.FAILED, safe_code(error)
     metrics.CONNECTIONS_FAILED.labels(provider=connection.provider.name, reason=safe_code(error)).inc()
     logger.info("connection failed", extra={"connection_id": connection.id, "reason": safe_code(error)})
@@ -144,8 +166,9 @@ def _emit(connection_id: str, event: str) -> None:
 def _error_redirect(connection: Connection, error: str) -> CallbackOutcome:
     return CallbackOutcome(
         connection=connection,
-        redirect_url=with_query(connection.return_url,
-                                {"status": "error", "error": safe_code(error), "connection_id": connection.id}),
+        redirect_url=with_query(
+            connection.return_url, {"status": "error", "error": safe_code(error), "connection_id": connection.id}
+        ),
     )
 
 
@@ -156,13 +179,22 @@ def _callback_metadata(spec, callback_params: Mapping[str, str] | None) -> dict[
     """The callback query parameters the catalog names (QuickBooks' realmId), when plain."""
     if not callback_params:
         return {}
-    return {name: callback_params[name] for name in spec.callback_params
-            if isinstance(callback_params.get(name), str) and _CALLBACK_VALUE.match(callback_params[name])}
+    return {
+        name: callback_params[name]
+        for name in spec.callback_params
+        if isinstance(callback_params.get(name), str) and _CALLBACK_VALUE.match(callback_params[name])
+    }
 
 
-def connection_complete(*, state: str | None, code: str | None, iss: str | None,
-                        error: str | None, error_description: str | None,
-                        callback_params: Mapping[str, str] | None = None) -> CallbackOutcome:
+def connection_complete(
+    *,
+    state: str | None,
+    code: str | None,
+    iss: str | None,
+    error: str | None,
+    error_description: str | None,
+    callback_params: Mapping[str, str] | None = None,
+) -> CallbackOutcome:
     """Handle the provider's redirect: check state and iss, exchange the code (PKCE),
     verify the id_token, store the tokens, activate the connection."""
     if not state:
@@ -196,8 +228,7 @@ def connection_complete(*, state: str | None, code: str | None, iss: str | None,
     claims = None
     if tokens.id_token and spec.oidc:
         try:
-            claims = oidc.verify_id_token(spec, hooks, tokens.id_token,
-                                          nonce_digest=connection.nonce_digest or None)
+            claims = oidc.verify_id_token(spec, hooks, tokens.id_token, nonce_digest=connection.nonce_digest or None)
         except (IdTokenError, oidc.DocumentUnavailable) as exc:
             connection_fail(connection, error="invalid_id_token", description=str(exc))
             return _error_redirect(connection, "invalid_id_token")
@@ -262,8 +293,13 @@ def _activate(connection: Connection, tokens: TokenSet, *, account: dict[str, An
         connection.nonce_digest = ""
         connection.error = connection.error_description = ""
         connection.save()
-        audit_record(connection_id=connection.id, workspace=connection.workspace, actor=SYSTEM,
-                     action="connection.activated", detail={"granted_scopes": connection.granted_scopes})
+        audit_record(
+            connection_id=connection.id,
+            workspace=connection.workspace,
+            actor=SYSTEM,
+            action="connection.activated",
+            detail={"granted_scopes": connection.granted_scopes},
+        )
         transaction.on_commit(lambda: _emit(connection.id, "connection.activated"))
     metrics.CONNECTIONS_ACTIVATED.labels(provider=connection.provider.name).inc()
     logger.info("connection activated", extra={"connection_id": connection.id})

@@ -50,21 +50,29 @@ def due_queryset(*, now: datetime, window_seconds: int, provider_name: str | Non
     """Active connections with a refresh token whose access token expires within the window
     and that no earlier sweep has claimed (nor a backoff deferred). Tokens without an expiry
     are never due: nothing tells when to refresh them, so they are not refreshed in a loop."""
-    queryset = Connection.objects.filter(
-        status=Connection.Status.ACTIVE,
-        expires_at__isnull=False,
-        expires_at__lte=now + timedelta(seconds=window_seconds),
-    ).exclude(refresh_token_enc="").filter(
-        Q(next_refresh_attempt_at__isnull=True) | Q(next_refresh_attempt_at__lte=now)
+    queryset = (
+        Connection.objects.filter(
+            status=Connection.Status.ACTIVE,
+            expires_at__isnull=False,
+            expires_at__lte=now + timedelta(seconds=window_seconds),
+        )
+        .exclude(refresh_token_enc="")
+        .filter(Q(next_refresh_attempt_at__isnull=True) | Q(next_refresh_attempt_at__lte=now))
     )
     if provider_name:
         queryset = queryset.filter(provider__name__iexact=provider_name)
     return queryset
 
 
-def batch_queryset(*, now: datetime, window_seconds: int, provider_name: str | None = None,
-                   cursor: datetime | None = None, seen_at_cursor: list[str] | None = None,
-                   lock: bool = True) -> QuerySet:
+def batch_queryset(
+    *,
+    now: datetime,
+    window_seconds: int,
+    provider_name: str | None = None,
+    cursor: datetime | None = None,
+    seen_at_cursor: list[str] | None = None,
+    lock: bool = True,
+) -> QuerySet:
     """One sweep batch (slice it): (id, expires_at) of due rows in index order from the cursor
     on, skipping rows locked elsewhere (lock=True also locks the ones it returns)."""
     queryset = due_queryset(now=now, window_seconds=window_seconds, provider_name=provider_name)
@@ -77,8 +85,15 @@ def batch_queryset(*, now: datetime, window_seconds: int, provider_name: str | N
     return queryset.order_by("expires_at").values_list("id", "expires_at")
 
 
-def sweep_due(*, window_seconds: int | None = None, provider_name: str | None = None, dry_run: bool = False,
-              batch_size: int | None = None, enqueue: bool = True, limit: int | None = None) -> SweepResult:
+def sweep_due(
+    *,
+    window_seconds: int | None = None,
+    provider_name: str | None = None,
+    dry_run: bool = False,
+    batch_size: int | None = None,
+    enqueue: bool = True,
+    limit: int | None = None,
+) -> SweepResult:
     """Select connections expiring within the window, claim them and (enqueue) queue one
     refresh task each. dry_run only lists them (no lock, no claim)."""
     from broker_app.tasks import refresh_connection
@@ -95,8 +110,14 @@ def sweep_due(*, window_seconds: int | None = None, provider_name: str | None = 
     while limit is None or result.selected < limit:
         take = batch if limit is None else min(batch, limit - result.selected)
         with transaction.atomic():
-            queryset = batch_queryset(now=now, window_seconds=window, provider_name=provider_name, cursor=cursor,
-                                      seen_at_cursor=seen_at_cursor, lock=not dry_run)
+            queryset = batch_queryset(
+                now=now,
+                window_seconds=window,
+                provider_name=provider_name,
+                cursor=cursor,
+                seen_at_cursor=seen_at_cursor,
+                lock=not dry_run,
+            )
             rows = list(queryset[:take])
             if not rows:
                 break
@@ -110,15 +131,15 @@ def sweep_due(*, window_seconds: int | None = None, provider_name: str | None = 
             result.connection_ids.extend(ids)
             if not dry_run:
                 Connection.objects.filter(id__in=ids).update(
-                    next_refresh_attempt_at=now + timedelta(seconds=CLAIM_SECONDS))
+                    next_refresh_attempt_at=now + timedelta(seconds=CLAIM_SECONDS)
+                )
                 if enqueue:
                     transaction.on_commit(lambda ids=ids: _fan_out(refresh_connection, ids))
                     result.queued += len(ids)
         if len(rows) < take:
             break
     if result.selected:
-        logger.info("refresh sweep", extra={"selected": result.selected, "queued": result.queued,
-                                            "dry_run": dry_run})
+        logger.info("refresh sweep", extra={"selected": result.selected, "queued": result.queued, "dry_run": dry_run})
     return result
 
 
@@ -186,9 +207,12 @@ def refresh_one(*, task, connection_id: str) -> str:
     concurrency limit, refresh through the single-flight service. A transient failure is
     not retried here: the service deferred the row by a backoff with jitter and a later
     sweep queues it again then; a lock held by another refresh is retried shortly."""
-    connection = (Connection.objects.filter(pk=connection_id).select_related("provider")
-                  .only("id", "status", "expires_at", "last_refreshed_at", "refresh_token_enc",
-                        "provider__name").first())
+    connection = (
+        Connection.objects.filter(pk=connection_id)
+        .select_related("provider")
+        .only("id", "status", "expires_at", "last_refreshed_at", "refresh_token_enc", "provider__name")
+        .first()
+    )
     if connection is None or connection.status != Connection.Status.ACTIVE:
         return "not_active"
     provider = connection.provider.name

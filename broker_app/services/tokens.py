@@ -139,21 +139,25 @@ def proactive_due(connection: Connection, *, window_seconds: int | None = None) 
     if connection.expires_at is None:
         return False
     window = settings.REFRESH_SWEEP_WINDOW_SECONDS if window_seconds is None else window_seconds
-    lead = refresh_lead(expires_at=connection.expires_at, refreshed_at=connection.last_refreshed_at,
-                        window_seconds=window)
+    lead = refresh_lead(
+        expires_at=connection.expires_at, refreshed_at=connection.last_refreshed_at, window_seconds=window
+    )
     return connection.expires_at - timezone.now() <= lead
 
 
 def _next_proactive_attempt(connection: Connection) -> datetime | None:
     if connection.expires_at is None:
         return None
-    return connection.expires_at - refresh_lead(expires_at=connection.expires_at,
-                                                refreshed_at=connection.last_refreshed_at,
-                                                window_seconds=settings.REFRESH_SWEEP_WINDOW_SECONDS)
+    return connection.expires_at - refresh_lead(
+        expires_at=connection.expires_at,
+        refreshed_at=connection.last_refreshed_at,
+        window_seconds=settings.REFRESH_SWEEP_WINDOW_SECONDS,
+    )
 
 
-def token_read(*, connection_id: str, workspace: str | None, actor: Actor, auto_refresh: bool = False,
-               min_ttl: int = 60) -> TokenView:
+def token_read(
+    *, connection_id: str, workspace: str | None, actor: Actor, auto_refresh: bool = False, min_ttl: int = 60
+) -> TokenView:
     """The connection's current token; with auto_refresh, refreshed first when it expires
     within `min_ttl` seconds. When that refresh fails transiently, a token that is still
     valid is served anyway (the agent sees its expires_at); an expired one answers 503."""
@@ -162,8 +166,9 @@ def token_read(*, connection_id: str, workspace: str | None, actor: Actor, auto_
         raise _not_active(connection)
     if auto_refresh and connection.refresh_token_enc and not _fresh(connection, min_ttl):
         try:
-            return token_refresh(connection_id=connection_id, workspace=workspace, actor=actor,
-                                 force=False, min_ttl=min_ttl)
+            return token_refresh(
+                connection_id=connection_id, workspace=workspace, actor=actor, force=False, min_ttl=min_ttl
+            )
         except ProviderUnavailable:
             if connection.expires_at is None or connection.expires_at <= timezone.now():
                 raise
@@ -202,29 +207,43 @@ def backoff_delay(failures: int, retry_after: int | None = None) -> timedelta:
     return timedelta(seconds=max(base * random.uniform(0.5, 1.0), retry_after or 0))
 
 
-def token_refresh(*, connection_id: str, workspace: str | None, actor: Actor, force: bool = True,
-                  min_ttl: int | None = None) -> TokenView:
+def token_refresh(
+    *, connection_id: str, workspace: str | None, actor: Actor, force: bool = True, min_ttl: int | None = None
+) -> TokenView:
     """Refresh the connection's tokens at the provider, single-flight, and return them.
     With force=False it refreshes only when the token expires within `min_ttl` seconds
     (auto_refresh). Raises ConnectionNotActive (409: failed, e.g. invalid_grant),
     ProviderUnavailable (503 + Retry-After: transient, tokens unchanged), ProviderError (502)."""
-    outcome, connection, error = _refresh(connection_id=connection_id, workspace=workspace, actor=actor,
-                                          force=force, min_ttl=min_ttl)
+    outcome, connection, error = _refresh(
+        connection_id=connection_id, workspace=workspace, actor=actor, force=force, min_ttl=min_ttl
+    )
     if error is not None:
         raise error
     if outcome != "success":
-        audit_record(connection_id=connection.id, workspace=connection.workspace, actor=actor,
-                     action="token.read", detail={"refresh": outcome})
+        audit_record(
+            connection_id=connection.id,
+            workspace=connection.workspace,
+            actor=actor,
+            action="token.read",
+            detail={"refresh": outcome},
+        )
     return _view(connection)
 
 
-def token_refresh_due(*, connection_id: str, window_seconds: int | None = None,
-                      actor: Actor = SWEEP_ACTOR) -> RefreshResult:
+def token_refresh_due(
+    *, connection_id: str, window_seconds: int | None = None, actor: Actor = SWEEP_ACTOR
+) -> RefreshResult:
     """The proactive path (sweep task, `refresh_due`): refresh when still due by the sweep's
     rule, re-checked under the row lock. Never raises for an expected outcome."""
     try:
-        outcome, _connection, error = _refresh(connection_id=connection_id, workspace=None, actor=actor,
-                                               force=False, min_ttl=None, window_seconds=window_seconds)
+        outcome, _connection, error = _refresh(
+            connection_id=connection_id,
+            workspace=None,
+            actor=actor,
+            force=False,
+            min_ttl=None,
+            window_seconds=window_seconds,
+        )
     except (ConnectionNotActive, NotFound):
         return RefreshResult("not_active")
     except RefreshNotSupported:
@@ -236,8 +255,15 @@ def token_refresh_due(*, connection_id: str, window_seconds: int | None = None,
     return RefreshResult(outcome)
 
 
-def _refresh(*, connection_id: str, workspace: str | None, actor: Actor, force: bool, min_ttl: int | None,
-             window_seconds: int | None = None) -> tuple[str, Connection, ApiError | None]:
+def _refresh(
+    *,
+    connection_id: str,
+    workspace: str | None,
+    actor: Actor,
+    force: bool,
+    min_ttl: int | None,
+    window_seconds: int | None = None,
+) -> tuple[str, Connection, ApiError | None]:
     """The one refresh service. Returns the outcome, the row as committed, and the error
     to raise for it (raised only after commit: a failed status must be stored first)."""
     seen = connection_get(connection_id=connection_id, workspace=workspace)
@@ -261,15 +287,17 @@ def _refresh(*, connection_id: str, workspace: str | None, actor: Actor, force: 
             elif force and _just_refreshed(connection):
                 outcome, error = "coalesced", None
             elif not connection.refresh_token_enc:
-                raise RefreshNotSupported("this connection has no refresh token; the provider's tokens "
-                                          "cannot be refreshed")
+                raise RefreshNotSupported(
+                    "this connection has no refresh token; the provider's tokens cannot be refreshed"
+                )
             else:
                 outcome, error = _refresh_locked(connection, actor, attempt)
     except OperationalError as exc:
         if _is_lock_timeout(exc):
             metrics.refresh_outcome(provider_name, "lock_timeout")
-            raise ProviderUnavailable("a refresh of this connection is already in progress; retry shortly",
-                                      retry_after=2) from None
+            raise ProviderUnavailable(
+                "a refresh of this connection is already in progress; retry shortly", retry_after=2
+            ) from None
         _log_lost_result(connection_id, attempt)
         raise
     except DatabaseError:
@@ -298,8 +326,11 @@ def _due(connection: Connection, *, min_ttl: int | None, window_seconds: int | N
 
 
 def _just_refreshed(connection: Connection) -> bool:
-    return bool(connection.token_version > 1 and connection.last_refreshed_at
-                and timezone.now() - connection.last_refreshed_at < timedelta(seconds=COALESCE_SECONDS))
+    return bool(
+        connection.token_version > 1
+        and connection.last_refreshed_at
+        and timezone.now() - connection.last_refreshed_at < timedelta(seconds=COALESCE_SECONDS)
+    )
 
 
 def _defer(connection: Connection, retry_after: int | None) -> None:
@@ -315,10 +346,14 @@ def _fail(connection: Connection, actor: Actor, *, error: str, description: str)
     connection.error = error
     connection.error_description = description
     connection.next_refresh_attempt_at = None
-    connection.save(update_fields=["status", "error", "error_description", "next_refresh_attempt_at",
-                                   "updated_at"])
-    audit_record(connection_id=connection.id, workspace=connection.workspace, actor=actor,
-                 action="connection.failed", detail={"error": error})
+    connection.save(update_fields=["status", "error", "error_description", "next_refresh_attempt_at", "updated_at"])
+    audit_record(
+        connection_id=connection.id,
+        workspace=connection.workspace,
+        actor=actor,
+        action="connection.failed",
+        detail={"error": error},
+    )
     metrics.CONNECTIONS_FAILED.labels(provider=connection.provider.name, reason=error).inc()
     transaction.on_commit(lambda: _emit(connection.id, "connection.failed"))
 
@@ -333,8 +368,9 @@ def _refresh_locked(connection: Connection, actor: Actor, attempt: _Attempt) -> 
         tokens = client.refresh(spec, hooks, refresh_token=refresh_token)
     except TransientOAuthError as exc:
         _defer(connection, exc.retry_after)
-        logger.warning("refresh failed transiently; tokens kept",
-                       extra={"connection_id": connection.id, "reason": exc.error})
+        logger.warning(
+            "refresh failed transiently; tokens kept", extra={"connection_id": connection.id, "reason": exc.error}
+        )
         return "transient", ProviderUnavailable(
             f"the provider is temporarily unavailable ({exc.error}); stored tokens are unchanged",
             retry_after=exc.retry_after or 5,
@@ -348,11 +384,17 @@ def _refresh_locked(connection: Connection, actor: Actor, attempt: _Attempt) -> 
             return "rejected", ProviderError(f"the provider rejected the refresh ({exc.error})")
         if _stored_refresh_token_changed(connection, refresh_token):
             connection.refresh_from_db()
-            logger.info("invalid_grant after a newer refresh was stored: lost race, stored tokens used",
-                        extra={"connection_id": connection.id})
+            logger.info(
+                "invalid_grant after a newer refresh was stored: lost race, stored tokens used",
+                extra={"connection_id": connection.id},
+            )
             return "lost_race", None
-        _fail(connection, actor, error="invalid_grant",
-              description="the provider no longer accepts the refresh token; the user must reconnect")
+        _fail(
+            connection,
+            actor,
+            error="invalid_grant",
+            description="the provider no longer accepts the refresh token; the user must reconnect",
+        )
         logger.warning("refresh invalid_grant: connection failed", extra={"connection_id": connection.id})
         return "invalid_grant", _not_active(connection)
     finally:
@@ -361,20 +403,27 @@ def _refresh_locked(connection: Connection, actor: Actor, attempt: _Attempt) -> 
     if tokens.id_token and spec.oidc:
         account = connection.account or {}
         try:
-            oidc.verify_id_token(spec, hooks, tokens.id_token, nonce_digest=None,
-                                 expected={"iss": account.get("iss"), "sub": account.get("sub"),
-                                           "aud": spec.client_id})
+            oidc.verify_id_token(
+                spec,
+                hooks,
+                tokens.id_token,
+                nonce_digest=None,
+                expected={"iss": account.get("iss"), "sub": account.get("sub"), "aud": spec.client_id},
+            )
         except oidc.DocumentUnavailable:
             # Cannot verify it now; the access and refresh tokens are fine (and the refresh
             # token may have rotated): keep the previous, verified id_token.
-            logger.warning("refreshed id_token not verifiable now; previous one kept",
-                           extra={"connection_id": connection.id})
+            logger.warning(
+                "refreshed id_token not verifiable now; previous one kept", extra={"connection_id": connection.id}
+            )
             tokens = dataclasses.replace(tokens, id_token=None)
         except IdTokenError as exc:
             # A different identity (or a forged token) must never be served as this user's.
             _fail(connection, actor, error="invalid_id_token", description=str(exc)[:200])
-            logger.warning("refreshed id_token rejected: connection failed",
-                           extra={"connection_id": connection.id, "reason": str(exc)})
+            logger.warning(
+                "refreshed id_token rejected: connection failed",
+                extra={"connection_id": connection.id, "reason": str(exc)},
+            )
             return "invalid_id_token", _not_active(connection)
     recovered = connection.refresh_failures > 0
     changed = store_tokens(connection, tokens, keep_refresh_token=True)
@@ -382,8 +431,13 @@ def _refresh_locked(connection: Connection, actor: Actor, attempt: _Attempt) -> 
     connection.refresh_failures = 0
     connection.next_refresh_attempt_at = _next_proactive_attempt(connection)
     connection.save(update_fields=[*changed, "last_refreshed_at", "refresh_failures", "next_refresh_attempt_at"])
-    audit_record(connection_id=connection.id, workspace=connection.workspace, actor=actor,
-                 action="token.refreshed", detail={"rotated": bool(tokens.refresh_token)})
+    audit_record(
+        connection_id=connection.id,
+        workspace=connection.workspace,
+        actor=actor,
+        action="token.refreshed",
+        detail={"rotated": bool(tokens.refresh_token)},
+    )
     if recovered:
         transaction.on_commit(lambda: _emit(connection.id, "connection.refreshed_after_failure"))
     logger.info("refreshed", extra={"connection_id": connection.id})
@@ -434,8 +488,13 @@ def connection_revoke(*, connection_id: str, workspace: str | None, actor: Actor
         locked.state_digest = None
         locked.expires_at = None
         locked.save()
-        audit_record(connection_id=locked.id, workspace=locked.workspace, actor=actor,
-                     action="connection.revoked", detail={"provider_revoked": revoke_ok})
+        audit_record(
+            connection_id=locked.id,
+            workspace=locked.workspace,
+            actor=actor,
+            action="connection.revoked",
+            detail={"provider_revoked": revoke_ok},
+        )
         transaction.on_commit(lambda: _emit(locked.id, "connection.revoked"))
     metrics.CONNECTIONS_REVOKED.labels(provider=locked.provider.name).inc()
     return locked

@@ -12,9 +12,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = Path(env_str("DROMOS_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = require_secret(
-    "DJANGO_SECRET_KEY", debug=DEBUG, dev_default="dev-only-insecure-secret-key-do-not-deploy"
-)
+SECRET_KEY = require_secret("DJANGO_SECRET_KEY", debug=DEBUG, dev_default="dev-only-insecure-secret-key-do-not-deploy")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
 
 # Embedded default: without DATABASE_URL one SQLite file (no external services).
@@ -35,8 +33,7 @@ if DATABASE_URL:
         DATABASES["default"]["ENGINE"] = "dromos.db"
         # An unreachable server fails the request in seconds (503, dromos.errors), not after
         # the kernel's TCP timeout of minutes that would outlast gunicorn's worker timeout.
-        DATABASES["default"].setdefault("OPTIONS", {}).setdefault(
-            "connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5))
+        DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5))
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -53,9 +50,13 @@ REDIS_URL = env_str("REDIS_URL")
 # limit and revocation marker (gateway_app.services) instead of hanging requests.
 REDIS_TIMEOUT_SECONDS = float(env_str("REDIS_TIMEOUT_SECONDS", "1"))
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
-                          "OPTIONS": {"socket_timeout": REDIS_TIMEOUT_SECONDS,
-                                      "socket_connect_timeout": REDIS_TIMEOUT_SECONDS}}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {"socket_timeout": REDIS_TIMEOUT_SECONDS, "socket_connect_timeout": REDIS_TIMEOUT_SECONDS},
+        }
+    }
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
@@ -153,9 +154,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {"request_id": {"()": "dromos.logging.RequestIdFilter"}},
     "formatters": {"json": {"()": "dromos.logging.JsonFormatter"}},
-    "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"]}
-    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},

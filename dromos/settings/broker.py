@@ -28,8 +28,10 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 ROOT_URLCONF = "dromos.urls_broker"
-METRICS_COLLECTORS = ["broker_app.collectors.ConnectionStatusCollector",
-                      "broker_app.metrics.refresh_outcomes_collector"]
+METRICS_COLLECTORS = [
+    "broker_app.collectors.ConnectionStatusCollector",
+    "broker_app.metrics.refresh_outcomes_collector",
+]
 METRICS_CONNECTIONS_CACHE_SECONDS = env_int("METRICS_CONNECTIONS_CACHE_SECONDS", 15)
 
 BASE_URL = env_str("BASE_URL", "http://127.0.0.1:8001").rstrip("/")

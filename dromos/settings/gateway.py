@@ -7,8 +7,13 @@ from .base import INSTALLED_APPS, MIDDLEWARE
 
 DROMOS_ROLE = "gateway"
 MIDDLEWARE = [*MIDDLEWARE, "django.middleware.clickjacking.XFrameOptionsMiddleware"]
-INSTALLED_APPS = [*INSTALLED_APPS, "django.contrib.staticfiles", "drf_spectacular", "drf_spectacular_sidecar",
-                  "gateway_app"]
+INSTALLED_APPS = [
+    *INSTALLED_APPS,
+    "django.contrib.staticfiles",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "gateway_app",
+]
 ROOT_URLCONF = "dromos.urls_gateway"
 
 BROKER_INTERNAL_URL = env_str("BROKER_INTERNAL_URL", "http://127.0.0.1:8001").rstrip("/")

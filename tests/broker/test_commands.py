@@ -22,15 +22,32 @@ def _run(*args) -> str:
 
 
 def test_provider_upsert_creates_then_updates_google():
-    out = _run("provider", "upsert", "--name", "google", "--client-id", "cid.apps.googleusercontent.com",
-               "--client-secret", "very-secret-value", "--default-scopes", "openid email",
-               "--authorize-param", "hd=example.com", "--token-auth", "client_secret_post")
+    out = _run(
+        "provider",
+        "upsert",
+        "--name",
+        "google",
+        "--client-id",
+        "cid.apps.googleusercontent.com",
+        "--client-secret",
+        "very-secret-value",
+        "--default-scopes",
+        "openid email",
+        "--authorize-param",
+        "hd=example.com",
+        "--token-auth",
+        "client_secret_post",
+    )
     assert out.startswith("created provider google (template google")
     provider = Provider.objects.get(name="google")
     assert "very-secret-value" not in provider.client_secret_enc and client_secret(provider) == "very-secret-value"
     spec, _ = resolve(provider)
-    assert spec.authorize_params == {"access_type": "offline", "prompt": "consent", "include_granted_scopes": "true",
-                                     "hd": "example.com"}
+    assert spec.authorize_params == {
+        "access_type": "offline",
+        "prompt": "consent",
+        "include_granted_scopes": "true",
+        "hd": "example.com",
+    }
     assert spec.default_scopes == ("openid", "email") and spec.token_auth == "client_secret_post"
     assert "very-secret-value" not in repr(spec)
     _run("provider", "upsert", "--name", "google", "--client-id", "other-id")
@@ -42,8 +59,18 @@ def test_provider_upsert_creates_then_updates_google():
 
 
 def test_provider_upsert_generic_oidc_from_discovery(fake_provider):
-    out = _run("provider", "upsert", "--name", "corp-sso", "--discovery-url", fake_provider.discovery_url,
-               "--client-id", "c", "--client-secret", "s")
+    out = _run(
+        "provider",
+        "upsert",
+        "--name",
+        "corp-sso",
+        "--discovery-url",
+        fake_provider.discovery_url,
+        "--client-id",
+        "c",
+        "--client-secret",
+        "s",
+    )
     assert "template oidc" in out
     spec, _ = resolve(Provider.objects.get(name="corp-sso"))
     assert spec.token_url == f"{fake_provider.url}/token" and spec.issuer == fake_provider.issuer
@@ -53,16 +80,30 @@ def test_provider_upsert_rejects_unknown_template_and_unreachable_discovery():
     with pytest.raises(CommandError, match="unknown template"):
         _run("provider", "upsert", "--name", "x", "--template", "nope")
     with pytest.raises(CommandError, match="not saved"):
-        _run("provider", "upsert", "--name", "y", "--discovery-url", "http://127.0.0.1:9/.well-known/x",
-             "--client-id", "c")
+        _run(
+            "provider",
+            "upsert",
+            "--name",
+            "y",
+            "--discovery-url",
+            "http://127.0.0.1:9/.well-known/x",
+            "--client-id",
+            "c",
+        )
     assert not Provider.objects.filter(name__in=["x", "y"]).exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--name", "bad name!", "--template", "oidc", "--discovery-url", "https://idp.example.com"), "name: "),
-    (("--name", "okname", "--template", "oidc", "--discovery-url", "not a url"), "discovery_url: Enter a valid URL"),
-    (("--name", "x" * 65, "--template", "oidc", "--discovery-url", "https://idp.example.com"), "name: "),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--name", "bad name!", "--template", "oidc", "--discovery-url", "https://idp.example.com"), "name: "),
+        (
+            ("--name", "okname", "--template", "oidc", "--discovery-url", "not a url"),
+            "discovery_url: Enter a valid URL",
+        ),
+        (("--name", "x" * 65, "--template", "oidc", "--discovery-url", "https://idp.example.com"), "name: "),
+    ],
+)
 def test_provider_upsert_refuses_invalid_fields_with_a_one_line_error(args, message):
     """A CommandError (one line, exit 1), not a ValidationError traceback; nothing saved."""
     with pytest.raises(CommandError, match=f"^provider not saved: {message}"):

@@ -23,9 +23,16 @@ def active(settings):
     from broker_app import crypto
 
     provider = Provider.objects.create(name="hot", template="github", client_id="x")
-    row = Connection.objects.create(id="c_hot_path_0123456789abcdef", workspace="ws-a", user_id="u", provider=provider,
-                                    status="active", scopes=["read:user"], granted_scopes=["read:user", "repo"],
-                                    token_type="bearer")
+    row = Connection.objects.create(
+        id="c_hot_path_0123456789abcdef",
+        workspace="ws-a",
+        user_id="u",
+        provider=provider,
+        status="active",
+        scopes=["read:user"],
+        granted_scopes=["read:user", "repo"],
+        token_type="bearer",
+    )
     row.access_token_enc = crypto.encrypt("gho_hot_path_token", aad=row.aad("access_token"))
     row.save(update_fields=["access_token_enc"])
     return row
@@ -40,10 +47,19 @@ def _backend_pid() -> int:
 def test_token_read_serves_the_row_and_audits_it_with_prepared_statements(active):
     view = token_read(connection_id=active.id, workspace="ws-a", actor=Actor("apikey:abcd1234", "ws-a", "10.1.2.3"))
     assert (view.access_token, view.provider_name, view.scopes, view.token_type) == (
-        "gho_hot_path_token", "hot", ["read:user", "repo"], "bearer")
+        "gho_hot_path_token",
+        "hot",
+        ["read:user", "repo"],
+        "bearer",
+    )
     event = AuditEvent.objects.get(connection_id=active.id)
     assert (event.action, event.actor, event.workspace, event.ip, event.detail) == (
-        "token.read", "apikey:abcd1234", "ws-a", "10.1.2.3", {})
+        "token.read",
+        "apikey:abcd1234",
+        "ws-a",
+        "10.1.2.3",
+        {},
+    )
     with connection.cursor() as cursor:
         cursor.execute("SELECT statement FROM pg_prepared_statements")
         prepared = [row[0] for row in cursor.fetchall()]
@@ -81,8 +97,9 @@ def test_a_connection_cut_while_idle_is_replaced_before_the_next_request(active)
         close_old_connections()  # request boundary
         first = _backend_pid()
         close_old_connections()
-        with psycopg.connect(f"dbname={connection.settings_dict['NAME']} host=127.0.0.1 user=postgres",
-                             autocommit=True) as admin:
+        with psycopg.connect(
+            f"dbname={connection.settings_dict['NAME']} host=127.0.0.1 user=postgres", autocommit=True
+        ) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", [first])
         time.sleep(0.3)
         close_old_connections()  # the next request starts …

@@ -24,8 +24,9 @@ def test_make_run_command_walks_the_flow_without_external_services(tmp_path):
     args = [sys.executable, "devtools/stack.py", "up", "--embedded", "--demo", "--workdir", str(tmp_path / "var")]
     for flag, port in ports.items():
         args += [flag, str(port)]
-    process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 120

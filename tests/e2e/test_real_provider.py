@@ -31,9 +31,17 @@ def test_typical_flow_against_a_real_oidc_provider(real_stack):
     providers = _gw(real_stack, "GET", "/v1/providers").json()["providers"]
     assert [p["name"] for p in providers] == ["local"]
 
-    started = _gw(real_stack, "POST", "/v1/request-connection", json={
-        "user_id": "workspace-123", "provider_name": "local", "scopes": ["openid", "email", "profile", "offline_access"],
-        "return_url": RETURN_URL})
+    started = _gw(
+        real_stack,
+        "POST",
+        "/v1/request-connection",
+        json={
+            "user_id": "workspace-123",
+            "provider_name": "local",
+            "scopes": ["openid", "email", "profile", "offline_access"],
+            "return_url": RETURN_URL,
+        },
+    )
     assert started.status_code == 201, started.text
     body = started.json()
     assert body["authUrl"].startswith(real_stack.oidc.issuer + "/auth?")
@@ -73,8 +81,11 @@ def test_typical_flow_against_a_real_oidc_provider(real_stack):
     assert _gw(real_stack, "GET", f"/v1/check-connection/{cid}").json()["status"] == "active"
 
     # The broker's refresh endpoint from the guide (temporary until the gateway proxy).
-    broker_refresh = requests.post(f"{real_stack.broker_url}/connections/{cid}/refresh",
-                                   headers={"X-API-Key": real_stack.env["BROKER_API_KEY"]}, timeout=30)
+    broker_refresh = requests.post(
+        f"{real_stack.broker_url}/connections/{cid}/refresh",
+        headers={"X-API-Key": real_stack.env["BROKER_API_KEY"]},
+        timeout=30,
+    )
     assert broker_refresh.status_code == 200
     assert requests.post(f"{real_stack.broker_url}/connections/{cid}/refresh", timeout=30).status_code == 401
 
@@ -85,8 +96,12 @@ def test_typical_flow_against_a_real_oidc_provider(real_stack):
 
 
 def test_denied_consent_redirects_with_error_and_fails_the_connection(real_stack):
-    started = _gw(real_stack, "POST", "/v1/request-connection", json={
-        "user_id": "workspace-123", "provider_name": "local", "return_url": RETURN_URL}).json()
+    started = _gw(
+        real_stack,
+        "POST",
+        "/v1/request-connection",
+        json={"user_id": "workspace-123", "provider_name": "local", "return_url": RETURN_URL},
+    ).json()
     final = complete_consent(started["authUrl"], login="bob", deny=True, stop_at_prefix=RETURN_URL)
     query = _query(final)
     assert query["status"] == "error" and query["error"] == "access_denied"
@@ -98,10 +113,15 @@ def test_denied_consent_redirects_with_error_and_fails_the_connection(real_stack
 
 
 def test_replayed_callback_shows_a_page_not_a_second_exchange(real_stack):
-    started = _gw(real_stack, "POST", "/v1/request-connection", json={
-        "user_id": "u-2", "provider_name": "local", "return_url": RETURN_URL}).json()
-    callback = complete_consent(started["authUrl"], login="carol",
-                                stop_at_prefix=f"{real_stack.broker_url}/auth/callback")
+    started = _gw(
+        real_stack,
+        "POST",
+        "/v1/request-connection",
+        json={"user_id": "u-2", "provider_name": "local", "return_url": RETURN_URL},
+    ).json()
+    callback = complete_consent(
+        started["authUrl"], login="carol", stop_at_prefix=f"{real_stack.broker_url}/auth/callback"
+    )
     assert callback.startswith(f"{real_stack.broker_url}/auth/callback?")
     first = requests.get(callback, allow_redirects=False, timeout=30)
     assert first.status_code == 302 and "status=success" in first.headers["Location"]

@@ -11,11 +11,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 class _Broken(BaseHTTPRequestHandler):
-    answers = {"/internal/v1/connections/c_html/token": (500, "text/html", b"<html>Traceback ...</html>"),
-               "/internal/v1/connections/c_text/token": (200, "text/plain", b"ok"),
-               "/internal/v1/connections/c_json5/token": (500, "application/json", b'{"detail": "boom"}'),
-               "/internal/v1/connections/c_crash/token": (
-                   500, "application/json", b'{"error": "server_error", "message": "Internal server error."}')}
+    answers = {
+        "/internal/v1/connections/c_html/token": (500, "text/html", b"<html>Traceback ...</html>"),
+        "/internal/v1/connections/c_text/token": (200, "text/plain", b"ok"),
+        "/internal/v1/connections/c_json5/token": (500, "application/json", b'{"detail": "boom"}'),
+        "/internal/v1/connections/c_crash/token": (
+            500,
+            "application/json",
+            b'{"error": "server_error", "message": "Internal server error."}',
+        ),
+    }
 
     def log_message(self, *args):
         pass

@@ -30,7 +30,8 @@ def test_typical_flow(stack, fake_provider, fake_provider_row):
     callback = stack.callback(code=code, state=params["state"], iss=fake_provider.issuer)
     assert callback.status_code == 302
     assert callback.headers["Location"] == (
-        f"https://app.example.com/oauth/return?status=success&connection_id={started['connection_id']}")
+        f"https://app.example.com/oauth/return?status=success&connection_id={started['connection_id']}"
+    )
 
     status = stack.call("GET", f"/v1/check-connection/{started['connection_id']}", key).json()
     assert status["status"] == "active" and status["account"]["sub"] == "user-1"
@@ -75,17 +76,46 @@ def test_broker_refresh_endpoint_needs_api_key(stack, fake_provider, fake_provid
     assert response.headers["Cache-Control"] == "no-store"
 
 
-@pytest.mark.parametrize("body, field", [
-    ({}, "user_id"),
-    ({"user_id": "", "provider_name": "fake", "return_url": "https://app.example.com/r"}, "user_id"),
-    ({"user_id": "u", "return_url": "https://app.example.com/r"}, "provider_name"),
-    ({"user_id": "u", "provider_name": "fake"}, "return_url"),
-    ({"user_id": "u", "provider_name": "fake", "scopes": "openid email", "return_url": "https://app.example.com/r"}, "scopes"),
-    ({"user_id": "u", "provider_name": "fake", "scopes": [1, {"a": 2}], "return_url": "https://app.example.com/r"}, "scopes"),
-    ({"user_id": ["u"], "provider_name": "fake", "return_url": "https://app.example.com/r"}, "user_id"),
-    *(({"user_id": "u", "provider_name": "fake", "scopes": ["openid", bad], "return_url": "https://app.example.com/r"},
-       "scopes") for bad in ("openid email", 'say"hi', "a\\b", "caf\u00e9", "tab\there", "", "x" * 257)),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "user_id"),
+        ({"user_id": "", "provider_name": "fake", "return_url": "https://app.example.com/r"}, "user_id"),
+        ({"user_id": "u", "return_url": "https://app.example.com/r"}, "provider_name"),
+        ({"user_id": "u", "provider_name": "fake"}, "return_url"),
+        (
+            {
+                "user_id": "u",
+                "provider_name": "fake",
+                "scopes": "openid email",
+                "return_url": "https://app.example.com/r",
+            },
+            "scopes",
+        ),
+        (
+            {
+                "user_id": "u",
+                "provider_name": "fake",
+                "scopes": [1, {"a": 2}],
+                "return_url": "https://app.example.com/r",
+            },
+            "scopes",
+        ),
+        ({"user_id": ["u"], "provider_name": "fake", "return_url": "https://app.example.com/r"}, "user_id"),
+        *(
+            (
+                {
+                    "user_id": "u",
+                    "provider_name": "fake",
+                    "scopes": ["openid", bad],
+                    "return_url": "https://app.example.com/r",
+                },
+                "scopes",
+            )
+            for bad in ("openid email", 'say"hi', "a\\b", "caf\u00e9", "tab\there", "", "x" * 257)
+        ),
+    ],
+)
 def test_request_connection_rejects_malformed_fields(stack, fake_provider_row, body, field):
     response = stack.call("POST", "/v1/request-connection", stack.key(), json=body)
     assert response.status_code == 400
@@ -96,15 +126,26 @@ def test_request_connection_rejects_malformed_fields(stack, fake_provider_row, b
 def test_a_space_separated_scope_string_in_one_item_is_refused_with_a_hint(stack, fake_provider_row):
     """["openid email"] would reach the provider as two scopes while the connection records
     one: refused on the gateway and on the broker's own API, saying how to send it."""
-    body = {"user_id": "u", "provider_name": "fake", "scopes": ["openid email"],
-            "return_url": "https://app.example.com/r"}
+    body = {
+        "user_id": "u",
+        "provider_name": "fake",
+        "scopes": ["openid email"],
+        "return_url": "https://app.example.com/r",
+    }
     response = stack.call("POST", "/v1/request-connection", stack.key(), json=body)
     assert response.status_code == 400
     assert 'send ["openid", "email"]' in response.json()["message"]
     direct = stack.broker("POST", "/internal/v1/connections", json=body, headers={"X-Dromos-Workspace": "ws-a"})
     assert direct.status_code == 400 and "scopes" in direct.json()["details"]
-    ok = stack.call("POST", "/v1/request-connection", stack.key(), json={
-        **body, "scopes": ["openid", "https://www.googleapis.com/auth/drive.readonly", "chat:write", "User.Read"]})
+    ok = stack.call(
+        "POST",
+        "/v1/request-connection",
+        stack.key(),
+        json={
+            **body,
+            "scopes": ["openid", "https://www.googleapis.com/auth/drive.readonly", "chat:write", "User.Read"],
+        },
+    )
     assert ok.status_code == 201, ok.text
     assert Connection.objects.count() == 1
 
@@ -121,28 +162,45 @@ def test_unknown_endpoints_answer_json_404_and_the_admin_keeps_its_page(stack):
 
 def test_request_connection_rejects_non_json(stack, fake_provider_row):
     key = stack.key()
-    response = stack.call("POST", "/v1/request-connection", key, data="{not json",
-                          headers={"Content-Type": "application/json"})
+    response = stack.call(
+        "POST", "/v1/request-connection", key, data="{not json", headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400 and response.json()["error"] == "invalid_request"
     assert stack.call("POST", "/v1/request-connection", key, data="x=1").status_code == 415
     assert Connection.objects.count() == 0
 
 
 def test_unknown_provider_lists_known_ones(stack, fake_provider_row):
-    response = stack.call("POST", "/v1/request-connection", stack.key(), json={
-        "user_id": "u", "provider_name": "nope", "return_url": "https://app.example.com/r"})
+    response = stack.call(
+        "POST",
+        "/v1/request-connection",
+        stack.key(),
+        json={"user_id": "u", "provider_name": "nope", "return_url": "https://app.example.com/r"},
+    )
     assert response.status_code == 400
     assert response.json()["known_providers"] == ["fake"] and "fake" in response.json()["message"]
     assert Connection.objects.count() == 0
 
 
-@pytest.mark.parametrize("return_url", [
-    "https://evil.test/r", "ftp://app.example.com/r", "javascript:alert(1)", "//evil.test/r",
-    "app.example.com/r", "https://app.example.com.evil.test/r", "https://app.example.com:8443/r",
-])
+@pytest.mark.parametrize(
+    "return_url",
+    [
+        "https://evil.test/r",
+        "ftp://app.example.com/r",
+        "javascript:alert(1)",
+        "//evil.test/r",
+        "app.example.com/r",
+        "https://app.example.com.evil.test/r",
+        "https://app.example.com:8443/r",
+    ],
+)
 def test_return_url_off_allowlist_or_not_http(stack, fake_provider_row, return_url):
-    response = stack.call("POST", "/v1/request-connection", stack.key(), json={
-        "user_id": "u", "provider_name": "fake", "return_url": return_url})
+    response = stack.call(
+        "POST",
+        "/v1/request-connection",
+        stack.key(),
+        json={"user_id": "u", "provider_name": "fake", "return_url": return_url},
+    )
     assert response.status_code == 400 and "return_url" in response.json()["details"]
     assert Connection.objects.count() == 0
 
@@ -150,8 +208,12 @@ def test_return_url_off_allowlist_or_not_http(stack, fake_provider_row, return_u
 def test_unknown_and_foreign_connection_ids_answer_404(stack, fake_provider, fake_provider_row):
     key_a, key_b = stack.key("ws-a"), stack.key("ws-b")
     cid = connect(stack, fake_provider, key_a)
-    for method, path in (("GET", "/v1/check-connection/{}"), ("GET", "/v1/token/{}"),
-                         ("POST", "/v1/refresh/{}"), ("DELETE", "/v1/connections/{}")):
+    for method, path in (
+        ("GET", "/v1/check-connection/{}"),
+        ("GET", "/v1/token/{}"),
+        ("POST", "/v1/refresh/{}"),
+        ("DELETE", "/v1/connections/{}"),
+    ):
         for target in (cid, "c_doesnotexist"):
             response = stack.call(method, path.format(target), key_b)
             assert response.status_code == 404, (method, path, response.text)
@@ -184,6 +246,7 @@ def test_missing_or_bad_api_key(stack, fake_provider_row):
 
 # -- callback failures: a page for a person, or a redirect with status=error ---------------
 
+
 def test_callback_missing_and_unknown_state_render_a_page(stack, fake_provider_row):
     for params in ({}, {"state": "nope", "code": "x"}):
         response = stack.callback(**params)
@@ -195,8 +258,14 @@ def test_callback_takes_only_get_and_a_post_leaves_the_connection_pending(stack,
     started = start_connection(stack, stack.key())
     state = auth_params(started["authUrl"])["state"]
     for method in ("POST", "PUT", "DELETE"):
-        response = requests.request(method, f"{stack.url}/auth/callback", params={"state": state, "code": "x"},
-                                    data={"state": state, "code": "x"}, timeout=30, allow_redirects=False)
+        response = requests.request(
+            method,
+            f"{stack.url}/auth/callback",
+            params={"state": state, "code": "x"},
+            data={"state": state, "code": "x"},
+            timeout=30,
+            allow_redirects=False,
+        )
         assert response.status_code == 405, method
         assert response.headers["Allow"] == "GET"
     assert Connection.objects.get(pk=started["connection_id"]).status == "pending"
@@ -217,7 +286,8 @@ def test_callback_expired_state_fails_the_connection(stack, fake_provider, fake_
     key = stack.key()
     started = start_connection(stack, key)
     Connection.objects.filter(pk=started["connection_id"]).update(
-        state_expires_at=timezone.now() - timedelta(seconds=1))
+        state_expires_at=timezone.now() - timedelta(seconds=1)
+    )
     params = auth_params(started["authUrl"])
     code = fake_provider.issue_code(code_challenge=params["code_challenge"], nonce=params["nonce"])
     response = stack.callback(code=code, state=params["state"])
@@ -227,17 +297,21 @@ def test_callback_expired_state_fails_the_connection(stack, fake_provider, fake_
     assert fake_provider.token_calls == 0
 
 
-@pytest.mark.parametrize("case, error", [
-    ("denied", "access_denied"),
-    ("wrong_iss", "invalid_issuer"),
-    ("rejected_code", "code_exchange_failed"),
-    ("bad_signature", "invalid_id_token"),
-    ("wrong_audience", "invalid_id_token"),
-    ("wrong_nonce", "invalid_id_token"),
-    ("no_code", "missing_code"),
-])
+@pytest.mark.parametrize(
+    "case, error",
+    [
+        ("denied", "access_denied"),
+        ("wrong_iss", "invalid_issuer"),
+        ("rejected_code", "code_exchange_failed"),
+        ("bad_signature", "invalid_id_token"),
+        ("wrong_audience", "invalid_id_token"),
+        ("wrong_nonce", "invalid_id_token"),
+        ("no_code", "missing_code"),
+    ],
+)
 def test_callback_failures_redirect_with_error_and_fail_the_connection(
-        stack, fake_provider, fake_provider_row, case, error):
+    stack, fake_provider, fake_provider_row, case, error
+):
     from fake_provider import _rsa_jwk
 
     key = stack.key()
@@ -263,7 +337,8 @@ def test_callback_failures_redirect_with_error_and_fail_the_connection(
     response = stack.callback(**query)
     assert response.status_code == 302
     assert response.headers["Location"] == (
-        f"https://app.example.com/cb?keep=1&status=error&error={error}&connection_id={started['connection_id']}")
+        f"https://app.example.com/cb?keep=1&status=error&error={error}&connection_id={started['connection_id']}"
+    )
     row = Connection.objects.get(pk=started["connection_id"])
     assert row.status == "failed" and row.error == error
     assert row.access_token_enc == row.refresh_token_enc == row.id_token_enc == row.pkce_verifier_enc == ""

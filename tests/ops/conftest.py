@@ -45,8 +45,12 @@ def sibling_database(suffix: str) -> str:
 
 def entrypoint_env(base: dict[str, str], workdir: Path, name: str) -> dict[str, str]:
     """What the container environment provides, for one role, on this machine."""
-    return {**base, "PYTHON": sys.executable, "TMPDIR": str(workdir),
-            "PROMETHEUS_MULTIPROC_DIR": str(workdir / f"prometheus-{name}")}
+    return {
+        **base,
+        "PYTHON": sys.executable,
+        "TMPDIR": str(workdir),
+        "PROMETHEUS_MULTIPROC_DIR": str(workdir / f"prometheus-{name}"),
+    }
 
 
 class EntrypointStack(Stack):
@@ -61,11 +65,15 @@ class EntrypointStack(Stack):
             env.update(BIND=f"127.0.0.1:{port}", GUNICORN_WORKERS="2", GUNICORN_THREADS="4")
         if name == "worker":
             self.worker_metrics_port = free_port()
-            env.update(CELERY_CONCURRENCY="2", CELERY_METRICS_PORT=str(self.worker_metrics_port),
-                       CELERY_METRICS_ADDR="127.0.0.1")
+            env.update(
+                CELERY_CONCURRENCY="2",
+                CELERY_METRICS_PORT=str(self.worker_metrics_port),
+                CELERY_METRICS_ADDR="127.0.0.1",
+            )
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
-        self.processes[name] = subprocess.Popen([str(ENTRYPOINT), name], env=env, cwd=ROOT, stdout=log,
-                                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes[name] = subprocess.Popen(
+            [str(ENTRYPOINT), name], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def gw(self, method: str, path: str, key: str | None = None, **kwargs) -> requests.Response:
         headers = {"Authorization": f"Bearer {key or self.api_key}", **kwargs.pop("headers", {})}
@@ -78,12 +86,21 @@ class EntrypointStack(Stack):
     def new_key(self, workspace: str) -> str:
         return self.manage("gateway", "apikey", "create", "--workspace", workspace, "--name", "ops").stdout.split()[-1]
 
-    def connect(self, key: str, *, user_id: str = "user-ops", login: str = "alice", deny: bool = False,
-                provider: str = "local") -> str:
+    def connect(
+        self, key: str, *, user_id: str = "user-ops", login: str = "alice", deny: bool = False, provider: str = "local"
+    ) -> str:
         """A connection through the real consent flow; returns its id (active, or failed when denied)."""
-        started = self.gw("POST", "/v1/request-connection", key, json={
-            "user_id": user_id, "provider_name": provider, "scopes": ["openid", "email", "offline_access"],
-            "return_url": RETURN_URL})
+        started = self.gw(
+            "POST",
+            "/v1/request-connection",
+            key,
+            json={
+                "user_id": user_id,
+                "provider_name": provider,
+                "scopes": ["openid", "email", "offline_access"],
+                "return_url": RETURN_URL,
+            },
+        )
         assert started.status_code == 201, started.text
         complete_consent(started.json()["authUrl"], login=login, deny=deny, stop_at_prefix=RETURN_URL)
         return started.json()["connection_id"]
@@ -100,7 +117,9 @@ class EntrypointStack(Stack):
         with self.db() as conn:
             return not conn.execute(
                 "SELECT 1 FROM broker_app_webhookdelivery d JOIN broker_app_webhookendpoint e ON e.id = d.endpoint_id "
-                "WHERE e.workspace = %s AND d.status = 'pending' LIMIT 1", [workspace]).fetchone()
+                "WHERE e.workspace = %s AND d.status = 'pending' LIMIT 1",
+                [workspace],
+            ).fetchone()
 
     def json_log(self, name: str) -> list[dict]:
         lines = []
@@ -120,10 +139,17 @@ def ops_stack(tmp_path_factory, _redis_database_per_worker):
     database_url = sibling_database("stack")
     reset_postgres_database(database_url)
     stack = EntrypointStack(
-        workdir=tmp_path_factory.mktemp("ops-stack"), database_url=database_url,
-        redis_url=settings.REDIS_URL, celery=True, beat=False,
-        extra_env={"WEBHOOK_RETRY_BASE_SECONDS": "1", "WEBHOOK_MAX_ATTEMPTS": "3",
-                   "WEBHOOK_ALLOW_HTTP_HOSTS": "127.0.0.1", "METRICS_CONNECTIONS_CACHE_SECONDS": "0"},
+        workdir=tmp_path_factory.mktemp("ops-stack"),
+        database_url=database_url,
+        redis_url=settings.REDIS_URL,
+        celery=True,
+        beat=False,
+        extra_env={
+            "WEBHOOK_RETRY_BASE_SECONDS": "1",
+            "WEBHOOK_MAX_ATTEMPTS": "3",
+            "WEBHOOK_ALLOW_HTTP_HOSTS": "127.0.0.1",
+            "METRICS_CONNECTIONS_CACHE_SECONDS": "0",
+        },
     )
     stack.start()
     try:
@@ -135,11 +161,16 @@ def ops_stack(tmp_path_factory, _redis_database_per_worker):
 
 def start_role(role: str, env: dict[str, str], workdir: Path, port: int) -> subprocess.Popen:
     """One more gateway or broker (one gunicorn worker) through the entrypoint, next to the stack."""
-    env = {**entrypoint_env(env, workdir, f"{role}-{port}"), "BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "1",
-           "GUNICORN_THREADS": "2"}
+    env = {
+        **entrypoint_env(env, workdir, f"{role}-{port}"),
+        "BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "1",
+        "GUNICORN_THREADS": "2",
+    }
     log = open(workdir / f"{role}-{port}.log", "ab")  # noqa: SIM115 - owned by the process
-    return subprocess.Popen([str(ENTRYPOINT), role], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [str(ENTRYPOINT), role], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def stop_process(process: subprocess.Popen) -> None:
@@ -208,6 +239,7 @@ def random_id(prefix: str = "ops") -> str:
 
 
 # -- small HTTP servers the tests run next to the stack ---------------------------------------------
+
 
 @dataclass
 class Received:
@@ -314,9 +346,25 @@ class TokenProxy:
 def flaky_provider(ops_stack):
     """A second provider on the same OIDC server whose token endpoint the test can take down."""
     proxy = TokenProxy(ops_stack.oidc.metadata["token_endpoint"])
-    ops_stack.manage("broker", "provider", "upsert", "--name", "flaky", "--template", "oidc",
-                     "--discovery-url", ops_stack.oidc.discovery_url, "--token-url", proxy.url,
-                     "--client-id", CLIENT_ID, f"--client-secret={ops_stack.client_secret}",
-                     "--default-scopes", "openid email offline_access", "--authorize-param", "prompt=consent")
+    ops_stack.manage(
+        "broker",
+        "provider",
+        "upsert",
+        "--name",
+        "flaky",
+        "--template",
+        "oidc",
+        "--discovery-url",
+        ops_stack.oidc.discovery_url,
+        "--token-url",
+        proxy.url,
+        "--client-id",
+        CLIENT_ID,
+        f"--client-secret={ops_stack.client_secret}",
+        "--default-scopes",
+        "openid email offline_access",
+        "--authorize-param",
+        "prompt=consent",
+    )
     yield proxy
     proxy.close()

@@ -20,8 +20,9 @@ from tests.ops.conftest import ARTIFACTS, ROOT, random_id, wait_for
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PASSWORD = "correct horse battery staple 42"
 
-pytestmark = pytest.mark.skipif(not shutil.which("chromium"),
-                                reason="chromium is not installed (scripts/ensure-system-packages.sh installs it)")
+pytestmark = pytest.mark.skipif(
+    not shutil.which("chromium"), reason="chromium is not installed (scripts/ensure-system-packages.sh installs it)"
+)
 
 
 def when(page, field: str) -> datetime:
@@ -52,8 +53,23 @@ def stored_secrets(stack, connection_id: str) -> set[str]:
 def admin_login(ops_stack):
     username = random_id("admin")
     env = {**ops_stack.env, "DJANGO_SETTINGS_MODULE": "dromos.settings.broker", "DJANGO_SUPERUSER_PASSWORD": PASSWORD}
-    subprocess.run([sys.executable, str(ROOT / "manage.py"), "createsuperuser", "--noinput", "--username", username,
-                    "--email", "ops@example.test"], env=env, cwd=ROOT, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "manage.py"),
+            "createsuperuser",
+            "--noinput",
+            "--username",
+            username,
+            "--email",
+            "ops@example.test",
+        ],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return username
 
 
@@ -63,18 +79,25 @@ def browser():
 
     with sync_playwright() as playwright:
         # The system's chromium: nothing is downloaded.
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                              args=["--no-sandbox", "--disable-dev-shm-usage"])
+        instance = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
         yield instance
         instance.close()
 
 
-def test_operator_filters_opens_refreshes_and_revokes_connections(ops_stack, admin_login, browser,
-                                                                  webhook_receiver, flaky_provider):
+def test_operator_filters_opens_refreshes_and_revokes_connections(
+    ops_stack, admin_login, browser, webhook_receiver, flaky_provider
+):
     workspace = random_id("ws-admin")
     user = random_id("user")
-    webhook_secret = ops_stack.manage("broker", "webhook", "add", "--workspace", workspace, "--url",
-                                      f"{webhook_receiver.url}/hooks/{workspace}").stdout.strip().splitlines()[-1]
+    webhook_secret = (
+        ops_stack.manage(
+            "broker", "webhook", "add", "--workspace", workspace, "--url", f"{webhook_receiver.url}/hooks/{workspace}"
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     key = ops_stack.new_key(workspace)
     active = ops_stack.connect(key, user_id=user)
     failed = ops_stack.connect(key, user_id=random_id("user"), deny=True)
@@ -90,8 +113,14 @@ def test_operator_filters_opens_refreshes_and_revokes_connections(ops_stack, adm
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(10_000)
     sources: list[str] = []
-    page.on("response", lambda response: sources.append(response.text())
-            if response.request.resource_type == "document" and response.status != 302 else None)
+    page.on(
+        "response",
+        lambda response: (
+            sources.append(response.text())
+            if response.request.resource_type == "document" and response.status != 302
+            else None
+        ),
+    )
     base = ops_stack.broker_url + "/admin/"
 
     def no_secret_anywhere():

@@ -27,8 +27,10 @@ from tests.ops.conftest import (
     wait_for,
 )
 
-pytestmark = pytest.mark.skipif(not shutil.which("pg_dump"), reason="postgresql-client is not installed "
-                                "(scripts/ensure-system-packages.sh installs it)")
+pytestmark = pytest.mark.skipif(
+    not shutil.which("pg_dump"),
+    reason="postgresql-client is not installed (scripts/ensure-system-packages.sh installs it)",
+)
 
 
 def test_a_database_dump_restores_into_a_working_broker(ops_stack, tmp_path):
@@ -38,18 +40,28 @@ def test_a_database_dump_restores_into_a_working_broker(ops_stack, tmp_path):
     token = ops_stack.gw("GET", f"/v1/token/{cid}", key).json()["access_token"]
 
     dump = tmp_path / "dromos.dump"
-    subprocess.run(["pg_dump", "--format=custom", "--no-owner", f"--file={dump}", ops_stack.database_url],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        ["pg_dump", "--format=custom", "--no-owner", f"--file={dump}", ops_stack.database_url],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     restored = sibling_database("restored")
     reset_postgres_database(restored)
-    subprocess.run(["pg_restore", "--no-owner", f"--dbname={restored}", str(dump)], check=True, capture_output=True,
-                   timeout=120)
+    subprocess.run(
+        ["pg_restore", "--no-owner", f"--dbname={restored}", str(dump)], check=True, capture_output=True, timeout=120
+    )
     env = {**ops_stack.env, "DATABASE_URL": restored}
 
     def manage(*args: str, **extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(ENTRYPOINT), "manage", *args], cwd=ROOT,
-                              env={**entrypoint_env(env, tmp_path, "manage"), **extra},
-                              capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            [str(ENTRYPOINT), "manage", *args],
+            cwd=ROOT,
+            env={**entrypoint_env(env, tmp_path, "manage"), **extra},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
     # Every stored secret decrypts with the keys kept apart from the dump ...
     checked = manage("rotate_token_keys", "--check")
@@ -67,10 +79,12 @@ def test_a_database_dump_restores_into_a_working_broker(ops_stack, tmp_path):
     broker = start_role("broker", {**env, "BASE_URL": f"http://127.0.0.1:{port}"}, tmp_path, port)
     try:
         wait_for(lambda: http_status(f"http://127.0.0.1:{port}/healthz") == 200, "the restored broker", 60)
-        answer = requests.get(f"http://127.0.0.1:{port}/internal/v1/connections/{cid}/token", timeout=30, headers={
-            "X-API-Key": env["BROKER_API_KEY"], "X-Dromos-Workspace": workspace})
+        answer = requests.get(
+            f"http://127.0.0.1:{port}/internal/v1/connections/{cid}/token",
+            timeout=30,
+            headers={"X-API-Key": env["BROKER_API_KEY"], "X-Dromos-Workspace": workspace},
+        )
         assert answer.status_code == 200, answer.text
         assert answer.json()["access_token"] == token
     finally:
         stop_process(broker)
-

@@ -28,14 +28,27 @@ def manage(*args: str, role: str = "broker", **env: str) -> subprocess.Completed
     """manage.py in a subprocess against this test database, as an operator runs it."""
     db = settings.DATABASES["default"]
     database_url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
-    base = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "DATABASE_URL": database_url,
-            "REDIS_URL": settings.REDIS_URL, "DJANGO_SETTINGS_MODULE": f"dromos.settings.{role}",
-            "DJANGO_SECRET_KEY": "s" * 40, "BROKER_API_KEY": "b" * 40,
-            "TOKEN_ENCRYPTION_KEYS": settings.TOKEN_ENCRYPTION_KEYS,
-            "ALLOW_HTTP_PROVIDER_HOSTS": "127.0.0.1", "WEBHOOK_ALLOW_HTTP_HOSTS": "127.0.0.1",
-            "DROMOS_VAR_DIR": str(ROOT / "var" / "ops-tests")}
-    return subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env={**base, **env}, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    base = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": database_url,
+        "REDIS_URL": settings.REDIS_URL,
+        "DJANGO_SETTINGS_MODULE": f"dromos.settings.{role}",
+        "DJANGO_SECRET_KEY": "s" * 40,
+        "BROKER_API_KEY": "b" * 40,
+        "TOKEN_ENCRYPTION_KEYS": settings.TOKEN_ENCRYPTION_KEYS,
+        "ALLOW_HTTP_PROVIDER_HOSTS": "127.0.0.1",
+        "WEBHOOK_ALLOW_HTTP_HOSTS": "127.0.0.1",
+        "DROMOS_VAR_DIR": str(ROOT / "var" / "ops-tests"),
+    }
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        env={**base, **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def execute(*argv: str) -> tuple[int, str, str]:
@@ -61,14 +74,31 @@ def run(*args: str) -> tuple[str, str]:
 
 # -- --help and exit codes --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("role, command", [
-    ("broker", "provider"), ("broker", "prune_pending"), ("broker", "webhook"), ("broker", "refresh_due"),
-    ("broker", "rotate_token_keys"), ("broker", "check"), ("gateway", "apikey"), ("gateway", "check"),
-    ("broker", "provider upsert"), ("broker", "provider list"), ("broker", "provider remove"),
-    ("broker", "provider templates"), ("broker", "webhook add"), ("broker", "webhook list"),
-    ("broker", "webhook remove"), ("broker", "webhook deliveries"), ("gateway", "apikey create"),
-    ("gateway", "apikey list"), ("gateway", "apikey revoke"),
-])
+
+@pytest.mark.parametrize(
+    "role, command",
+    [
+        ("broker", "provider"),
+        ("broker", "prune_pending"),
+        ("broker", "webhook"),
+        ("broker", "refresh_due"),
+        ("broker", "rotate_token_keys"),
+        ("broker", "check"),
+        ("gateway", "apikey"),
+        ("gateway", "check"),
+        ("broker", "provider upsert"),
+        ("broker", "provider list"),
+        ("broker", "provider remove"),
+        ("broker", "provider templates"),
+        ("broker", "webhook add"),
+        ("broker", "webhook list"),
+        ("broker", "webhook remove"),
+        ("broker", "webhook deliveries"),
+        ("gateway", "apikey create"),
+        ("gateway", "apikey list"),
+        ("gateway", "apikey revoke"),
+    ],
+)
 def test_every_operator_command_has_help(role, command):
     status, out, err = execute(*command.split(), "--help")
     assert status == 0, err
@@ -81,40 +111,56 @@ def test_help_works_in_each_role_process():
         assert result.returncode == 0 and result.stdout.startswith(f"usage: manage.py {command}"), result.stderr
 
 
-@pytest.mark.parametrize("role, args, message", [
-    ("broker", ["webhook"], "the following arguments are required: {add,list,remove,deliveries}"),
-    ("broker", ["webhook", "add", "--workspace", "ws"], "the following arguments are required: --url"),
-    ("broker", ["webhook", "add", "--workspace", "ws", "--url", "https://h.test/x", "--event", "nope"],
-     "invalid choice"),
-    ("broker", ["prune_pending", "--bogus"], "unrecognized arguments: --bogus"),
-    ("broker", ["provider"], "the following arguments are required: {upsert,list,remove,templates}"),
-    ("broker", ["provider", "upsert"], "the following arguments are required: --name"),
-    ("broker", ["provider", "upsert", "--name", "x", "--token-auth", "magic"], "invalid choice: 'magic'"),
-    ("broker", ["refresh_due", "--window", "soon"], "invalid int value: 'soon'"),
-    ("broker", ["rotate_token_keys", "--batch-size", "many"], "invalid int value: 'many'"),
-    ("gateway", ["apikey"], "the following arguments are required: {create,list,revoke}"),
-    ("gateway", ["apikey", "create", "--workspace", "ws"], "the following arguments are required: --name"),
-    ("gateway", ["apikey", "create", "--workspace", "ws", "--name", "n", "--scope", "tokens:all"],
-     "invalid choice: 'tokens:all'"),
-    ("gateway", ["apikey", "revoke"], "the following arguments are required: --prefix"),
-])
+@pytest.mark.parametrize(
+    "role, args, message",
+    [
+        ("broker", ["webhook"], "the following arguments are required: {add,list,remove,deliveries}"),
+        ("broker", ["webhook", "add", "--workspace", "ws"], "the following arguments are required: --url"),
+        (
+            "broker",
+            ["webhook", "add", "--workspace", "ws", "--url", "https://h.test/x", "--event", "nope"],
+            "invalid choice",
+        ),
+        ("broker", ["prune_pending", "--bogus"], "unrecognized arguments: --bogus"),
+        ("broker", ["provider"], "the following arguments are required: {upsert,list,remove,templates}"),
+        ("broker", ["provider", "upsert"], "the following arguments are required: --name"),
+        ("broker", ["provider", "upsert", "--name", "x", "--token-auth", "magic"], "invalid choice: 'magic'"),
+        ("broker", ["refresh_due", "--window", "soon"], "invalid int value: 'soon'"),
+        ("broker", ["rotate_token_keys", "--batch-size", "many"], "invalid int value: 'many'"),
+        ("gateway", ["apikey"], "the following arguments are required: {create,list,revoke}"),
+        ("gateway", ["apikey", "create", "--workspace", "ws"], "the following arguments are required: --name"),
+        (
+            "gateway",
+            ["apikey", "create", "--workspace", "ws", "--name", "n", "--scope", "tokens:all"],
+            "invalid choice: 'tokens:all'",
+        ),
+        ("gateway", ["apikey", "revoke"], "the following arguments are required: --prefix"),
+    ],
+)
 def test_usage_errors_exit_2(role, args, message):
     status, _, err = execute(*args)
     assert status == 2, err
     assert message in err and "usage: manage.py" in err
 
 
-@pytest.mark.parametrize("role, args, message", [
-    ("gateway", ["apikey", "revoke", "--prefix", "nosuchkey"], "no key with prefix 'nosuchkey'"),
-    ("gateway", ["apikey", "create", "--workspace", "bad workspace!", "--name", "n"], "workspace must be 1-128"),
-    ("broker", ["provider", "remove", "--name", "nope"], "no provider named 'nope'"),
-    ("broker", ["provider", "upsert", "--name", "x", "--template", "nope"], "unknown template 'nope'"),
-    ("broker", ["provider", "upsert", "--name", "google", "--authorize-param", "hd"], "expected key=value, got 'hd'"),
-    ("broker", ["refresh_due", "--window", "-5"], "--window must be 0 or more seconds"),
-    ("broker", ["refresh_due", "--provider", "nope"], "unknown provider 'nope'"),
-    ("broker", ["refresh_due", "--enqueue", "--window", "60"], "--window applies to refreshes run here"),
-    ("broker", ["rotate_token_keys", "--batch-size", "0"], "--batch-size must be at least 1"),
-])
+@pytest.mark.parametrize(
+    "role, args, message",
+    [
+        ("gateway", ["apikey", "revoke", "--prefix", "nosuchkey"], "no key with prefix 'nosuchkey'"),
+        ("gateway", ["apikey", "create", "--workspace", "bad workspace!", "--name", "n"], "workspace must be 1-128"),
+        ("broker", ["provider", "remove", "--name", "nope"], "no provider named 'nope'"),
+        ("broker", ["provider", "upsert", "--name", "x", "--template", "nope"], "unknown template 'nope'"),
+        (
+            "broker",
+            ["provider", "upsert", "--name", "google", "--authorize-param", "hd"],
+            "expected key=value, got 'hd'",
+        ),
+        ("broker", ["refresh_due", "--window", "-5"], "--window must be 0 or more seconds"),
+        ("broker", ["refresh_due", "--provider", "nope"], "unknown provider 'nope'"),
+        ("broker", ["refresh_due", "--enqueue", "--window", "60"], "--window applies to refreshes run here"),
+        ("broker", ["rotate_token_keys", "--batch-size", "0"], "--batch-size must be at least 1"),
+    ],
+)
 def test_bad_input_is_a_clear_one_line_error_with_exit_1(role, args, message):
     status, _, err = execute(*args)
     assert status == 1, err
@@ -123,7 +169,10 @@ def test_bad_input_is_a_clear_one_line_error_with_exit_1(role, args, message):
 
 def test_bad_input_exit_status_in_the_role_process():
     result = manage("apikey", "revoke", "--prefix", "nosuchkey", role="gateway")
-    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == "CommandError: no key with prefix 'nosuchkey'"
+    assert (
+        result.returncode == 1
+        and result.stderr.strip().splitlines()[-1] == "CommandError: no key with prefix 'nosuchkey'"
+    )
     result = manage("refresh_due", "--window", "-1")
     assert result.returncode == 1 and "CommandError: --window must be 0 or more seconds" in result.stderr
     assert "Traceback" not in result.stderr
@@ -131,9 +180,20 @@ def test_bad_input_exit_status_in_the_role_process():
 
 # -- apikey: what an operator runs ----------------------------------------------------------------------
 
+
 def test_apikey_create_list_revoke_as_an_operator_runs_them():
-    status, key, err = execute("apikey", "create", "--workspace", "acme", "--name", "billing-agent",
-                               "--scope", "tokens:read", "--scope", "connections:read")
+    status, key, err = execute(
+        "apikey",
+        "create",
+        "--workspace",
+        "acme",
+        "--name",
+        "billing-agent",
+        "--scope",
+        "tokens:read",
+        "--scope",
+        "connections:read",
+    )
     assert status == 0, err
     key = key.strip()
     prefix = key.split("_")[1]
@@ -143,7 +203,8 @@ def test_apikey_create_list_revoke_as_an_operator_runs_them():
     status, listing, _ = execute("apikey", "list", "--workspace", "acme")
     assert status == 0 and key not in listing
     assert listing.splitlines() == [
-        f"{prefix}\tacme\tbilling-agent\tactive\tlast_used=never\tscopes=connections:read,tokens:read"]
+        f"{prefix}\tacme\tbilling-agent\tactive\tlast_used=never\tscopes=connections:read,tokens:read"
+    ]
     everything = execute("apikey", "list")[1]
     assert prefix in everything and other.split("_")[1] in everything and other not in everything
 
@@ -163,14 +224,18 @@ def test_apikey_create_list_revoke_as_an_operator_runs_them():
 
 # -- refresh_due: progress on stderr, outcomes on stdout --------------------------------------------
 
+
 def test_refresh_due_shows_progress_and_outcomes(stack, fake_provider, fake_provider_row):
     from tests.conftest import connect
 
     key = stack.key("ws-due")
     ids = [connect(stack, fake_provider, key) for _ in range(3)]
     now = timezone.now()  # two one-hour tokens with 30 s left, one with five hours left
-    Connection.objects.filter(pk__in=ids[:2]).update(expires_at=now + timedelta(seconds=30), next_refresh_attempt_at=None,
-                                                     last_refreshed_at=now - timedelta(seconds=3570))
+    Connection.objects.filter(pk__in=ids[:2]).update(
+        expires_at=now + timedelta(seconds=30),
+        next_refresh_attempt_at=None,
+        last_refreshed_at=now - timedelta(seconds=3570),
+    )
     Connection.objects.filter(pk=ids[2]).update(expires_at=now + timedelta(hours=5), next_refresh_attempt_at=None)
     out, _ = run("refresh_due", "--dry-run")
     assert set(out.splitlines()[:-1]) == set(ids[:2]) and out.splitlines()[-1] == "due: 2 (dry run, nothing changed)"
@@ -184,17 +249,28 @@ def test_refresh_due_shows_progress_and_outcomes(stack, fake_provider, fake_prov
 
 # -- prune_pending -----------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def provider(db):
-    return make_provider(name="ops", discovery_url="http://127.0.0.1:1/.well-known/openid-configuration",
-                         client_id="c", client_secret="s")
+    return make_provider(
+        name="ops",
+        discovery_url="http://127.0.0.1:1/.well-known/openid-configuration",
+        client_id="c",
+        client_secret="s",
+    )
 
 
 def pending(provider, *, closed_ago: timedelta | None, workspace: str = "ws") -> Connection:
     expires = timezone.now() - closed_ago if closed_ago is not None else timezone.now() + timedelta(minutes=5)
-    return Connection.objects.create(workspace=workspace, user_id="u", provider=provider, scopes=["openid"],
-                                     return_url="https://app.example.com/r", state_expires_at=expires,
-                                     state_digest=crypto.digest(os.urandom(8).hex()))
+    return Connection.objects.create(
+        workspace=workspace,
+        user_id="u",
+        provider=provider,
+        scopes=["openid"],
+        return_url="https://app.example.com/r",
+        state_expires_at=expires,
+        state_digest=crypto.digest(os.urandom(8).hex()),
+    )
 
 
 def test_prune_pending_dry_run_lists_and_changes_nothing(provider):
@@ -239,9 +315,20 @@ def test_prune_pending_exit_codes(provider):
 
 # -- webhook ------------------------------------------------------------------------------------------
 
+
 def test_webhook_add_prints_the_secret_once_and_stores_it_encrypted():
-    result = manage("webhook", "add", "--workspace", "acme", "--url", "https://hooks.acme.test/dromos",
-                    "--event", "connection.failed", "--event", "connection.revoked")
+    result = manage(
+        "webhook",
+        "add",
+        "--workspace",
+        "acme",
+        "--url",
+        "https://hooks.acme.test/dromos",
+        "--event",
+        "connection.failed",
+        "--event",
+        "connection.revoked",
+    )
     assert result.returncode == 0, result.stderr
     secret = result.stdout.strip().splitlines()[-1]
     assert secret.startswith("whsec_") and len(secret) > 40 and result.stdout.strip() == secret
@@ -257,12 +344,15 @@ def test_webhook_add_prints_the_secret_once_and_stores_it_encrypted():
     assert secret not in listing.stdout and "events=connection.failed,connection.revoked" in listing.stdout
 
 
-@pytest.mark.parametrize("url, message", [
-    ("http://hooks.acme.test/x", "must use https"),
-    ("ftp://hooks.acme.test/x", "absolute https URL"),
-    ("hooks.acme.test/x", "absolute https URL"),
-    ("https://user:pw@hooks.acme.test/x", "must not carry credentials"),
-])
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("http://hooks.acme.test/x", "must use https"),
+        ("ftp://hooks.acme.test/x", "absolute https URL"),
+        ("hooks.acme.test/x", "absolute https URL"),
+        ("https://user:pw@hooks.acme.test/x", "must not carry credentials"),
+    ],
+)
 def test_webhook_add_rejects_bad_urls(url, message):
     with pytest.raises(CommandError, match=message):
         run("webhook", "add", "--workspace", "acme", "--url", url)
@@ -288,6 +378,7 @@ def test_webhook_duplicate_and_remove():
 
 # -- check: the "dromos" deployment checks -----------------------------------------------------------
 
+
 def test_plain_check_and_migrate_need_no_broker_or_provider():
     dead = f"http://127.0.0.1:{free_port()}"
     result = manage("check", role="gateway", BROKER_INTERNAL_URL=dead)
@@ -311,8 +402,9 @@ def test_check_passes_against_a_reachable_broker(stack, fake_provider_row):
 
 
 def test_check_reports_secrets_and_providers(fake_provider_row, provider):
-    result = manage("check", "--tag", "dromos", role="broker", DJANGO_SECRET_KEY="dev-only-whatever",
-                    BROKER_API_KEY="short")
+    result = manage(
+        "check", "--tag", "dromos", role="broker", DJANGO_SECRET_KEY="dev-only-whatever", BROKER_API_KEY="short"
+    )
     assert result.returncode == 1
     assert "(dromos.E101) DJANGO_SECRET_KEY is the development default" in result.stderr
     assert "(dromos.W101) BROKER_API_KEY is only 5 characters long" in result.stderr

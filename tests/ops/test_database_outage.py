@@ -31,10 +31,18 @@ def relayed_stack(tmp_path_factory):
     relay = Relay((parts.hostname or "127.0.0.1", parts.port or 5432))
     relayed_url = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:{relay.port}"))
     redis_url = os.environ.get("OUTAGE_REDIS_URL", "redis://127.0.0.1:6379/5")
-    stack = Stack(workdir=tmp_path_factory.mktemp("outage"), database_url=relayed_url, redis_url=redis_url,
-                  celery=False, beat=False, gateway_workers=1, broker_workers=1, oidc_port=free_port(),
-                  # Short enough for the test: a key used before the outage stays cached meanwhile.
-                  extra_env={"API_KEY_CACHE_SECONDS": "60", "DB_CONNECT_TIMEOUT": "2"})
+    stack = Stack(
+        workdir=tmp_path_factory.mktemp("outage"),
+        database_url=relayed_url,
+        redis_url=redis_url,
+        celery=False,
+        beat=False,
+        gateway_workers=1,
+        broker_workers=1,
+        oidc_port=free_port(),
+        # Short enough for the test: a key used before the outage stays cached meanwhile.
+        extra_env={"API_KEY_CACHE_SECONDS": "60", "DB_CONNECT_TIMEOUT": "2"},
+    )
     stack.start()
     yield stack, relay
     stack.stop()
@@ -46,8 +54,11 @@ def _gateway(stack: Stack, path: str, key: str) -> requests.Response:
 
 
 def _broker(stack: Stack, path: str) -> requests.Response:
-    return requests.get(stack.broker_url + path, timeout=30,
-                        headers={"X-API-Key": stack.env["BROKER_API_KEY"], "X-Dromos-Workspace": "demo"})
+    return requests.get(
+        stack.broker_url + path,
+        timeout=30,
+        headers={"X-API-Key": stack.env["BROKER_API_KEY"], "X-Dromos-Workspace": "demo"},
+    )
 
 
 def _assert_unavailable(response: requests.Response, *, code: str) -> None:
@@ -64,8 +75,11 @@ def _assert_unavailable(response: requests.Response, *, code: str) -> None:
 def test_database_outage_is_503_and_recovers_without_restart(relayed_stack):
     stack, relay = relayed_stack
     cached_key = stack.api_key
-    fresh_key = stack.manage("gateway", "apikey", "create", "--workspace", "demo",
-                             "--name", f"fresh-{secrets.token_hex(3)}").stdout.strip().splitlines()[-1]
+    fresh_key = (
+        stack.manage("gateway", "apikey", "create", "--workspace", "demo", "--name", f"fresh-{secrets.token_hex(3)}")
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     unknown = "/v1/token/c_" + "x" * 32
     assert _gateway(stack, unknown, cached_key).status_code == 404  # the key is now cached in the gateway
     assert _broker(stack, "/internal/v1/connections/c_" + "x" * 32 + "/token").status_code == 404
@@ -73,17 +87,26 @@ def test_database_outage_is_503_and_recovers_without_restart(relayed_stack):
     relay.cut()
     try:
         # The broker's own database is gone: 503 from the broker, passed on by the gateway.
-        _assert_unavailable(_broker(stack, "/internal/v1/connections/c_" + "x" * 32 + "/token"),
-                            code="service_unavailable")
+        _assert_unavailable(
+            _broker(stack, "/internal/v1/connections/c_" + "x" * 32 + "/token"), code="service_unavailable"
+        )
         _assert_unavailable(_gateway(stack, unknown, cached_key), code="service_unavailable")
-        _assert_unavailable(_gateway(stack, "/v1/check-connection/c_" + "y" * 32, cached_key),
-                            code="service_unavailable")
+        _assert_unavailable(
+            _gateway(stack, "/v1/check-connection/c_" + "y" * 32, cached_key), code="service_unavailable"
+        )
         # A key the gateway has not seen yet must be looked up: the gateway's database is gone too.
         _assert_unavailable(_gateway(stack, unknown, fresh_key), code="service_unavailable")
-        response = requests.post(stack.gateway_url + "/v1/request-connection", timeout=30,
-                                 headers={"Authorization": f"Bearer {cached_key}"},
-                                 json={"user_id": "u1", "provider_name": "local", "scopes": ["openid"],
-                                       "return_url": "http://127.0.0.1:9/done"})
+        response = requests.post(
+            stack.gateway_url + "/v1/request-connection",
+            timeout=30,
+            headers={"Authorization": f"Bearer {cached_key}"},
+            json={
+                "user_id": "u1",
+                "provider_name": "local",
+                "scopes": ["openid"],
+                "return_url": "http://127.0.0.1:9/done",
+            },
+        )
         _assert_unavailable(response, code="service_unavailable")
         # Readiness says so too; liveness does not (a restart would not help).
         assert requests.get(stack.gateway_url + "/readyz", timeout=30).status_code == 503
@@ -93,8 +116,10 @@ def test_database_outage_is_503_and_recovers_without_restart(relayed_stack):
 
     deadline = time.monotonic() + 30
     while True:  # the processes reconnect on their own: no restart
-        statuses = (_gateway(stack, unknown, fresh_key).status_code,
-                    _broker(stack, "/internal/v1/connections/c_" + "x" * 32 + "/token").status_code)
+        statuses = (
+            _gateway(stack, unknown, fresh_key).status_code,
+            _broker(stack, "/internal/v1/connections/c_" + "x" * 32 + "/token").status_code,
+        )
         if statuses == (404, 404):
             break
         assert time.monotonic() < deadline, f"still {statuses} 30 s after the database came back"

@@ -22,23 +22,42 @@ CONF = ROOT / "docker" / "gunicorn.conf.py"
 
 
 def dry_run(*args: str, **env: str) -> list[str]:
-    result = subprocess.run([str(ENTRYPOINT), "--dry-run", *args], capture_output=True, text=True, timeout=30,
-                            env={"PATH": os.environ["PATH"], **env})
+    result = subprocess.run(
+        [str(ENTRYPOINT), "--dry-run", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": os.environ["PATH"], **env},
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
 
 
-@pytest.mark.parametrize("role, expected", [
-    ("gateway", f"DJANGO_SETTINGS_MODULE=dromos.settings.gateway python -m gunicorn dromos.wsgi:application "
-                f"--config {CONF}"),
-    ("broker", f"DJANGO_SETTINGS_MODULE=dromos.settings.broker python -m gunicorn dromos.wsgi:application "
-               f"--config {CONF}"),
-    ("worker", "DJANGO_SETTINGS_MODULE=dromos.settings.broker python -m celery -A dromos worker --loglevel INFO "
-               "--concurrency 4 --without-gossip --without-mingle"),
-    ("beat", "DJANGO_SETTINGS_MODULE=dromos.settings.broker python -m celery -A dromos beat --loglevel INFO "
-             "--schedule /tmp/celerybeat-schedule"),
-    ("check", "DJANGO_SETTINGS_MODULE=dromos.settings.broker python manage.py check --deploy --fail-level ERROR"),
-])
+@pytest.mark.parametrize(
+    "role, expected",
+    [
+        (
+            "gateway",
+            f"DJANGO_SETTINGS_MODULE=dromos.settings.gateway python -m gunicorn dromos.wsgi:application "
+            f"--config {CONF}",
+        ),
+        (
+            "broker",
+            f"DJANGO_SETTINGS_MODULE=dromos.settings.broker python -m gunicorn dromos.wsgi:application --config {CONF}",
+        ),
+        (
+            "worker",
+            "DJANGO_SETTINGS_MODULE=dromos.settings.broker python -m celery -A dromos worker --loglevel INFO "
+            "--concurrency 4 --without-gossip --without-mingle",
+        ),
+        (
+            "beat",
+            "DJANGO_SETTINGS_MODULE=dromos.settings.broker python -m celery -A dromos beat --loglevel INFO "
+            "--schedule /tmp/celerybeat-schedule",
+        ),
+        ("check", "DJANGO_SETTINGS_MODULE=dromos.settings.broker python manage.py check --deploy --fail-level ERROR"),
+    ],
+)
 def test_entrypoint_command_per_role(role, expected):
     assert dry_run(role) == [expected]
 
@@ -46,12 +65,15 @@ def test_entrypoint_command_per_role(role, expected):
 def test_entrypoint_passes_extra_arguments_and_honours_settings():
     assert dry_run("gateway", "--workers", "3")[0].endswith(f"--config {CONF} --workers 3")
     assert dry_run("manage", "apikey", "list", DJANGO_SETTINGS_MODULE="dromos.settings.gateway") == [
-        "DJANGO_SETTINGS_MODULE=dromos.settings.gateway python manage.py apikey list"]
+        "DJANGO_SETTINGS_MODULE=dromos.settings.gateway python manage.py apikey list"
+    ]
     assert dry_run("manage", "provider", "list") == [
-        "DJANGO_SETTINGS_MODULE=dromos.settings.broker python manage.py provider list"]
+        "DJANGO_SETTINGS_MODULE=dromos.settings.broker python manage.py provider list"
+    ]
     # The gateway role ignores a broker settings module left in the environment.
     assert dry_run("gateway", DJANGO_SETTINGS_MODULE="dromos.settings.broker")[0].startswith(
-        "DJANGO_SETTINGS_MODULE=dromos.settings.gateway ")
+        "DJANGO_SETTINGS_MODULE=dromos.settings.gateway "
+    )
 
 
 def test_entrypoint_migrate_runs_broker_then_gateway():
@@ -74,32 +96,54 @@ def test_migrate_role_really_migrates_both_apps(tmp_path):
     from stack import reset_postgres_database
 
     reset_postgres_database(database_url)
-    env = entrypoint_env({"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "DATABASE_URL": database_url,
-                          "DJANGO_SECRET_KEY": "x" * 40, "BROKER_API_KEY": "y" * 40,
-                          "TOKEN_ENCRYPTION_KEYS": "r0Ot3xv2mQ0wJ9Lz1fGkq3yZC1u7Q2Wv4lJ8nU0pQ5E="}, tmp_path, "migrate")
+    env = entrypoint_env(
+        {
+            "PATH": os.environ["PATH"],
+            "PYTHONPATH": str(ROOT),
+            "DATABASE_URL": database_url,
+            "DJANGO_SECRET_KEY": "x" * 40,
+            "BROKER_API_KEY": "y" * 40,
+            "TOKEN_ENCRYPTION_KEYS": "r0Ot3xv2mQ0wJ9Lz1fGkq3yZC1u7Q2Wv4lJ8nU0pQ5E=",
+        },
+        tmp_path,
+        "migrate",
+    )
     for _ in range(2):  # a second run (every `compose up`) is a no-op
-        result = subprocess.run([str(ENTRYPOINT), "migrate"], env=env, capture_output=True, text=True,
-                                timeout=300)
+        result = subprocess.run([str(ENTRYPOINT), "migrate"], env=env, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]
     with psycopg.connect(database_url) as conn:
         tables = {row[0] for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    assert {"broker_app_connection", "broker_app_webhookendpoint", "broker_app_webhookdelivery",
-            "gateway_app_apikey", "django_migrations"} <= tables
+    assert {
+        "broker_app_connection",
+        "broker_app_webhookendpoint",
+        "broker_app_webhookdelivery",
+        "gateway_app_apikey",
+        "django_migrations",
+    } <= tables
 
 
 def test_migrate_role_fails_loudly_without_secrets(tmp_path):
-    env = entrypoint_env({"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT),
-                          "DATABASE_URL": sibling_database("migrate")}, tmp_path, "migrate")
+    env = entrypoint_env(
+        {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "DATABASE_URL": sibling_database("migrate")},
+        tmp_path,
+        "migrate",
+    )
     result = subprocess.run([str(ENTRYPOINT), "migrate"], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "is required when DEBUG is off" in result.stderr
 
 
 def _gunicorn_conf(**env: str) -> dict:
-    keys = ('bind', 'workers', 'threads', 'worker_class', 'accesslog', 'timeout')
+    keys = ("bind", "workers", "threads", "worker_class", "accesslog", "timeout")
     code = f"import json, runpy; c = runpy.run_path({str(CONF)!r}); print(json.dumps({{k: c[k] for k in {keys!r}}}))"
-    result = subprocess.run([sys.executable, "-c", code], env={"PATH": os.environ["PATH"], **env},
-                            capture_output=True, text=True, timeout=30, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     import json
 
     return json.loads(result.stdout)
@@ -110,14 +154,24 @@ def test_gunicorn_config_reads_the_environment():
     assert defaults["bind"] == "0.0.0.0:8000" and defaults["worker_class"] == "gthread"
     assert 1 <= defaults["workers"] <= 8 and defaults["accesslog"] is None
     tuned = _gunicorn_conf(PORT="8001", GUNICORN_WORKERS="3", GUNICORN_THREADS="2", GUNICORN_TIMEOUT="90")
-    assert tuned == {"bind": "0.0.0.0:8001", "workers": 3, "threads": 2, "worker_class": "gthread",
-                     "accesslog": None, "timeout": 90}
+    assert tuned == {
+        "bind": "0.0.0.0:8001",
+        "workers": 3,
+        "threads": 2,
+        "worker_class": "gthread",
+        "accesslog": None,
+        "timeout": 90,
+    }
     assert _gunicorn_conf(BIND="127.0.0.1:9000")["bind"] == "127.0.0.1:9000"
 
 
 def test_hadolint_accepts_the_dockerfile():
-    result = subprocess.run([str(BIN / "hadolint"), "--failure-threshold", "info", str(ROOT / "Dockerfile")],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(BIN / "hadolint"), "--failure-threshold", "info", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -129,8 +183,9 @@ def test_shellcheck_accepts_every_shell_script():
     entrypoint is POSIX sh: the image may not have bash)."""
     assert ENTRYPOINT in SHELL_SCRIPTS and len(SHELL_SCRIPTS) >= 5
     assert ENTRYPOINT.read_text().startswith("#!/bin/sh\n")
-    result = subprocess.run([str(BIN / "shellcheck"), *map(str, SHELL_SCRIPTS)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [str(BIN / "shellcheck"), *map(str, SHELL_SCRIPTS)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -176,9 +231,19 @@ def test_dockerfile_collectstatic_step_works(tmp_path):
         words = shlex.split(command)
         env = dict(word.split("=", 1) for word in words if re.fullmatch(r"[A-Z_]+=\S*", word))
         argv = [sys.executable if w == "python" else w for w in words if not re.fullmatch(r"[A-Z_]+=\S*", w)]
-        result = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, env={
-            "PATH": os.environ["PATH"], "STATIC_ROOT": str(tmp_path / "static"),
-            "DROMOS_VAR_DIR": str(tmp_path / "var"), **env})
+        result = subprocess.run(
+            argv,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={
+                "PATH": os.environ["PATH"],
+                "STATIC_ROOT": str(tmp_path / "static"),
+                "DROMOS_VAR_DIR": str(tmp_path / "var"),
+                **env,
+            },
+        )
         assert result.returncode == 0, result.stderr[-3000:]
     static = tmp_path / "static"
     assert (static / "admin" / "css" / "base.css").exists()
@@ -218,7 +283,8 @@ def test_compose_health_checks(compose):
     assert "/healthz" in " ".join(services["broker"]["healthcheck"]["test"])
     assert f":{services['broker']['environment']['PORT']}/" in " ".join(services["broker"]["healthcheck"]["test"])
     assert services["gateway"]["environment"]["BROKER_INTERNAL_URL"] == (
-        f"http://broker:{services['broker']['environment']['PORT']}")
+        f"http://broker:{services['broker']['environment']['PORT']}"
+    )
 
 
 def test_compose_keeps_secrets_out_of_the_file_and_keys_off_the_gateway(compose):

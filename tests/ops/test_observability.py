@@ -20,6 +20,7 @@ def scrape(url: str, **headers: str) -> str:
 
 # -- metrics ------------------------------------------------------------------------------------------
 
+
 def test_gateway_metrics_after_traffic(ops_stack):
     key = ops_stack.new_key(random_id("ws-metrics"))
     cid = ops_stack.connect(key)
@@ -37,20 +38,33 @@ def test_gateway_metrics_after_traffic(ops_stack):
     # both gunicorn workers.
     assert delta("dromos_http_request_duration_seconds_count", route=TOKEN_ROUTE, method="GET", status="200") == 3
     assert delta("dromos_http_request_duration_seconds_count", route=TOKEN_ROUTE, method="GET", status="404") == 1
-    assert delta("dromos_http_request_duration_seconds_count", route="/v1/check-connection/<str:connection_id>",
-                 method="GET", status="200") == 1
-    assert delta("dromos_http_request_duration_seconds_bucket", route=TOKEN_ROUTE, method="GET", status="200",
-                 le="+Inf") == 3
+    assert (
+        delta(
+            "dromos_http_request_duration_seconds_count",
+            route="/v1/check-connection/<str:connection_id>",
+            method="GET",
+            status="200",
+        )
+        == 1
+    )
+    assert (
+        delta("dromos_http_request_duration_seconds_bucket", route=TOKEN_ROUTE, method="GET", status="200", le="+Inf")
+        == 3
+    )
     assert delta("dromos_http_request_duration_seconds_sum", route=TOKEN_ROUTE, method="GET", status="200") > 0
     assert cid not in after
     # Token fetches by outcome, and the broker calls' latency seen from the gateway.
     assert delta("dromos_gateway_token_fetches_total", outcome="200") == 3
     assert delta("dromos_gateway_token_fetches_total", outcome="404") == 1
     assert delta("dromos_gateway_broker_call_seconds_count", operation=BROKER_TOKEN_OPERATION, outcome="200") == 3
-    assert delta("dromos_gateway_broker_call_seconds_bucket", operation=BROKER_TOKEN_OPERATION, outcome="200",
-                 le="+Inf") == 3
-    assert delta("dromos_gateway_broker_call_seconds_count", operation="GET /internal/v1/connections/{id}",
-                 outcome="200") == 1
+    assert (
+        delta("dromos_gateway_broker_call_seconds_bucket", operation=BROKER_TOKEN_OPERATION, outcome="200", le="+Inf")
+        == 3
+    )
+    assert (
+        delta("dromos_gateway_broker_call_seconds_count", operation="GET /internal/v1/connections/{id}", outcome="200")
+        == 1
+    )
 
 
 def test_broker_metrics_after_traffic(ops_stack):
@@ -78,11 +92,20 @@ def test_broker_metrics_after_traffic(ops_stack):
     assert delta(after, "dromos_connections_revoked_total", provider="local") == 1
     assert delta(after, "dromos_token_reads_total", provider="local") >= 1
     assert delta(after, "dromos_refresh_seconds_count", provider="local") >= 1
-    assert delta(after, "dromos_http_request_duration_seconds_count",
-                 route="/internal/v1/connections/<str:connection_id>/token", method="GET", status="200") == 1
+    assert (
+        delta(
+            after,
+            "dromos_http_request_duration_seconds_count",
+            route="/internal/v1/connections/<str:connection_id>/token",
+            method="GET",
+            status="200",
+        )
+        == 1
+    )
 
 
 # -- health probes ------------------------------------------------------------------------------------
+
 
 def test_healthz_and_readyz_on_both_processes(ops_stack):
     for url in (ops_stack.gateway_url, ops_stack.broker_url):
@@ -115,13 +138,21 @@ def test_gateway_readyz_fails_while_its_broker_is_down(ops_stack, tmp_path):
         assert down.json() == {"status": "unavailable", "checks": {"database": True, "redis": True, "broker": False}}
         assert requests.get(gateway_url + "/healthz", timeout=10).status_code == 200
         # Agents get an honest 503 with Retry-After, not a hang or a 500.
-        answer = requests.get(gateway_url + "/v1/providers", headers={"Authorization": f"Bearer {ops_stack.api_key}"},
-                              timeout=10)
+        answer = requests.get(
+            gateway_url + "/v1/providers", headers={"Authorization": f"Bearer {ops_stack.api_key}"}, timeout=10
+        )
         assert answer.status_code == 503 and answer.headers["Retry-After"] == "2"
         assert answer.json()["error"] == "broker_unavailable"
         metrics = requests.get(gateway_url + "/metrics", timeout=10).text
-        assert metric_value(metrics, "dromos_gateway_broker_call_seconds_count", operation="GET /internal/v1/providers",
-                            outcome="unreachable") == 1
+        assert (
+            metric_value(
+                metrics,
+                "dromos_gateway_broker_call_seconds_count",
+                operation="GET /internal/v1/providers",
+                outcome="unreachable",
+            )
+            == 1
+        )
         broker = start_role("broker", broker_env, tmp_path, broker_port)
         wait_for(lambda: http_status(gateway_url + "/readyz") == 200, "gateway ready again", 60)
     finally:
@@ -130,6 +161,7 @@ def test_gateway_readyz_fails_while_its_broker_is_down(ops_stack, tmp_path):
 
 
 # -- request id ---------------------------------------------------------------------------------------
+
 
 def test_request_id_is_carried_from_gateway_to_broker_logs(ops_stack):
     key = ops_stack.new_key(random_id("ws-trace"))
@@ -142,11 +174,16 @@ def test_request_id_is_carried_from_gateway_to_broker_logs(ops_stack):
         return [line for line in ops_stack.json_log(name) if line.get("request_id") == request_id]
 
     broker_lines = wait_for(lambda: lines("broker"), "the broker's log lines for the request id")
-    assert any(line["logger"] == "dromos.request" and line["path"] == f"/internal/v1/connections/{cid}"
-               and line["status"] == 200 for line in broker_lines), broker_lines
+    assert any(
+        line["logger"] == "dromos.request"
+        and line["path"] == f"/internal/v1/connections/{cid}"
+        and line["status"] == 200
+        for line in broker_lines
+    ), broker_lines
     gateway_lines = wait_for(lambda: lines("gateway"), "the gateway's log lines for the request id")
-    assert any(line["logger"] == "dromos.request" and line["path"] == f"/v1/check-connection/{cid}"
-               for line in gateway_lines), gateway_lines
+    assert any(
+        line["logger"] == "dromos.request" and line["path"] == f"/v1/check-connection/{cid}" for line in gateway_lines
+    ), gateway_lines
     assert key not in ops_stack.log("gateway") and key not in ops_stack.log("broker")
 
 
@@ -159,6 +196,10 @@ def test_a_request_id_is_made_up_when_missing_or_unsafe_and_still_followed(ops_s
         assert request_id not in (headers.get("X-Request-ID"), "-") and len(request_id) == 16
         made_up.append(request_id)
     for request_id in made_up:
-        wait_for(lambda request_id=request_id: any(
-            line.get("request_id") == request_id and line.get("path") == "/internal/v1/providers"
-            for line in ops_stack.json_log("broker")), f"broker line for {request_id}")
+        wait_for(
+            lambda request_id=request_id: any(
+                line.get("request_id") == request_id and line.get("path") == "/internal/v1/providers"
+                for line in ops_stack.json_log("broker")
+            ),
+            f"broker line for {request_id}",
+        )

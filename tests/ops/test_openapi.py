@@ -24,9 +24,14 @@ from tests.ops.conftest import random_id
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 OPERATIONS = {
-    ("GET", "/v1/ping"), ("POST", "/v1/request-connection"), ("GET", "/v1/check-connection/{connection_id}"),
-    ("GET", "/v1/token/{connection_id}"), ("POST", "/v1/refresh/{connection_id}"), ("GET", "/v1/connections"),
-    ("DELETE", "/v1/connections/{connection_id}"), ("GET", "/v1/providers"),
+    ("GET", "/v1/ping"),
+    ("POST", "/v1/request-connection"),
+    ("GET", "/v1/check-connection/{connection_id}"),
+    ("GET", "/v1/token/{connection_id}"),
+    ("POST", "/v1/refresh/{connection_id}"),
+    ("GET", "/v1/connections"),
+    ("DELETE", "/v1/connections/{connection_id}"),
+    ("GET", "/v1/providers"),
 }
 
 
@@ -35,11 +40,36 @@ def run_schemathesis(stack, workdir: Path, key: str, *args: str, config: str = "
     config_file = workdir / "schemathesis.toml"
     config_file.write_text(config)
     result = subprocess.run(
-        [str(SCHEMATHESIS), "--config-file", str(config_file), "--no-color", "run", f"{stack.gateway_url}/openapi.json",
-         "--header", f"Authorization: Bearer {key}", "--exclude-checks", "positive_data_acceptance",
-         "--max-examples", "25", "--seed", "20261127", "--workers", "1", "--request-timeout", "20",
-         "--report", "junit", "--report-junit-path", str(workdir / "junit.xml"), *args],
-        capture_output=True, text=True, timeout=170, cwd=workdir)
+        [
+            str(SCHEMATHESIS),
+            "--config-file",
+            str(config_file),
+            "--no-color",
+            "run",
+            f"{stack.gateway_url}/openapi.json",
+            "--header",
+            f"Authorization: Bearer {key}",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--max-examples",
+            "25",
+            "--seed",
+            "20261127",
+            "--workers",
+            "1",
+            "--request-timeout",
+            "20",
+            "--report",
+            "junit",
+            "--report-junit-path",
+            str(workdir / "junit.xml"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        cwd=workdir,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-12000:]
     generated = re.search(r"(\d+) generated", output)
@@ -81,8 +111,16 @@ parameters = {{ "path.connection_id" = "{live}" }}
 include-path-regex = "^/v1/connections/"
 parameters = {{ "path.connection_id" = "{revocable}" }}
 """
-    output, generated = run_schemathesis(ops_stack, tmp_path, key, "--include-path-regex", r"\{connection_id\}",
-                                         "--phases", "examples,coverage,fuzzing", config=config)
+    output, generated = run_schemathesis(
+        ops_stack,
+        tmp_path,
+        key,
+        "--include-path-regex",
+        r"\{connection_id\}",
+        "--phases",
+        "examples,coverage,fuzzing",
+        config=config,
+    )
     assert re.search(r"Selected: 4/\d+\s+Tested: 4", output), output[-3000:]
     assert generated >= 50
     assert ops_stack.gw("GET", f"/v1/check-connection/{live}", key).json()["status"] == "active"

@@ -36,10 +36,17 @@ def redis_relayed_stack(tmp_path_factory):
     parts = urlsplit(redis_url)
     relay = Relay((parts.hostname or "127.0.0.1", parts.port or 6379))
     relayed_url = urlunsplit(parts._replace(netloc=f"127.0.0.1:{relay.port}"))
-    stack = Stack(workdir=tmp_path_factory.mktemp("redis-outage"), database_url=database_url,
-                  redis_url=relayed_url, celery=False, beat=False, gateway_workers=1, broker_workers=1,
-                  oidc_port=free_port(),
-                  extra_env={"API_KEY_RATE_LIMIT": f"{LIMIT}/min", "API_KEY_CACHE_SECONDS": str(CACHE_SECONDS)})
+    stack = Stack(
+        workdir=tmp_path_factory.mktemp("redis-outage"),
+        database_url=database_url,
+        redis_url=relayed_url,
+        celery=False,
+        beat=False,
+        gateway_workers=1,
+        broker_workers=1,
+        oidc_port=free_port(),
+        extra_env={"API_KEY_RATE_LIMIT": f"{LIMIT}/min", "API_KEY_CACHE_SECONDS": str(CACHE_SECONDS)},
+    )
     stack.start()
     yield stack, relay
     stack.stop()
@@ -47,8 +54,11 @@ def redis_relayed_stack(tmp_path_factory):
 
 
 def _new_key(stack: Stack, name: str) -> str:
-    return stack.manage("gateway", "apikey", "create", "--workspace", "demo", "--name", name).stdout.strip() \
+    return (
+        stack.manage("gateway", "apikey", "create", "--workspace", "demo", "--name", name)
+        .stdout.strip()
         .splitlines()[-1]
+    )
 
 
 def _fetch(stack: Stack, key: str) -> requests.Response:
@@ -85,8 +95,11 @@ def test_redis_outage_degrades_and_recovers(redis_relayed_stack):
         assert _degraded(stack, "rate_limit") >= 2 * (LIMIT + 2)
         assert _degraded(stack, "revocation_marker") >= 1
         # The broker does not need Redis to serve a token read.
-        direct = requests.get(stack.broker_url + "/internal/v1/connections/c_" + "x" * 32 + "/token", timeout=30,
-                              headers={"X-API-Key": stack.env["BROKER_API_KEY"], "X-Dromos-Workspace": "demo"})
+        direct = requests.get(
+            stack.broker_url + "/internal/v1/connections/c_" + "x" * 32 + "/token",
+            timeout=30,
+            headers={"X-API-Key": stack.env["BROKER_API_KEY"], "X-Dromos-Workspace": "demo"},
+        )
         assert direct.status_code == 404
         ready = requests.get(stack.gateway_url + "/readyz", timeout=30)
         assert ready.status_code == 503 and ready.json()["checks"]["redis"] is False
@@ -155,8 +168,14 @@ def test_queueing_a_webhook_while_redis_hangs_gives_up_in_bounded_time(redis_rel
     try:
         env = {**stack.env, "DJANGO_SETTINGS_MODULE": "dromos.settings.broker"}
         started = time.monotonic()
-        result = subprocess.run([sys.executable, "-c", QUEUE_UNDER_HANGING_REDIS], env=env, cwd=ROOT,
-                                capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-c", QUEUE_UNDER_HANGING_REDIS],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         elapsed = time.monotonic() - started
     finally:
         relay.restore()

@@ -17,8 +17,16 @@ from tests.ops.conftest import metric_value, random_id, wait_for
 
 
 def add_webhook(stack, workspace: str, url: str, *events: str) -> str:
-    result = stack.manage("broker", "webhook", "add", "--workspace", workspace, "--url", url,
-                          *[arg for event in events for arg in ("--event", event)])
+    result = stack.manage(
+        "broker",
+        "webhook",
+        "add",
+        "--workspace",
+        workspace,
+        "--url",
+        url,
+        *[arg for event in events for arg in ("--event", event)],
+    )
     return result.stdout.strip().splitlines()[-1]
 
 
@@ -88,12 +96,19 @@ def test_every_connection_event_reaches_the_workspace_webhook_signed(ops_stack, 
     ops_stack.gw("DELETE", f"/v1/connections/{elsewhere}", other_key)
     time.sleep(1)
     events = sorted((r.headers["Dromos-Event"], r.json()["data"]["connection_id"]) for r in webhook_receiver.at(path))
-    assert events == sorted([("connection.activated", cid), ("connection.failed", denied),
-                             ("connection.refreshed_after_failure", cid), ("connection.revoked", cid)])
+    assert events == sorted(
+        [
+            ("connection.activated", cid),
+            ("connection.failed", denied),
+            ("connection.refreshed_after_failure", cid),
+            ("connection.revoked", cid),
+        ]
+    )
 
     wait_for(lambda: ops_stack.deliveries_settled(workspace), "every delivery's outcome stored")
-    history = ops_stack.manage("broker", "webhook", "deliveries", "--workspace", workspace,
-                               "--url", webhook_receiver.url + path).stdout
+    history = ops_stack.manage(
+        "broker", "webhook", "deliveries", "--workspace", workspace, "--url", webhook_receiver.url + path
+    ).stdout
     assert len(history.splitlines()) == 4 and history.count("\tdelivered\tattempts=1\tlast_status=200\t") == 4
     assert secret not in history and token["access_token"] not in history
 
@@ -110,12 +125,19 @@ def test_failing_endpoint_is_retried_with_backoff_then_given_up(ops_stack, webho
     worker_metrics = f"http://127.0.0.1:{ops_stack.worker_metrics_port}/metrics"
     import requests
 
-    before = metric_value(requests.get(worker_metrics, timeout=10).text, "dromos_webhook_deliveries_total",
-                          event="connection.activated", outcome="retry")
+    before = metric_value(
+        requests.get(worker_metrics, timeout=10).text,
+        "dromos_webhook_deliveries_total",
+        event="connection.activated",
+        outcome="retry",
+    )
     cid = ops_stack.connect(ops_stack.new_key(workspace))
 
-    attempts = wait_for(lambda: len(webhook_receiver.at(ok_path)) >= 3 and webhook_receiver.at(ok_path),
-                        "three attempts at the recovering endpoint", 30)
+    attempts = wait_for(
+        lambda: len(webhook_receiver.at(ok_path)) >= 3 and webhook_receiver.at(ok_path),
+        "three attempts at the recovering endpoint",
+        30,
+    )
     assert len({a.headers["Dromos-Delivery"] for a in attempts}) == 1  # one delivery, attempted three times
     for attempt in attempts:
         assert_signed(attempt, secret)  # re-signed with a fresh timestamp each time
@@ -125,17 +147,22 @@ def test_failing_endpoint_is_retried_with_backoff_then_given_up(ops_stack, webho
     assert 1.5 <= second_wait < 4.5, second_wait
     assert second_wait > first_wait
 
-    down = wait_for(lambda: len(webhook_receiver.at(down_path)) >= 3 and webhook_receiver.at(down_path),
-                    "three attempts at the failing endpoint", 30)
+    down = wait_for(
+        lambda: len(webhook_receiver.at(down_path)) >= 3 and webhook_receiver.at(down_path),
+        "three attempts at the failing endpoint",
+        30,
+    )
     time.sleep(3)  # past when a fourth attempt would come
     assert len(webhook_receiver.at(down_path)) == 3 == len(down)
 
     def history(path):
-        return ops_stack.manage("broker", "webhook", "deliveries", "--workspace", workspace,
-                                "--url", webhook_receiver.url + path).stdout
+        return ops_stack.manage(
+            "broker", "webhook", "deliveries", "--workspace", workspace, "--url", webhook_receiver.url + path
+        ).stdout
 
     assert "\tdelivered\tattempts=3\tlast_status=200\t" in wait_for(
-        lambda: "\tdelivered\t" in history(ok_path) and history(ok_path), "delivered history")
+        lambda: "\tdelivered\t" in history(ok_path) and history(ok_path), "delivered history"
+    )
     failed = wait_for(lambda: "\tfailed\t" in history(down_path) and history(down_path), "failed history")
     assert "\tfailed\tattempts=3\tlast_status=500\t" in failed and "HTTP 500" in failed
     listing = ops_stack.manage("broker", "webhook", "list", "--workspace", workspace).stdout
@@ -143,11 +170,12 @@ def test_failing_endpoint_is_retried_with_backoff_then_given_up(ops_stack, webho
 
     # The worker counts attempts by outcome on its own /metrics.
     text = requests.get(worker_metrics, timeout=10).text
-    assert metric_value(text, "dromos_webhook_deliveries_total", event="connection.activated",
-                        outcome="retry") >= before + 4
+    assert (
+        metric_value(text, "dromos_webhook_deliveries_total", event="connection.activated", outcome="retry")
+        >= before + 4
+    )
     assert metric_value(text, "dromos_webhook_deliveries_total", event="connection.activated", outcome="failed") >= 1
-    assert metric_value(text, "dromos_webhook_deliveries_total", event="connection.activated",
-                        outcome="delivered") >= 1
+    assert metric_value(text, "dromos_webhook_deliveries_total", event="connection.activated", outcome="delivered") >= 1
 
 
 # -- the signature scheme (in process) ---------------------------------------------------------------

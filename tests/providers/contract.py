@@ -81,8 +81,9 @@ def signing_key():
 
 def provider_row(key: str, case: dict[str, Any], **fields) -> Provider:
     """An unsaved Provider row as `manage.py provider upsert --template KEY` makes it."""
-    provider = Provider(name=key.replace("_", "-"), template=key, client_id=CLIENT_ID,
-                        settings=dict(case.get("settings", {})), **fields)
+    provider = Provider(
+        name=key.replace("_", "-"), template=key, client_id=CLIENT_ID, settings=dict(case.get("settings", {})), **fields
+    )
     set_client_secret(provider, CLIENT_SECRET)
     return provider
 
@@ -220,8 +221,14 @@ class ProviderContract:
         expected = case["authorize"]
         scopes = case.get("scopes", list(spec.default_scopes))
         nonce = "nonce-123" if spec.oidc and "openid" in scopes else None  # as connection_start decides
-        url = client.authorize_url(spec, redirect_uri=REDIRECT_URI, scopes=scopes, state="state-123",
-                                   code_challenge=client.pkce_challenge(VERIFIER), nonce=nonce)
+        url = client.authorize_url(
+            spec,
+            redirect_uri=REDIRECT_URI,
+            scopes=scopes,
+            state="state-123",
+            code_challenge=client.pkce_challenge(VERIFIER),
+            nonce=nonce,
+        )
         parts = urlsplit(url)
         assert f"{parts.scheme}://{parts.netloc}{parts.path}" == case["endpoints"]["authorize_url"]
         raw = parse_qs(parts.query, keep_blank_values=True)
@@ -250,8 +257,7 @@ class ProviderContract:
         spec, hooks = live
         exchange = case["exchange"]
         self.answer(replay, spec.token_url, exchange)
-        tokens = client.exchange_code(spec, hooks, code="code-123", redirect_uri=REDIRECT_URI,
-                                      code_verifier=VERIFIER)
+        tokens = client.exchange_code(spec, hooks, code="code-123", redirect_uri=REDIRECT_URI, code_verifier=VERIFIER)
         request = replay.only("POST")
         assert request.path == path_of(case["endpoints"]["token_url"])
         fields = request.fields()
@@ -295,8 +301,9 @@ class ProviderContract:
             return
         spec, hooks = live
         tokens = hooks.parse_token_response(spec, refresh["body"])
-        connection = Connection(id="c_contract", metadata={"earlier": "kept"}, granted_scopes=["before"],
-                                token_version=1)
+        connection = Connection(
+            id="c_contract", metadata={"earlier": "kept"}, granted_scopes=["before"], token_version=1
+        )
         connection.refresh_token_enc = crypto.encrypt("RT-OLD", aad=connection.aad("refresh_token"))
         before = timezone.now()
         store_tokens(connection, tokens, keep_refresh_token=True)
@@ -322,7 +329,8 @@ class ProviderContract:
         assert errors, "record at least the provider's answer to a bad code or refresh token"
         if entry.get("refresh", True) and case.get("dead_refresh_token") != "undocumented":
             assert any(e["when"] == "refresh" and e["expect"] == "invalid_grant" for e in errors), (
-                "record how the provider answers a dead refresh token: it must read invalid_grant")
+                "record how the provider answers a dead refresh token: it must read invalid_grant"
+            )
         for error in errors:
             replay.reset()
             url = (spec.refresh_url or spec.token_url) if error["when"] == "refresh" else spec.token_url
@@ -332,8 +340,9 @@ class ProviderContract:
                 if error["when"] == "refresh":
                     client.refresh(spec, hooks, refresh_token="RT-DEAD")
                 else:
-                    client.exchange_code(spec, hooks, code="code-dead", redirect_uri=REDIRECT_URI,
-                                         code_verifier=VERIFIER)
+                    client.exchange_code(
+                        spec, hooks, code="code-dead", redirect_uri=REDIRECT_URI, code_verifier=VERIFIER
+                    )
             assert caught.value.error == error["expect"], error["body"]
             assert "RT-DEAD" not in str(caught.value) and "code-dead" not in str(caught.value)
             assert CLIENT_SECRET not in str(caught.value)
@@ -389,8 +398,16 @@ class ProviderContract:
         now = int(time.time())
 
         def signed(**claims) -> str:
-            payload = {"iss": documented["issuer"], "sub": "user-1", "aud": CLIENT_ID, "iat": now, "exp": now + 600,
-                       "nonce": "nonce-123", **documented["claims"], **claims}
+            payload = {
+                "iss": documented["issuer"],
+                "sub": "user-1",
+                "aud": CLIENT_ID,
+                "iat": now,
+                "exp": now + 600,
+                "nonce": "nonce-123",
+                **documented["claims"],
+                **claims,
+            }
             return jwt.encode(payload, private, algorithm="RS256", headers={"kid": "contract-key"})
 
         claims = oidc.verify_id_token(spec, hooks, signed(), nonce_digest=crypto.digest("nonce-123"))
@@ -403,5 +420,15 @@ class ProviderContract:
                 oidc.verify_id_token(spec, hooks, signed(**forged), nonce_digest=crypto.digest("nonce-123"))
 
 
-__all__ = ["CLIENT_ID", "CLIENT_SECRET", "REDIRECT_URI", "VERIFIER", "ProviderContract", "at_replay", "load",
-           "provider_row", "recorded_keys", "signing_key"]
+__all__ = [
+    "CLIENT_ID",
+    "CLIENT_SECRET",
+    "REDIRECT_URI",
+    "VERIFIER",
+    "ProviderContract",
+    "at_replay",
+    "load",
+    "provider_row",
+    "recorded_keys",
+    "signing_key",
+]

@@ -72,13 +72,22 @@ class Replay:
             self.requests.clear()
             self.answers.clear()
 
-    def answer(self, method: str, path: str, status: int, body: Any = None, *,
-               content_type: str = "application/json", headers: dict[str, str] | None = None) -> None:
+    def answer(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         """Queue one answer for the next `method path` request (FIFO; 404 when none left).
         A str body is sent as is; anything else as JSON (None as `null`, except with 204)."""
         with self.lock:
             self.answers.setdefault((method.upper(), path), deque()).append(
-                (status, body, content_type, dict(headers or {})))
+                (status, body, content_type, dict(headers or {}))
+            )
 
     def only(self, method: str | None = None) -> Recorded:
         assert len(self.requests) == 1, [f"{r.method} {r.path}" for r in self.requests]
@@ -97,15 +106,24 @@ class Replay:
                 length = int(self.headers.get("Content-Length", "0") or 0)
                 body = self.rfile.read(length) if length else b""
                 parts = urlsplit(self.path)
-                recorded = Recorded(method=self.command, path=parts.path, query=dict(parse_qsl(parts.query)),
-                                    headers={k.lower(): v for k, v in self.headers.items()}, body=body)
+                recorded = Recorded(
+                    method=self.command,
+                    path=parts.path,
+                    query=dict(parse_qsl(parts.query)),
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                    body=body,
+                )
                 with replay.lock:
                     replay.requests.append(recorded)
                     queue = replay.answers.get((self.command, parts.path))
-                    status, payload, content_type, headers = queue.popleft() if queue else (
-                        404, {"error": "not_found"}, "application/json", {})
-                raw = b"" if payload is None and status == 204 else (
-                    payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
+                    status, payload, content_type, headers = (
+                        queue.popleft() if queue else (404, {"error": "not_found"}, "application/json", {})
+                    )
+                raw = (
+                    b""
+                    if payload is None and status == 204
+                    else (payload.encode() if isinstance(payload, str) else json.dumps(payload).encode())
+                )
                 self.send_response(status)
                 if raw:
                     self.send_header("Content-Type", content_type)

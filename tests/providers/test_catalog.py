@@ -29,12 +29,41 @@ def test_catalog_has_no_problems():
 
 def test_every_catalog_template_has_recorded_answers_and_runs_the_contract():
     assert recorded_keys() == sorted(catalog())
-    contract_classes = {obj.key for obj in globals().values()
-                        if isinstance(obj, type) and issubclass(obj, ProviderContract) and obj is not ProviderContract}
+    contract_classes = {
+        obj.key
+        for obj in globals().values()
+        if isinstance(obj, type) and issubclass(obj, ProviderContract) and obj is not ProviderContract
+    }
     assert contract_classes == set(catalog())
-    issue_list = {"google", "microsoft", "github", "github_app", "gitlab", "slack", "atlassian", "notion",
-                  "salesforce", "hubspot", "zoom", "dropbox", "box", "linear", "asana", "discord", "spotify", "figma",
-                  "airtable", "quickbooks", "xero", "zendesk", "shopify", "okta", "auth0", "keycloak", "oidc"}
+    issue_list = {
+        "google",
+        "microsoft",
+        "github",
+        "github_app",
+        "gitlab",
+        "slack",
+        "atlassian",
+        "notion",
+        "salesforce",
+        "hubspot",
+        "zoom",
+        "dropbox",
+        "box",
+        "linear",
+        "asana",
+        "discord",
+        "spotify",
+        "figma",
+        "airtable",
+        "quickbooks",
+        "xero",
+        "zendesk",
+        "shopify",
+        "okta",
+        "auth0",
+        "keycloak",
+        "oidc",
+    }
     assert issue_list <= set(catalog())
 
 
@@ -48,9 +77,14 @@ class TestGoogle(ProviderContract):
 
     def test_granted_scopes_come_back_in_the_requested_vocabulary(self, live):
         spec, hooks = live
-        tokens = hooks.parse_token_response(spec, {
-            "access_token": "a", "scope": "https://www.googleapis.com/auth/userinfo.email openid "
-                                          "https://www.googleapis.com/auth/drive.readonly"})
+        tokens = hooks.parse_token_response(
+            spec,
+            {
+                "access_token": "a",
+                "scope": "https://www.googleapis.com/auth/userinfo.email openid "
+                "https://www.googleapis.com/auth/drive.readonly",
+            },
+        )
         assert tokens.scope == ("email", "openid", "https://www.googleapis.com/auth/drive.readonly")
 
 
@@ -61,8 +95,10 @@ class TestMicrosoft(ProviderContract):
     key = "microsoft"
     WORK_TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 
-    @pytest.mark.parametrize("tenant", ["common", "organizations", "consumers", "contoso.onmicrosoft.com",
-                                        "72f988bf-86f1-41af-91ab-2d7cd011db47"])
+    @pytest.mark.parametrize(
+        "tenant",
+        ["common", "organizations", "consumers", "contoso.onmicrosoft.com", "72f988bf-86f1-41af-91ab-2d7cd011db47"],
+    )
     def test_tenant_selects_the_endpoints(self, tenant):
         spec, _hooks = resolve(provider_row(self.key, {}), {"tenant": tenant})
         base = f"https://login.microsoftonline.com/{tenant}"
@@ -80,18 +116,21 @@ class TestMicrosoft(ProviderContract):
         with pytest.raises(ProviderConfigError, match="'tenant'"):
             resolve(provider_row(self.key, {}))
 
-    @pytest.mark.parametrize("tenant, tid, accepted", [
-        ("common", WORK_TENANT, True),
-        ("common", MSA_TENANT, True),
-        ("organizations", WORK_TENANT, True),
-        ("organizations", MSA_TENANT, False),
-        ("consumers", MSA_TENANT, True),
-        ("consumers", WORK_TENANT, False),
-        (WORK_TENANT, WORK_TENANT, True),
-        (WORK_TENANT, "0b5d0b3a-1111-4222-8333-944455566677", False),
-        ("common", "not-a-guid", False),
-        ("common", WORK_TENANT + "\n", False),
-    ])
+    @pytest.mark.parametrize(
+        "tenant, tid, accepted",
+        [
+            ("common", WORK_TENANT, True),
+            ("common", MSA_TENANT, True),
+            ("organizations", WORK_TENANT, True),
+            ("organizations", MSA_TENANT, False),
+            ("consumers", MSA_TENANT, True),
+            ("consumers", WORK_TENANT, False),
+            (WORK_TENANT, WORK_TENANT, True),
+            (WORK_TENANT, "0b5d0b3a-1111-4222-8333-944455566677", False),
+            ("common", "not-a-guid", False),
+            ("common", WORK_TENANT + "\n", False),
+        ],
+    )
     def test_issuer_follows_the_tokens_tenant_within_what_the_tenant_setting_allows(self, tenant, tid, accepted):
         spec, hooks = resolve(provider_row(self.key, {}), {"tenant": tenant})
         if accepted:
@@ -101,8 +140,9 @@ class TestMicrosoft(ProviderContract):
                 hooks.expected_issuer(spec, {"tid": tid})
 
     def test_allowed_tenants_setting_limits_common(self):
-        spec, hooks = resolve(provider_row(self.key, {"settings": {"allowed_tenants": [self.WORK_TENANT]}}),
-                              {"tenant": "common"})
+        spec, hooks = resolve(
+            provider_row(self.key, {"settings": {"allowed_tenants": [self.WORK_TENANT]}}), {"tenant": "common"}
+        )
         assert hooks.expected_issuer(spec, {"tid": self.WORK_TENANT}).endswith(f"/{self.WORK_TENANT}/v2.0")
         with pytest.raises(IdTokenError, match="allowlist"):
             hooks.expected_issuer(spec, {"tid": MSA_TENANT})
@@ -120,9 +160,19 @@ class TestMicrosoft(ProviderContract):
         replay.answer("GET", client.urlsplit(spec.jwks_uri).path, 200, {"keys": [public]})
         other = "0b5d0b3a-1111-4222-8333-944455566677"
         now = int(time.time())
-        token = jwt.encode({"iss": f"https://login.microsoftonline.com/{other}/v2.0", "tid": other, "sub": "s",
-                            "aud": CLIENT_ID, "iat": now, "exp": now + 600}, private, algorithm="RS256",
-                           headers={"kid": "contract-key"})
+        token = jwt.encode(
+            {
+                "iss": f"https://login.microsoftonline.com/{other}/v2.0",
+                "tid": other,
+                "sub": "s",
+                "aud": CLIENT_ID,
+                "iat": now,
+                "exp": now + 600,
+            },
+            private,
+            algorithm="RS256",
+            headers={"kid": "contract-key"},
+        )
         with pytest.raises(IdTokenError, match="configured tenant"):
             oidc.verify_id_token(spec, hooks, token, nonce_digest=None)
 
@@ -134,16 +184,26 @@ class TestGitHub(ProviderContract):
         """Without `Accept: application/json` GitHub answers form-encoded; a proxy that drops
         the header must not break the exchange."""
         spec, hooks = live
-        tokens = exchange(spec, hooks, replay, "access_token=gho_16C7e42F292c6912E7710c838347Ae178B4a&scope=repo%2Cgist"
-                          "&token_type=bearer", content_type="application/x-www-form-urlencoded; charset=utf-8")
+        tokens = exchange(
+            spec,
+            hooks,
+            replay,
+            "access_token=gho_16C7e42F292c6912E7710c838347Ae178B4a&scope=repo%2Cgist&token_type=bearer",
+            content_type="application/x-www-form-urlencoded; charset=utf-8",
+        )
         assert tokens.access_token == "gho_16C7e42F292c6912E7710c838347Ae178B4a"
         assert tokens.scope == ("repo", "gist")
 
     def test_form_encoded_error_with_http_200_is_an_error(self, live, replay):
         spec, hooks = live
         with pytest.raises(PermanentOAuthError) as caught:
-            exchange(spec, hooks, replay, "error=bad_verification_code&error_description=The+code+passed+is+incorrect",
-                     content_type="application/x-www-form-urlencoded")
+            exchange(
+                spec,
+                hooks,
+                replay,
+                "error=bad_verification_code&error_description=The+code+passed+is+incorrect",
+                content_type="application/x-www-form-urlencoded",
+            )
         assert caught.value.error == "invalid_grant"
 
 
@@ -176,10 +236,24 @@ class TestSlack(ProviderContract):
 
     def test_user_only_install_has_no_top_level_token(self, live, replay):
         spec, hooks = live
-        tokens = exchange(spec, hooks, replay, {
-            "ok": True, "app_id": "A0KRD7HC3", "team": {"id": "T9TK3CUKW", "name": "Team"}, "enterprise": None,
-            "authed_user": {"id": "U1234", "scope": "users:read", "access_token": "xoxp-1234", "token_type": "user"},
-            "is_enterprise_install": False})
+        tokens = exchange(
+            spec,
+            hooks,
+            replay,
+            {
+                "ok": True,
+                "app_id": "A0KRD7HC3",
+                "team": {"id": "T9TK3CUKW", "name": "Team"},
+                "enterprise": None,
+                "authed_user": {
+                    "id": "U1234",
+                    "scope": "users:read",
+                    "access_token": "xoxp-1234",
+                    "token_type": "user",
+                },
+                "is_enterprise_install": False,
+            },
+        )
         assert tokens.access_token == "xoxp-1234" and tokens.refresh_token is None and tokens.expires_in is None
         assert tokens.scope == ("users:read",) and tokens.account == {"sub": "U1234", "team_id": "T9TK3CUKW"}
 
@@ -202,8 +276,12 @@ class TestAtlassian(ProviderContract):
         replay.answer("POST", client.urlsplit(spec.token_url).path, 200, load(self.key)["refresh"]["body"])
         client.refresh(spec, hooks, refresh_token="RT-OLD")
         body = replay.only("POST").json
-        assert body == {"grant_type": "refresh_token", "refresh_token": "RT-OLD", "client_id": "dromos-client-id",
-                        "client_secret": "dromos-client-secret"}
+        assert body == {
+            "grant_type": "refresh_token",
+            "refresh_token": "RT-OLD",
+            "client_id": "dromos-client-id",
+            "client_secret": "dromos-client-secret",
+        }
 
 
 class TestNotion(ProviderContract):
@@ -213,8 +291,9 @@ class TestNotion(ProviderContract):
 class TestSalesforce(ProviderContract):
     key = "salesforce"
 
-    @pytest.mark.parametrize("login_host", ["test.salesforce.com", "acme.my.salesforce.com",
-                                            "acme--uat.sandbox.my.salesforce.com"])
+    @pytest.mark.parametrize(
+        "login_host", ["test.salesforce.com", "acme.my.salesforce.com", "acme--uat.sandbox.my.salesforce.com"]
+    )
     def test_login_host_per_connection(self, login_host):
         spec, _hooks = resolve(provider_row(self.key, {}), {"login_host": login_host})
         assert spec.token_url == f"https://{login_host}/services/oauth2/token"
@@ -244,8 +323,9 @@ class TestKeycloak(ProviderContract):
     key = "keycloak"
 
     def test_legacy_auth_prefix_in_the_operators_host(self):
-        spec, _hooks = resolve(provider_row(self.key, {"settings": {"host": "sso.example.com/auth"}}),
-                               {"realm": "acme"})
+        spec, _hooks = resolve(
+            provider_row(self.key, {"settings": {"host": "sso.example.com/auth"}}), {"realm": "acme"}
+        )
         assert spec.token_url == "https://sso.example.com/auth/realms/acme/protocol/openid-connect/token"
 
     def test_host_and_realm_both_missing_are_both_named(self):
@@ -255,8 +335,13 @@ class TestKeycloak(ProviderContract):
 
 
 # Every other template runs the contract as it is.
-for _key in sorted(set(catalog()) - {obj.key for obj in list(globals().values())
-                                     if isinstance(obj, type) and issubclass(obj, ProviderContract)
-                                     and obj is not ProviderContract}):
+for _key in sorted(
+    set(catalog())
+    - {
+        obj.key
+        for obj in list(globals().values())
+        if isinstance(obj, type) and issubclass(obj, ProviderContract) and obj is not ProviderContract
+    }
+):
     _name = "Test" + "".join(part.capitalize() for part in _key.split("_"))
     globals()[_name] = type(_name, (ProviderContract,), {"key": _key, "__module__": __name__})

@@ -25,8 +25,17 @@ RETURN_URL = "https://app.example.com/oauth/return"
 
 def upsert(*args: str) -> str:
     out = io.StringIO()
-    call_command("provider", "upsert", "--client-id", "dromos-client-id", "--client-secret", "dromos-client-secret",
-                 *args, stdout=out, stderr=io.StringIO())
+    call_command(
+        "provider",
+        "upsert",
+        "--client-id",
+        "dromos-client-id",
+        "--client-secret",
+        "dromos-client-secret",
+        *args,
+        stdout=out,
+        stderr=io.StringIO(),
+    )
     return out.getvalue()
 
 
@@ -57,8 +66,14 @@ def stored_refresh_token(cid: str) -> str | None:
 
 def test_salesforce_keeps_instance_url_and_identity_and_refreshes_without_expiry(stack, replay):
     recorded = load("salesforce")
-    upsert("--name", "salesforce", "--token-url", replay.url("/services/oauth2/token"),
-           "--revocation-url", replay.url("/services/oauth2/revoke"))
+    upsert(
+        "--name",
+        "salesforce",
+        "--token-url",
+        replay.url("/services/oauth2/token"),
+        "--revocation-url",
+        replay.url("/services/oauth2/revoke"),
+    )
     key = stack.key()
     replay.answer("POST", "/services/oauth2/token", 200, recorded["exchange"]["body"])
     cid, query = consent(stack, key, "salesforce", params={"login_host": "acme.my.salesforce.com"})
@@ -69,9 +84,11 @@ def test_salesforce_keeps_instance_url_and_identity_and_refreshes_without_expiry
 
     status = check(stack, key, cid)
     assert status["status"] == "active"
-    assert status["metadata"] == {"instance_url": "https://yourInstance.my.salesforce.com",
-                                  "id": "https://login.salesforce.com/id/00Dxx0000001gPLEAY/005xx000001SwiUAAS",
-                                  "issued_at": "1278448101416"}
+    assert status["metadata"] == {
+        "instance_url": "https://yourInstance.my.salesforce.com",
+        "id": "https://login.salesforce.com/id/00Dxx0000001gPLEAY/005xx000001SwiUAAS",
+        "issued_at": "1278448101416",
+    }
     assert status["account"] == {"sub": "https://login.salesforce.com/id/00Dxx0000001gPLEAY/005xx000001SwiUAAS"}
     assert status["scopes"] == ["api", "refresh_token"] and status["granted_scopes"] == ["refresh_token", "api"]
     assert status["scopes_narrowed"] is False and status["missing_scopes"] == []
@@ -113,8 +130,12 @@ def test_slack_user_token_and_narrower_granted_scopes(stack, replay):
     assert status["scopes_narrowed"] is True and status["missing_scopes"] == ["chat:write"]
     assert status["warnings"] == ["scopes_narrowed"]
     assert status["account"] == {"sub": "U1234", "team_id": "T9TK3CUKW"}
-    assert status["metadata"] == {"team_id": "T9TK3CUKW", "team_name": "Slack Softball Team",
-                                  "enterprise_id": "E12345678", "app_id": "A0KRD7HC3"}
+    assert status["metadata"] == {
+        "team_id": "T9TK3CUKW",
+        "team_name": "Slack Softball Team",
+        "enterprise_id": "E12345678",
+        "app_id": "A0KRD7HC3",
+    }
     token = stack.call("GET", f"/v1/token/{cid}", key).json()
     assert token["access_token"] == body["authed_user"]["access_token"] and token["token_type"] == "Bearer"
     assert stored_refresh_token(cid) == body["authed_user"]["refresh_token"]
@@ -153,8 +174,14 @@ def test_quickbooks_realm_and_refresh_token_expiry_warnings(stack, replay):
 def test_entra_scopes_are_compared_like_for_like(stack, replay):
     body = copy.deepcopy(load("microsoft")["exchange"]["body"])
     del body["id_token"]
-    upsert("--name", "microsoft", "--setting", "tenant=organizations",
-           "--token-url", replay.url("/organizations/oauth2/v2.0/token"))
+    upsert(
+        "--name",
+        "microsoft",
+        "--setting",
+        "tenant=organizations",
+        "--token-url",
+        replay.url("/organizations/oauth2/v2.0/token"),
+    )
     key = stack.key()
     scopes = ["offline_access", "User.Read", "Mail.Read"]
     body["scope"] = "https://graph.microsoft.com/User.Read https://graph.microsoft.com/mail.read"
@@ -180,8 +207,11 @@ def test_notion_keeps_the_owner_and_has_nothing_to_refresh(stack, replay):
     cid, query = consent(stack, key, "notion")
     assert query["owner"] == "user" and "scope" not in query
     status = check(stack, key, cid)
-    assert status["account"] == {"sub": "4d4d3f6e-9a1b-4c2d-8e3f-5a6b7c8d9e0f", "email": "ada@example.com",
-                                 "name": "Ada Lovelace"}
+    assert status["account"] == {
+        "sub": "4d4d3f6e-9a1b-4c2d-8e3f-5a6b7c8d9e0f",
+        "email": "ada@example.com",
+        "name": "Ada Lovelace",
+    }
     assert status["metadata"]["workspace_name"] == "Ada's Notion Workspace"
     assert status["expires_at"] is None and status["warnings"] == []
     refresh = stack.call("POST", f"/v1/refresh/{cid}", key)

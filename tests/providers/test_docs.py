@@ -47,6 +47,7 @@ def test_every_upsert_example_works():
         assert out.getvalue().startswith(("created provider", "updated provider")), args
         provider = Provider.objects.get(name=name)
         entry = template(provider.template)
-        if "--discovery-url" not in args and not missing_params(entry, resolve_values(
-                entry, fixed=provider.settings, given={})):
+        if "--discovery-url" not in args and not missing_params(
+            entry, resolve_values(entry, fixed=provider.settings, given={})
+        ):
             resolve(provider)  # usable as configured, without per-connection parameters

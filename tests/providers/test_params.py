@@ -29,33 +29,51 @@ def _labels(host: str) -> list[str]:
 RULES = {
     ("microsoft", "tenant"): lambda url, value: (
         urlsplit(url).hostname in ("login.microsoftonline.com", "graph.microsoft.com")
-        and (urlsplit(url).hostname == "graph.microsoft.com" or urlsplit(url).path.split("/")[1] == value)),
+        and (urlsplit(url).hostname == "graph.microsoft.com" or urlsplit(url).path.split("/")[1] == value)
+    ),
     ("salesforce", "login_host"): lambda url, value: (
-        urlsplit(url).hostname == value and value.endswith(".salesforce.com")),
-    ("zendesk", "subdomain"): lambda url, value: (
-        urlsplit(url).hostname == f"{value}.zendesk.com" and "." not in value),
+        urlsplit(url).hostname == value and value.endswith(".salesforce.com")
+    ),
+    ("zendesk", "subdomain"): lambda url, value: urlsplit(url).hostname == f"{value}.zendesk.com" and "." not in value,
     ("shopify", "shop"): lambda url, value: (
-        urlsplit(url).hostname == value and value.endswith(".myshopify.com") and len(_labels(value)) == 3),
+        urlsplit(url).hostname == value and value.endswith(".myshopify.com") and len(_labels(value)) == 3
+    ),
     ("okta", "domain"): lambda url, value: (
-        urlsplit(url).hostname == value and len(_labels(value)) == 3
-        and value.endswith((".okta.com", ".oktapreview.com", ".okta-emea.com"))),
+        urlsplit(url).hostname == value
+        and len(_labels(value)) == 3
+        and value.endswith((".okta.com", ".oktapreview.com", ".okta-emea.com"))
+    ),
     ("okta", "authorization_server"): lambda url, value: (
-        urlsplit(url).hostname == "dev-1.okta.com" and urlsplit(url).path.split("/")[2] == value),
+        urlsplit(url).hostname == "dev-1.okta.com" and urlsplit(url).path.split("/")[2] == value
+    ),
     ("auth0", "domain"): lambda url, value: (
-        urlsplit(url).hostname == value and value.endswith(".auth0.com") and len(_labels(value)) in (3, 4)),
+        urlsplit(url).hostname == value and value.endswith(".auth0.com") and len(_labels(value)) in (3, 4)
+    ),
     ("keycloak", "realm"): lambda url, value: (
-        urlsplit(url).hostname == KEYCLOAK_HOST and urlsplit(url).path.split("/")[2] == value),
+        urlsplit(url).hostname == KEYCLOAK_HOST and urlsplit(url).path.split("/")[2] == value
+    ),
 }
 # The other parameters each case needs, valid, so only the one under test varies.
 FIXED = {"okta": {"domain": "dev-1.okta.com"}}
 SETTINGS = {"keycloak": {"host": KEYCLOAK_HOST}}
-URL_FIELDS = ("authorize_url", "token_url", "revocation_url", "userinfo_url", "jwks_uri", "discovery_url",
-              "refresh_url")
+URL_FIELDS = (
+    "authorize_url",
+    "token_url",
+    "revocation_url",
+    "userinfo_url",
+    "jwks_uri",
+    "discovery_url",
+    "refresh_url",
+)
 
 
 def test_every_agent_parameter_in_the_catalog_has_a_host_rule():
-    agent_params = {(key, name) for key, entry in catalog().items()
-                    for name, spec in param_specs(entry).items() if not spec.operator_only}
+    agent_params = {
+        (key, name)
+        for key, entry in catalog().items()
+        for name, spec in param_specs(entry).items()
+        if not spec.operator_only
+    }
     assert agent_params == set(RULES)
 
 
@@ -78,10 +96,32 @@ def check_urls(key: str, name: str, value: str, spec) -> None:
         assert RULES[(key, name)](url, value), url
 
 
-BAD_VALUES = ["evil.com/", "a.b", "x@evil", "..", ".", "acmé", "\u0430cme", "a" * 254, "", " acme", "acme\n",
-              "%2e%2e", "evil.com#", "evil.com?x=", "evil.com\\", "evil.com:443", "acme/../evil", "acme\x00",
-              "acme.zendesk.com.evil.com", "evil.com/.myshopify.com", "x.okta.com.evil.com", "evil.com#.auth0.com",
-              "common/../../evil", "ACME.zendesk.com"]
+BAD_VALUES = [
+    "evil.com/",
+    "a.b",
+    "x@evil",
+    "..",
+    ".",
+    "acmé",
+    "\u0430cme",
+    "a" * 254,
+    "",
+    " acme",
+    "acme\n",
+    "%2e%2e",
+    "evil.com#",
+    "evil.com?x=",
+    "evil.com\\",
+    "evil.com:443",
+    "acme/../evil",
+    "acme\x00",
+    "acme.zendesk.com.evil.com",
+    "evil.com/.myshopify.com",
+    "x.okta.com.evil.com",
+    "evil.com#.auth0.com",
+    "common/../../evil",
+    "ACME.zendesk.com",
+]
 
 
 @pytest.mark.parametrize("key, name", sorted(RULES))
@@ -101,13 +141,36 @@ def test_property_no_accepted_value_leads_off_the_providers_domains(data, case):
     key, name = case
     spec_of_param = param_specs(catalog()[key])[name]
     sample = spec_of_param.example or "acme"
-    value = data.draw(st.one_of(
-        st.from_regex(spec_of_param.pattern, fullmatch=True),
-        st.text(max_size=40),
-        st.builds(lambda at, nasty: sample[:at] + nasty + sample[at:], st.integers(0, len(sample)),
-                  st.sampled_from(["/", "@", "#", "?", ".", "..", ":", "%2f", "\\", "\n", " ", ".evil.com",
-                                   "evil.com/", "\u3002", "\u0430", "\u200b"])),
-    ))
+    value = data.draw(
+        st.one_of(
+            st.from_regex(spec_of_param.pattern, fullmatch=True),
+            st.text(max_size=40),
+            st.builds(
+                lambda at, nasty: sample[:at] + nasty + sample[at:],
+                st.integers(0, len(sample)),
+                st.sampled_from(
+                    [
+                        "/",
+                        "@",
+                        "#",
+                        "?",
+                        ".",
+                        "..",
+                        ":",
+                        "%2f",
+                        "\\",
+                        "\n",
+                        " ",
+                        ".evil.com",
+                        "evil.com/",
+                        "\u3002",
+                        "\u0430",
+                        "\u200b",
+                    ]
+                ),
+            ),
+        )
+    )
     try:
         spec, _hooks = resolve_with(key, name, value)
     except ProviderConfigError:
@@ -115,9 +178,17 @@ def test_property_no_accepted_value_leads_off_the_providers_domains(data, case):
     check_urls(key, name, value, spec)
 
 
-@pytest.mark.parametrize("key, host", [("gitlab", "evil.com/x"), ("gitlab", "a@b.com"), ("gitlab", "gitlab.example.com#"),
-                                       ("keycloak", "sso.example.com/realms/x"), ("keycloak", "sso.example.com?"),
-                                       ("keycloak", "localhost\n")])
+@pytest.mark.parametrize(
+    "key, host",
+    [
+        ("gitlab", "evil.com/x"),
+        ("gitlab", "a@b.com"),
+        ("gitlab", "gitlab.example.com#"),
+        ("keycloak", "sso.example.com/realms/x"),
+        ("keycloak", "sso.example.com?"),
+        ("keycloak", "localhost\n"),
+    ],
+)
 def test_operator_hosts_are_hosts_too(key, host):
     with pytest.raises(ProviderConfigError, match="'host'"):
         resolve(provider_row(key, {"settings": {"host": host}}), {"realm": "acme"} if key == "keycloak" else None)
@@ -136,14 +207,28 @@ def test_agents_cannot_set_operator_parameters_nor_unknown_ones():
 
 # -- through the gateway ---------------------------------------------------------------------
 
+
 @pytest.mark.django_db(transaction=True)
 def test_request_connection_refuses_bad_params_with_400_and_stores_nothing(stack):
     from tests.conftest import auth_params, make_provider
 
-    make_provider(name="zendesk", template="zendesk", discovery_url="", client_id="cid", client_secret="sec",
-                  default_scopes=["read"])
-    make_provider(name="keycloak", template="keycloak", discovery_url="", client_id="cid", client_secret="sec",
-                  default_scopes=["openid"], settings={"host": KEYCLOAK_HOST})
+    make_provider(
+        name="zendesk",
+        template="zendesk",
+        discovery_url="",
+        client_id="cid",
+        client_secret="sec",
+        default_scopes=["read"],
+    )
+    make_provider(
+        name="keycloak",
+        template="keycloak",
+        discovery_url="",
+        client_id="cid",
+        client_secret="sec",
+        default_scopes=["openid"],
+        settings={"host": KEYCLOAK_HOST},
+    )
     key = stack.key()
 
     def request(provider: str, params=None):

@@ -63,8 +63,11 @@ def age(connection_id: str, *, remaining: int = 30, lifetime: int = 3600) -> Non
 def outcome_counts(provider: str = "fake") -> dict[str, int]:
     from broker_app.metrics import REFRESH_OUTCOMES
 
-    return {outcome: int(value) for (name, outcome), value in REFRESH_OUTCOMES.values().items()
-            if name == provider and value}
+    return {
+        outcome: int(value)
+        for (name, outcome), value in REFRESH_OUTCOMES.values().items()
+        if name == provider and value
+    }
 
 
 @pytest.fixture
@@ -115,7 +118,12 @@ class RefreshStack(EntrypointStack):
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
         self.processes[name] = subprocess.Popen(
             [str(ENTRYPOINT), "worker", "--hostname", f"{name}@%h", "--queues", f"celery,{name}"],
-            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def kill_worker(self, name: str) -> None:
         """SIGKILL the worker's main process and its pool children at once."""
@@ -171,9 +179,12 @@ class RefreshStack(EntrypointStack):
 
     def age(self, connection_id: str, *, remaining: int = 30, lifetime: int = 3600) -> None:
         """As tests/refresh/conftest.py's age(), in the stack's database."""
-        self.sql("UPDATE broker_app_connection SET expires_at = now() + make_interval(secs => %s), "
-                 "last_refreshed_at = now() + make_interval(secs => %s), next_refresh_attempt_at = NULL "
-                 "WHERE id = %s", [remaining, remaining - lifetime, connection_id])
+        self.sql(
+            "UPDATE broker_app_connection SET expires_at = now() + make_interval(secs => %s), "
+            "last_refreshed_at = now() + make_interval(secs => %s), next_refresh_attempt_at = NULL "
+            "WHERE id = %s",
+            [remaining, remaining - lifetime, connection_id],
+        )
 
     def row(self, connection_id: str) -> dict:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
@@ -213,13 +224,20 @@ class RefreshStack(EntrypointStack):
     # -- connections -------------------------------------------------------------------------
     def connect_fake(self, fake, *, user_id: str = "user-1") -> str:
         """The consent flow against the fake provider, through the real gateway and broker."""
-        started = self.gw("POST", "/v1/request-connection", json={
-            "user_id": user_id, "provider_name": "fake", "scopes": ["openid", "email"], "return_url": RETURN_URL})
+        started = self.gw(
+            "POST",
+            "/v1/request-connection",
+            json={"user_id": user_id, "provider_name": "fake", "scopes": ["openid", "email"], "return_url": RETURN_URL},
+        )
         assert started.status_code == 201, started.text
         params = {k: v[0] for k, v in parse_qs(urlsplit(started.json()["authUrl"]).query).items()}
         code = fake.issue_code(code_challenge=params["code_challenge"], nonce=params.get("nonce"))
-        callback = requests.get(f"{self.broker_url}/auth/callback", allow_redirects=False, timeout=30,
-                                params={"code": code, "state": params["state"], "iss": fake.issuer})
+        callback = requests.get(
+            f"{self.broker_url}/auth/callback",
+            allow_redirects=False,
+            timeout=30,
+            params={"code": code, "state": params["state"], "iss": fake.issuer},
+        )
         assert callback.status_code == 302 and "status=success" in callback.headers["Location"], callback.text
         return started.json()["connection_id"]
 
@@ -232,7 +250,7 @@ class RefreshStack(EntrypointStack):
         from broker_app.crypto import KeyRing, parse_keys
 
         ring = KeyRing(parse_keys(self.env["TOKEN_ENCRYPTION_KEYS"]))
-        (provider_id,), = self.sql("SELECT id FROM broker_app_provider WHERE name = 'fake'")
+        ((provider_id,),) = self.sql("SELECT id FROM broker_app_provider WHERE name = 'fake'")
         rows, grants = [], {}
         for n in range(count):
             cid = "c_" + secrets.token_urlsafe(18)
@@ -241,11 +259,32 @@ class RefreshStack(EntrypointStack):
             with fake.lock:
                 fake.grants[refresh_token] = grant
             grants[cid] = grant
-            rows.append((cid, "demo", f"user-{n}", provider_id, "active", json.dumps(["openid"]),
-                         json.dumps(["openid"]), "{}", RETURN_URL, "", "",
-                         ring.encrypt("at-" + secrets.token_urlsafe(24), aad=f"{cid}:access_token"),
-                         ring.encrypt(refresh_token, aad=f"{cid}:refresh_token"), "", "Bearer", 1, 0, "{}", "{}",
-                         "", "", False))
+            rows.append(
+                (
+                    cid,
+                    "demo",
+                    f"user-{n}",
+                    provider_id,
+                    "active",
+                    json.dumps(["openid"]),
+                    json.dumps(["openid"]),
+                    "{}",
+                    RETURN_URL,
+                    "",
+                    "",
+                    ring.encrypt("at-" + secrets.token_urlsafe(24), aad=f"{cid}:access_token"),
+                    ring.encrypt(refresh_token, aad=f"{cid}:refresh_token"),
+                    "",
+                    "Bearer",
+                    1,
+                    0,
+                    "{}",
+                    "{}",
+                    "",
+                    "",
+                    False,
+                )
+            )
         with psycopg.connect(self.database_url) as conn:
             conn.cursor().executemany(
                 "INSERT INTO broker_app_connection (id, workspace, user_id, provider_id, status, scopes, "
@@ -254,7 +293,9 @@ class RefreshStack(EntrypointStack):
                 "error, error_description, revoke_pending, expires_at, last_refreshed_at, created_at, updated_at, "
                 "activated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
                 "%s, %s, %s, %s, now() + interval '60 seconds', now() - interval '3540 seconds', now(), now(), "
-                "now())", rows)
+                "now())",
+                rows,
+            )
         return grants
 
 
@@ -269,15 +310,34 @@ def refresh_stack(tmp_path_factory, _redis_database_per_worker, _fake_provider_s
     for pattern in ("celery*", "_kombu*", "unacked*", "dromos:*", ":*"):
         for key in client.scan_iter(pattern, count=1000):
             client.delete(key)
-    stack = RefreshStack(workdir=tmp_path_factory.mktemp("refresh-stack"), database_url=database_url,
-                         redis_url=redis_url, celery=True, beat=False,
-                         # Small sweep batches, so two sweepers running at once interleave.
-                         extra_env={"REFRESH_SWEEP_BATCH": "20", "METRICS_CONNECTIONS_CACHE_SECONDS": "0"})
+    stack = RefreshStack(
+        workdir=tmp_path_factory.mktemp("refresh-stack"),
+        database_url=database_url,
+        redis_url=redis_url,
+        celery=True,
+        beat=False,
+        # Small sweep batches, so two sweepers running at once interleave.
+        extra_env={"REFRESH_SWEEP_BATCH": "20", "METRICS_CONNECTIONS_CACHE_SECONDS": "0"},
+    )
     stack.start()
     try:
-        stack.manage("broker", "provider", "upsert", "--name", "fake", "--template", "oidc",
-                     "--discovery-url", _fake_provider_server.discovery_url, "--client-id", "fake-client",
-                     "--client-secret", "fake-client-secret-value", "--default-scopes", "openid email")
+        stack.manage(
+            "broker",
+            "provider",
+            "upsert",
+            "--name",
+            "fake",
+            "--template",
+            "oidc",
+            "--discovery-url",
+            _fake_provider_server.discovery_url,
+            "--client-id",
+            "fake-client",
+            "--client-secret",
+            "fake-client-secret-value",
+            "--default-scopes",
+            "openid email",
+        )
         stack.wait_workers()
         yield stack
     finally:

@@ -48,8 +48,9 @@ def _fifty_mixed_callers(stack, cid: str) -> tuple[list[str], list[str]]:
     return [r.json()["access_token"] for r in responses], [r for kind, r in results if kind == "task"]
 
 
-def _assert_one_shared_refresh(stack, cid: str, provider: str, before: dict, served: list[str],
-                               task_ids: list[str]) -> str:
+def _assert_one_shared_refresh(
+    stack, cid: str, provider: str, before: dict, served: list[str], task_ids: list[str]
+) -> str:
     outcomes = stack.wait_tasks(task_ids)
     assert set(outcomes.values()) <= QUIET_OUTCOMES, outcomes
     counts = stack.outcomes(provider)
@@ -110,8 +111,15 @@ def test_two_workers_sweeping_at_once_refresh_every_connection_once(real, fake_p
     monkeypatch.setattr(fake_provider, "token_endpoint", counting)
     sweeps = [real.send("refresh_sweep", queue=name) for name in ("worker", "worker2")]
     ids = list(grants)
-    wait_for(lambda: real.sql("SELECT count(*) FROM broker_app_connection WHERE id = ANY(%s) AND token_version = 2",
-                              [ids])[0][0] == count, f"{count} refreshes", timeout=90, interval=0.5)
+    wait_for(
+        lambda: (
+            real.sql("SELECT count(*) FROM broker_app_connection WHERE id = ANY(%s) AND token_version = 2", [ids])[0][0]
+            == count
+        ),
+        f"{count} refreshes",
+        timeout=90,
+        interval=0.5,
+    )
     queued = real.wait_tasks(sweeps)
     per_sweep = [int(queued[task_id]) for task_id in sweeps]
     # Both workers swept (the batches interleaved) and between them queued each connection once.
@@ -119,8 +127,7 @@ def test_two_workers_sweeping_at_once_refresh_every_connection_once(real, fake_p
     time.sleep(1)  # a duplicate task, had one been queued, would have run by now
     assert set(calls) == set(ids) and set(calls.values()) == {1}, Counter(calls.values())
     assert not any(grant.revoked for grant in grants.values())
-    statuses = real.sql("SELECT status, count(*) FROM broker_app_connection WHERE id = ANY(%s) GROUP BY status",
-                        [ids])
+    statuses = real.sql("SELECT status, count(*) FROM broker_app_connection WHERE id = ANY(%s) GROUP BY status", [ids])
     assert statuses == [("active", count)]
     counts = real.outcomes("fake")
     assert counts.get("success") == count and not set(counts) - QUIET_OUTCOMES, counts

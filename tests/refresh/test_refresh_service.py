@@ -29,9 +29,15 @@ from broker_app.services.sweep import due_queryset, refresh_one, sweep_due
 from tests.refresh.conftest import age, outcome_counts
 
 pytestmark = pytest.mark.django_db(transaction=True)
-TOKEN_FIELDS = ("access_token_enc", "refresh_token_enc", "id_token_enc", "expires_at", "token_version",
-                "token_type", "status")
-
+TOKEN_FIELDS = (
+    "access_token_enc",
+    "refresh_token_enc",
+    "id_token_enc",
+    "expires_at",
+    "token_version",
+    "token_type",
+    "status",
+)
 
 
 @contextlib.contextmanager
@@ -54,6 +60,7 @@ def _row_locked_elsewhere(connection_id: str):
     finally:
         release.set()
         holder.join()
+
 
 def _tokens_of(cid: str) -> dict:
     return Connection.objects.filter(pk=cid).values(*TOKEN_FIELDS).get()
@@ -80,6 +87,7 @@ class _Task:
 
 # -- every path goes through the one service ----------------------------------------------------
 
+
 def _via_gateway_refresh(stack, key, cid):
     response = stack.call("POST", f"/v1/refresh/{cid}", key)
     assert response.status_code == 200, response.text
@@ -105,8 +113,9 @@ def _via_admin_action(stack, key, cid):
     admin = User.objects.create_superuser("ops", "ops@example.test", "pw-not-used")
     client = Client()
     client.force_login(admin)
-    response = client.post("/admin/broker_app/connection/", {"action": "refresh_now", "_selected_action": [cid]},
-                           follow=True)
+    response = client.post(
+        "/admin/broker_app/connection/", {"action": "refresh_now", "_selected_action": [cid]}, follow=True
+    )
     assert response.status_code == 200
     assert f"{cid}: refreshed" in response.content.decode()
     return None
@@ -124,8 +133,11 @@ def _via_command(stack, key, cid):
     return None
 
 
-@pytest.mark.parametrize("path", [_via_gateway_refresh, _via_auto_refresh, _via_broker_endpoint, _via_admin_action,
-                                  _via_task, _via_command], ids=lambda f: f.__name__[5:])
+@pytest.mark.parametrize(
+    "path",
+    [_via_gateway_refresh, _via_auto_refresh, _via_broker_endpoint, _via_admin_action, _via_task, _via_command],
+    ids=lambda f: f.__name__[5:],
+)
 def test_every_path_refreshes_once_through_the_service(stack, fake_provider, active, path):
     key, cid = active
     age(cid)
@@ -134,8 +146,10 @@ def test_every_path_refreshes_once_through_the_service(stack, fake_provider, act
     after = _tokens_of(cid)
     assert fake_provider.refresh_calls == 1
     assert outcome_counts() == {"success": 1}
-    assert after["token_version"] == before["token_version"] + 1 and after["access_token_enc"] != before[
-        "access_token_enc"]
+    assert (
+        after["token_version"] == before["token_version"] + 1
+        and after["access_token_enc"] != before["access_token_enc"]
+    )
     current = stack.call("GET", f"/v1/token/{cid}", key).json()["access_token"]
     assert served in (None, current)
     # The rotated refresh token is the one stored: the provider still accepts it.
@@ -144,6 +158,7 @@ def test_every_path_refreshes_once_through_the_service(stack, fake_provider, act
 
 
 # -- single flight -----------------------------------------------------------------------------
+
 
 def test_concurrent_callers_in_process_share_one_refresh(stack, fake_provider, active):
     key, cid = active
@@ -171,7 +186,8 @@ def test_forced_refresh_right_after_another_returns_its_result(stack, fake_provi
     assert _via_gateway_refresh(stack, key, cid) == first
     assert fake_provider.refresh_calls == 1 and outcome_counts() == {"success": 1, "coalesced": 1}
     Connection.objects.filter(pk=cid).update(
-        last_refreshed_at=timezone.now() - timedelta(seconds=tokens.COALESCE_SECONDS + 1))
+        last_refreshed_at=timezone.now() - timedelta(seconds=tokens.COALESCE_SECONDS + 1)
+    )
     assert _via_gateway_refresh(stack, key, cid) != first
     assert fake_provider.refresh_calls == 2
 
@@ -223,6 +239,7 @@ def test_a_hung_lock_holder_loses_its_session_and_the_lock(stack, fake_provider,
 
 # -- rotation safety -----------------------------------------------------------------------------
 
+
 def test_rotated_refresh_token_is_stored_and_the_old_one_never_reused(stack, fake_provider, active):
     key, cid = active
     first_rt = _stored_refresh_token(cid)
@@ -235,8 +252,9 @@ def test_rotated_refresh_token_is_stored_and_the_old_one_never_reused(stack, fak
     assert not any(grant.revoked for grant in fake_provider.grants.values())
 
 
-def test_invalid_grant_after_another_refresh_stored_new_tokens_is_a_lost_race(stack, fake_provider, active,
-                                                                               monkeypatch):
+def test_invalid_grant_after_another_refresh_stored_new_tokens_is_a_lost_race(
+    stack, fake_provider, active, monkeypatch
+):
     """The row is re-read after invalid_grant: when its refresh token changed meanwhile, the
     stored tokens are served and the connection stays active. (Under the row lock this can
     only happen through a writer that did not take the lock; the check stays as a guard.)"""
@@ -247,7 +265,8 @@ def test_invalid_grant_after_another_refresh_stored_new_tokens_is_a_lost_race(st
         Connection.objects.filter(pk=cid).update(
             refresh_token_enc=crypto.encrypt("rt-stored-by-the-winner", aad=row.aad("refresh_token")),
             access_token_enc=crypto.encrypt("at-stored-by-the-winner", aad=row.aad("access_token")),
-            token_version=row.token_version + 1)
+            token_version=row.token_version + 1,
+        )
         raise PermanentOAuthError("invalid_grant", "refresh token already used")
 
     monkeypatch.setattr(tokens.client, "refresh", refresh_meanwhile_then_invalid_grant)
@@ -274,8 +293,7 @@ def test_invalid_grant_fails_the_connection_and_the_next_token_call_says_reconne
     assert "the user must reconnect" in token.json()["message"]
     assert stack.call("GET", f"/v1/token/{cid}?auto_refresh=true", key).status_code == 409
     after = _tokens_of(cid)
-    assert {k: after[k] for k in TOKEN_FIELDS if k != "status"} == {k: before[k] for k in TOKEN_FIELDS
-                                                                      if k != "status"}
+    assert {k: after[k] for k in TOKEN_FIELDS if k != "status"} == {k: before[k] for k in TOKEN_FIELDS if k != "status"}
     assert outcome_counts() == {"invalid_grant": 1}
     assert not due_queryset(now=timezone.now(), window_seconds=10**6).filter(pk=cid).exists()
     assert fake_provider.refresh_calls == 1
@@ -297,7 +315,7 @@ TRANSIENT = {
     "503-html": (lambda: respond(503, {}, {"Content-Type": "text/html"}), 5),
     "429-retry-after": (lambda: respond(429, {"error": "slow_down"}, {"Retry-After": "17"}), 17),
     "timeout": (lambda: hang(4), 5),  # PROVIDER_HTTP_TIMEOUT is 3 s in the test settings
-    "hang-up": (lambda: (lambda form: (-1, {}, {})), 5),
+    "hang-up": (lambda: lambda form: (-1, {}, {}), 5),
 }
 
 
@@ -362,6 +380,7 @@ def test_auto_refresh_serves_a_still_valid_token_when_the_provider_is_down(stack
 
 # -- odd but valid token responses ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("token_type", ["bearer", "BEARER", "Bearer", "bEaReR", None])
 def test_response_without_refresh_token_or_expiry_keeps_the_refresh_token(stack, fake_provider, active, token_type):
     key, cid = active
@@ -386,8 +405,11 @@ def test_response_without_refresh_token_or_expiry_keeps_the_refresh_token(stack,
     assert _via_gateway_refresh(stack, key, cid) != body["access_token"]
 
 
-@pytest.mark.parametrize("rotated, expires_in", [(False, 1800), (True, None)],
-                         ids=["expiry-without-refresh-token", "refresh-token-without-expiry"])
+@pytest.mark.parametrize(
+    "rotated, expires_in",
+    [(False, 1800), (True, None)],
+    ids=["expiry-without-refresh-token", "refresh-token-without-expiry"],
+)
 def test_response_missing_one_field_keeps_or_rotates_what_it_says(stack, fake_provider, active, rotated, expires_in):
     key, cid = active
     old_rt = _stored_refresh_token(cid)
@@ -416,19 +438,41 @@ def test_response_missing_one_field_keeps_or_rotates_what_it_says(stack, fake_pr
 def test_refreshed_id_token_with_the_same_identity_is_stored(stack, fake_provider, active):
     key, cid = active
     id_token = fake_provider.id_token(sub="user-1", email="new@example.test")
-    fake_provider.script(respond(200, {"access_token": "at-" + "i" * 30, "token_type": "Bearer", "expires_in": 3600,
-                                       "refresh_token": "rt-" + "r" * 30, "id_token": id_token}))
+    fake_provider.script(
+        respond(
+            200,
+            {
+                "access_token": "at-" + "i" * 30,
+                "token_type": "Bearer",
+                "expires_in": 3600,
+                "refresh_token": "rt-" + "r" * 30,
+                "id_token": id_token,
+            },
+        )
+    )
     response = stack.call("POST", f"/v1/refresh/{cid}", key)
     assert response.status_code == 200 and response.json()["id_token"] == id_token
 
 
-@pytest.mark.parametrize("claims", [{"sub": "someone-else"}, {"iss": "https://evil.example"},
-                                    {"aud": "another-client"}], ids=["sub", "iss", "aud"])
+@pytest.mark.parametrize(
+    "claims",
+    [{"sub": "someone-else"}, {"iss": "https://evil.example"}, {"aud": "another-client"}],
+    ids=["sub", "iss", "aud"],
+)
 def test_refreshed_id_token_for_another_identity_fails_the_connection(stack, fake_provider, active, claims):
     key, cid = active
     before = _tokens_of(cid)
-    fake_provider.script(respond(200, {"access_token": "at-" + "x" * 30, "token_type": "Bearer", "expires_in": 3600,
-                                       "id_token": fake_provider.id_token(**claims)}))
+    fake_provider.script(
+        respond(
+            200,
+            {
+                "access_token": "at-" + "x" * 30,
+                "token_type": "Bearer",
+                "expires_in": 3600,
+                "id_token": fake_provider.id_token(**claims),
+            },
+        )
+    )
     response = stack.call("POST", f"/v1/refresh/{cid}", key)
     assert response.status_code == 409 and response.json()["reconnect_required"] is True
     row = Connection.objects.get(pk=cid)
@@ -439,11 +483,21 @@ def test_refreshed_id_token_for_another_identity_fails_the_connection(stack, fak
 
 # -- the sweep's selection -----------------------------------------------------------------------
 
+
 def _rows_expiring(provider, expiries, **fields) -> list[str]:
     fields = {"access_token_enc": "v1.k.a", "refresh_token_enc": "v1.k.r", **fields}
-    rows = [Connection(workspace="ws-a", user_id=f"user-{n}", provider=provider, status="active",
-                       return_url="https://app.example.com/r", expires_at=expires_at, **fields)
-            for n, expires_at in enumerate(expiries)]
+    rows = [
+        Connection(
+            workspace="ws-a",
+            user_id=f"user-{n}",
+            provider=provider,
+            status="active",
+            return_url="https://app.example.com/r",
+            expires_at=expires_at,
+            **fields,
+        )
+        for n, expires_at in enumerate(expiries)
+    ]
     Connection.objects.bulk_create(rows)
     return [row.id for row in rows]
 
@@ -476,6 +530,7 @@ def test_sweep_skips_a_row_locked_elsewhere_and_takes_it_next_time(fake_provider
 
 
 # -- metrics -------------------------------------------------------------------------------------
+
 
 def test_metrics_endpoint_counts_outcomes_per_provider(stack, fake_provider, active):
     key, cid = active

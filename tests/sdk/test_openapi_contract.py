@@ -39,10 +39,16 @@ PY_RESPONSES = {
     "ConnectionPage": "ConnectionPage",
 }
 GO_KINDS = {  # Go field type → OpenAPI (type, format or item type)
-    "string": ("string", None), "bool": ("boolean", None), "int": ("integer", None),
-    "*int": ("integer", None), "*bool": ("boolean", None), "*time.Time": ("string", "date-time"),
-    "[]string": ("array", "string"), "map[string]any": ("object", None),
-    "map[string]string": ("object", None), "map[string]ParamFormat": ("object", None),
+    "string": ("string", None),
+    "bool": ("boolean", None),
+    "int": ("integer", None),
+    "*int": ("integer", None),
+    "*bool": ("boolean", None),
+    "*time.Time": ("string", "date-time"),
+    "[]string": ("array", "string"),
+    "map[string]any": ("object", None),
+    "map[string]string": ("object", None),
+    "map[string]ParamFormat": ("object", None),
     "[]Connection": ("array", None),
 }
 UNEXPOSED_OPERATIONS = {("GET", "/v1/ping")}  # a liveness probe for humans, not an SDK method
@@ -92,11 +98,21 @@ def python_reads() -> dict[str, set[str]]:
             elif isinstance(node, ast.Call) and node.args:
                 args = node.args
                 func = node.func
-                if isinstance(func, ast.Attribute) and func.attr == "get" and isinstance(func.value, ast.Name) \
-                        and func.value.id == "data" and isinstance(args[0], ast.Constant):
+                if (
+                    isinstance(func, ast.Attribute)
+                    and func.attr == "get"
+                    and isinstance(func.value, ast.Name)
+                    and func.value.id == "data"
+                    and isinstance(args[0], ast.Constant)
+                ):
                     keys.add(args[0].value)
-                elif len(args) >= 2 and isinstance(args[0], ast.Name) and args[0].id == "data" \
-                        and isinstance(args[1], ast.Constant) and isinstance(args[1].value, str):
+                elif (
+                    len(args) >= 2
+                    and isinstance(args[0], ast.Name)
+                    and args[0].id == "data"
+                    and isinstance(args[1], ast.Constant)
+                    and isinstance(args[1].value, str)
+                ):
                     keys.add(args[1].value)
         reads[cls.name] = keys
     return reads
@@ -185,7 +201,8 @@ def test_sdk_calls_exactly_the_gateway_operations(schema, calls):
 def test_query_parameters_the_sdks_send_are_declared(schema):
     declared = {
         path: {p["name"] for p in ops["get"].get("parameters", []) if p["in"] == "query"}
-        for path, ops in schema["paths"].items() if "get" in ops
+        for path, ops in schema["paths"].items()
+        if "get" in ops
     }
     assert {"auto_refresh", "min_ttl"} <= declared["/v1/token/{connection_id}"]
     assert {"user_id", "provider_name", "status", "page", "page_size"} <= declared["/v1/connections"]

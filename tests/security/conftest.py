@@ -29,8 +29,7 @@ def forge(header: dict[str, Any], payload: dict[str, Any], *, hmac_key: bytes | 
 
 def claims(fake, **overrides: Any) -> dict[str, Any]:
     now = int(time.time())
-    payload = {"iss": fake.issuer, "sub": "user-1", "aud": CLIENT_ID, "iat": now, "exp": now + 600,
-               "nonce": "n-0"}
+    payload = {"iss": fake.issuer, "sub": "user-1", "aud": CLIENT_ID, "iat": now, "exp": now + 600, "nonce": "n-0"}
     payload.update(overrides)
     return {k: v for k, v in payload.items() if v is not None}
 
@@ -42,10 +41,18 @@ def oidc_spec(fake_provider):
 
     def build(**overrides: Any) -> ProviderSpec:
         values = dict(
-            key="oidc", name="fake", provider_id="p", display_name="Fake", client_id=CLIENT_ID,
-            client_secret=None, authorize_url=f"{fake_provider.url}/authorize",
-            token_url=f"{fake_provider.url}/token", issuer=fake_provider.issuer,
-            jwks_uri=f"{fake_provider.url}/jwks", oidc=True, id_token_algs=("RS256",),
+            key="oidc",
+            name="fake",
+            provider_id="p",
+            display_name="Fake",
+            client_id=CLIENT_ID,
+            client_secret=None,
+            authorize_url=f"{fake_provider.url}/authorize",
+            token_url=f"{fake_provider.url}/token",
+            issuer=fake_provider.issuer,
+            jwks_uri=f"{fake_provider.url}/jwks",
+            oidc=True,
+            id_token_algs=("RS256",),
         )
         values.update(overrides)
         return ProviderSpec(**values)

@@ -25,8 +25,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _create(workspace="ws-a", *scopes: str) -> tuple[ApiKey, str]:
     out, err = io.StringIO(), io.StringIO()
-    call_command("apikey", "create", "--workspace", workspace, "--name", "agent",
-                 *[arg for scope in scopes for arg in ("--scope", scope)], stdout=out, stderr=err)
+    call_command(
+        "apikey",
+        "create",
+        "--workspace",
+        workspace,
+        "--name",
+        "agent",
+        *[arg for scope in scopes for arg in ("--scope", scope)],
+        stdout=out,
+        stderr=err,
+    )
     plaintext = out.getvalue().strip().splitlines()[-1]
     return ApiKey.objects.get(prefix=plaintext.split("_")[1]), plaintext
 
@@ -74,11 +83,20 @@ def test_revocation_from_another_process_reaches_a_cached_key(stack, fake_provid
     settings.API_KEY_CACHE_SECONDS = 300
     row, plaintext = _create()
     assert stack.call("GET", "/v1/providers", plaintext).status_code == 200
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "dromos.settings.test",
-           "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/" + db_connection.settings_dict["NAME"],
-           "REDIS_URL": settings.REDIS_URL}
-    done = subprocess.run([sys.executable, "manage.py", "apikey", "revoke", "--prefix", row.prefix],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "dromos.settings.test",
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/" + db_connection.settings_dict["NAME"],
+        "REDIS_URL": settings.REDIS_URL,
+    }
+    done = subprocess.run(
+        [sys.executable, "manage.py", "apikey", "revoke", "--prefix", row.prefix],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert stack.call("GET", "/v1/providers", plaintext).status_code == 401
 
@@ -87,8 +105,18 @@ def test_unknown_scope_is_refused():
     from django.core.management.base import CommandError
 
     with pytest.raises((CommandError, SystemExit)):
-        call_command("apikey", "create", "--workspace", "ws", "--name", "n", "--scope", "tokens:everything",
-                     stdout=io.StringIO(), stderr=io.StringIO())
+        call_command(
+            "apikey",
+            "create",
+            "--workspace",
+            "ws",
+            "--name",
+            "n",
+            "--scope",
+            "tokens:everything",
+            stdout=io.StringIO(),
+            stderr=io.StringIO(),
+        )
 
 
 def test_scoped_keys(stack, fake_provider, fake_provider_row):
@@ -97,18 +125,33 @@ def test_scoped_keys(stack, fake_provider, fake_provider_row):
     _, requester = _create("ws-a", "connections:write")
     _, reader = _create("ws-a", "tokens:read")
 
-    started = stack.call("POST", "/v1/request-connection", requester, json={
-        "user_id": "u2", "provider_name": "fake", "return_url": "https://app.example.com/r"})
+    started = stack.call(
+        "POST",
+        "/v1/request-connection",
+        requester,
+        json={"user_id": "u2", "provider_name": "fake", "return_url": "https://app.example.com/r"},
+    )
     assert started.status_code == 201
-    for method, path in (("GET", f"/v1/token/{cid}"), ("POST", f"/v1/refresh/{cid}"),
-                         ("GET", f"/v1/check-connection/{cid}"), ("DELETE", f"/v1/connections/{cid}"),
-                         ("GET", "/v1/connections")):
+    for method, path in (
+        ("GET", f"/v1/token/{cid}"),
+        ("POST", f"/v1/refresh/{cid}"),
+        ("GET", f"/v1/check-connection/{cid}"),
+        ("DELETE", f"/v1/connections/{cid}"),
+        ("GET", "/v1/connections"),
+    ):
         denied = stack.call(method, path, requester)
         assert denied.status_code == 403, (method, path)
         assert denied.json()["error"] == "forbidden"
     assert stack.call("GET", f"/v1/token/{cid}", reader).status_code == 200
-    assert stack.call("POST", "/v1/request-connection", reader, json={
-        "user_id": "u3", "provider_name": "fake", "return_url": "https://app.example.com/r"}).status_code == 403
+    assert (
+        stack.call(
+            "POST",
+            "/v1/request-connection",
+            reader,
+            json={"user_id": "u3", "provider_name": "fake", "return_url": "https://app.example.com/r"},
+        ).status_code
+        == 403
+    )
     assert stack.call("DELETE", f"/v1/connections/{cid}", reader).status_code == 403
     assert Connection.objects.get(pk=cid).status == "active"
     assert fake_provider.refresh_calls == 0 and fake_provider.revocations == []
@@ -120,14 +163,24 @@ def test_another_workspaces_connection_is_404_everywhere(stack, fake_provider, f
     pending = start_connection(stack, key_a)["connection_id"]
     audit_before = AuditEvent.objects.count()
     for cid in (active, pending):
-        for method, path in (("GET", f"/v1/check-connection/{cid}"), ("GET", f"/v1/token/{cid}"),
-                             ("GET", f"/v1/token/{cid}?auto_refresh=true&min_ttl=86400"),
-                             ("POST", f"/v1/refresh/{cid}"), ("DELETE", f"/v1/connections/{cid}")):
+        for method, path in (
+            ("GET", f"/v1/check-connection/{cid}"),
+            ("GET", f"/v1/token/{cid}"),
+            ("GET", f"/v1/token/{cid}?auto_refresh=true&min_ttl=86400"),
+            ("POST", f"/v1/refresh/{cid}"),
+            ("DELETE", f"/v1/connections/{cid}"),
+        ):
             response = stack.call(method, path, key_b)
             assert response.status_code == 404, (method, path, response.text)
             assert response.json() == {"error": "not_found", "message": "connection not found"}
-    for query in ("", "?user_id=user-1", "?provider_name=fake", "?status=active", "?status=pending",
-                  "?user_id=user-1&provider_name=fake&status=active"):
+    for query in (
+        "",
+        "?user_id=user-1",
+        "?provider_name=fake",
+        "?status=active",
+        "?status=pending",
+        "?user_id=user-1&provider_name=fake&status=active",
+    ):
         listing = stack.call("GET", f"/v1/connections{query}", key_b).json()
         assert listing["count"] == 0 and listing["results"] == [], query
     assert stack.call("GET", "/v1/connections?user_id=user-1", key_a).json()["count"] == 2
@@ -139,9 +192,12 @@ def test_another_workspaces_connection_is_404_everywhere(stack, fake_provider, f
 
 def test_broker_scopes_every_internal_lookup_to_the_named_workspace(stack, fake_provider, fake_provider_row):
     cid = connect(stack, fake_provider, stack.key("ws-a"))
-    for method, path in (("GET", f"/internal/v1/connections/{cid}"), ("GET", f"/internal/v1/connections/{cid}/token"),
-                         ("POST", f"/internal/v1/connections/{cid}/refresh"),
-                         ("DELETE", f"/internal/v1/connections/{cid}")):
+    for method, path in (
+        ("GET", f"/internal/v1/connections/{cid}"),
+        ("GET", f"/internal/v1/connections/{cid}/token"),
+        ("POST", f"/internal/v1/connections/{cid}/refresh"),
+        ("DELETE", f"/internal/v1/connections/{cid}"),
+    ):
         assert stack.broker(method, path, headers={"X-Dromos-Workspace": "ws-b"}).status_code == 404
         missing = stack.broker(method, path)
         assert missing.status_code == 400 and "X-Dromos-Workspace" in missing.json()["message"]

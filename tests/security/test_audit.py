@@ -32,8 +32,10 @@ def events(cid: str) -> list[AuditEvent]:
 
 def tokens_of(cid: str) -> list[str]:
     row = Connection.objects.get(pk=cid)
-    values = [crypto.decrypt(getattr(row, f"{name}_enc"), aad=row.aad(name))
-              for name in ("access_token", "refresh_token", "id_token")]
+    values = [
+        crypto.decrypt(getattr(row, f"{name}_enc"), aad=row.aad(name))
+        for name in ("access_token", "refresh_token", "id_token")
+    ]
     return [value for value in values if value]
 
 
@@ -50,15 +52,20 @@ def superuser_client():
     return client
 
 
-def test_every_token_read_and_state_change_is_recorded_with_who_what_when_where(stack, fake_provider,
-                                                                                 fake_provider_row):
+def test_every_token_read_and_state_change_is_recorded_with_who_what_when_where(
+    stack, fake_provider, fake_provider_row
+):
     key = stack.key("ws-audit")
     before = timezone.now()
     cid = connect(stack, fake_provider, key)
     seen = []
-    for method, path in (("GET", f"/v1/token/{cid}"), ("GET", f"/v1/token/{cid}?auto_refresh=true"),
-                         ("POST", f"/v1/refresh/{cid}"), ("GET", f"/v1/token/{cid}?auto_refresh=true&min_ttl=86400"),
-                         ("DELETE", f"/v1/connections/{cid}")):
+    for method, path in (
+        ("GET", f"/v1/token/{cid}"),
+        ("GET", f"/v1/token/{cid}?auto_refresh=true"),
+        ("POST", f"/v1/refresh/{cid}"),
+        ("GET", f"/v1/token/{cid}?auto_refresh=true&min_ttl=86400"),
+        ("DELETE", f"/v1/connections/{cid}"),
+    ):
         response = stack.call(method, path, key)
         assert response.status_code == 200, (path, response.text)
         if "access_token" in response.json():
@@ -112,9 +119,11 @@ def test_failed_consent_and_failed_refresh_are_recorded(stack, fake_provider, fa
 def test_background_refresh_is_recorded_as_the_sweep(stack, fake_provider, fake_provider_row):
     cid = connect(stack, fake_provider, stack.key())
     now = timezone.now()  # the token looks an hour old with 30 s left: due
-    Connection.objects.filter(pk=cid).update(expires_at=now + timedelta(seconds=30),
-                                             last_refreshed_at=now - timedelta(seconds=3570),
-                                             next_refresh_attempt_at=None)
+    Connection.objects.filter(pk=cid).update(
+        expires_at=now + timedelta(seconds=30),
+        last_refreshed_at=now - timedelta(seconds=3570),
+        next_refresh_attempt_at=None,
+    )
     assert refresh_one(task=_Task(), connection_id=cid) == "success"
     last = events(cid)[-1]
     assert (last.action, last.actor, last.ip) == ("token.refreshed", "system:refresh-sweep", None)
@@ -125,12 +134,21 @@ def test_agents_cannot_forge_who_or_where(stack, fake_provider, fake_provider_ro
     to look like another key, workspace or address are ignored."""
     key = stack.key("ws-a")
     cid = connect(stack, fake_provider, key)
-    forged = {"X-Dromos-Actor": "admin:root", "X-Dromos-Workspace": "ws-b", "X-Dromos-Client-IP": "6.6.6.6",
-              "X-Forwarded-For": "6.6.6.6", "X-Real-IP": "6.6.6.6"}
+    forged = {
+        "X-Dromos-Actor": "admin:root",
+        "X-Dromos-Workspace": "ws-b",
+        "X-Dromos-Client-IP": "6.6.6.6",
+        "X-Forwarded-For": "6.6.6.6",
+        "X-Real-IP": "6.6.6.6",
+    }
     assert stack.call("GET", f"/v1/token/{cid}", key, headers=forged).status_code == 200
     read = events(cid)[-1]
     assert (read.action, read.actor, read.workspace, read.ip) == (
-        "token.read", f"apikey:{prefix_of(key)}", "ws-a", "127.0.0.1")
+        "token.read",
+        f"apikey:{prefix_of(key)}",
+        "ws-a",
+        "127.0.0.1",
+    )
 
 
 def test_direct_broker_calls_are_recorded_as_the_broker_api(stack, fake_provider, fake_provider_row):
@@ -141,8 +159,7 @@ def test_direct_broker_calls_are_recorded_as_the_broker_api(stack, fake_provider
     assert (read.action, read.actor, read.ip) == ("token.read", "broker-api", "127.0.0.1")
 
 
-def test_admin_operations_are_recorded_as_the_admin_user(stack, fake_provider, fake_provider_row,
-                                                          superuser_client):
+def test_admin_operations_are_recorded_as_the_admin_user(stack, fake_provider, fake_provider_row, superuser_client):
     cid = connect(stack, fake_provider, stack.key())
     for operation, action in (("refresh", "token.refreshed"), ("revoke", "connection.revoked")):
         response = superuser_client.post(f"/admin/broker_app/connection/{quote(cid)}/{operation}/")
@@ -170,8 +187,9 @@ def test_admin_buttons_work_for_ids_the_admin_must_quote(stack, fake_provider, f
     assert done.status_code == 200 and tricky in done.content.decode() and "doesn" not in done.content.decode()
 
 
-def test_audit_log_is_readable_in_the_admin_and_cannot_be_edited(stack, fake_provider, fake_provider_row,
-                                                                  superuser_client):
+def test_audit_log_is_readable_in_the_admin_and_cannot_be_edited(
+    stack, fake_provider, fake_provider_row, superuser_client
+):
     key = stack.key("ws-admin")
     cid = connect(stack, fake_provider, key)
     served = stack.call("GET", f"/v1/token/{cid}", key).json()["access_token"]

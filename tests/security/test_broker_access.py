@@ -39,15 +39,27 @@ BROKER_PATHS = _broker_paths()
 
 
 def test_route_list_is_complete():
-    assert {"/auth/callback", "/healthz", "/readyz", "/metrics", "/internal/v1/connections",
-            "/internal/v1/connections/c_sample/token", "/connections/c_sample/refresh"} <= set(BROKER_PATHS)
+    assert {
+        "/auth/callback",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/internal/v1/connections",
+        "/internal/v1/connections/c_sample/token",
+        "/connections/c_sample/refresh",
+    } <= set(BROKER_PATHS)
 
 
 @pytest.mark.parametrize("path", [p for p in BROKER_PATHS if p not in PUBLIC])
 @pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
 def test_every_private_route_needs_the_api_key(stack, path, method):
-    for headers in ({}, {"X-API-Key": ""}, {"X-API-Key": "wrong"}, {"X-API-Key": "x" * 64},
-                    {"Authorization": "Bearer test-broker-api-key"}):
+    for headers in (
+        {},
+        {"X-API-Key": ""},
+        {"X-API-Key": "wrong"},
+        {"X-API-Key": "x" * 64},
+        {"Authorization": "Bearer test-broker-api-key"},
+    ):
         response = stack.call(method, path, headers=headers)
         assert response.status_code == 401, (method, path, headers, response.status_code)
         assert response.json() == {"error": "unauthorized", "message": "missing or invalid X-API-Key"}
@@ -61,8 +73,7 @@ def test_callback_and_liveness_need_no_key(stack, path):
 
 
 def test_near_miss_paths_are_not_public(stack):
-    for path in ("/healthz/x", "/auth/callback/../../internal/v1/providers", "/auth/callbackx",
-                 "/administrator"):
+    for path in ("/healthz/x", "/auth/callback/../../internal/v1/providers", "/auth/callbackx", "/administrator"):
         assert stack.call("GET", path).status_code == 401, path
 
 
@@ -82,10 +93,19 @@ def test_key_comparison_is_constant_time(settings, monkeypatch):
 CIDRS = ["10.0.0.0/8", "2001:db8::/32"]
 
 
-@pytest.mark.parametrize("address, allowed", [
-    ("10.1.2.3", True), ("::ffff:10.1.2.3", True), ("2001:db8::5", True),
-    ("192.168.1.1", False), ("127.0.0.1", False), ("2001:db9::1", False), ("", False), ("not-an-ip", False),
-])
+@pytest.mark.parametrize(
+    "address, allowed",
+    [
+        ("10.1.2.3", True),
+        ("::ffff:10.1.2.3", True),
+        ("2001:db8::5", True),
+        ("192.168.1.1", False),
+        ("127.0.0.1", False),
+        ("2001:db9::1", False),
+        ("", False),
+        ("not-an-ip", False),
+    ],
+)
 def test_cidr_allowlist(settings, address, allowed):
     settings.BROKER_ALLOWED_CIDRS = CIDRS
     client = Client(REMOTE_ADDR=address, headers={"X-API-Key": settings.BROKER_API_KEY})

@@ -43,8 +43,9 @@ def entra(fake_provider):
         settings = {"tenant": tenant}
         if allowed_tenants is not None:
             settings["allowed_tenants"] = allowed_tenants
-        provider = Provider(name=f"entra-{uuid.uuid4().hex[:12]}", template="microsoft",
-                            client_id=CLIENT_ID, settings=settings)
+        provider = Provider(
+            name=f"entra-{uuid.uuid4().hex[:12]}", template="microsoft", client_id=CLIENT_ID, settings=settings
+        )
         set_client_secret(provider, "entra-secret")
         provider.save()
         spec, hooks = resolve(provider)
@@ -76,13 +77,24 @@ def test_issuer_of_another_tenant_than_tid_is_rejected(entra, fake_provider):
         verify(entra(), token(fake_provider, TENANT_A, iss=issuer_of(TENANT_B)))
 
 
-@pytest.mark.parametrize("tid", [
-    "contoso", "contoso.onmicrosoft.com", TENANT_A.upper(), TENANT_A + "\n", " " + TENANT_A,
-    TENANT_A.replace("-", ""), TENANT_A + "/v2.0/../" + TENANT_B, "{tenantid}", "", 7, None,
-])
+@pytest.mark.parametrize(
+    "tid",
+    [
+        "contoso",
+        "contoso.onmicrosoft.com",
+        TENANT_A.upper(),
+        TENANT_A + "\n",
+        " " + TENANT_A,
+        TENANT_A.replace("-", ""),
+        TENANT_A + "/v2.0/../" + TENANT_B,
+        "{tenantid}",
+        "",
+        7,
+        None,
+    ],
+)
 def test_tid_that_is_not_a_tenant_guid_is_rejected(entra, fake_provider, tid):
-    forged = fake_provider.id_token(nonce=NONCE, tid=DROP if tid is None else tid,
-                                    iss=issuer_of(str(tid or "")))
+    forged = fake_provider.id_token(nonce=NONCE, tid=DROP if tid is None else tid, iss=issuer_of(str(tid or "")))
     with pytest.raises(IdTokenError, match="tid is not a tenant GUID"):
         verify(entra(), forged)
 
@@ -102,8 +114,9 @@ def test_templated_issuer_without_the_entra_hook_is_rejected(oidc_spec, fake_pro
     spec = oidc_spec(issuer=TEMPLATE)
     for iss in (TEMPLATE, issuer_of(TENANT_A)):
         with pytest.raises(IdTokenError, match="no usable issuer"):
-            oidc.verify_id_token(spec, hooks_for("default"), token(fake_provider, TENANT_A, iss=iss),
-                                 nonce_digest=digest(NONCE))
+            oidc.verify_id_token(
+                spec, hooks_for("default"), token(fake_provider, TENANT_A, iss=iss), nonce_digest=digest(NONCE)
+            )
 
 
 def test_tenant_allowlist(entra, fake_provider):

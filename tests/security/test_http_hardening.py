@@ -40,8 +40,9 @@ def test_oversized_body_is_413_json_at_the_gateway(stack, fake_provider_row, set
 
 def test_oversized_body_is_413_json_at_the_broker(stack, fake_provider_row, settings):
     padding = "x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)
-    response = stack.broker("POST", "/internal/v1/connections", json={**BODY, "user_id": padding},
-                            headers={"X-Dromos-Workspace": "ws-a"})
+    response = stack.broker(
+        "POST", "/internal/v1/connections", json={**BODY, "user_id": padding}, headers={"X-Dromos-Workspace": "ws-a"}
+    )
     assert response.status_code == 413
     assert response.json()["error"] == "request_too_large"
     assert Connection.objects.count() == 0
@@ -58,16 +59,23 @@ def test_oversized_body_without_content_length_is_refused(stack, fake_provider_r
             yield chunk
         yield b'", "provider_name": "fake", "return_url": "https://app.example.com/r"}'
 
-    response = stack.call("POST", "/v1/request-connection", key, data=body(),
-                          headers={"Content-Type": "application/json"})
+    response = stack.call(
+        "POST", "/v1/request-connection", key, data=body(), headers={"Content-Type": "application/json"}
+    )
     assert response.status_code in (400, 413), response.text[:300]
     assert response.headers["Content-Type"].startswith("application/json")
     assert Connection.objects.count() == 0
 
 
-@pytest.mark.parametrize("path, auth", [
-    ("/v1/providers", "key"), ("/healthz", None), ("/auth/callback", None), ("/v1/token/c_nope", "key"),
-])
+@pytest.mark.parametrize(
+    "path, auth",
+    [
+        ("/v1/providers", "key"),
+        ("/healthz", None),
+        ("/auth/callback", None),
+        ("/v1/token/c_nope", "key"),
+    ],
+)
 def test_security_headers_on_every_kind_of_answer(stack, fake_provider_row, path, auth):
     response = stack.call("GET", path, stack.key() if auth else None)
     assert response.headers["X-Content-Type-Options"] == "nosniff"
@@ -81,9 +89,11 @@ def test_gateway_settings_deny_framing():
     import subprocess
     import sys
 
-    code = ("import django; django.setup(); from django.conf import settings; "
-            "print('django.middleware.clickjacking.XFrameOptionsMiddleware' in settings.MIDDLEWARE, "
-            "settings.X_FRAME_OPTIONS)")
+    code = (
+        "import django; django.setup(); from django.conf import settings; "
+        "print('django.middleware.clickjacking.XFrameOptionsMiddleware' in settings.MIDDLEWARE, "
+        "settings.X_FRAME_OPTIONS)"
+    )
     env = {"DJANGO_SETTINGS_MODULE": "dromos.settings.gateway", "DEBUG": "true", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == ["True", "DENY"], out.stderr
@@ -110,8 +120,11 @@ def test_answers_carrying_secrets_are_never_cached(stack, fake_provider, fake_pr
     started = stack.call("POST", "/v1/request-connection", key, json=BODY)  # carries the state
     assert started.status_code == 201 and started.headers["Cache-Control"] == "no-store"
     cid = connect(stack, fake_provider, key)
-    for method, path in (("GET", f"/v1/token/{cid}"), ("POST", f"/v1/refresh/{cid}"),
-                         ("GET", f"/v1/token/{cid}?auto_refresh=true&min_ttl=86400")):
+    for method, path in (
+        ("GET", f"/v1/token/{cid}"),
+        ("POST", f"/v1/refresh/{cid}"),
+        ("GET", f"/v1/token/{cid}?auto_refresh=true&min_ttl=86400"),
+    ):
         response = stack.call(method, path, key)
         assert response.status_code == 200 and "access_token" in response.json()
         assert response.headers["Cache-Control"] == "no-store", path

@@ -51,6 +51,7 @@ def spec(oidc_spec):
 
 # -- the control: a correctly formed token passes -------------------------------------------------
 
+
 def test_a_correct_token_is_accepted(spec, fake_provider):
     verified = verify(spec, fake_provider.id_token(nonce=NONCE))
     assert verified["sub"] == "user-1" and verified["aud"] == CLIENT_ID
@@ -61,6 +62,7 @@ def test_settings_leeway_is_the_one_the_battery_assumes(settings):
 
 
 # -- signature and algorithm ------------------------------------------------------------------------
+
 
 def test_correct_token_signed_with_another_key_is_rejected(spec, fake_provider):
     impostor, _ = _rsa_jwk("key-1")  # same kid, another key
@@ -82,7 +84,8 @@ def test_alg_none_is_rejected(oidc_spec, fake_provider, alg):
 
 def _public_pem(fake_provider) -> bytes:
     return fake_provider.signing_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 @pytest.mark.parametrize("secret", ["pem", "pem-without-newline", "der", "jwk-json", "modulus"])
@@ -138,9 +141,11 @@ def test_alg_of_another_key_family_is_rejected(oidc_spec, fake_provider):
 def test_key_embedded_in_the_header_is_ignored(spec, fake_provider):
     """`jwk` / `jku` / `x5u` headers name the attacker's own key: never trusted."""
     attacker, attacker_jwk = _rsa_jwk("key-1")
-    token = fake_provider.id_token(nonce=NONCE, key=attacker,
-                                   headers={"jwk": attacker_jwk, "jku": "https://evil.test/jwks",
-                                            "x5u": "https://evil.test/cert"})
+    token = fake_provider.id_token(
+        nonce=NONCE,
+        key=attacker,
+        headers={"jwk": attacker_jwk, "jku": "https://evil.test/jwks", "x5u": "https://evil.test/cert"},
+    )
     refused(spec, token, "signature")
 
 
@@ -151,6 +156,7 @@ def test_malformed_token_is_rejected(spec):
 
 
 # -- issuer -----------------------------------------------------------------------------------------
+
 
 def test_issuer_with_a_trailing_slash_is_rejected(spec, fake_provider):
     refused(spec, fake_provider.id_token(nonce=NONCE, iss=fake_provider.issuer + "/"), "issuer")
@@ -168,6 +174,7 @@ def test_other_or_missing_issuer_is_rejected(spec, fake_provider, iss):
 
 
 # -- audience and authorized party ------------------------------------------------------------------
+
 
 def test_missing_aud_is_rejected(spec, fake_provider):
     refused(spec, fake_provider.id_token(nonce=NONCE, aud=DROP), "aud")
@@ -195,6 +202,7 @@ def test_azp_naming_us_is_accepted(spec, fake_provider):
 
 # -- time -------------------------------------------------------------------------------------------
 
+
 def test_exp_past_the_leeway_is_rejected(spec, fake_provider):
     now = int(time.time())
     refused(spec, fake_provider.id_token(nonce=NONCE, iat=now - 600, exp=now - LEEWAY - 5), "expired")
@@ -216,8 +224,7 @@ def test_missing_iat_is_rejected(spec, fake_provider):
 @pytest.mark.parametrize("ahead", [LEEWAY + 10, 3600, 10**9])
 def test_iat_far_in_the_future_is_rejected(spec, fake_provider, ahead):
     now = int(time.time())
-    refused(spec, fake_provider.id_token(nonce=NONCE, iat=now + ahead, exp=now + ahead + 600),
-            "iat|not valid yet")
+    refused(spec, fake_provider.id_token(nonce=NONCE, iat=now + ahead, exp=now + ahead + 600), "iat|not valid yet")
 
 
 def test_iat_that_is_not_a_number_is_rejected(spec, fake_provider):
@@ -233,6 +240,7 @@ def test_missing_sub_is_rejected(spec, fake_provider):
 
 
 # -- nonce ------------------------------------------------------------------------------------------
+
 
 def test_missing_nonce_is_rejected(spec, fake_provider):
     refused(spec, fake_provider.id_token(nonce=None), "nonce")
@@ -256,16 +264,20 @@ def test_replayed_nonce_is_rejected_over_the_whole_flow(stack, fake_provider, fa
     first = start_connection(stack, key)
     first_params = auth_params(first["authUrl"])
     first_id_token = fake_provider.id_token(nonce=first_params["nonce"])
-    code = fake_provider.issue_code(code_challenge=first_params["code_challenge"], nonce=first_params["nonce"],
-                                    id_token=first_id_token)
-    assert "status=success" in stack.callback(code=code, state=first_params["state"],
-                                              iss=fake_provider.issuer).headers["Location"]
+    code = fake_provider.issue_code(
+        code_challenge=first_params["code_challenge"], nonce=first_params["nonce"], id_token=first_id_token
+    )
+    assert (
+        "status=success"
+        in stack.callback(code=code, state=first_params["state"], iss=fake_provider.issuer).headers["Location"]
+    )
 
     second = start_connection(stack, key)
     params = auth_params(second["authUrl"])
     assert params["nonce"] != first_params["nonce"]
-    code = fake_provider.issue_code(code_challenge=params["code_challenge"], nonce=params["nonce"],
-                                    id_token=first_id_token)
+    code = fake_provider.issue_code(
+        code_challenge=params["code_challenge"], nonce=params["nonce"], id_token=first_id_token
+    )
     response = stack.callback(code=code, state=params["state"], iss=fake_provider.issuer)
     assert response.status_code == 302
     assert "status=error&error=invalid_id_token" in response.headers["Location"]
@@ -283,8 +295,9 @@ def test_each_rejection_fails_the_consent_over_http(stack, fake_provider, fake_p
     now = int(time.time())
     makers = {
         "alg-none": lambda nonce: forge({"alg": "none", "kid": "key-1"}, claims(fake_provider, nonce=nonce)),
-        "hs256-public-key": lambda nonce: forge({"alg": "HS256", "kid": "key-1"}, claims(fake_provider, nonce=nonce),
-                                                hmac_key=_public_pem(fake_provider)),
+        "hs256-public-key": lambda nonce: forge(
+            {"alg": "HS256", "kid": "key-1"}, claims(fake_provider, nonce=nonce), hmac_key=_public_pem(fake_provider)
+        ),
         "other-key": lambda nonce: fake_provider.id_token(nonce=nonce, key=impostor),
         "iss-slash": lambda nonce: fake_provider.id_token(nonce=nonce, iss=fake_provider.issuer + "/"),
         "extra-aud": lambda nonce: fake_provider.id_token(nonce=nonce, aud=[CLIENT_ID, "x"]),
@@ -295,8 +308,9 @@ def test_each_rejection_fails_the_consent_over_http(stack, fake_provider, fake_p
     for case, make in makers.items():
         started = start_connection(stack, key)
         params = auth_params(started["authUrl"])
-        code = fake_provider.issue_code(code_challenge=params["code_challenge"], nonce=params["nonce"],
-                                        id_token=make(params["nonce"]))
+        code = fake_provider.issue_code(
+            code_challenge=params["code_challenge"], nonce=params["nonce"], id_token=make(params["nonce"])
+        )
         response = stack.callback(code=code, state=params["state"], iss=fake_provider.issuer)
         assert "error=invalid_id_token" in response.headers["Location"], case
         row = Connection.objects.get(pk=started["connection_id"])
@@ -315,6 +329,7 @@ def test_pyjwt_still_refuses_alg_none_on_its_own():
 
 
 # -- a refreshed id_token: same identity, any spelling of the audience ------------------------------
+
 
 def test_refreshed_id_token_may_spell_the_audience_as_an_array(spec, fake_provider):
     expected = {"iss": fake_provider.issuer, "sub": "user-1", "aud": CLIENT_ID}

@@ -50,6 +50,7 @@ def restart_process(expire: bool = False) -> None:
 
 # -- key rotation and kid floods ---------------------------------------------------------------
 
+
 def test_unknown_kid_triggers_exactly_one_refetch_then_succeeds(spec, fake_provider):
     assert verify(spec, fake_provider.id_token(nonce=NONCE))
     assert fake_provider.jwks_calls == 1
@@ -147,9 +148,11 @@ def test_broken_jwks_answer_does_not_replace_the_cached_keys(spec, fake_provider
 
 # -- JWKS endpoint down ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("outage", ["500", "404", "unreachable", "not-json"])
-def test_jwks_endpoint_down_uses_the_cached_keys_and_never_fails_open(spec, fake_provider, oidc_spec, monkeypatch,
-                                                                      outage):
+def test_jwks_endpoint_down_uses_the_cached_keys_and_never_fails_open(
+    spec, fake_provider, oidc_spec, monkeypatch, outage
+):
     assert verify(spec, fake_provider.id_token(nonce=NONCE))
     restart_process(expire=True)  # the cached copy is stale: a refetch is due
     if outage == "unreachable":
@@ -163,8 +166,10 @@ def test_jwks_endpoint_down_uses_the_cached_keys_and_never_fails_open(spec, fake
     assert verify(spec, fake_provider.id_token(nonce=NONCE))["sub"] == "user-1"
     # … and nothing else does: other keys, unknown kids, alg none.
     impostor, _ = _rsa_jwk("key-1")
-    for token in (fake_provider.id_token(nonce=NONCE, key=impostor),
-                  fake_provider.id_token(nonce=NONCE, headers={"kid": "key-9"})):
+    for token in (
+        fake_provider.id_token(nonce=NONCE, key=impostor),
+        fake_provider.id_token(nonce=NONCE, headers={"kid": "key-9"}),
+    ):
         with pytest.raises(IdTokenError):
             verify(spec, token)
     # The failing endpoint is not hammered: the stale copy is reused for a while.
@@ -185,6 +190,7 @@ def test_jwks_endpoint_down_and_nothing_cached_refuses(spec, fake_provider):
 
 
 # -- persistent cache, Cache-Control --------------------------------------------------------------
+
 
 def test_jwks_cache_is_persistent_and_survives_a_process_cache_clear(spec, fake_provider):
     assert verify(spec, fake_provider.id_token(nonce=NONCE))
@@ -222,17 +228,20 @@ def test_discovery_outage_uses_the_cached_document(fake_provider, fake_provider_
     assert resolve(fake_provider_row)[0].issuer == fake_provider.url
 
 
-@pytest.mark.parametrize("header, ttl", [
-    ("max-age=300", 300),
-    ("public, max-age=120, must-revalidate", 120),
-    ("s-maxage=9000, max-age=200", 200),
-    ("max-age=5", oidc.MIN_TTL),  # clamped: at least a minute, or a provider could make us refetch per call
-    ("max-age=99999999", oidc.MAX_TTL),  # at most a day: a rotated key is seen within a day
-    ("no-store", oidc.MIN_TTL),
-    ("no-cache", oidc.MIN_TTL),
-    ("", oidc.DEFAULT_TTL),
-    ("max-age=abc", oidc.DEFAULT_TTL),
-])
+@pytest.mark.parametrize(
+    "header, ttl",
+    [
+        ("max-age=300", 300),
+        ("public, max-age=120, must-revalidate", 120),
+        ("s-maxage=9000, max-age=200", 200),
+        ("max-age=5", oidc.MIN_TTL),  # clamped: at least a minute, or a provider could make us refetch per call
+        ("max-age=99999999", oidc.MAX_TTL),  # at most a day: a rotated key is seen within a day
+        ("no-store", oidc.MIN_TTL),
+        ("no-cache", oidc.MIN_TTL),
+        ("", oidc.DEFAULT_TTL),
+        ("max-age=abc", oidc.DEFAULT_TTL),
+    ],
+)
 def test_cache_lifetime_honours_cache_control(spec, fake_provider, header, ttl):
     fake_provider.jwks_cache_control = header
     assert verify(spec, fake_provider.id_token(nonce=NONCE))

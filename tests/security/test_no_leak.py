@@ -49,8 +49,22 @@ from tests.conftest import auth_params, start_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-DEBUG_LOGGERS = ("", "django", "django.request", "django.server", "django.db.backends", "urllib3", "requests",
-                 "celery", "kombu", "broker_app", "gateway_app", "dromos", "dromos.events", "dromos.request")
+DEBUG_LOGGERS = (
+    "",
+    "django",
+    "django.request",
+    "django.server",
+    "django.db.backends",
+    "urllib3",
+    "requests",
+    "celery",
+    "kombu",
+    "broker_app",
+    "gateway_app",
+    "dromos",
+    "dromos.events",
+    "dromos.request",
+)
 
 
 class _Task:
@@ -90,8 +104,7 @@ class Evidence:
 def evidence(fake_provider, monkeypatch):
     seen = Evidence()
     seen.secret("client secret", CLIENT_SECRET)
-    seen.secret("client credentials (Basic auth)",
-                base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode())
+    seen.secret("client credentials (Basic auth)", base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode())
     seen.secret("BROKER_API_KEY", settings.BROKER_API_KEY)
     seen.secret("DJANGO_SECRET_KEY", settings.SECRET_KEY)
     seen.secret("TOKEN_ENCRYPTION_KEYS", settings.TOKEN_ENCRYPTION_KEYS)
@@ -164,17 +177,25 @@ def _consent(stack, fake_provider, evidence, key, responses, **issue) -> tuple[s
 
 def _age(cid: str) -> None:
     now = timezone.now()
-    Connection.objects.filter(pk=cid).update(expires_at=now + timedelta(seconds=30),
-                                             last_refreshed_at=now - timedelta(seconds=3570),
-                                             next_refresh_attempt_at=None, refresh_failures=0)
+    Connection.objects.filter(pk=cid).update(
+        expires_at=now + timedelta(seconds=30),
+        last_refreshed_at=now - timedelta(seconds=3570),
+        next_refresh_attempt_at=None,
+        refresh_failures=0,
+    )
 
 
 def _echo(status: int, error: str):
     """A provider that puts what it received into its error description."""
+
     def answer(form):
-        echoed = " ".join(f"{name}={form.get(name)}" for name in ("refresh_token", "code", "code_verifier",
-                                                                  "client_secret") if form.get(name))
+        echoed = " ".join(
+            f"{name}={form.get(name)}"
+            for name in ("refresh_token", "code", "code_verifier", "client_secret")
+            if form.get(name)
+        )
         return status, {"error": error, "error_description": f"rejected: {echoed}", "received": form}, {}
+
     return answer
 
 
@@ -182,21 +203,31 @@ def _admin_pages(evidence: Evidence, connection_ids: list[str]) -> int:
     admin = User.objects.create_superuser("leakcheck", "leakcheck@example.test", "pw-not-used")
     client = Client()
     client.force_login(admin)
-    urls = ["/admin/", "/admin/broker_app/connection/", "/admin/broker_app/provider/",
-            "/admin/broker_app/auditevent/", "/admin/broker_app/cacheddocument/",
-            "/admin/broker_app/webhookendpoint/", "/admin/broker_app/webhookdelivery/",
-            "/admin/broker_app/connection/?status__exact=failed", "/admin/broker_app/auditevent/?action=token.read"]
+    urls = [
+        "/admin/",
+        "/admin/broker_app/connection/",
+        "/admin/broker_app/provider/",
+        "/admin/broker_app/auditevent/",
+        "/admin/broker_app/cacheddocument/",
+        "/admin/broker_app/webhookendpoint/",
+        "/admin/broker_app/webhookdelivery/",
+        "/admin/broker_app/connection/?status__exact=failed",
+        "/admin/broker_app/auditevent/?action=token.read",
+    ]
     urls += [f"/admin/broker_app/connection/{admin_quote(cid)}/change/" for cid in connection_ids]
     from broker_app.models import Provider
 
     urls += [f"/admin/broker_app/provider/{pk}/change/" for pk in Provider.objects.values_list("pk", flat=True)]
     urls += [f"/admin/broker_app/auditevent/{pk}/change/" for pk in AuditEvent.objects.values_list("pk", flat=True)]
-    urls += [f"/admin/broker_app/cacheddocument/{pk}/change/"
-             for pk in CachedDocument.objects.values_list("pk", flat=True)]
-    urls += [f"/admin/broker_app/webhookendpoint/{pk}/change/"
-             for pk in WebhookEndpoint.objects.values_list("pk", flat=True)]
-    urls += [f"/admin/broker_app/webhookdelivery/{pk}/change/"
-             for pk in WebhookDelivery.objects.values_list("pk", flat=True)]
+    urls += [
+        f"/admin/broker_app/cacheddocument/{pk}/change/" for pk in CachedDocument.objects.values_list("pk", flat=True)
+    ]
+    urls += [
+        f"/admin/broker_app/webhookendpoint/{pk}/change/" for pk in WebhookEndpoint.objects.values_list("pk", flat=True)
+    ]
+    urls += [
+        f"/admin/broker_app/webhookdelivery/{pk}/change/" for pk in WebhookDelivery.objects.values_list("pk", flat=True)
+    ]
     for url in urls:
         response = client.get(url)
         assert response.status_code == 200, (url, response.status_code)
@@ -230,14 +261,29 @@ def _pg_dump() -> str:
     binary = shutil.which("pg_dump")
     assert binary, "pg_dump is missing: scripts/ensure-system-packages.sh installs postgresql-client"
     db = settings.DATABASES["default"]
-    done = subprocess.run([binary, "--no-owner", "-h", db["HOST"], "-p", str(db["PORT"]), "-U", db["USER"],
-                           db_connection.settings_dict["NAME"]],
-                          capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [
+            binary,
+            "--no-owner",
+            "-h",
+            db["HOST"],
+            "-p",
+            str(db["PORT"]),
+            "-U",
+            db["USER"],
+            db_connection.settings_dict["NAME"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return done.stdout
 
 
-def test_no_secret_in_logs_errors_tasks_admin_or_database(stack, fake_provider, fake_provider_row, evidence,
-                                                          published_tasks, caplog):
+def test_no_secret_in_logs_errors_tasks_admin_or_database(
+    stack, fake_provider, fake_provider_row, evidence, published_tasks, caplog
+):
     for name in DEBUG_LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)
     key = stack.key("ws-a")
@@ -256,8 +302,11 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(stack, fake_provider, 
     served.append(stack.call("POST", f"/v1/refresh/{cid}", key))
     served.append(stack.call("GET", f"/v1/token/{cid}?auto_refresh=true&min_ttl=86400", key))
     assert all(r.status_code == 200 for r in served), [r.text for r in served]
-    for what, path in (("check-connection", f"/v1/check-connection/{cid}"), ("list", "/v1/connections"),
-                       ("providers", "/v1/providers")):
+    for what, path in (
+        ("check-connection", f"/v1/check-connection/{cid}"),
+        ("list", "/v1/connections"),
+        ("providers", "/v1/providers"),
+    ):
         responses.append((what, stack.call("GET", path, key)))
 
     # 2. The provider fails transiently and echoes the refresh token and our secret.
@@ -281,18 +330,33 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(stack, fake_provider, 
     assert "error=code_exchange_failed" in failed_cb.headers["Location"]
 
     # 5. A consent whose id_token is refused.
-    bad_cid, bad_cb = _consent(stack, fake_provider, evidence, key, responses,
-                               id_token=fake_provider.id_token(nonce="not-the-nonce"))
+    bad_cid, bad_cb = _consent(
+        stack, fake_provider, evidence, key, responses, id_token=fake_provider.id_token(nonce="not-the-nonce")
+    )
     assert "error=invalid_id_token" in bad_cb.headers["Location"]
 
     # 6. Wrong credentials, at the gateway and at the broker.
     responses.append(("wrong key secret", stack.call("GET", f"/v1/token/{cid}", key[:-6] + "AAAAAA")))
     responses.append(("garbage authorization", stack.call("GET", "/v1/connections", "not-a-key " + key)))
-    responses.append(("wrong broker key", stack.call("GET", f"/internal/v1/connections/{cid}/token",
-                                                     headers={"X-API-Key": settings.BROKER_API_KEY[:-1] + "x"})))
+    responses.append(
+        (
+            "wrong broker key",
+            stack.call(
+                "GET",
+                f"/internal/v1/connections/{cid}/token",
+                headers={"X-API-Key": settings.BROKER_API_KEY[:-1] + "x"},
+            ),
+        )
+    )
     responses.append(("unknown connection", stack.call("GET", "/v1/token/c_" + "x" * 32, key)))
-    responses.append(("bad input", stack.call("POST", "/v1/request-connection", key,
-                                              json={"user_id": "u", "provider_name": "fake", "return_url": key})))
+    responses.append(
+        (
+            "bad input",
+            stack.call(
+                "POST", "/v1/request-connection", key, json={"user_id": "u", "provider_name": "fake", "return_url": key}
+            ),
+        )
+    )
 
     # 7. A ciphertext that no longer decrypts (tampered row).
     row = Connection.objects.get(pk=cid)
@@ -335,14 +399,20 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(stack, fake_provider, 
         where = f"record {index} ({record.name}: {record.getMessage()[:60]})"
         evidence.place("log line", where, formatter.format(record))
         # Django's `request` attribute is written as method and path by the formatter (above).
-        evidence.place("log record attributes", where,
-                       repr({k: v for k, v in vars(record).items() if k not in ("request", "args", "msg")}))
+        evidence.place(
+            "log record attributes",
+            where,
+            repr({k: v for k, v in vars(record).items() if k not in ("request", "args", "msg")}),
+        )
         if record.exc_info:
             evidence.place("log traceback", where, logging.Formatter().formatException(record.exc_info))
     for what, response in responses:
         assert response.status_code != 200 or "access_token" not in response.text, what
-        evidence.place("HTTP answer", f"{what} ({response.status_code})",
-                       f"{response.headers.get('Location', '')}\n{response.text}")
+        evidence.place(
+            "HTTP answer",
+            f"{what} ({response.status_code})",
+            f"{response.headers.get('Location', '')}\n{response.text}",
+        )
     for response in served:
         assert response.headers["Cache-Control"] == "no-store"
     assert published_tasks, "no Celery task was published: the task-argument check saw nothing"
@@ -356,7 +426,10 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(stack, fake_provider, 
     assert not leaks, "\n".join(leaks)
     # The search really looked at something in every place.
     assert len(evidence.secrets) >= 25 and redis_keys > 0 and admin_pages >= 20, (
-        len(evidence.secrets), redis_keys, admin_pages)
+        len(evidence.secrets),
+        redis_keys,
+        admin_pages,
+    )
 
 
 def _free_port() -> int:

@@ -131,6 +131,7 @@ def test_ports_and_enforcement_follow_settings(settings):
 
 # -- properties ---------------------------------------------------------------------------
 
+
 def host_allowed(host: str, port: int | None, scheme: str) -> bool:
     """The policy, restated independently of the implementation."""
     host = host.lower()
@@ -147,8 +148,26 @@ def independent_reading(url: str):
     return (parsed.scheme or "").lower(), (parsed.host or "").lower(), parsed.port, parsed.auth
 
 
-LABELS = st.sampled_from(["app", "example", "com", "allowed", "test", "evil", "sub", "x", "127", "0", "1",
-                          "localhost", "xn--80ak6aa92e", "allowedtest", "evilallowed", "a-b"])
+LABELS = st.sampled_from(
+    [
+        "app",
+        "example",
+        "com",
+        "allowed",
+        "test",
+        "evil",
+        "sub",
+        "x",
+        "127",
+        "0",
+        "1",
+        "localhost",
+        "xn--80ak6aa92e",
+        "allowedtest",
+        "evilallowed",
+        "a-b",
+    ]
+)
 HOSTS = st.one_of(
     st.sampled_from(sorted(EXACT) + [SUFFIX, "sub.allowed.test", "a.b.allowed.test", "APP.example.com"]),
     st.sampled_from(["evil.test", "app.example.com.evil.test", "evilallowed.test", "allowed.test.evil"]),
@@ -158,8 +177,28 @@ HOSTS = st.one_of(
 SAFE_PATH = st.text(alphabet=string.ascii_letters + string.digits + "/-._~!$&'()*+,;=:@", max_size=30)
 SEPARATORS = st.sampled_from(["://", "://", "://", ":/", ":", "//", ":\\\\", ":///", "://\\"])
 SCHEMES = st.sampled_from(["https", "https", "http", "HTTPS", "javascript", "data", "ftp", ""])
-NASTY = st.sampled_from(["\t", "\n", "\r", "\x00", " ", "\\", "%09", "%0a", "%0D", "%00", "@", "#", "?",
-                         "\u3002", "а", "%2f%2f", "\x7f", "\u200b"])
+NASTY = st.sampled_from(
+    [
+        "\t",
+        "\n",
+        "\r",
+        "\x00",
+        " ",
+        "\\",
+        "%09",
+        "%0a",
+        "%0D",
+        "%00",
+        "@",
+        "#",
+        "?",
+        "\u3002",
+        "а",
+        "%2f%2f",
+        "\x7f",
+        "\u200b",
+    ]
+)
 
 
 @st.composite
@@ -211,15 +250,21 @@ def test_property_arbitrary_text_never_crashes_the_validator(text):
 @given(st.sampled_from(ACCEPTED), st.data())
 def test_property_injecting_a_dangerous_character_anywhere_is_rejected(url, data):
     at = data.draw(st.integers(min_value=0, max_value=len(url)))
-    nasty = data.draw(st.sampled_from(["\t", "\n", "\r", "\x00", " ", "\\", "%09", "%0a", "%0D", "%00",
-                                       "\u3002", "а", "\x7f", "\u200b", "%5c"]))
+    nasty = data.draw(
+        st.sampled_from(
+            ["\t", "\n", "\r", "\x00", " ", "\\", "%09", "%0a", "%0D", "%00", "\u3002", "а", "\x7f", "\u200b", "%5c"]
+        )
+    )
     with pytest.raises(ReturnUrlError):
         validate_return_url(url[:at] + nasty + url[at:])
 
 
 @hsettings(max_examples=400, deadline=None)
-@given(st.sampled_from(sorted(EXACT - HTTP_OK) + [SUFFIX]), st.lists(LABELS, min_size=1, max_size=3).map(".".join),
-       st.sampled_from(["", "-", "_"]))
+@given(
+    st.sampled_from(sorted(EXACT - HTTP_OK) + [SUFFIX]),
+    st.lists(LABELS, min_size=1, max_size=3).map(".".join),
+    st.sampled_from(["", "-", "_"]),
+)
 def test_property_lookalike_hosts_built_around_an_allowed_one(allowed, label, glue):
     """`<allowed>.<anything>` and `<anything><allowed>` are other people's hosts; only a true
     subdomain of a `.suffix` entry is ours."""
@@ -236,12 +281,22 @@ def test_property_lookalike_hosts_built_around_an_allowed_one(allowed, label, gl
 
 # -- end to end: the callback redirects only to what was stored -----------------------------
 
+
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("url", ["//evil.test/r", "https://allowed.test@evil.test/", "javascript:alert(1)",
-                                 "https://evilallowed.test/r", "https://allowed.test/%0aX"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "//evil.test/r",
+        "https://allowed.test@evil.test/",
+        "javascript:alert(1)",
+        "https://evilallowed.test/r",
+        "https://allowed.test/%0aX",
+    ],
+)
 def test_gateway_refuses_and_stores_nothing(stack, fake_provider_row, url):
-    response = stack.call("POST", "/v1/request-connection", stack.key(), json={
-        "user_id": "u", "provider_name": "fake", "return_url": url})
+    response = stack.call(
+        "POST", "/v1/request-connection", stack.key(), json={"user_id": "u", "provider_name": "fake", "return_url": url}
+    )
     assert response.status_code == 400 and "return_url" in response.json()["details"]
     assert Connection.objects.count() == 0
 
@@ -252,12 +307,19 @@ def test_callback_redirects_only_to_the_stored_url(stack, fake_provider, fake_pr
     started = start_connection(stack, key, return_url="https://deep.sub.allowed.test/done?x=1")
     params = auth_params(started["authUrl"])
     code = fake_provider.issue_code(code_challenge=params["code_challenge"], nonce=params["nonce"])
-    response = stack.callback(code=code, state=params["state"], iss=fake_provider.issuer,
-                              return_url="https://evil.test/", redirect_uri="https://evil.test/",
-                              next="https://evil.test/", redirect="https://evil.test/")
+    response = stack.callback(
+        code=code,
+        state=params["state"],
+        iss=fake_provider.issuer,
+        return_url="https://evil.test/",
+        redirect_uri="https://evil.test/",
+        next="https://evil.test/",
+        redirect="https://evil.test/",
+    )
     assert response.status_code == 302
     assert response.headers["Location"] == (
-        f"https://deep.sub.allowed.test/done?x=1&status=success&connection_id={started['connection_id']}")
+        f"https://deep.sub.allowed.test/done?x=1&status=success&connection_id={started['connection_id']}"
+    )
     assert response.headers["Referrer-Policy"] == "no-referrer"
     # A replayed or forged state never produces a redirect at all: a plain page.
     for state in (params["state"], "forged"):

@@ -34,8 +34,11 @@ def active(stack, fake_provider, fake_provider_row):
 
 def assert_never_served(stack, key, cid, fake_provider) -> None:
     refresh_calls = fake_provider.refresh_calls
-    for method, path in (("GET", f"/v1/token/{cid}"), ("GET", f"/v1/token/{cid}?auto_refresh=true&min_ttl=86400"),
-                         ("POST", f"/v1/refresh/{cid}")):
+    for method, path in (
+        ("GET", f"/v1/token/{cid}"),
+        ("GET", f"/v1/token/{cid}?auto_refresh=true&min_ttl=86400"),
+        ("POST", f"/v1/refresh/{cid}"),
+    ):
         response = stack.call(method, path, key)
         assert response.status_code == 409, (path, response.text)
         assert response.json()["status"] == "revoked" and "access_token" not in response.json()
@@ -51,8 +54,10 @@ def test_delete_revokes_at_the_provider_per_rfc7009(stack, fake_provider, active
     sent = fake_provider.revocations[0]
     # RFC 7009 §2.1: the token, its type hint; client authentication as at the token endpoint.
     assert sent == {"token": refresh_token, "token_type_hint": "refresh_token"}
-    assert fake_provider.last_revocation_auth == "Basic " + base64.b64encode(
-        f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+    assert (
+        fake_provider.last_revocation_auth
+        == "Basic " + base64.b64encode(f"{CLIENT_ID}:{CLIENT_SECRET}".encode()).decode()
+    )
     assert not fake_provider.is_live(refresh_token)  # the grant is gone at the provider
     row = Connection.objects.get(pk=cid)
     assert row.status == "revoked" and not row.revoke_pending
@@ -84,8 +89,7 @@ def test_failed_revocation_still_wipes_and_is_retried_later(stack, fake_provider
     # row): only the refresh token the provider needs to revoke the grant.
     assert row.access_token_enc == row.id_token_enc == row.pkce_verifier_enc == ""
     assert stored(cid, "refresh_token") == refresh_token
-    assert AuditEvent.objects.get(connection_id=cid, action="connection.revoked").detail == {
-        "provider_revoked": False}
+    assert AuditEvent.objects.get(connection_id=cid, action="connection.revoked").detail == {"provider_revoked": False}
     assert_never_served(stack, key, cid, fake_provider)
     assert fake_provider.is_live(refresh_token)
 

@@ -10,13 +10,28 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-BANDIT = [sys.executable, "-m", "bandit", "-q", "-c", str(ROOT / "pyproject.toml"), "-f", "custom",
-          "--msg-template", "{relpath}:{line} {test_id}"]
+BANDIT = [
+    sys.executable,
+    "-m",
+    "bandit",
+    "-q",
+    "-c",
+    str(ROOT / "pyproject.toml"),
+    "-f",
+    "custom",
+    "--msg-template",
+    "{relpath}:{line} {test_id}",
+]
 
 
 def test_bandit_is_clean_on_the_deployed_code():
-    done = subprocess.run([*BANDIT, "-r", "broker_app", "gateway_app", "dromos", "docker"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*BANDIT, "-r", "broker_app", "gateway_app", "dromos", "docker"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 

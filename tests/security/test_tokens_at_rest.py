@@ -48,8 +48,14 @@ def token_values(cid: str) -> dict[str, str | None]:
 
 def stored_row(provider: Provider, n: int) -> tuple[str, dict[str, str]]:
     """An active connection with tokens encrypted under the current primary key (fast: no flow)."""
-    row = Connection(workspace="ws-a", user_id=f"user-{n}", provider=provider, status="active",
-                     return_url="https://app.example.com/r", expires_at=timezone.now() + timedelta(hours=1))
+    row = Connection(
+        workspace="ws-a",
+        user_id=f"user-{n}",
+        provider=provider,
+        status="active",
+        return_url="https://app.example.com/r",
+        expires_at=timezone.now() + timedelta(hours=1),
+    )
     values = {name: f"{name}-{n}-{os.urandom(8).hex()}" for name in TOKEN_FIELDS}
     for name, value in values.items():
         setattr(row, f"{name}_enc", crypto.encrypt(value, aad=row.aad(name)))
@@ -64,6 +70,7 @@ def rotate(*args: str) -> tuple[str, str]:
 
 
 # -- binding and tampering ----------------------------------------------------------------------
+
 
 def test_every_ciphertext_names_its_key_and_holds_no_plaintext(stack, fake_provider, fake_provider_row):
     key = stack.key()
@@ -98,8 +105,11 @@ def test_ciphertext_copied_to_another_row_does_not_decrypt(stack, fake_provider,
 def test_ciphertext_moved_to_another_field_of_the_same_row_does_not_decrypt(fake_provider_row):
     cid, _ = stored_row(fake_provider_row, 1)
     row = Connection.objects.get(pk=cid)
-    for source, target in (("refresh_token", "access_token"), ("access_token", "id_token"),
-                           ("access_token", "pkce_verifier")):
+    for source, target in (
+        ("refresh_token", "access_token"),
+        ("access_token", "id_token"),
+        ("access_token", "pkce_verifier"),
+    ):
         with pytest.raises(crypto.DecryptionError):
             crypto.decrypt(getattr(row, f"{source}_enc"), aad=row.aad(target))
 
@@ -156,6 +166,7 @@ def test_wrong_key_ring_never_serves_garbage(stack, fake_provider, fake_provider
 
 
 # -- rotation ---------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def old_rows(settings, fake_provider_row):
@@ -282,29 +293,41 @@ def test_rows_that_no_longer_decrypt_are_reported_by_id_not_fatal(old_rows, sett
 
 # -- a wrong or missing key stops the broker --------------------------------------------------------
 
+
 def _env(**overrides: str) -> dict[str, str]:
     db = django_settings.DATABASES["default"]
-    return {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT),
-            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-            "REDIS_URL": django_settings.REDIS_URL, "DJANGO_SETTINGS_MODULE": "dromos.settings.broker",
-            "DJANGO_SECRET_KEY": "s" * 40, "BROKER_API_KEY": "b" * 40, "TOKEN_ENCRYPTION_KEYS": OLD,
-            "DROMOS_VAR_DIR": str(ROOT / "var" / "security-tests"), **overrides}
+    return {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": django_settings.REDIS_URL,
+        "DJANGO_SETTINGS_MODULE": "dromos.settings.broker",
+        "DJANGO_SECRET_KEY": "s" * 40,
+        "BROKER_API_KEY": "b" * 40,
+        "TOKEN_ENCRYPTION_KEYS": OLD,
+        "DROMOS_VAR_DIR": str(ROOT / "var" / "security-tests"),
+        **overrides,
+    }
 
 
 def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], env=_env(**env), cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+        [sys.executable, *args], env=_env(**env), cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
 
 
 BOOT_BROKER = ["-c", "import dromos.wsgi; print('serving')"]
 
 
-@pytest.mark.parametrize("keys, message", [
-    ("", "TOKEN_ENCRYPTION_KEYS"),
-    ("not-base64-at-all!", "TOKEN_ENCRYPTION_KEYS entry 1 is not url-safe base64"),
-    ("c2hvcnQ=", "TOKEN_ENCRYPTION_KEYS entry 1 must decode to 32 bytes"),
-    (f"{NEW},c2hvcnQ=", "TOKEN_ENCRYPTION_KEYS entry 2 must decode to 32 bytes"),
-])
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        ("", "TOKEN_ENCRYPTION_KEYS"),
+        ("not-base64-at-all!", "TOKEN_ENCRYPTION_KEYS entry 1 is not url-safe base64"),
+        ("c2hvcnQ=", "TOKEN_ENCRYPTION_KEYS entry 1 must decode to 32 bytes"),
+        (f"{NEW},c2hvcnQ=", "TOKEN_ENCRYPTION_KEYS entry 2 must decode to 32 bytes"),
+    ],
+)
 def test_missing_or_malformed_key_ring_refuses_to_start(keys, message):
     for args in (["manage.py", "check"], BOOT_BROKER) if not keys else (["manage.py", "check"],):
         done = _run(args, TOKEN_ENCRYPTION_KEYS=keys)

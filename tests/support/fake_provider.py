@@ -115,11 +115,24 @@ class FakeProvider:
             self.discovery_calls = 0
 
     # -- test helpers ------------------------------------------------------------------------
-    def id_token(self, *, nonce: str | None = None, key=None, headers: dict | None = None,
-                 algorithm: str = "RS256", **claims: Any) -> str:
+    def id_token(
+        self,
+        *,
+        nonce: str | None = None,
+        key=None,
+        headers: dict | None = None,
+        algorithm: str = "RS256",
+        **claims: Any,
+    ) -> str:
         now = int(time.time())
-        payload = {"iss": self.issuer, "sub": "user-1", "aud": CLIENT_ID, "iat": now, "exp": now + 600,
-                   "email": "user-1@example.test"}
+        payload = {
+            "iss": self.issuer,
+            "sub": "user-1",
+            "aud": CLIENT_ID,
+            "iat": now,
+            "exp": now + 600,
+            "email": "user-1@example.test",
+        }
         if nonce is not None:
             payload["nonce"] = nonce
         for name, value in claims.items():
@@ -127,15 +140,30 @@ class FakeProvider:
                 payload.pop(name, None)
             else:
                 payload[name] = value
-        return jwt.encode(payload, key or self.signing_key, algorithm=algorithm,
-                          headers={"kid": "key-1", **(headers or {})})
+        return jwt.encode(
+            payload, key or self.signing_key, algorithm=algorithm, headers={"kid": "key-1", **(headers or {})}
+        )
 
-    def issue_code(self, *, code_challenge: str | None, nonce: str | None, id_token: str | None = None,
-                   scope: str | None = None, sub: str = "user-1", response: dict | None = None) -> str:
+    def issue_code(
+        self,
+        *,
+        code_challenge: str | None,
+        nonce: str | None,
+        id_token: str | None = None,
+        scope: str | None = None,
+        sub: str = "user-1",
+        response: dict | None = None,
+    ) -> str:
         code = secrets.token_urlsafe(16)
         with self.lock:
-            self.codes[code] = {"challenge": code_challenge, "nonce": nonce, "id_token": id_token,
-                                "scope": scope, "sub": sub, "response": response}
+            self.codes[code] = {
+                "challenge": code_challenge,
+                "nonce": nonce,
+                "id_token": id_token,
+                "scope": scope,
+                "sub": sub,
+                "response": response,
+            }
         return code
 
     def script(self, *responses: Callable[[dict], tuple[int, dict, dict]]) -> None:
@@ -239,16 +267,20 @@ class FakeProvider:
                 if path == "/.well-known/openid-configuration":
                     with provider.lock:
                         provider.discovery_calls += 1
-                    self._send(200, {
-                        "issuer": provider.issuer,
-                        "authorization_endpoint": f"{provider.url}/authorize",
-                        "token_endpoint": f"{provider.url}/token",
-                        "revocation_endpoint": f"{provider.url}/revoke",
-                        "userinfo_endpoint": f"{provider.url}/userinfo",
-                        "jwks_uri": f"{provider.url}/jwks",
-                        "id_token_signing_alg_values_supported": list(provider.advertised_algs),
-                        "authorization_response_iss_parameter_supported": True,
-                    }, {"Cache-Control": provider.discovery_cache_control})
+                    self._send(
+                        200,
+                        {
+                            "issuer": provider.issuer,
+                            "authorization_endpoint": f"{provider.url}/authorize",
+                            "token_endpoint": f"{provider.url}/token",
+                            "revocation_endpoint": f"{provider.url}/revoke",
+                            "userinfo_endpoint": f"{provider.url}/userinfo",
+                            "jwks_uri": f"{provider.url}/jwks",
+                            "id_token_signing_alg_values_supported": list(provider.advertised_algs),
+                            "authorization_response_iss_parameter_supported": True,
+                        },
+                        {"Cache-Control": provider.discovery_cache_control},
+                    )
                 elif path == "/jwks":
                     with provider.lock:
                         provider.jwks_calls += 1

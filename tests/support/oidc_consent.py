@@ -47,8 +47,7 @@ MAX_STEPS = 40
 class ConsentError(RuntimeError):
     """The flow did not get through: an error page, a loop or an unknown page."""
 
-    def __init__(self, message: str, url: str | None = None, status: int | None = None,
-                 body: str = ""):
+    def __init__(self, message: str, url: str | None = None, status: int | None = None, body: str = ""):
         super().__init__(message)
         self.url = url
         self.status = status
@@ -69,13 +68,13 @@ class _PageParser(HTMLParser):
     def handle_starttag(self, tag, attrs):
         a = {k: (v if v is not None else "") for k, v in attrs}
         if tag == "form":
-            self._form = {"action": a.get("action", ""), "method": a.get("method", "get").lower(),
-                          "fields": {}}
+            self._form = {"action": a.get("action", ""), "method": a.get("method", "get").lower(), "fields": {}}
             self.forms.append(self._form)
         elif tag in ("input", "button", "select", "textarea") and self._form is not None:
             name = a.get("name")
-            if name and not (tag == "input" and a.get("type", "").lower() in ("checkbox", "radio")
-                             and "checked" not in a):
+            if name and not (
+                tag == "input" and a.get("type", "").lower() in ("checkbox", "radio") and "checked" not in a
+            ):
                 self._form["fields"].setdefault(name, a.get("value", ""))
         elif tag == "a" and a.get("href"):
             self.links.append(a["href"])
@@ -106,9 +105,16 @@ def _page_summary(html: str, limit: int = 600) -> str:
     return text[:limit]
 
 
-def complete_consent(auth_url: str, login: str = "alice", deny: bool = False,
-                     stop_at_prefix: str | None = None, *, password: str = "any-password",  # noqa: S107 - dev provider accepts any
-                     session: requests.Session | None = None, timeout: float = 10.0) -> str:
+def complete_consent(
+    auth_url: str,
+    login: str = "alice",
+    deny: bool = False,
+    stop_at_prefix: str | None = None,
+    *,
+    password: str = "any-password",  # noqa: S107 - dev provider accepts any
+    session: requests.Session | None = None,
+    timeout: float = 10.0,
+) -> str:
     """Go through login and consent starting at ``auth_url``; return the final URL reached.
 
     ``deny=True`` cancels at the consent page (the client then gets
@@ -143,7 +149,10 @@ def complete_consent(auth_url: str, login: str = "alice", deny: bool = False,
         if resp.status_code >= 400:
             raise ConsentError(
                 f"{resp.status_code} from {url}: {_page_summary(body) or body[:600]}",
-                url=url, status=resp.status_code, body=body)
+                url=url,
+                status=resp.status_code,
+                body=body,
+            )
 
         page = _parse(body) if "<form" in body or "<a" in body else None
         form = None
@@ -170,8 +179,7 @@ def complete_consent(auth_url: str, login: str = "alice", deny: bool = False,
             if deny:
                 abort = next((h for h in page.links if h.rstrip("/").endswith("/abort")), None)
                 if abort is None:
-                    raise ConsentError(f"no cancel/abort link on the consent page {url}",
-                                       url=url, body=body)
+                    raise ConsentError(f"no cancel/abort link on the consent page {url}", url=url, body=body)
                 url = urljoin(url, abort)
             else:
                 method, data, url = "POST", dict(form["fields"]), action
@@ -181,16 +189,20 @@ def complete_consent(auth_url: str, login: str = "alice", deny: bool = False,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Log in and consent (or cancel) at the local oidc-provider; print the final URL.")
+        description="Log in and consent (or cancel) at the local oidc-provider; print the final URL."
+    )
     parser.add_argument("auth_url", help="authorization URL (the provider's /auth?..., or a URL redirecting there)")
     parser.add_argument("--login", default="alice", help="login name typed on the login page; becomes the sub")
     parser.add_argument("--deny", action="store_true", help="cancel at the consent page (error=access_denied)")
-    parser.add_argument("--stop-at", dest="stop_at_prefix", default=None,
-                        help="stop, without fetching it, at the first redirect starting with this prefix")
+    parser.add_argument(
+        "--stop-at",
+        dest="stop_at_prefix",
+        default=None,
+        help="stop, without fetching it, at the first redirect starting with this prefix",
+    )
     args = parser.parse_args(argv)
     try:
-        final = complete_consent(args.auth_url, login=args.login, deny=args.deny,
-                                 stop_at_prefix=args.stop_at_prefix)
+        final = complete_consent(args.auth_url, login=args.login, deny=args.deny, stop_at_prefix=args.stop_at_prefix)
     except ConsentError as exc:
         print(f"oidc_consent: {exc}", file=sys.stderr)
         return 1

@@ -33,18 +33,26 @@ from pathlib import Path
 
 import requests
 
-__all__ = ["DEFAULT_CLIENTS", "PROVIDER_DIR", "OidcProviderError", "OidcProviderHandle", "free_port",
-           "start_oidc_provider"]
+__all__ = [
+    "DEFAULT_CLIENTS",
+    "PROVIDER_DIR",
+    "OidcProviderError",
+    "OidcProviderHandle",
+    "free_port",
+    "start_oidc_provider",
+]
 
 PROVIDER_DIR = Path(__file__).resolve().parents[2] / "devtools" / "oidc-provider"
 INSTALL_HINT = "npm ci --prefix devtools/oidc-provider"
 # The client server.js configures when OIDC_CLIENTS_JSON is not set.
-DEFAULT_CLIENTS = [{
-    "client_id": "dromos-demo",
-    "client_secret": "dromos-demo-secret",
-    "redirect_uris": ["http://127.0.0.1:8001/auth/callback"],
-    "token_endpoint_auth_method": "client_secret_basic",
-}]
+DEFAULT_CLIENTS = [
+    {
+        "client_id": "dromos-demo",
+        "client_secret": "dromos-demo-secret",
+        "redirect_uris": ["http://127.0.0.1:8001/auth/callback"],
+        "token_endpoint_auth_method": "client_secret_basic",
+    }
+]
 
 
 class OidcProviderError(RuntimeError):
@@ -61,8 +69,7 @@ def free_port() -> int:
 class OidcProviderHandle:
     """A running provider process. ``issuer`` has no trailing slash."""
 
-    def __init__(self, process: subprocess.Popen, port: int, clients: list[dict],
-                 log_path: Path):
+    def __init__(self, process: subprocess.Popen, port: int, clients: list[dict], log_path: Path):
         self.process = process
         self.port = port
         self.issuer = f"http://127.0.0.1:{port}"
@@ -104,10 +111,16 @@ class OidcProviderHandle:
         return f"<OidcProviderHandle {self.issuer} pid={self.process.pid}>"
 
 
-def start_oidc_provider(port: int, clients: list[dict] | None = None,
-                        access_token_ttl: int = 3600, *, jwks: dict | None = None,
-                        timeout: float = 30.0, node: str | None = None,
-                        extra_env: dict | None = None) -> OidcProviderHandle:
+def start_oidc_provider(
+    port: int,
+    clients: list[dict] | None = None,
+    access_token_ttl: int = 3600,
+    *,
+    jwks: dict | None = None,
+    timeout: float = 30.0,
+    node: str | None = None,
+    extra_env: dict | None = None,
+) -> OidcProviderHandle:
     """Start server.js on 127.0.0.1:``port`` and wait until discovery answers.
 
     ``clients``: list of client dicts (client_id, client_secret, redirect_uris,
@@ -121,7 +134,8 @@ def start_oidc_provider(port: int, clients: list[dict] | None = None,
     if not (PROVIDER_DIR / "node_modules" / "oidc-provider").is_dir():
         raise OidcProviderError(
             f"{PROVIDER_DIR / 'node_modules'} is missing (or has no oidc-provider): "
-            f"run `{INSTALL_HINT}` from the repository root first")
+            f"run `{INSTALL_HINT}` from the repository root first"
+        )
     node = node or shutil.which("node")
     if not node:
         raise OidcProviderError("`node` (Node.js >= 20.19) is not on PATH")
@@ -164,16 +178,21 @@ def _process_state(pid: int) -> str:
         return "state unknown"
 
 
-def _start(node: str, server_js: Path, env: dict, port: int, clients: list[dict] | None,
-           timeout: float) -> OidcProviderHandle:
+def _start(
+    node: str, server_js: Path, env: dict, port: int, clients: list[dict] | None, timeout: float
+) -> OidcProviderHandle:
     fd, log_name = tempfile.mkstemp(prefix=f"oidc-provider-{port}-", suffix=".log")
     log_path = Path(log_name)
     with os.fdopen(fd, "wb") as log_file:
-        process = subprocess.Popen([node, str(server_js)], cwd=PROVIDER_DIR, env=env,
-                                   stdin=subprocess.DEVNULL, stdout=log_file,
-                                   stderr=subprocess.STDOUT)
-    handle = OidcProviderHandle(process, port, clients if clients is not None else DEFAULT_CLIENTS,
-                                 log_path)
+        process = subprocess.Popen(
+            [node, str(server_js)],
+            cwd=PROVIDER_DIR,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    handle = OidcProviderHandle(process, port, clients if clients is not None else DEFAULT_CLIENTS, log_path)
 
     http = requests.Session()
     http.trust_env = False
@@ -183,7 +202,8 @@ def _start(node: str, server_js: Path, env: dict, port: int, clients: list[dict]
         if process.poll() is not None:
             raise OidcProviderError(
                 f"oidc-provider exited with code {process.returncode} before answering "
-                f"on port {port}; its output:\n{handle.log()}")
+                f"on port {port}; its output:\n{handle.log()}"
+            )
         try:
             resp = http.get(handle.discovery_url, timeout=2)
             if resp.status_code == 200:
@@ -192,7 +212,8 @@ def _start(node: str, server_js: Path, env: dict, port: int, clients: list[dict]
                     handle.stop()
                     raise OidcProviderError(
                         f"something else answers on port {port}: issuer "
-                        f"{handle.metadata.get('issuer')!r}, expected {handle.issuer!r}")
+                        f"{handle.metadata.get('issuer')!r}, expected {handle.issuer!r}"
+                    )
                 return handle
             last_error = f"HTTP {resp.status_code}"
         except requests.RequestException as exc:
@@ -203,4 +224,5 @@ def _start(node: str, server_js: Path, env: dict, port: int, clients: list[dict]
     handle.stop()
     raise _Stuck(
         f"oidc-provider did not answer {handle.discovery_url} within {timeout:.0f}s "
-        f"({last_error}; process {state}); its output:\n{handle.log()}")
+        f"({last_error}; process {state}); its output:\n{handle.log()}"
+    )

@@ -43,11 +43,19 @@ DEAD_CALLBACK = f"http://127.0.0.1:{DEAD_PORT}/auth/callback"
 
 @pytest.fixture(scope="module")
 def provider():
-    handle = start_oidc_provider(free_port(), [
-        {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uris": [CALLBACK]},
-        {"client_id": POST_CLIENT_ID, "client_secret": POST_CLIENT_SECRET,
-         "redirect_uris": [DEAD_CALLBACK], "token_endpoint_auth_method": "client_secret_post"},
-    ], access_token_ttl=ACCESS_TOKEN_TTL)
+    handle = start_oidc_provider(
+        free_port(),
+        [
+            {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uris": [CALLBACK]},
+            {
+                "client_id": POST_CLIENT_ID,
+                "client_secret": POST_CLIENT_SECRET,
+                "redirect_uris": [DEAD_CALLBACK],
+                "token_endpoint_auth_method": "client_secret_post",
+            },
+        ],
+        access_token_ttl=ACCESS_TOKEN_TTL,
+    )
     try:
         yield handle
     finally:
@@ -65,16 +73,28 @@ def http():
 
 def pkce_pair() -> tuple[str, str]:
     verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(
-        hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     return verifier, challenge
 
 
-def authorize_url(provider, *, client_id=CLIENT_ID, redirect_uri=CALLBACK,
-                  scope="openid email profile", challenge=None, method="S256", **extra):
-    params = {"response_type": "code", "client_id": client_id, "redirect_uri": redirect_uri,
-              "scope": scope, "state": secrets.token_urlsafe(16),
-              "nonce": secrets.token_urlsafe(16)}
+def authorize_url(
+    provider,
+    *,
+    client_id=CLIENT_ID,
+    redirect_uri=CALLBACK,
+    scope="openid email profile",
+    challenge=None,
+    method="S256",
+    **extra,
+):
+    params = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": redirect_uri,
+        "scope": scope,
+        "state": secrets.token_urlsafe(16),
+        "nonce": secrets.token_urlsafe(16),
+    }
     if challenge is not None:
         params.update(code_challenge=challenge, code_challenge_method=method)
     params.update(extra)
@@ -94,15 +114,19 @@ def login_and_exchange(http, provider, login="alice", scope="openid email profil
     url, params = authorize_url(provider, challenge=challenge, scope=scope)
     callback = complete_consent(url, login=login, stop_at_prefix=CALLBACK)
     q = query(callback)
-    r = token(http, provider, {"grant_type": "authorization_code", "code": q["code"],
-                               "redirect_uri": CALLBACK, "code_verifier": verifier})
+    r = token(
+        http,
+        provider,
+        {"grant_type": "authorization_code", "code": q["code"], "redirect_uri": CALLBACK, "code_verifier": verifier},
+    )
     assert r.status_code == 200, r.text
     return r.json(), params
 
 
 def userinfo(http, provider, access_token):
-    return http.get(provider.metadata["userinfo_endpoint"],
-                    headers={"Authorization": f"Bearer {access_token}"}, timeout=10)
+    return http.get(
+        provider.metadata["userinfo_endpoint"], headers={"Authorization": f"Bearer {access_token}"}, timeout=10
+    )
 
 
 def test_discovery(provider):
@@ -128,8 +152,11 @@ def test_code_flow_userinfo_refresh_rotation_and_reuse_detection(provider, http)
     assert q["iss"] == provider.issuer  # RFC 9207
     assert q["code"]
 
-    r = token(http, provider, {"grant_type": "authorization_code", "code": q["code"],
-                               "redirect_uri": CALLBACK, "code_verifier": verifier})
+    r = token(
+        http,
+        provider,
+        {"grant_type": "authorization_code", "code": q["code"], "redirect_uri": CALLBACK, "code_verifier": verifier},
+    )
     assert r.status_code == 200, r.text
     tokens = r.json()
     assert tokens["token_type"] == "Bearer"
@@ -139,8 +166,7 @@ def test_code_flow_userinfo_refresh_rotation_and_reuse_detection(provider, http)
 
     jwks = jwt.PyJWKClient(provider.metadata["jwks_uri"])
     key = jwks.get_signing_key_from_jwt(tokens["id_token"]).key
-    claims = jwt.decode(tokens["id_token"], key, algorithms=["RS256"], audience=CLIENT_ID,
-                        issuer=provider.issuer)
+    claims = jwt.decode(tokens["id_token"], key, algorithms=["RS256"], audience=CLIENT_ID, issuer=provider.issuer)
     assert jwt.get_unverified_header(tokens["id_token"])["alg"] == "RS256"
     assert claims["nonce"] == params["nonce"]
     assert claims["sub"] == "alice"
@@ -149,8 +175,7 @@ def test_code_flow_userinfo_refresh_rotation_and_reuse_detection(provider, http)
 
     r = userinfo(http, provider, tokens["access_token"])
     assert r.status_code == 200, r.text
-    assert r.json() == {"sub": "alice", "email": "alice@example.test",
-                        "email_verified": True, "name": "Alice"}
+    assert r.json() == {"sub": "alice", "email": "alice@example.test", "email_verified": True, "name": "Alice"}
 
     # Refresh: rotation gives a new refresh token and a new access token.
     old_rt = tokens["refresh_token"]
@@ -180,8 +205,12 @@ def test_code_replay_is_invalid_grant_and_revokes_the_grant(provider, http):
     verifier, challenge = pkce_pair()
     url, _ = authorize_url(provider, challenge=challenge)
     q = query(complete_consent(url, stop_at_prefix=CALLBACK))
-    exchange = {"grant_type": "authorization_code", "code": q["code"],
-                "redirect_uri": CALLBACK, "code_verifier": verifier}
+    exchange = {
+        "grant_type": "authorization_code",
+        "code": q["code"],
+        "redirect_uri": CALLBACK,
+        "code_verifier": verifier,
+    }
     r = token(http, provider, exchange)
     assert r.status_code == 200, r.text
     tokens = r.json()
@@ -190,8 +219,7 @@ def test_code_replay_is_invalid_grant_and_revokes_the_grant(provider, http):
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
     # ... and replaying it revokes what it gave (RFC 6749 section 4.1.2).
     assert userinfo(http, provider, tokens["access_token"]).status_code == 401
-    r = token(http, provider, {"grant_type": "refresh_token",
-                               "refresh_token": tokens["refresh_token"]})
+    r = token(http, provider, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
 
 
@@ -203,11 +231,13 @@ def test_refresh_token_also_with_offline_access(provider, http):
     assert tokens["refresh_token"]
 
     verifier, challenge = pkce_pair()
-    url, _ = authorize_url(provider, challenge=challenge, prompt="consent",
-                           scope="openid email profile offline_access")
+    url, _ = authorize_url(provider, challenge=challenge, prompt="consent", scope="openid email profile offline_access")
     q = query(complete_consent(url, stop_at_prefix=CALLBACK))
-    r = token(http, provider, {"grant_type": "authorization_code", "code": q["code"],
-                               "redirect_uri": CALLBACK, "code_verifier": verifier})
+    r = token(
+        http,
+        provider,
+        {"grant_type": "authorization_code", "code": q["code"], "redirect_uri": CALLBACK, "code_verifier": verifier},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["scope"] == "openid email profile offline_access"
     assert r.json()["refresh_token"]
@@ -224,23 +254,23 @@ def test_revocation(provider, http):
 
     # Revoking the refresh token kills the refresh token and the access tokens.
     tokens, _ = login_and_exchange(http, provider)
-    r = http.post(revoke, data={"token": tokens["refresh_token"],
-                                "token_type_hint": "refresh_token"}, auth=auth, timeout=10)
+    r = http.post(
+        revoke, data={"token": tokens["refresh_token"], "token_type_hint": "refresh_token"}, auth=auth, timeout=10
+    )
     assert r.status_code == 200
-    r = token(http, provider, {"grant_type": "refresh_token",
-                               "refresh_token": tokens["refresh_token"]})
+    r = token(http, provider, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
     assert userinfo(http, provider, tokens["access_token"]).status_code == 401
 
     # Revoking an access token kills every token of its grant, the refresh
     # token included (oidc-provider revokes by grantId).
     tokens, _ = login_and_exchange(http, provider)
-    r = http.post(revoke, data={"token": tokens["access_token"],
-                                "token_type_hint": "access_token"}, auth=auth, timeout=10)
+    r = http.post(
+        revoke, data={"token": tokens["access_token"], "token_type_hint": "access_token"}, auth=auth, timeout=10
+    )
     assert r.status_code == 200
     assert userinfo(http, provider, tokens["access_token"]).status_code == 401
-    r = token(http, provider, {"grant_type": "refresh_token",
-                               "refresh_token": tokens["refresh_token"]})
+    r = token(http, provider, {"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
 
     # An unknown token is also answered 200 (RFC 7009 section 2.2) ...
@@ -278,23 +308,38 @@ def test_wrong_code_verifier_is_invalid_grant(provider, http):
     _, challenge = pkce_pair()
     url, _ = authorize_url(provider, challenge=challenge)
     q = query(complete_consent(url, stop_at_prefix=CALLBACK))
-    r = token(http, provider, {"grant_type": "authorization_code", "code": q["code"],
-                               "redirect_uri": CALLBACK, "code_verifier": pkce_pair()[0]})
+    r = token(
+        http,
+        provider,
+        {
+            "grant_type": "authorization_code",
+            "code": q["code"],
+            "redirect_uri": CALLBACK,
+            "code_verifier": pkce_pair()[0],
+        },
+    )
     assert r.status_code == 400 and r.json()["error"] == "invalid_grant"
 
 
 def test_client_secret_post_client_and_refused_redirect(provider, http):
     verifier, challenge = pkce_pair()
-    url, params = authorize_url(provider, client_id=POST_CLIENT_ID, redirect_uri=DEAD_CALLBACK,
-                                challenge=challenge)
+    url, params = authorize_url(provider, client_id=POST_CLIENT_ID, redirect_uri=DEAD_CALLBACK, challenge=challenge)
     # No stop_at_prefix: the redirect to the dead port is refused, so it is the end.
     callback = complete_consent(url)
     assert callback.startswith(DEAD_CALLBACK + "?")
     q = query(callback)
-    r = http.post(provider.metadata["token_endpoint"], timeout=10, data={
-        "grant_type": "authorization_code", "code": q["code"], "redirect_uri": DEAD_CALLBACK,
-        "code_verifier": verifier, "client_id": POST_CLIENT_ID,
-        "client_secret": POST_CLIENT_SECRET})
+    r = http.post(
+        provider.metadata["token_endpoint"],
+        timeout=10,
+        data={
+            "grant_type": "authorization_code",
+            "code": q["code"],
+            "redirect_uri": DEAD_CALLBACK,
+            "code_verifier": verifier,
+            "client_id": POST_CLIENT_ID,
+            "client_secret": POST_CLIENT_SECRET,
+        },
+    )
     assert r.status_code == 200, r.text
     assert r.json()["refresh_token"]
 
@@ -331,8 +376,9 @@ def fake_broker():
     server = ThreadingHTTPServer(("127.0.0.1", port), type("Broker", (_FakeBroker,), {}))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    own = start_oidc_provider(free_port(), [
-        {"client_id": "broker", "client_secret": "broker-secret", "redirect_uris": [callback]}])
+    own = start_oidc_provider(
+        free_port(), [{"client_id": "broker", "client_secret": "broker-secret", "redirect_uris": [callback]}]
+    )
     try:
         yield server, own, callback, port
     finally:
@@ -362,30 +408,33 @@ def test_cli(provider):
     script = str(Path(__file__).resolve().parent / "oidc_consent.py")
     _, challenge = pkce_pair()
     url, params = authorize_url(provider, challenge=challenge)
-    done = subprocess.run([sys.executable, script, url, "--login", "carol", "--stop-at", CALLBACK],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, script, url, "--login", "carol", "--stop-at", CALLBACK],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     q = query(done.stdout.strip())
     assert q["code"] and q["state"] == params["state"]
 
     url, params = authorize_url(provider, challenge=challenge)
-    done = subprocess.run([sys.executable, script, url, "--deny", "--stop-at", CALLBACK],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, script, url, "--deny", "--stop-at", CALLBACK], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert query(done.stdout.strip())["error"] == "access_denied"
 
     # An unknown client: the provider shows its error page -> exit 1.
     url, _ = authorize_url(provider, client_id="nobody", challenge=challenge)
-    done = subprocess.run([sys.executable, script, url], capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run([sys.executable, script, url], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "400" in done.stderr and "invalid_client" in done.stderr
 
 
 def test_provider_error_page_raises(provider):
     _, challenge = pkce_pair()
-    url, _ = authorize_url(provider, redirect_uri="http://127.0.0.1:1/not-registered",
-                           challenge=challenge)
+    url, _ = authorize_url(provider, redirect_uri="http://127.0.0.1:1/not-registered", challenge=challenge)
     with pytest.raises(ConsentError) as info:
         complete_consent(url)
     assert info.value.status == 400
@@ -406,8 +455,7 @@ def test_start_fails_clearly_without_node_modules(tmp_path, monkeypatch):
         start_oidc_provider(free_port())
 
 
-def test_a_start_that_never_listens_is_retried_once_then_reported_with_the_process_state(tmp_path, monkeypatch,
-                                                                                          capfd):
+def test_a_start_that_never_listens_is_retried_once_then_reported_with_the_process_state(tmp_path, monkeypatch, capfd):
     (tmp_path / "node_modules" / "oidc-provider").mkdir(parents=True)
     (tmp_path / "server.js").write_text("console.log('stuck'); setInterval(() => {}, 1000);\n")
     monkeypatch.setattr(oidc_server, "PROVIDER_DIR", tmp_path)
@@ -433,7 +481,8 @@ def test_jwks_from_env_and_default_client(http):
         # clients=None: the server's default dromos-demo client.
         assert own.clients[0]["client_id"] == CLIENT_ID
         tokens, params = login_and_exchange(http, own)
-        claims = jwt.decode(tokens["id_token"], private_key.public_key(), algorithms=["RS256"],
-                            audience=CLIENT_ID, issuer=own.issuer)
+        claims = jwt.decode(
+            tokens["id_token"], private_key.public_key(), algorithms=["RS256"], audience=CLIENT_ID, issuer=own.issuer
+        )
         assert claims["nonce"] == params["nonce"]
         assert tokens["expires_in"] == 3600  # default ACCESS_TOKEN_TTL

@@ -26,8 +26,9 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True, metavar="{upsert,list,remove,templates}")
         upsert = sub.add_parser("upsert", help="Create or update a provider")
         upsert.add_argument("--name", required=True, help="Provider name agents use (e.g. google)")
-        upsert.add_argument("--template",
-                            help="Catalog template key (default: the name, or 'oidc' with --discovery-url)")
+        upsert.add_argument(
+            "--template", help="Catalog template key (default: the name, or 'oidc' with --discovery-url)"
+        )
         upsert.add_argument("--display-name")
         upsert.add_argument("--discovery-url")
         upsert.add_argument("--authorize-url")
@@ -38,8 +39,13 @@ class Command(BaseCommand):
         upsert.add_argument("--client-secret")
         upsert.add_argument("--default-scopes", help='Space-separated, e.g. "openid email profile"')
         upsert.add_argument("--authorize-param", action="append", default=[], metavar="KEY=VALUE")
-        upsert.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
-                            help="Fixed template parameter or hook setting, e.g. tenant=contoso.onmicrosoft.com")
+        upsert.add_argument(
+            "--setting",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="Fixed template parameter or hook setting, e.g. tenant=contoso.onmicrosoft.com",
+        )
         upsert.add_argument("--token-auth", choices=[c.value for c in Provider.TokenAuth])
         upsert.add_argument("--disable", action="store_true")
         upsert.add_argument("--no-check", action="store_true", help="Do not resolve endpoints after saving")
@@ -56,8 +62,10 @@ class Command(BaseCommand):
             for provider in Provider.objects.all():
                 state = "enabled" if provider.enabled else "disabled"
                 has_secret = "secret set" if provider.client_secret_enc else "no secret"
-                self.stdout.write(f"{provider.name}\t{provider.template}\t{state}\t"
-                                  f"client_id={provider.client_id or '-'}\t{has_secret}")
+                self.stdout.write(
+                    f"{provider.name}\t{provider.template}\t{state}\t"
+                    f"client_id={provider.client_id or '-'}\t{has_secret}"
+                )
         elif action == "templates":
             for key, entry in sorted(catalog().items()):
                 self.stdout.write(f"{key}\t{entry.get('display_name', key)}")
@@ -77,15 +85,24 @@ class Command(BaseCommand):
     def _upsert(self, options):
         name = options["name"].strip().lower()
         provider = Provider.objects.filter(name=name).first() or Provider(name=name)
-        template_key = options["template"] or provider.template or (
-            name if name in catalog() else ("oidc" if options["discovery_url"] else None))
+        template_key = (
+            options["template"]
+            or provider.template
+            or (name if name in catalog() else ("oidc" if options["discovery_url"] else None))
+        )
         if template_key not in catalog():
             raise CommandError(f"unknown template {template_key!r}; see `manage.py provider templates`")
         provider.template = template_key
-        for option, field in (("display_name", "display_name"), ("discovery_url", "discovery_url"),
-                              ("authorize_url", "authorize_url"), ("token_url", "token_url"),
-                              ("revocation_url", "revocation_url"), ("userinfo_url", "userinfo_url"),
-                              ("client_id", "client_id"), ("token_auth", "token_auth")):
+        for option, field in (
+            ("display_name", "display_name"),
+            ("discovery_url", "discovery_url"),
+            ("authorize_url", "authorize_url"),
+            ("token_url", "token_url"),
+            ("revocation_url", "revocation_url"),
+            ("userinfo_url", "userinfo_url"),
+            ("client_id", "client_id"),
+            ("token_auth", "token_auth"),
+        ):
             if options[option] is not None:
                 setattr(provider, field, options[option])
         if options["default_scopes"] is not None:
@@ -118,8 +135,9 @@ class Command(BaseCommand):
         operator_missing = [name for name in missing_params(entry, fixed) if specs[name].operator_only]
         if operator_missing:
             name = operator_missing[0]
-            raise CommandError(f"provider not saved: template {template_key} needs "
-                               f"--setting {name}=… (e.g. {specs[name].example})")
+            raise CommandError(
+                f"provider not saved: template {template_key} needs --setting {name}=… (e.g. {specs[name].example})"
+            )
         provider.save()
         if not options["no_check"]:
             oidc.cache_clear()
@@ -128,7 +146,10 @@ class Command(BaseCommand):
                     resolve(provider)
                 except ProviderConfigError as exc:
                     # Raised inside the transaction: nothing is saved.
-                    raise CommandError(f"provider not saved, it would not be usable: {exc} "
-                                       "(use --no-check to save anyway)") from None
-        self.stdout.write(f"{'created' if created else 'updated'} provider {provider.name} "
-                          f"(template {template_key}, id {provider.pk})")
+                    raise CommandError(
+                        f"provider not saved, it would not be usable: {exc} (use --no-check to save anyway)"
+                    ) from None
+        self.stdout.write(
+            f"{'created' if created else 'updated'} provider {provider.name} "
+            f"(template {template_key}, id {provider.pk})"
+        )

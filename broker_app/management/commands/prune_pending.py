@@ -23,28 +23,39 @@ def parse_duration(raw: str) -> int:
 
 
 class Command(BaseCommand):
-    help = ("Mark pending connections whose consent window (OAUTH_STATE_TTL_SECONDS) has closed as failed "
-            "with error state_expired, as the beat task prune-pending does every 5 minutes. Their agents "
-            "then see status failed instead of waiting forever.")
+    help = (
+        "Mark pending connections whose consent window (OAUTH_STATE_TTL_SECONDS) has closed as failed "
+        "with error state_expired, as the beat task prune-pending does every 5 minutes. Their agents "
+        "then see status failed instead of waiting forever."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--dry-run", action="store_true", help="List what would be pruned, change nothing")
-        parser.add_argument("--older-than", default="0", metavar="DURATION",
-                            help="Only connections whose consent window closed at least this long ago "
-                                 "(90, 90s, 15m, 2h, 7d; default 0: every closed window)")
+        parser.add_argument(
+            "--older-than",
+            default="0",
+            metavar="DURATION",
+            help="Only connections whose consent window closed at least this long ago "
+            "(90, 90s, 15m, 2h, 7d; default 0: every closed window)",
+        )
 
     def handle(self, *args, **options):
         older_than = parse_duration(options["older_than"])
         cutoff = timezone.now() - timedelta(seconds=older_than)
         # The selection of broker_app.services.housekeeping.pending_prune, walked here
         # one row at a time so a large backlog shows progress.
-        stale = (Connection.objects.filter(status=Connection.Status.PENDING, state_expires_at__lt=cutoff)
-                 .select_related("provider").order_by("state_expires_at"))
+        stale = (
+            Connection.objects.filter(status=Connection.Status.PENDING, state_expires_at__lt=cutoff)
+            .select_related("provider")
+            .order_by("state_expires_at")
+        )
         total = stale.count()
         if options["dry_run"]:
             for connection in stale.iterator():
-                self.stdout.write(f"{connection.id}\t{connection.workspace}\t{connection.provider.name}\t"
-                                  f"window closed {connection.state_expires_at:%Y-%m-%dT%H:%M:%SZ}")
+                self.stdout.write(
+                    f"{connection.id}\t{connection.workspace}\t{connection.provider.name}\t"
+                    f"window closed {connection.state_expires_at:%Y-%m-%dT%H:%M:%SZ}"
+                )
             self.stdout.write(f"stale pending connections: {total} (dry run, nothing changed)")
             return
         done = 0

@@ -13,16 +13,20 @@ from broker_app.services.tokens import token_refresh_due
 
 
 class Command(BaseCommand):
-    help = ("Refresh active connections whose token expires within the sweep window, the way the periodic "
-            "sweep does (claim, single-flight refresh). By default the refreshes run here and the outcome is "
-            "reported; --enqueue hands them to the Celery workers; --dry-run only lists what is due.")
+    help = (
+        "Refresh active connections whose token expires within the sweep window, the way the periodic "
+        "sweep does (claim, single-flight refresh). By default the refreshes run here and the outcome is "
+        "reported; --enqueue hands them to the Celery workers; --dry-run only lists what is due."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--dry-run", action="store_true", help="Only list what is due; change nothing")
         parser.add_argument("--provider", help="Only this provider")
-        parser.add_argument("--window", type=int,
-                            help=f"Seconds ahead (default REFRESH_SWEEP_WINDOW_SECONDS, "
-                                 f"{settings.REFRESH_SWEEP_WINDOW_SECONDS})")
+        parser.add_argument(
+            "--window",
+            type=int,
+            help=f"Seconds ahead (default REFRESH_SWEEP_WINDOW_SECONDS, {settings.REFRESH_SWEEP_WINDOW_SECONDS})",
+        )
         parser.add_argument("--enqueue", action="store_true", help="Queue one task per connection instead")
 
     def handle(self, *args, **options):
@@ -38,8 +42,9 @@ class Command(BaseCommand):
             if not Provider.objects.filter(name__iexact=provider).exists():
                 raise CommandError(f"unknown provider {provider!r}")
         started = time.monotonic()
-        result = sweep_due(window_seconds=window, provider_name=provider, dry_run=options["dry_run"],
-                           enqueue=options["enqueue"])
+        result = sweep_due(
+            window_seconds=window, provider_name=provider, dry_run=options["dry_run"], enqueue=options["enqueue"]
+        )
         if options["dry_run"]:
             for connection_id in result.connection_ids:
                 self.stdout.write(connection_id)
@@ -60,5 +65,6 @@ class Command(BaseCommand):
         summary = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())) or "nothing due"
         self.stdout.write(f"due: {result.selected}; {summary} ({time.monotonic() - started:.1f}s)")
         if outcomes.get("transient") or outcomes.get("lock_timeout"):
-            self.stdout.write("transient failures keep their tokens and are retried by a later sweep after "
-                              "their backoff")
+            self.stdout.write(
+                "transient failures keep their tokens and are retried by a later sweep after their backoff"
+            )

@@ -38,11 +38,13 @@ class Target:
 
 
 TARGETS = (
-    Target("connections", Connection,
-           ("access_token_enc", "refresh_token_enc", "id_token_enc", "pkce_verifier_enc"),
-           lambda row, name: row.aad(name.removesuffix("_enc"))),
-    Target("providers", Provider, ("client_secret_enc",),
-           lambda row, name: f"provider:{row.pk}:client_secret"),
+    Target(
+        "connections",
+        Connection,
+        ("access_token_enc", "refresh_token_enc", "id_token_enc", "pkce_verifier_enc"),
+        lambda row, name: row.aad(name.removesuffix("_enc")),
+    ),
+    Target("providers", Provider, ("client_secret_enc",), lambda row, name: f"provider:{row.pk}:client_secret"),
     Target("webhooks", WebhookEndpoint, ("secret_enc",), lambda row, name: webhooks._secret_aad(row)),
 )
 
@@ -72,8 +74,9 @@ class Progress:
     def advance(self, count: int) -> None:
         self.done += count
         filled = self.WIDTH * min(self.done, self.total) // max(self.total, 1)
-        self.stream.write(f"\r{self.label:<12} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
-                          f"{self.done}/{self.total} rows", ending="")
+        self.stream.write(
+            f"\r{self.label:<12} [{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.done}/{self.total} rows", ending=""
+        )
         self.stream.flush()
 
     def close(self) -> None:
@@ -85,11 +88,15 @@ class Command(BaseCommand):
     help = "Re-encrypt every stored token, client secret and webhook secret under the first TOKEN_ENCRYPTION_KEYS key."
 
     def add_arguments(self, parser):
-        parser.add_argument("--check", action="store_true",
-                            help="Change nothing; report values per key and exit 1 while any retired key is in use")
+        parser.add_argument(
+            "--check",
+            action="store_true",
+            help="Change nothing; report values per key and exit 1 while any retired key is in use",
+        )
         parser.add_argument("--batch-size", type=int, default=500, help="Rows per transaction (default 500)")
-        parser.add_argument("--passes", type=int, default=3,
-                            help="Passes over rows that were locked by a refresh in flight (default 3)")
+        parser.add_argument(
+            "--passes", type=int, default=3, help="Passes over rows that were locked by a refresh in flight (default 3)"
+        )
 
     def handle(self, *args, **options):
         ring = crypto.keyring()
@@ -104,14 +111,19 @@ class Command(BaseCommand):
         self.stdout.write(f"re-encrypted under key {ring.primary_id}: {rotated}")
         remaining = self._remaining(ring)
         failed = sum(len(tally.failed) for tally in tallies.values())
-        self.stdout.write(f"rows remaining under retired or unknown keys: {sum(remaining.values())} "
-                          f"({', '.join(f'{label} {count}' for label, count in remaining.items())})")
+        self.stdout.write(
+            f"rows remaining under retired or unknown keys: {sum(remaining.values())} "
+            f"({', '.join(f'{label} {count}' for label, count in remaining.items())})"
+        )
         if failed:
-            self.stdout.write(f"rows that did not decrypt with any configured key: {failed} "
-                              "(see the log for their ids)")
+            self.stdout.write(
+                f"rows that did not decrypt with any configured key: {failed} (see the log for their ids)"
+            )
         if sum(remaining.values()):
-            raise CommandError("some rows are still under retired keys; run the command again "
-                               "(rows locked by a refresh) or restore the missing key (rows that do not decrypt)")
+            raise CommandError(
+                "some rows are still under retired keys; run the command again "
+                "(rows locked by a refresh) or restore the missing key (rows that do not decrypt)"
+            )
 
     def _rotate(self, target: Target, ring: crypto.KeyRing, tally: Tally, batch: int, passes: int) -> None:
         stale = _stale(target, ring)
@@ -136,7 +148,7 @@ class Command(BaseCommand):
             time.sleep(0.2)
             retry, skipped = skipped, []
             for start in range(0, len(retry), batch):
-                ids = retry[start:start + batch]
+                ids = retry[start : start + batch]
                 done = self._rotate_batch(target, ring, stale, ids, tally)
                 skipped.extend(set(ids) - done)
                 progress.advance(len(done))
@@ -147,8 +159,9 @@ class Command(BaseCommand):
         (rotated, found already current, or undecryptable)."""
         handled = set()
         with transaction.atomic():
-            rows = (target.model.objects.select_for_update(skip_locked=True)
-                    .filter(pk__in=ids).only("pk", *target.fields))
+            rows = (
+                target.model.objects.select_for_update(skip_locked=True).filter(pk__in=ids).only("pk", *target.fields)
+            )
             locked = {row.pk: row for row in rows}
             current = set(target.model.objects.filter(pk__in=list(locked)).filter(stale).values_list("pk", flat=True))
             handled.update(set(locked) - current)  # rotated meanwhile (a refresh wrote new tokens)
@@ -162,8 +175,9 @@ class Command(BaseCommand):
                             changes[name] = ring.reencrypt(value, aad=target.aad(row, name))
                 except crypto.DecryptionError:
                     # The id, never the value: an operator can look at the row in the admin.
-                    logger.error("row does not decrypt with any configured key",
-                                 extra={"table": target.label, "row_id": str(pk)})
+                    logger.error(
+                        "row does not decrypt with any configured key", extra={"table": target.label, "row_id": str(pk)}
+                    )
                     tally.failed.add(pk)
                     handled.add(pk)
                     continue
@@ -180,8 +194,13 @@ class Command(BaseCommand):
         usage: Counter = Counter()
         for target in TARGETS:
             for name in target.fields:
-                rows = (target.model.objects.exclude(**{name: ""}).annotate(kid=Substr(name, 4, 8))
-                        .values("kid").annotate(n=Count("pk")).order_by())
+                rows = (
+                    target.model.objects.exclude(**{name: ""})
+                    .annotate(kid=Substr(name, 4, 8))
+                    .values("kid")
+                    .annotate(n=Count("pk"))
+                    .order_by()
+                )
                 for row in rows:
                     usage[row["kid"]] += row["n"]
         for kid in ring.key_ids:
@@ -191,7 +210,9 @@ class Command(BaseCommand):
             self.stdout.write(f"key {kid} (NOT CONFIGURED: these values cannot be decrypted): {count} values")
         remaining = self._remaining(ring)
         total = sum(remaining.values())
-        self.stdout.write(f"rows remaining under retired or unknown keys: {total} "
-                          f"({', '.join(f'{label} {count}' for label, count in remaining.items())})")
+        self.stdout.write(
+            f"rows remaining under retired or unknown keys: {total} "
+            f"({', '.join(f'{label} {count}' for label, count in remaining.items())})"
+        )
         if total:
             raise CommandError(f"{total} rows still use retired or unknown keys; run rotate_token_keys")

@@ -25,16 +25,23 @@ def _endpoint(options) -> WebhookEndpoint:
 
 
 class Command(BaseCommand):
-    help = ("Manage connection-event webhooks. `add` prints the endpoint's signing secret once, alone, as "
-            "the last line: receivers verify the Dromos-Signature header with it.")
+    help = (
+        "Manage connection-event webhooks. `add` prints the endpoint's signing secret once, alone, as "
+        "the last line: receivers verify the Dromos-Signature header with it."
+    )
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True, metavar="{add,list,remove,deliveries}")
         add = sub.add_parser("add", help="Add a webhook for a workspace (prints the signing secret once)")
         add.add_argument("--workspace", required=True)
         add.add_argument("--url", required=True, help="https URL that receives POSTed JSON events")
-        add.add_argument("--event", action="append", default=[], choices=EVENTS,
-                         help="Send only this event (repeatable); default: every event")
+        add.add_argument(
+            "--event",
+            action="append",
+            default=[],
+            choices=EVENTS,
+            help="Send only this event (repeatable); default: every event",
+        )
         listing = sub.add_parser("list", help="List webhooks with delivery counts")
         listing.add_argument("--workspace")
         remove = sub.add_parser("remove", help="Remove a webhook and its delivery history")
@@ -52,13 +59,16 @@ class Command(BaseCommand):
 
     def _add(self, options):
         try:
-            endpoint, secret = webhook_endpoint_create(workspace=options["workspace"], url=options["url"],
-                                                       events=options["event"])
+            endpoint, secret = webhook_endpoint_create(
+                workspace=options["workspace"], url=options["url"], events=options["event"]
+            )
         except WebhookError as exc:
             raise CommandError(str(exc)) from None
         events = ", ".join(endpoint.events) or "every event"
-        self.stderr.write(f"added webhook {endpoint.pk} for workspace {endpoint.workspace} ({events}); "
-                          "its signing secret is shown once:")
+        self.stderr.write(
+            f"added webhook {endpoint.pk} for workspace {endpoint.workspace} ({events}); "
+            "its signing secret is shown once:"
+        )
         self.stdout.write(secret)
 
     def _list(self, options):
@@ -71,25 +81,37 @@ class Command(BaseCommand):
             endpoints = endpoints.filter(workspace=options["workspace"])
         for endpoint in endpoints:
             state = "enabled" if endpoint.enabled else "disabled"
-            self.stdout.write(f"{endpoint.pk}\t{endpoint.workspace}\t{endpoint.url}\t{state}\t"
-                              f"events={','.join(endpoint.events) or 'all'}\tdelivered={endpoint.delivered}\t"
-                              f"pending={endpoint.pending}\tfailed={endpoint.failed}")
+            self.stdout.write(
+                f"{endpoint.pk}\t{endpoint.workspace}\t{endpoint.url}\t{state}\t"
+                f"events={','.join(endpoint.events) or 'all'}\tdelivered={endpoint.delivered}\t"
+                f"pending={endpoint.pending}\tfailed={endpoint.failed}"
+            )
 
     def _remove(self, options):
         endpoint = _endpoint(options)
         dropped = webhook_endpoint_remove(endpoint=endpoint)
-        self.stdout.write(f"removed webhook {endpoint.url} of workspace {endpoint.workspace} "
-                          f"({dropped} deliveries dropped)")
+        self.stdout.write(
+            f"removed webhook {endpoint.url} of workspace {endpoint.workspace} ({dropped} deliveries dropped)"
+        )
 
     def _deliveries(self, options):
         endpoint = _endpoint(options)
         for delivery in endpoint.deliveries.order_by("-created_at")[: max(1, options["limit"])]:
             when = delivery.delivered_at or delivery.next_attempt_at
-            self.stdout.write("\t".join((
-                str(delivery.pk), f"{delivery.created_at:%Y-%m-%dT%H:%M:%SZ}", delivery.event,
-                delivery.connection_id, delivery.status, f"attempts={delivery.attempts}",
-                f"last_status={delivery.last_status_code or '-'}",
-                f"{'delivered_at' if delivery.delivered_at else 'next_attempt_at'}="
-                f"{when:%Y-%m-%dT%H:%M:%SZ}" if when else "-",
-                delivery.last_error or "-",
-            )))
+            self.stdout.write(
+                "\t".join(
+                    (
+                        str(delivery.pk),
+                        f"{delivery.created_at:%Y-%m-%dT%H:%M:%SZ}",
+                        delivery.event,
+                        delivery.connection_id,
+                        delivery.status,
+                        f"attempts={delivery.attempts}",
+                        f"last_status={delivery.last_status_code or '-'}",
+                        f"{'delivered_at' if delivery.delivered_at else 'next_attempt_at'}={when:%Y-%m-%dT%H:%M:%SZ}"
+                        if when
+                        else "-",
+                        delivery.last_error or "-",
+                    )
+                )
+            )

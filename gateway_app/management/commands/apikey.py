@@ -16,8 +16,13 @@ class Command(BaseCommand):
         create = sub.add_parser("create", help="Create a key (printed once)")
         create.add_argument("--workspace", required=True)
         create.add_argument("--name", required=True)
-        create.add_argument("--scope", action="append", default=[], choices=ALL_SCOPES,
-                            help="Limit the key to these scopes (repeatable); default: all")
+        create.add_argument(
+            "--scope",
+            action="append",
+            default=[],
+            choices=ALL_SCOPES,
+            help="Limit the key to these scopes (repeatable); default: all",
+        )
         listing = sub.add_parser("list", help="List keys (prefixes only)")
         listing.add_argument("--workspace")
         revoke = sub.add_parser("revoke", help="Revoke a key by prefix")
@@ -27,8 +32,9 @@ class Command(BaseCommand):
         action = options["action"]
         if action == "create":
             try:
-                key, plaintext = apikey_create(workspace=options["workspace"], name=options["name"],
-                                               scopes=options["scope"] or None)
+                key, plaintext = apikey_create(
+                    workspace=options["workspace"], name=options["name"], scopes=options["scope"] or None
+                )
             except ValueError as exc:
                 raise CommandError(str(exc)) from None
             self.stderr.write(f"created key {key.prefix} for workspace {key.workspace}; it is shown once:")
@@ -40,8 +46,10 @@ class Command(BaseCommand):
             for key in keys:
                 status = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
                 used = f"{key.last_used_at:%Y-%m-%dT%H:%M:%SZ}" if key.last_used_at else "never"
-                self.stdout.write(f"{key.prefix}\t{key.workspace}\t{key.name}\t{status}\tlast_used={used}\t"
-                                  f"scopes={','.join(key.scopes) or 'all'}")
+                self.stdout.write(
+                    f"{key.prefix}\t{key.workspace}\t{key.name}\t{status}\tlast_used={used}\t"
+                    f"scopes={','.join(key.scopes) or 'all'}"
+                )
         elif action == "revoke":
             try:
                 key = apikey_revoke(prefix=options["prefix"])
