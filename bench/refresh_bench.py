@@ -300,8 +300,8 @@ def run_scale(
     plan = explain_first_batch()
     fan_out, fan_out_seconds = sweep._fan_out, []
 
-    def timed_fan_out(task, ids):
-        fan_out_seconds.append(timed(fan_out, task, ids)[0])
+    def timed_fan_out(ids):
+        fan_out_seconds.append(timed(fan_out, ids)[0])
 
     sweep._fan_out = timed_fan_out
     started_wall = time.time()

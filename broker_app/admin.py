@@ -26,7 +26,8 @@ from broker_app.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
-from broker_app.services.tokens import connection_revoke, token_refresh
+from broker_app.services.refresh import token_refresh
+from broker_app.services.revocation import connection_revoke
 from broker_app.webhooks import WebhookError, validate_events, webhook_redeliver
 from dromos.errors import ApiError
 

@@ -18,7 +18,9 @@ from broker_app.audit import Actor
 from broker_app.models import Connection
 from broker_app.presenters import connection_as_dict, provider_as_dict
 from broker_app.services.connect import connection_start
-from broker_app.services.tokens import connection_revoke, token_read, token_refresh
+from broker_app.services.reads import token_read
+from broker_app.services.refresh import token_refresh
+from broker_app.services.revocation import connection_revoke
 from dromos.errors import InvalidRequest
 from dromos.renderers import JSONOnlyNegotiation
 from dromos.validators import validate_scope_token

@@ -18,5 +18,9 @@ class BrokerAppConfig(AppConfig):
         from broker_app import deploy_checks
 
         deploy_checks.register()  # tag "dromos": only `check --deploy` / `check --tag dromos`
+        # Register the Celery tasks in every broker process (web processes queue them by name:
+        # broker_app/queue.py), not only in workers, which import them by autodiscovery.
+        import broker_app.tasks  # noqa: F401
+
         # Refuse to start with an unusable key ring: never serve garbage.
         broker_checks.assert_keys_usable()

@@ -23,6 +23,7 @@ class Actor:
 
 
 SYSTEM = Actor("system")
+SWEEP = Actor("system:refresh-sweep")  # the proactive refresh (sweep tasks, `refresh_due`)
 
 
 _COLUMNS = ("connection_id", "workspace", "actor", "action", "ip", "detail", "created_at")

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 
+from broker_app.webhooks import webhook_enqueue
+
 logger = logging.getLogger("dromos.events")
 
 
 def connection_event(*, connection_id: str, event: str) -> None:
     logger.info("connection event", extra={"connection_id": connection_id, "event": event})
-    from broker_app.webhooks import webhook_enqueue
-
     try:
         webhook_enqueue(connection_id=connection_id, event=event)
     except Exception:

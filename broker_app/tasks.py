@@ -7,18 +7,18 @@ import logging
 
 from celery import shared_task
 
-from broker_app.audit import Actor
+from broker_app.services.housekeeping import pending_prune, revocations_retry
+from broker_app.services.sweep import refresh_one, sweep_due
+from broker_app.webhooks import webhook_deliver
+from broker_app.webhooks import webhook_requeue_stale as requeue
 
 logger = logging.getLogger(__name__)
-SWEEP_ACTOR = Actor("system:refresh-sweep")
 
 
 @shared_task(acks_late=True, ignore_result=True)
 def refresh_sweep() -> int:
     """Beat's periodic scan: claim what is due (SKIP LOCKED batches) and queue one
     refresh_connection per id. Safe to run twice at once."""
-    from broker_app.services.sweep import sweep_due
-
     return sweep_due().queued
 
 
@@ -27,22 +27,16 @@ def refresh_sweep() -> int:
 # by the sweep after the row's backoff, not by this task.
 @shared_task(bind=True, acks_late=True, ignore_result=True, max_retries=100)
 def refresh_connection(self, connection_id: str) -> str:
-    from broker_app.services.sweep import refresh_one
-
     return refresh_one(task=self, connection_id=connection_id)
 
 
 @shared_task(acks_late=True, ignore_result=True)
 def prune_pending() -> int:
-    from broker_app.services.housekeeping import pending_prune
-
     return pending_prune()
 
 
 @shared_task(acks_late=True, ignore_result=True)
 def retry_revocations() -> int:
-    from broker_app.services.housekeeping import revocations_retry
-
     return revocations_retry()
 
 
@@ -50,8 +44,6 @@ def retry_revocations() -> int:
 def deliver_webhook(self, delivery_id: str) -> str:
     """One attempt at a webhook delivery; retried with exponential backoff until it is
     delivered or WEBHOOK_MAX_ATTEMPTS is reached (the row counts the attempts)."""
-    from broker_app.webhooks import webhook_deliver
-
     result = webhook_deliver(delivery_id=delivery_id)
     if result.retry_in is not None:
         raise self.retry(countdown=result.retry_in)
@@ -60,6 +52,4 @@ def deliver_webhook(self, delivery_id: str) -> str:
 
 @shared_task(acks_late=True, ignore_result=True)
 def webhook_requeue_stale() -> int:
-    from broker_app.webhooks import webhook_requeue_stale as requeue
-
     return requeue()

@@ -15,7 +15,6 @@ import hashlib
 import hmac
 import json
 import logging
-import random
 import secrets
 import time
 from dataclasses import dataclass
@@ -31,6 +30,8 @@ from prometheus_client import Counter
 from broker_app import crypto
 from broker_app.models import Connection, WebhookDelivery, WebhookEndpoint
 from broker_app.presenters import connection_as_dict
+from broker_app.queue import task
+from dromos.backoff import exponential_backoff
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +144,6 @@ def _payload(delivery_id: str, event: str, connection: Connection) -> dict:
 
 def webhook_enqueue(*, connection_id: str, event: str) -> list[str]:
     """Record one delivery per interested endpoint and queue their tasks after commit."""
-    from broker_app.tasks import deliver_webhook
-
     connection = Connection.objects.select_related("provider").filter(pk=connection_id).first()
     if connection is None:
         return []
@@ -162,15 +161,15 @@ def webhook_enqueue(*, connection_id: str, event: str) -> list[str]:
             delivery.save(force_insert=True)
             ids.append(str(delivery.id))
         for delivery_id in ids:
-            transaction.on_commit(lambda delivery_id=delivery_id: _queue(deliver_webhook, delivery_id))
+            transaction.on_commit(lambda delivery_id=delivery_id: _queue(delivery_id))
     return ids
 
 
-def _queue(task, delivery_id: str) -> None:
+def _queue(delivery_id: str) -> None:
     try:
         # One attempt (no publish retries): this runs after a request's commit, and a delivery
         # that could not be queued is not lost.
-        task.apply_async((delivery_id,), retry=False)
+        task("deliver_webhook").apply_async((delivery_id,), retry=False)
     except Exception:
         # The transport is down: the retry sweep picks the delivery up (next_attempt_at is set).
         logger.exception("webhook delivery not queued", extra={"delivery_id": delivery_id})
@@ -179,8 +178,16 @@ def _queue(task, delivery_id: str) -> None:
 def _backoff(attempts: int) -> float:
     """Seconds before the next attempt: the base doubled per failed attempt, capped, less up
     to 20% jitter (so a burst of failures does not retry in lockstep), at least one second."""
-    base = settings.WEBHOOK_RETRY_BASE_SECONDS * 2 ** max(0, attempts - 1)
-    return round(max(1.0, min(settings.WEBHOOK_RETRY_MAX_SECONDS, base) * random.uniform(0.8, 1.0)), 3)
+    return round(
+        exponential_backoff(
+            attempts,
+            base=settings.WEBHOOK_RETRY_BASE_SECONDS,
+            cap=settings.WEBHOOK_RETRY_MAX_SECONDS,
+            jitter=0.2,
+            floor=1.0,
+        ),
+        3,
+    )
 
 
 @dataclass(frozen=True)
@@ -270,8 +277,6 @@ def webhook_deliver(*, delivery_id: str) -> AttemptResult:
 def webhook_requeue_stale(*, grace_seconds: int = 600, limit: int = 500) -> int:
     """Queue again pending deliveries whose retry is long overdue (their task was lost:
     the transport was down or flushed). Attempts stay bounded by WEBHOOK_MAX_ATTEMPTS."""
-    from broker_app.tasks import deliver_webhook
-
     cutoff = timezone.now() - timedelta(seconds=grace_seconds)
     ids = list(
         WebhookDelivery.objects.filter(status=WebhookDelivery.Status.PENDING, next_attempt_at__lt=cutoff)
@@ -279,17 +284,15 @@ def webhook_requeue_stale(*, grace_seconds: int = 600, limit: int = 500) -> int:
         .values_list("id", flat=True)[:limit]
     )
     for delivery_id in ids:
-        _queue(deliver_webhook, str(delivery_id))
+        _queue(str(delivery_id))
     return len(ids)
 
 
 def webhook_redeliver(*, delivery: WebhookDelivery) -> bool:
     """Send a delivery again from scratch (operator action): attempts reset, queued now."""
-    from broker_app.tasks import deliver_webhook
-
     updated = WebhookDelivery.objects.filter(pk=delivery.pk).update(
         status=WebhookDelivery.Status.PENDING, attempts=0, next_attempt_at=timezone.now(), delivered_at=None
     )
     if updated:
-        transaction.on_commit(lambda: _queue(deliver_webhook, str(delivery.pk)))
+        transaction.on_commit(lambda: _queue(str(delivery.pk)))
     return bool(updated)

@@ -15,16 +15,16 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from broker_app import crypto, metrics
-from broker_app.audit import SYSTEM, Actor, audit_record
+from broker_app import crypto
+from broker_app.audit import Actor
 from broker_app.models import Connection
 from broker_app.oauth import client, oidc
 from broker_app.oauth.errors import IdTokenError, OAuthError, safe_code
-from broker_app.oauth.tokens import TokenSet
 from broker_app.providers.registry import resolve
 from broker_app.providers.spec import ProviderConfigError
 from broker_app.return_urls import ReturnUrlError, validate_return_url
 from broker_app.selectors import provider_get_by_name
+from broker_app.services.lifecycle import connection_activate, connection_create, connection_fail
 from dromos.errors import InvalidRequest
 
 logger = logging.getLogger(__name__)
@@ -96,17 +96,7 @@ def connection_start(
         code_challenge=client.pkce_challenge(verifier),
         nonce=nonce,
     )
-    with transaction.atomic():
-        connection.save(force_insert=True)
-        audit_record(
-            connection_id=connection.id,
-            workspace=workspace,
-            actor=actor,
-            action="connection.requested",
-            detail={"provider": provider.name, "scopes": requested},
-        )
-    metrics.CONNECTIONS_STARTED.labels(provider=provider.name).inc()
-    logger.info("connection requested", extra={"connection_id": connection.id, "provider": provider.name})
+    connection_create(connection=connection, actor=actor)
     return StartResult(connection=connection, auth_url=auth_url, state=state)
 
 
@@ -132,35 +122,6 @@ def _claim_state(state: str) -> tuple[Connection | None, str | None]:
     if connection.status != Connection.Status.PENDING:
         return None, "state_already_used"
     return connection, None
-
-
-def connection_fail(connection: Connection, *, error: str, description: str = "", actor: Actor = SYSTEM) -> None:
-    with transaction.atomic():
-        updated = Connection.objects.filter(pk=connection.pk, status=Connection.Status.PENDING).update(
-            status=Connection.Status.FAILED,
-            error=safe_code(error),
-            error_description=description[:512],
-            pkce_verifier_enc="",
-            updated_at=timezone.now(),
-        )
-        if updated:
-            audit_record(
-                connection_id=connection.id,
-                workspace=connection.workspace,
-                actor=actor,
-                action="connection.failed",
-                detail={"error": safe_code(error)},
-            )
-    connection.status, connection.error = Connection.Status.FAILED, safe_code(error)
-    metrics.CONNECTIONS_FAILED.labels(provider=connection.provider.name, reason=safe_code(error)).inc()
-    logger.info("connection failed", extra={"connection_id": connection.id, "reason": safe_code(error)})
-    transaction.on_commit(lambda: _emit(connection.id, "connection.failed"))
-
-
-def _emit(connection_id: str, event: str) -> None:
-    from broker_app import events
-
-    events.connection_event(connection_id=connection_id, event=event)
 
 
 def _error_redirect(connection: Connection, error: str) -> CallbackOutcome:
@@ -203,104 +164,50 @@ def connection_complete(
     if connection is None:
         return CallbackOutcome(None, None, page_error)
     if connection.state_expires_at and connection.state_expires_at < timezone.now():
-        connection_fail(connection, error="state_expired", description="the consent took too long")
+        connection_fail(connection=connection, error="state_expired", description="the consent took too long")
         return _error_redirect(connection, "state_expired")
     if error:
-        connection_fail(connection, error=error, description=error_description or "")
+        connection_fail(connection=connection, error=error, description=error_description or "")
         return _error_redirect(connection, error)
     try:
         spec, hooks = resolve(connection.provider, connection.params)
     except ProviderConfigError:
-        connection_fail(connection, error="provider_misconfigured")
+        connection_fail(connection=connection, error="provider_misconfigured")
         return _error_redirect(connection, "provider_misconfigured")
     if iss is not None and spec.issuer and iss != spec.issuer and "{tenantid}" not in spec.issuer:
-        connection_fail(connection, error="invalid_issuer", description="the iss parameter names another issuer")
+        connection_fail(
+            connection=connection, error="invalid_issuer", description="the iss parameter names another issuer"
+        )
         return _error_redirect(connection, "invalid_issuer")
     if not code:
-        connection_fail(connection, error="missing_code")
+        connection_fail(connection=connection, error="missing_code")
         return _error_redirect(connection, "missing_code")
     verifier = crypto.decrypt(connection.pkce_verifier_enc, aad=connection.aad("pkce_verifier"))
     try:
         tokens = client.exchange_code(spec, hooks, code=code, redirect_uri=callback_url(), code_verifier=verifier)
     except OAuthError as exc:
-        connection_fail(connection, error="code_exchange_failed", description=exc.error)
+        connection_fail(connection=connection, error="code_exchange_failed", description=exc.error)
         return _error_redirect(connection, "code_exchange_failed")
     claims = None
     if tokens.id_token and spec.oidc:
         try:
             claims = oidc.verify_id_token(spec, hooks, tokens.id_token, nonce_digest=connection.nonce_digest or None)
         except (IdTokenError, oidc.DocumentUnavailable) as exc:
-            connection_fail(connection, error="invalid_id_token", description=str(exc))
+            connection_fail(connection=connection, error="invalid_id_token", description=str(exc))
             return _error_redirect(connection, "invalid_id_token")
     elif spec.oidc and connection.nonce_digest:
-        connection_fail(connection, error="missing_id_token", description="the provider returned no id_token")
+        connection_fail(
+            connection=connection, error="missing_id_token", description="the provider returned no id_token"
+        )
         return _error_redirect(connection, "missing_id_token")
     extra_metadata = _callback_metadata(spec, callback_params)
     if extra_metadata:
         tokens = replace(tokens, metadata={**tokens.metadata, **extra_metadata})
-    if not _activate(connection, tokens, account={**tokens.account, **hooks.account(spec, claims)}):
+    if not connection_activate(
+        connection=connection, tokens=tokens, account={**tokens.account, **hooks.account(spec, claims)}
+    ):
         return CallbackOutcome(None, None, "state_already_used")
     return CallbackOutcome(
         connection=connection,
         redirect_url=with_query(connection.return_url, {"status": "success", "connection_id": connection.id}),
     )
-
-
-def store_tokens(connection: Connection, tokens: TokenSet, *, keep_refresh_token: bool) -> list[str]:
-    """Write a TokenSet into the row's encrypted fields; returns the fields changed.
-
-    A response without a refresh token keeps the stored one (`keep_refresh_token`)."""
-    now = timezone.now()
-    connection.access_token_enc = crypto.encrypt(tokens.access_token, aad=connection.aad("access_token"))
-    changed = ["access_token_enc", "token_type", "expires_at", "token_version", "updated_at"]
-    if tokens.refresh_token:
-        connection.refresh_token_enc = crypto.encrypt(tokens.refresh_token, aad=connection.aad("refresh_token"))
-        changed.append("refresh_token_enc")
-        if tokens.refresh_expires_in:
-            connection.refresh_expires_at = now + timedelta(seconds=tokens.refresh_expires_in)
-            changed.append("refresh_expires_at")
-    elif not keep_refresh_token:
-        connection.refresh_token_enc = ""
-        changed.append("refresh_token_enc")
-    if tokens.id_token:
-        connection.id_token_enc = crypto.encrypt(tokens.id_token, aad=connection.aad("id_token"))
-        changed.append("id_token_enc")
-    connection.token_type = tokens.token_type
-    connection.expires_at = now + timedelta(seconds=tokens.expires_in) if tokens.expires_in else None
-    connection.token_version += 1
-    if tokens.scope is not None:
-        connection.granted_scopes = list(tokens.scope)
-        changed.append("granted_scopes")
-    if tokens.metadata:
-        connection.metadata = {**connection.metadata, **tokens.metadata}
-        changed.append("metadata")
-    return changed
-
-
-def _activate(connection: Connection, tokens: TokenSet, *, account: dict[str, Any]) -> bool:
-    with transaction.atomic():
-        locked = Connection.objects.select_for_update().get(pk=connection.pk)
-        if locked.status != Connection.Status.PENDING:
-            return False
-        connection.token_version = locked.token_version
-        store_tokens(connection, tokens, keep_refresh_token=False)
-        if tokens.scope is None:
-            connection.granted_scopes = list(connection.scopes)
-        connection.account = account
-        connection.status = Connection.Status.ACTIVE
-        connection.activated_at = connection.last_refreshed_at = timezone.now()
-        connection.pkce_verifier_enc = ""
-        connection.nonce_digest = ""
-        connection.error = connection.error_description = ""
-        connection.save()
-        audit_record(
-            connection_id=connection.id,
-            workspace=connection.workspace,
-            actor=SYSTEM,
-            action="connection.activated",
-            detail={"granted_scopes": connection.granted_scopes},
-        )
-        transaction.on_commit(lambda: _emit(connection.id, "connection.activated"))
-    metrics.CONNECTIONS_ACTIVATED.labels(provider=connection.provider.name).inc()
-    logger.info("connection activated", extra={"connection_id": connection.id})
-    return True

@@ -7,8 +7,8 @@ from datetime import timedelta
 from django.utils import timezone
 
 from broker_app.models import Connection
-from broker_app.services.connect import connection_fail
-from broker_app.services.tokens import revocation_retry
+from broker_app.services.lifecycle import connection_fail
+from broker_app.services.revocation import revocation_retry
 
 
 def pending_prune(*, older_than_seconds: int = 0, dry_run: bool = False) -> int:
@@ -19,7 +19,9 @@ def pending_prune(*, older_than_seconds: int = 0, dry_run: bool = False) -> int:
     for connection in stale.select_related("provider").iterator():
         count += 1
         if not dry_run:
-            connection_fail(connection, error="state_expired", description="consent was not completed in time")
+            connection_fail(
+                connection=connection, error="state_expired", description="consent was not completed in time"
+            )
     return count
 
 

@@ -28,14 +28,16 @@ from django.utils import timezone
 
 from broker_app import metrics
 from broker_app.models import Connection
-from broker_app.services.tokens import SWEEP_ACTOR, proactive_due, token_refresh_due
+from broker_app.queue import task
+from broker_app.services.refresh import RefreshOutcome, token_refresh_due
+from broker_app.services.refresh_policy import proactive_due
 
 logger = logging.getLogger(__name__)
 CLAIM_SECONDS = 300
 # A lease older than this is from a process that died mid-refresh: its slot is free again.
 LEASE_SECONDS = 90
 
-__all__ = ["CLAIM_SECONDS", "SWEEP_ACTOR", "SweepResult", "batch_queryset", "due_queryset", "refresh_one", "sweep_due"]
+__all__ = ["CLAIM_SECONDS", "SweepResult", "batch_queryset", "due_queryset", "refresh_one", "sweep_due"]
 
 
 @dataclass
@@ -96,8 +98,6 @@ def sweep_due(
 ) -> SweepResult:
     """Select connections expiring within the window, claim them and (enqueue) queue one
     refresh task each. dry_run only lists them (no lock, no claim)."""
-    from broker_app.tasks import refresh_connection
-
     window = settings.REFRESH_SWEEP_WINDOW_SECONDS if window_seconds is None else window_seconds
     batch = batch_size or settings.REFRESH_SWEEP_BATCH
     result = SweepResult()
@@ -134,7 +134,7 @@ def sweep_due(
                     next_refresh_attempt_at=now + timedelta(seconds=CLAIM_SECONDS)
                 )
                 if enqueue:
-                    transaction.on_commit(lambda ids=ids: _fan_out(refresh_connection, ids))
+                    transaction.on_commit(lambda ids=ids: _fan_out(ids))
                     result.queued += len(ids)
         if len(rows) < take:
             break
@@ -143,11 +143,12 @@ def sweep_due(
     return result
 
 
-def _fan_out(task, ids: list[str]) -> None:
+def _fan_out(ids: list[str]) -> None:
     """One task per id, sharing one producer; a task older than the claim is dropped."""
-    with task.app.producer_or_acquire() as producer:
+    refresh_connection = task("refresh_connection")
+    with refresh_connection.app.producer_or_acquire() as producer:
         for connection_id in ids:
-            task.apply_async((connection_id,), producer=producer, expires=CLAIM_SECONDS)
+            refresh_connection.apply_async((connection_id,), producer=producer, expires=CLAIM_SECONDS)
 
 
 # -- per-provider concurrency ------------------------------------------------------------------
@@ -227,8 +228,8 @@ def refresh_one(*, task, connection_id: str) -> str:
     finally:
         if lease:
             _lease_release(lease)
-    if result.outcome == "lock_timeout":
+    if result.outcome == RefreshOutcome.LOCK_TIMEOUT:
         raise task.retry(countdown=random.uniform(5, 15))
-    if result.outcome not in ("success", "coalesced", "skipped"):
+    if result.outcome not in (RefreshOutcome.SUCCESS, RefreshOutcome.COALESCED, RefreshOutcome.SKIPPED):
         logger.info("sweep refresh not done", extra={"connection_id": connection_id, "outcome": result.outcome})
-    return result.outcome
+    return result.outcome.value

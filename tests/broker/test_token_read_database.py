@@ -12,7 +12,7 @@ from django.db import close_old_connections, connection
 from broker_app.audit import Actor
 from broker_app.models import AuditEvent, Connection, Provider
 from broker_app.selectors import connection_for_token
-from broker_app.services.tokens import token_read
+from broker_app.services.reads import token_read
 from dromos.errors import NotFound
 
 pytestmark = pytest.mark.django_db(transaction=True)

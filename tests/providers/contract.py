@@ -50,7 +50,7 @@ from broker_app.oauth import client, oidc
 from broker_app.oauth.errors import IdTokenError, PermanentOAuthError, TransientOAuthError
 from broker_app.providers.registry import resolve, set_client_secret
 from broker_app.providers.spec import catalog, entry_problems
-from broker_app.services.connect import store_tokens
+from broker_app.services.lifecycle import store_tokens
 
 CLIENT_ID = "dromos-client-id"
 CLIENT_SECRET = "dromos-client-secret"

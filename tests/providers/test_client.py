@@ -14,7 +14,7 @@ from broker_app.oauth import client
 from broker_app.oauth.errors import PermanentOAuthError, TransientOAuthError
 from broker_app.oauth.tokens import MAX_LIFETIME_SECONDS, normalise_token_type, parse_expires_in
 from broker_app.providers.registry import resolve
-from broker_app.services.connect import store_tokens
+from broker_app.services.lifecycle import store_tokens
 from tests.providers.contract import REDIRECT_URI, VERIFIER, at_replay, provider_row
 
 

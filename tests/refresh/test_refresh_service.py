@@ -24,7 +24,7 @@ from broker_app import crypto
 from broker_app.audit import SYSTEM
 from broker_app.models import AuditEvent, Connection
 from broker_app.oauth.errors import PermanentOAuthError
-from broker_app.services import tokens
+from broker_app.services import refresh, refresh_policy
 from broker_app.services.sweep import due_queryset, refresh_one, sweep_due
 from tests.refresh.conftest import age, outcome_counts
 
@@ -186,7 +186,7 @@ def test_forced_refresh_right_after_another_returns_its_result(stack, fake_provi
     assert _via_gateway_refresh(stack, key, cid) == first
     assert fake_provider.refresh_calls == 1 and outcome_counts() == {"success": 1, "coalesced": 1}
     Connection.objects.filter(pk=cid).update(
-        last_refreshed_at=timezone.now() - timedelta(seconds=tokens.COALESCE_SECONDS + 1)
+        last_refreshed_at=timezone.now() - timedelta(seconds=refresh_policy.COALESCE_SECONDS + 1)
     )
     assert _via_gateway_refresh(stack, key, cid) != first
     assert fake_provider.refresh_calls == 2
@@ -216,7 +216,7 @@ def test_a_hung_lock_holder_loses_its_session_and_the_lock(stack, fake_provider,
     def hung():
         try:
             with transaction.atomic():
-                tokens._lock_row(cid)
+                refresh.lock_row(cid)
                 locked.set()
                 time.sleep(3)  # hangs while "calling the provider"
                 Connection.objects.filter(pk=cid).update(error="should never commit")
@@ -269,8 +269,8 @@ def test_invalid_grant_after_another_refresh_stored_new_tokens_is_a_lost_race(
         )
         raise PermanentOAuthError("invalid_grant", "refresh token already used")
 
-    monkeypatch.setattr(tokens.client, "refresh", refresh_meanwhile_then_invalid_grant)
-    view = tokens.token_refresh(connection_id=cid, workspace=None, actor=SYSTEM)
+    monkeypatch.setattr(refresh.client, "refresh", refresh_meanwhile_then_invalid_grant)
+    view = refresh.token_refresh(connection_id=cid, workspace=None, actor=SYSTEM)
     assert view.access_token == "at-stored-by-the-winner"
     row = Connection.objects.get(pk=cid)
     assert row.status == "active" and row.error == ""
@@ -347,10 +347,10 @@ def test_transient_failure_keeps_tokens_and_is_retried_later(stack, fake_provide
 
 def test_backoff_grows_exponentially_with_jitter():
     for failures, low, high in ((1, 15, 30), (2, 30, 60), (3, 60, 120), (8, 1800, 3600), (30, 1800, 3600)):
-        delays = [tokens.backoff_delay(failures).total_seconds() for _ in range(50)]
+        delays = [refresh_policy.backoff_delay(failures).total_seconds() for _ in range(50)]
         assert all(low <= d <= high for d in delays), (failures, min(delays), max(delays))
         assert len(set(delays)) > 1  # jittered
-    assert tokens.backoff_delay(1, retry_after=120).total_seconds() >= 120
+    assert refresh_policy.backoff_delay(1, retry_after=120).total_seconds() >= 120
 
 
 def test_transient_failures_never_fail_the_connection(stack, fake_provider, active):

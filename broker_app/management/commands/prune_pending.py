@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from broker_app.models import Connection
-from broker_app.services.connect import connection_fail
+from broker_app.services.lifecycle import connection_fail
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -60,7 +60,9 @@ class Command(BaseCommand):
             return
         done = 0
         for connection in stale.iterator(chunk_size=500):
-            connection_fail(connection, error="state_expired", description="consent was not completed in time")
+            connection_fail(
+                connection=connection, error="state_expired", description="consent was not completed in time"
+            )
             done += 1
             if done % 500 == 0 or done == total:
                 self.stderr.write(f"\rpruned {done}/{total}", ending="")

@@ -8,8 +8,8 @@ from collections import Counter
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from broker_app.services.refresh import token_refresh_due
 from broker_app.services.sweep import sweep_due
-from broker_app.services.tokens import token_refresh_due
 
 
 class Command(BaseCommand):
@@ -56,7 +56,7 @@ class Command(BaseCommand):
         outcomes: Counter[str] = Counter()
         total = len(result.connection_ids)
         for index, connection_id in enumerate(result.connection_ids, 1):
-            outcome = token_refresh_due(connection_id=connection_id, window_seconds=window).outcome
+            outcome = token_refresh_due(connection_id=connection_id, window_seconds=window).outcome.value
             outcomes[outcome] += 1
             if index % 100 == 0 or index == total:
                 self.stderr.write(f"\r{index}/{total}", ending="")

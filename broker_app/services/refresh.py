@@ -1,0 +1,340 @@
+"""Refreshing a connection's tokens at the provider: single-flight, rotation-safe.
+
+Three entry points, one per use, all through `_refresh`:
+- `token_refresh`: an agent or operator asked for a refresh (`POST /v1/refresh/{id}`, the
+  broker's refresh route, the admin button). Forced, but coalesced with one that finished
+  within COALESCE_SECONDS.
+- `token_refresh_auto`: `GET /v1/token/{id}?auto_refresh=true` found the token expiring within
+  `min_ttl`; refreshes only if that is still true under the lock.
+- `token_refresh_due`: the proactive sweep and `manage.py refresh_due`; refreshes only if the
+  sweep's rule (refresh_policy.proactive_due) still says so under the lock. Never raises for
+  an expected outcome.
+
+Single-flight per connection, across processes and machines: the provider call runs while
+holding the connection's PostgreSQL row lock (`SELECT … FOR UPDATE`). Waiters are bounded
+by `lock_timeout`; once they get the lock they compare `token_version` with what they read
+before waiting and, when it moved, return the tokens the holder stored instead of calling
+the provider.
+
+Rotation safety: the rotated refresh token is written in the transaction that releases the
+lock, so no caller can ever present the old one after the provider rotated it; a response
+without a refresh token keeps the stored one. `invalid_grant` re-reads the row: a refresh
+token that changed meanwhile means a lost race (the stored tokens are used), otherwise the
+connection fails and the user must reconnect. A refreshed id_token must keep iss, sub, aud.
+
+Transient failures (5xx, timeout, connection error, 429) never touch the tokens; they only
+move `next_refresh_attempt_at` out by the policy's backoff, which the sweep honours, and
+they never fail a connection.
+
+A process that dies mid-refresh drops its database session and, with it, the lock. A process
+that hangs loses its session after `idle_in_transaction_session_timeout` (REFRESH_HOLD_SECONDS),
+so no lock is held forever.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import DatabaseError, OperationalError, transaction
+from django.db import connection as db_connection
+from django.utils import timezone
+
+from broker_app import crypto, metrics
+from broker_app.audit import SWEEP, Actor, audit_record
+from broker_app.models import Connection
+from broker_app.oauth import client, oidc
+from broker_app.oauth.errors import IdTokenError, PermanentOAuthError, TransientOAuthError
+from broker_app.providers.registry import resolve
+from broker_app.selectors import connection_get
+from broker_app.services import refresh_policy as policy
+from broker_app.services.lifecycle import connection_fail, connection_store_refreshed, not_active
+from broker_app.services.token_view import TokenView, token_view
+from dromos.errors import ApiError, ConnectionNotActive, NotFound, ProviderError, ProviderUnavailable
+
+logger = logging.getLogger(__name__)
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
+class RefreshOutcome(enum.StrEnum):
+    """What one refresh attempt did; the values are the `outcome` label of dromos_refresh_total."""
+
+    SUCCESS = "success"  # one provider refresh, tokens stored
+    COALESCED = "coalesced"  # another caller's refresh served this one
+    SKIPPED = "skipped"  # no longer due under the lock
+    TRANSIENT = "transient"  # provider 5xx/timeout/429: tokens kept, backoff
+    REJECTED = "rejected"  # provider refused for another reason than the grant (our config)
+    LOST_RACE = "lost_race"  # invalid_grant for a refresh token another refresh had replaced
+    INVALID_GRANT = "invalid_grant"  # the grant is gone: connection failed
+    INVALID_ID_TOKEN = "invalid_id_token"  # the refreshed id_token names another identity
+    LOCK_TIMEOUT = "lock_timeout"  # another refresh held the row longer than we may wait
+    NOT_ACTIVE = "not_active"
+    NO_REFRESH_TOKEN = "no_refresh_token"
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    """The sweep's view of one attempt: `retry_after` is set for outcomes to retry later."""
+
+    outcome: RefreshOutcome
+    retry_after: int | None = None
+
+
+class RefreshNotSupported(ApiError):
+    status_code, code = 409, "refresh_not_supported"
+
+
+@dataclass(frozen=True)
+class _Attempted:
+    outcome: RefreshOutcome
+    connection: Connection
+    error: ApiError | None  # raised to the caller after commit (a failed status is stored first)
+
+
+def token_refresh(*, connection_id: str, workspace: str | None, actor: Actor) -> TokenView:
+    """Refresh at the provider now (coalesced with a refresh that just finished) and return
+    the tokens. Raises ConnectionNotActive (409: e.g. invalid_grant failed it),
+    RefreshNotSupported (409), ProviderUnavailable (503 + Retry-After: transient, tokens
+    unchanged), ProviderError (502: the provider rejected our request)."""
+    return _served(
+        _refresh(connection_id=connection_id, workspace=workspace, actor=actor, force=True, min_ttl=None), actor
+    )
+
+
+def token_refresh_auto(*, connection_id: str, workspace: str | None, actor: Actor, min_ttl: int) -> TokenView:
+    """auto_refresh: refresh only if the token still expires within `min_ttl` once the row
+    lock is held, and return the tokens. Raises as token_refresh does."""
+    return _served(
+        _refresh(connection_id=connection_id, workspace=workspace, actor=actor, force=False, min_ttl=min_ttl), actor
+    )
+
+
+def token_refresh_due(*, connection_id: str, window_seconds: int | None = None, actor: Actor = SWEEP) -> RefreshResult:
+    """The proactive path: refresh when still due by the sweep's rule, re-checked under the
+    row lock. Returns the outcome; never raises for an expected one."""
+    try:
+        attempted = _refresh(
+            connection_id=connection_id,
+            workspace=None,
+            actor=actor,
+            force=False,
+            min_ttl=None,
+            window_seconds=window_seconds,
+        )
+    except (ConnectionNotActive, NotFound):
+        return RefreshResult(RefreshOutcome.NOT_ACTIVE)
+    except RefreshNotSupported:
+        return RefreshResult(RefreshOutcome.NO_REFRESH_TOKEN)
+    except ProviderUnavailable as exc:  # lock_timeout
+        return RefreshResult(RefreshOutcome.LOCK_TIMEOUT, retry_after=exc.retry_after)
+    if isinstance(attempted.error, ProviderUnavailable):
+        return RefreshResult(attempted.outcome, retry_after=attempted.error.retry_after)
+    return RefreshResult(attempted.outcome)
+
+
+def _served(attempted: _Attempted, actor: Actor) -> TokenView:
+    if attempted.error is not None:
+        raise attempted.error
+    connection = attempted.connection
+    if attempted.outcome != RefreshOutcome.SUCCESS:
+        # Served without a provider refresh of its own: still a token read to audit.
+        audit_record(
+            connection_id=connection.id,
+            workspace=connection.workspace,
+            actor=actor,
+            action="token.read",
+            detail={"refresh": attempted.outcome.value},
+        )
+    return token_view(connection)
+
+
+def _hold_seconds() -> int:
+    """How long a refresh may hold the row lock before PostgreSQL ends its session: well
+    past the provider call's own timeouts, so only a hung or partitioned process hits it."""
+    return int(settings.REFRESH_HOLD_SECONDS or 3 * settings.PROVIDER_HTTP_TIMEOUT + 15)
+
+
+def lock_row(connection_id: str) -> Connection:
+    """Lock the connection's row for a token change (bounded wait, bounded hold)."""
+    if db_connection.vendor == "postgresql":
+        with db_connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT set_config('lock_timeout', %s, true), "
+                "set_config('idle_in_transaction_session_timeout', %s, true)",
+                [f"{settings.REFRESH_LOCK_TIMEOUT_SECONDS}s", f"{_hold_seconds()}s"],
+            )
+    return Connection.objects.select_for_update(of=("self",)).select_related("provider").get(pk=connection_id)
+
+
+def _is_lock_timeout(exc: BaseException) -> bool:
+    return getattr(exc.__cause__, "sqlstate", None) == _LOCK_NOT_AVAILABLE
+
+
+@dataclass
+class _ProviderCall:
+    answered: bool = False
+
+
+def _refresh(
+    *,
+    connection_id: str,
+    workspace: str | None,
+    actor: Actor,
+    force: bool,
+    min_ttl: int | None,
+    window_seconds: int | None = None,
+) -> _Attempted:
+    """The one refresh service: decide under the row lock, call the provider at most once."""
+    seen = connection_get(connection_id=connection_id, workspace=workspace)
+    if seen.status != Connection.Status.ACTIVE:
+        raise not_active(seen)
+    provider_name = seen.provider.name
+    call = _ProviderCall()
+    try:
+        with transaction.atomic():
+            connection = lock_row(connection_id)
+            if connection.status != Connection.Status.ACTIVE:
+                raise not_active(connection)  # e.g. the caller we waited for got invalid_grant
+            if connection.token_version != seen.token_version:
+                outcome, error = RefreshOutcome.COALESCED, None
+            elif not force and not policy.due(connection, min_ttl=min_ttl, window_seconds=window_seconds):
+                outcome, error = RefreshOutcome.SKIPPED, None
+                if min_ttl is None and connection.expires_at is not None:
+                    # Not due yet (a duplicate task, a short-lived token): tell the sweep when.
+                    connection.next_refresh_attempt_at = policy.next_proactive_attempt(
+                        expires_at=connection.expires_at, refreshed_at=connection.last_refreshed_at
+                    )
+                    connection.save(update_fields=["next_refresh_attempt_at"])
+            elif force and policy.just_refreshed(connection):
+                outcome, error = RefreshOutcome.COALESCED, None
+            elif not connection.refresh_token_enc:
+                raise RefreshNotSupported(
+                    "this connection has no refresh token; the provider's tokens cannot be refreshed"
+                )
+            else:
+                outcome, error = _refresh_locked(connection, actor, call)
+    except OperationalError as exc:
+        if _is_lock_timeout(exc):
+            metrics.refresh_outcome(provider_name, RefreshOutcome.LOCK_TIMEOUT.value)
+            raise ProviderUnavailable(
+                "a refresh of this connection is already in progress; retry shortly", retry_after=2
+            ) from None
+        _log_lost_result(connection_id, call)
+        raise
+    except DatabaseError:
+        _log_lost_result(connection_id, call)
+        raise
+    metrics.refresh_outcome(provider_name, outcome.value)
+    return _Attempted(outcome, connection, error)
+
+
+def _log_lost_result(connection_id: str, call: _ProviderCall) -> None:
+    if call.answered:
+        # The provider may have rotated the refresh token we could not store.
+        logger.error("refresh result could not be stored", extra={"connection_id": connection_id})
+
+
+def _defer(connection: Connection, retry_after: int | None) -> None:
+    """A failed attempt that leaves the tokens alone: count it and move the next proactive
+    attempt out by the backoff."""
+    connection.refresh_failures += 1
+    connection.next_refresh_attempt_at = timezone.now() + policy.backoff_delay(connection.refresh_failures, retry_after)
+    connection.save(update_fields=["refresh_failures", "next_refresh_attempt_at", "updated_at"])
+
+
+def _refresh_locked(
+    connection: Connection, actor: Actor, call: _ProviderCall
+) -> tuple[RefreshOutcome, ApiError | None]:
+    """Call the provider while holding the row lock; update the row. Returns the outcome
+    and the error to raise after commit."""
+    spec, hooks = resolve(connection.provider, connection.params)
+    refresh_token = crypto.decrypt(connection.refresh_token_enc, aad=connection.aad("refresh_token"))
+    started = time.monotonic()
+    try:
+        tokens = client.refresh(spec, hooks, refresh_token=refresh_token)
+    except TransientOAuthError as exc:
+        _defer(connection, exc.retry_after)
+        logger.warning(
+            "refresh failed transiently; tokens kept", extra={"connection_id": connection.id, "reason": exc.error}
+        )
+        return RefreshOutcome.TRANSIENT, ProviderUnavailable(
+            f"the provider is temporarily unavailable ({exc.error}); stored tokens are unchanged",
+            retry_after=exc.retry_after or 5,
+        )
+    except PermanentOAuthError as exc:
+        if exc.error != "invalid_grant":
+            # Not the user's grant (e.g. invalid_client: our configuration): keep the
+            # connection and back off rather than hammer the provider.
+            _defer(connection, None)
+            logger.warning("refresh rejected", extra={"connection_id": connection.id, "reason": exc.error})
+            return RefreshOutcome.REJECTED, ProviderError(f"the provider rejected the refresh ({exc.error})")
+        if _stored_refresh_token_changed(connection, refresh_token):
+            connection.refresh_from_db()
+            logger.info(
+                "invalid_grant after a newer refresh was stored: lost race, stored tokens used",
+                extra={"connection_id": connection.id},
+            )
+            return RefreshOutcome.LOST_RACE, None
+        connection_fail(
+            connection=connection,
+            error="invalid_grant",
+            description="the provider no longer accepts the refresh token; the user must reconnect",
+            actor=actor,
+            expected=(Connection.Status.ACTIVE,),
+        )
+        logger.warning("refresh invalid_grant: connection failed", extra={"connection_id": connection.id})
+        return RefreshOutcome.INVALID_GRANT, not_active(connection)
+    finally:
+        metrics.REFRESH_SECONDS.labels(provider=spec.name).observe(time.monotonic() - started)
+    call.answered = True
+    if tokens.id_token and spec.oidc:
+        account = connection.account or {}
+        try:
+            oidc.verify_id_token(
+                spec,
+                hooks,
+                tokens.id_token,
+                nonce_digest=None,
+                expected={"iss": account.get("iss"), "sub": account.get("sub"), "aud": spec.client_id},
+            )
+        except oidc.DocumentUnavailable:
+            # Cannot verify it now; the access and refresh tokens are fine (and the refresh
+            # token may have rotated): keep the previous, verified id_token.
+            logger.warning(
+                "refreshed id_token not verifiable now; previous one kept", extra={"connection_id": connection.id}
+            )
+            tokens = dataclasses.replace(tokens, id_token=None)
+        except IdTokenError as exc:
+            # A different identity (or a forged token) must never be served as this user's.
+            connection_fail(
+                connection=connection,
+                error="invalid_id_token",
+                description=str(exc)[:200],
+                actor=actor,
+                expected=(Connection.Status.ACTIVE,),
+            )
+            logger.warning(
+                "refreshed id_token rejected: connection failed",
+                extra={"connection_id": connection.id, "reason": str(exc)},
+            )
+            return RefreshOutcome.INVALID_ID_TOKEN, not_active(connection)
+    connection_store_refreshed(connection=connection, tokens=tokens, actor=actor)
+    return RefreshOutcome.SUCCESS, None
+
+
+def _stored_refresh_token_changed(connection: Connection, presented: str) -> bool:
+    """Re-read the row: did another refresh store new tokens after we read ours?"""
+    stored = Connection.objects.filter(pk=connection.pk).values("token_version", "refresh_token_enc").first()
+    if stored is None:
+        return False
+    if stored["token_version"] != connection.token_version:
+        return True
+    try:
+        current = crypto.decrypt(stored["refresh_token_enc"], aad=connection.aad("refresh_token"))
+    except crypto.DecryptionError:
+        return False
+    return bool(current) and current != presented

@@ -1,0 +1,46 @@
+"""The token an agent receives: decrypted from the row, shaped once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from broker_app import crypto
+from broker_app.models import Connection
+
+
+@dataclass(frozen=True)
+class TokenView:
+    connection_id: str
+    provider_name: str
+    access_token: str = field(repr=False)
+    token_type: str
+    expires_at: datetime | None
+    scopes: list[str]
+    id_token: str | None = field(default=None, repr=False)
+
+    def as_dict(self) -> dict:
+        body = {
+            "access_token": self.access_token,
+            "token_type": self.token_type or "Bearer",
+            "expires_at": self.expires_at,
+            "scopes": self.scopes,
+            "provider_name": self.provider_name,
+            "connection_id": self.connection_id,
+        }
+        if self.id_token:
+            body["id_token"] = self.id_token
+        return body
+
+
+def token_view(connection: Connection) -> TokenView:
+    """Decrypt the row's tokens (the only place a served token is decrypted)."""
+    return TokenView(
+        connection_id=connection.id,
+        provider_name=connection.provider.name,
+        access_token=crypto.decrypt(connection.access_token_enc, aad=connection.aad("access_token")) or "",
+        token_type=connection.token_type or "Bearer",
+        expires_at=connection.expires_at,
+        scopes=connection.granted_scopes or connection.scopes,
+        id_token=crypto.decrypt(connection.id_token_enc, aad=connection.aad("id_token")),
+    )
