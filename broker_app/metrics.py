@@ -27,7 +27,9 @@ REFRESH_OUTCOME_HELP = (
     "Refresh attempts by outcome: success (one provider refresh), coalesced (waited for another caller's "
     "refresh and used it), skipped (no longer due), lost_race (invalid_grant, but another refresh had "
     "already stored new tokens), invalid_grant (connection failed), transient (5xx, timeout, 429: tokens "
-    "kept, retried later), rejected (other provider error), invalid_id_token, lock_timeout"
+    "kept, retried later), rejected (other provider error), invalid_id_token, lock_timeout, busy (another "
+    "refresh in progress and enough callers waiting: answered at once), interrupted (an earlier refresh died "
+    "after reaching a rotating provider: connection failed with refresh_interrupted)"
 )
 
 

@@ -134,6 +134,27 @@ class AuditEvent(models.Model):
         return f"{self.action} {self.connection_id}"
 
 
+class RefreshInFlight(models.Model):
+    """A durable "a refresh reached the provider" marker (issue 14).
+
+    Written and committed on a connection of its own just before the provider's token
+    endpoint is called, deleted in the transaction that stores the provider's answer. One
+    left behind whose token_version is still the row's means the process died between
+    the provider's answer and the commit: the refresh token may have been rotated and lost.
+    No foreign key: the row it names is locked FOR UPDATE by the refresh while the marker
+    is written from another session."""
+
+    connection_id = models.CharField(max_length=64, primary_key=True)
+    token_version = models.PositiveIntegerField()
+    started_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "broker_app_refreshinflight"  # named in refresh.py's marker INSERT
+
+    def __str__(self) -> str:
+        return f"refresh in flight {self.connection_id}"
+
+
 class CachedDocument(models.Model):
     """Persistent cache of OIDC discovery documents and JWKS, honouring Cache-Control."""
 

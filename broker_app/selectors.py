@@ -57,6 +57,8 @@ _TOKEN_FIELDS = (
     "granted_scopes",
     "error",
     "refresh_token_enc",
+    "token_version",
+    "last_refreshed_at",
     "provider",
 )
 

@@ -5,6 +5,7 @@ the gateway never re-serialises a token."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from urllib.parse import urlencode
 
 import orjson
@@ -21,6 +22,7 @@ from dromos.validators import validate_scope_token
 from gateway_app import schema as _schema  # noqa: F401  (registers the API-key security scheme)
 from gateway_app.authentication import ApiKeyAuthentication, ApiKeyThrottle, HasScope
 from gateway_app.broker_client import BrokerAnswer, broker
+from gateway_app.bulkhead import slow_call_slot
 
 CONNECTION_ID = r"[A-Za-z0-9_-]{1,64}"
 CONNECTION_STATUSES = ["pending", "active", "failed", "revoked"]
@@ -46,6 +48,12 @@ class TokenSerializer(serializers.Serializer):
     scopes = serializers.ListField(child=serializers.CharField())
     provider_name = serializers.CharField()
     connection_id = serializers.CharField()
+    warnings = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="min_ttl_not_met: auto_refresh gave a token living less than min_ttl (refreshed within "
+        "the last few seconds, or a refresh is in progress or unavailable); it is valid until expires_at",
+    )
 
 
 class ConnectionSerializer(serializers.Serializer):
@@ -261,16 +269,15 @@ class TokenApi(GatewayApi):
         _check_id(connection_id)
         # The hot path: most calls carry no query string, and validating none costs CPU (issue 7).
         params = _query(TokenQuerySerializer, request) if request.query_params else {}
-        return _relay(
-            broker().call(
+        with slow_call_slot(request.user) if params.get("auto_refresh") in ("true", "1") else nullcontext():
+            answer = broker().call(
                 "GET",
                 f"/internal/v1/connections/{connection_id}/token",
                 principal=request.user,
                 client_ip=_client_ip(request),
                 params=params,
-            ),
-            no_store=True,
-        )
+            )
+        return _relay(answer, no_store=True)
 
 
 class RefreshApi(GatewayApi):
@@ -284,15 +291,14 @@ class RefreshApi(GatewayApi):
     )
     def post(self, request, connection_id: str):
         _check_id(connection_id)
-        return _relay(
-            broker().call(
+        with slow_call_slot(request.user):
+            answer = broker().call(
                 "POST",
                 f"/internal/v1/connections/{connection_id}/refresh",
                 principal=request.user,
                 client_ip=_client_ip(request),
-            ),
-            no_store=True,
-        )
+            )
+        return _relay(answer, no_store=True)
 
 
 class ConnectionListApi(GatewayApi):

@@ -133,8 +133,14 @@ def resolve(provider, params: dict[str, Any] | None = None) -> tuple[ProviderSpe
         token_auth=provider.token_auth or entry.get("token_auth", "client_secret_basic"),
         token_headers=dict(entry.get("token_headers", {})),
         refresh=bool(entry.get("refresh", True)),
-        refresh_token_rotation=bool(entry.get("refresh_token_rotation", False)),
+        refresh_token_rotation=values.get(
+            "refresh_token_rotation", str(entry.get("refresh_token_rotation", False))
+        ).lower()
+        == "true",
         refresh_token_lifetime_days=entry.get("refresh_token_lifetime_days"),
+        refresh_token_reuse_grace_seconds=int(
+            values.get("refresh_token_reuse_grace_seconds", entry.get("refresh_token_reuse_grace_seconds", 0))
+        ),
         id_token_algs=algs,
         hook=entry.get("hook", "default"),
         settings=dict(provider.settings or {}),

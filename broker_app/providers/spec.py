@@ -52,6 +52,7 @@ CATALOG_KEYS = frozenset(
         "refresh",
         "refresh_token_rotation",
         "refresh_token_lifetime_days",
+        "refresh_token_reuse_grace_seconds",
         "refresh_params",
         "revocation_method",
         "revocation_auth",
@@ -132,7 +133,7 @@ def entry_problems(key: str, entry: dict[str, Any]) -> list[str]:
             if placeholder not in specs and placeholder not in _BUILTIN_PLACEHOLDERS.get(name, set()):
                 problems.append(f"{key}: {name} uses {{{placeholder}}} but no params.{placeholder} is declared")
     for name, spec in specs.items():
-        if name not in used:
+        if name not in used and name not in QUIRK_PARAMS:
             problems.append(f"{key}: params.{name} appears in no URL")
         if not (spec.pattern.startswith("^") and spec.pattern.endswith("$")):
             problems.append(f"{key}: params.{name} pattern must be anchored with ^…$")
@@ -158,6 +159,10 @@ def template(key: str) -> dict[str, Any]:
         return catalog()[key]
     except KeyError:
         raise ProviderConfigError(f"unknown provider template {key!r}") from None
+
+
+# Template values that set a quirk instead of filling a URL (generic OIDC providers differ).
+QUIRK_PARAMS = frozenset({"refresh_token_rotation", "refresh_token_reuse_grace_seconds"})
 
 
 @dataclass(frozen=True)
@@ -213,6 +218,9 @@ class ProviderSpec:
     refresh: bool = True
     refresh_token_rotation: bool = False
     refresh_token_lifetime_days: int | None = None
+    # How long the provider still accepts a rotated-out refresh token (Okta's grace period,
+    # Auth0's reuse interval): after an interrupted refresh, retrying inside it is safe.
+    refresh_token_reuse_grace_seconds: int = 0
     id_token_algs: tuple[str, ...] = ("RS256",)
     hook: str = "default"
     settings: dict[str, Any] = field(default_factory=dict)

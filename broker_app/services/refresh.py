@@ -29,6 +29,25 @@ they never fail a connection.
 A process that dies mid-refresh drops its database session and, with it, the lock. A process
 that hangs loses its session after `idle_in_transaction_session_timeout` (REFRESH_HOLD_SECONDS),
 so no lock is held forever.
+
+Bulkhead: while one caller refreshes a connection, at most REFRESH_MAX_WAITERS others (across
+processes, counted in Redis; per process without it) wait for its result, each at most
+REFRESH_LOCK_TIMEOUT_SECONDS. The rest answer at once: auto_refresh serves the stored token
+while it is still valid, anything else gets 503 `refresh_in_progress` with Retry-After. So a
+slow provider holds one thread per connection being refreshed, plus a bounded few.
+
+Coalescing: a connection refreshed within COALESCE_SECONDS is not refreshed again, forced or
+because of `min_ttl` (the token served may then live less than `min_ttl`; reads say so).
+
+Crash safety (PostgreSQL): a RefreshInFlight marker is committed on a session of its own just
+before the provider is called and deleted in the transaction that stores the answer. A marker
+still naming the row's token_version means a process died between the provider's answer and
+the commit, so the provider may have rotated the refresh token into the void. The next attempt
+then retries at once with the stored refresh token when that is safe (the template says the
+provider does not rotate, or the marker is younger than its reuse grace period); otherwise it
+fails the connection with `refresh_interrupted` rather than present a refresh token the
+provider may treat as reused. Between the provider's answer and the commit there is only the
+id_token check (keys fetched beforehand), encryption and the UPDATE.
 """
 
 from __future__ import annotations
@@ -36,17 +55,22 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, OperationalError, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, OperationalError, connections, transaction
 from django.db import connection as db_connection
 from django.utils import timezone
 
 from broker_app import crypto, metrics
 from broker_app.audit import SWEEP, Actor, audit_record
-from broker_app.models import Connection
+from broker_app.models import Connection, RefreshInFlight
 from broker_app.oauth import client, oidc
 from broker_app.oauth.errors import IdTokenError, PermanentOAuthError, TransientOAuthError
 from broker_app.providers.registry import resolve
@@ -55,6 +79,7 @@ from broker_app.services import refresh_policy as policy
 from broker_app.services.lifecycle import connection_fail, connection_store_refreshed, not_active
 from broker_app.services.token_view import TokenView, token_view
 from dromos.errors import ApiError, ConnectionNotActive, NotFound, ProviderError, ProviderUnavailable
+from dromos.redis import redis_client
 
 logger = logging.getLogger(__name__)
 _LOCK_NOT_AVAILABLE = "55P03"
@@ -72,6 +97,8 @@ class RefreshOutcome(enum.StrEnum):
     INVALID_GRANT = "invalid_grant"  # the grant is gone: connection failed
     INVALID_ID_TOKEN = "invalid_id_token"  # the refreshed id_token names another identity
     LOCK_TIMEOUT = "lock_timeout"  # another refresh held the row longer than we may wait
+    BUSY = "busy"  # another refresh is in progress and enough callers already wait for it
+    INTERRUPTED = "interrupted"  # an earlier refresh died after reaching the provider: failed
     NOT_ACTIVE = "not_active"
     NO_REFRESH_TOKEN = "no_refresh_token"
 
@@ -86,6 +113,12 @@ class RefreshResult:
 
 class RefreshNotSupported(ApiError):
     status_code, code = 409, "refresh_not_supported"
+
+
+class RefreshInProgress(ProviderUnavailable):
+    """Another caller is refreshing this connection and enough callers wait for it already."""
+
+    code = "refresh_in_progress"
 
 
 @dataclass(frozen=True)
@@ -129,7 +162,7 @@ def token_refresh_due(*, connection_id: str, window_seconds: int | None = None, 
         return RefreshResult(RefreshOutcome.NOT_ACTIVE)
     except RefreshNotSupported:
         return RefreshResult(RefreshOutcome.NO_REFRESH_TOKEN)
-    except ProviderUnavailable as exc:  # lock_timeout
+    except ProviderUnavailable as exc:  # lock_timeout, or busy: retried shortly like it
         return RefreshResult(RefreshOutcome.LOCK_TIMEOUT, retry_after=exc.retry_after)
     if isinstance(attempted.error, ProviderUnavailable):
         return RefreshResult(attempted.outcome, retry_after=attempted.error.retry_after)
@@ -170,6 +203,70 @@ def lock_row(connection_id: str) -> Connection:
     return Connection.objects.select_for_update(of=("self",)).select_related("provider").get(pk=connection_id)
 
 
+def _lock_for_refresh(connection_id: str) -> Connection:
+    """lock_row, but a caller that would have to wait does so only as one of the
+    REFRESH_MAX_WAITERS admitted for this connection; the others get _RefreshBusy at once."""
+    if db_connection.vendor != "postgresql":
+        return lock_row(connection_id)
+    try:
+        with transaction.atomic():  # a savepoint: the failed NOWAIT must not abort the transaction
+            return (
+                Connection.objects.select_for_update(nowait=True, of=("self",))
+                .select_related("provider")
+                .get(pk=connection_id)
+            )
+    except OperationalError as exc:
+        if not _is_lock_timeout(exc):
+            raise
+    with _waiter_slot(connection_id) as admitted:
+        if not admitted:
+            raise _RefreshBusy
+        return lock_row(connection_id)
+
+
+class _RefreshBusy(Exception):
+    pass
+
+
+_local_waiters: Counter[str] = Counter()
+_local_waiters_lock = threading.Lock()
+
+
+@contextmanager
+def _waiter_slot(connection_id: str) -> Iterator[bool]:
+    """Count this caller among the connection's waiters; yields whether it may wait."""
+    limit = settings.REFRESH_MAX_WAITERS
+    client = redis_client()
+    key = f"dromos:refresh-waiters:{connection_id}"
+    if client is not None:
+        try:
+            pipe = client.pipeline()
+            pipe.incr(key)
+            pipe.expire(key, settings.REFRESH_LOCK_TIMEOUT_SECONDS + 30)
+            waiting = pipe.execute()[0]
+        except Exception:  # Redis down: bound the waiters per process instead
+            client = None
+        else:
+            try:
+                yield waiting <= limit
+            finally:
+                try:
+                    client.decr(key)
+                except Exception:  # the key expires by itself
+                    logger.warning("could not release a refresh waiter slot")
+            return
+    with _local_waiters_lock:
+        _local_waiters[connection_id] += 1
+        waiting = _local_waiters[connection_id]
+    try:
+        yield waiting <= limit
+    finally:
+        with _local_waiters_lock:
+            _local_waiters[connection_id] -= 1
+            if _local_waiters[connection_id] <= 0:
+                del _local_waiters[connection_id]
+
+
 def _is_lock_timeout(exc: BaseException) -> bool:
     return getattr(exc.__cause__, "sqlstate", None) == _LOCK_NOT_AVAILABLE
 
@@ -196,10 +293,14 @@ def _refresh(
     call = _ProviderCall()
     try:
         with transaction.atomic():
-            connection = lock_row(connection_id)
+            connection = _lock_for_refresh(connection_id)
             if connection.status != Connection.Status.ACTIVE:
                 raise not_active(connection)  # e.g. the caller we waited for got invalid_grant
             if connection.token_version != seen.token_version:
+                outcome, error = RefreshOutcome.COALESCED, None
+            elif min_ttl is not None and policy.just_refreshed(connection):
+                # auto_refresh right after a refresh: never again because of min_ttl (a token
+                # shorter-lived than min_ttl would otherwise be refreshed on every read).
                 outcome, error = RefreshOutcome.COALESCED, None
             elif not force and not policy.due(connection, min_ttl=min_ttl, window_seconds=window_seconds):
                 outcome, error = RefreshOutcome.SKIPPED, None
@@ -217,6 +318,9 @@ def _refresh(
                 )
             else:
                 outcome, error = _refresh_locked(connection, actor, call)
+    except _RefreshBusy:
+        metrics.refresh_outcome(provider_name, RefreshOutcome.BUSY.value)
+        raise RefreshInProgress("a refresh of this connection is in progress; retry shortly", retry_after=1) from None
     except OperationalError as exc:
         if _is_lock_timeout(exc):
             metrics.refresh_outcome(provider_name, RefreshOutcome.LOCK_TIMEOUT.value)
@@ -252,7 +356,22 @@ def _refresh_locked(
     """Call the provider while holding the row lock; update the row. Returns the outcome
     and the error to raise after commit."""
     spec, hooks = resolve(connection.provider, connection.params)
+    if not _safe_after_interruption(connection, spec):
+        RefreshInFlight.objects.filter(pk=connection.pk).delete()
+        connection_fail(
+            connection=connection,
+            error="refresh_interrupted",
+            description="an earlier refresh stopped after the provider may have rotated the refresh token; "
+            "the user must reconnect",
+            actor=actor,
+            expected=(Connection.Status.ACTIVE,),
+        )
+        logger.warning("refresh interrupted earlier: connection failed", extra={"connection_id": connection.id})
+        return RefreshOutcome.INTERRUPTED, not_active(connection)
     refresh_token = crypto.decrypt(connection.refresh_token_enc, aad=connection.aad("refresh_token"))
+    if spec.oidc and spec.jwks_uri:
+        _warm_signing_keys(spec.jwks_uri)  # so nothing slow runs between the answer and the commit
+    _mark_in_flight(connection)
     started = time.monotonic()
     try:
         tokens = client.refresh(spec, hooks, refresh_token=refresh_token)
@@ -290,6 +409,8 @@ def _refresh_locked(
         return RefreshOutcome.INVALID_GRANT, not_active(connection)
     finally:
         metrics.REFRESH_SECONDS.labels(provider=spec.name).observe(time.monotonic() - started)
+        # Deleted in this transaction: it commits with whatever the answer changed.
+        RefreshInFlight.objects.filter(pk=connection.pk).delete()
     call.answered = True
     if tokens.id_token and spec.oidc:
         account = connection.account or {}
@@ -324,6 +445,48 @@ def _refresh_locked(
             return RefreshOutcome.INVALID_ID_TOKEN, not_active(connection)
     connection_store_refreshed(connection=connection, tokens=tokens, actor=actor)
     return RefreshOutcome.SUCCESS, None
+
+
+def _safe_after_interruption(connection: Connection, spec) -> bool:
+    """Whether this refresh may proceed: true unless an earlier one reached the provider for
+    the same tokens and never stored an answer, and the provider may have rotated the refresh
+    token with no grace period left for presenting the old one again."""
+    marker = RefreshInFlight.objects.filter(pk=connection.pk).first()
+    if marker is None or marker.token_version != connection.token_version:
+        return True
+    grace = timedelta(seconds=spec.refresh_token_reuse_grace_seconds)
+    if not spec.refresh_token_rotation or timezone.now() - marker.started_at <= grace:
+        logger.warning(
+            "an earlier refresh was interrupted; retrying with the stored refresh token",
+            extra={"connection_id": connection.id},
+        )
+        return True
+    return False
+
+
+def _mark_in_flight(connection: Connection) -> None:
+    """Commit the marker on a session of its own, so it survives this process (PostgreSQL;
+    on SQLite a second writer would wait for our own transaction, so there is none)."""
+    if db_connection.vendor != "postgresql":
+        return
+    sql = (
+        "INSERT INTO broker_app_refreshinflight (connection_id, token_version, started_at) VALUES (%s, %s, %s) "
+        "ON CONFLICT (connection_id) DO UPDATE SET token_version = EXCLUDED.token_version, "
+        "started_at = EXCLUDED.started_at"
+    )
+    session = connections.create_connection(DEFAULT_DB_ALIAS)
+    try:
+        with session.cursor() as cursor:
+            cursor.execute(sql, [connection.pk, connection.token_version, timezone.now()])
+    finally:
+        session.close()
+
+
+def _warm_signing_keys(jwks_uri: str) -> None:
+    try:
+        oidc.get_document(jwks_uri, require_list="keys")
+    except oidc.DocumentUnavailable:
+        pass  # verification after the answer keeps the previous id_token then
 
 
 def _stored_refresh_token_changed(connection: Connection, presented: str) -> bool:

@@ -18,6 +18,9 @@ class TokenView:
     expires_at: datetime | None
     scopes: list[str]
     id_token: str | None = field(default=None, repr=False)
+    # "min_ttl_not_met": auto_refresh could not (or, just after a refresh, would not) give a
+    # token living min_ttl seconds; it is valid until expires_at.
+    warnings: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         body = {
@@ -30,6 +33,8 @@ class TokenView:
         }
         if self.id_token:
             body["id_token"] = self.id_token
+        if self.warnings:
+            body["warnings"] = list(self.warnings)
         return body
 
 

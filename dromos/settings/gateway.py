@@ -26,5 +26,9 @@ BROKER_POOL_SIZE = env_int("BROKER_POOL_SIZE", 32)
 # even if that marker were lost).
 API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 5)
 API_KEY_RATE_LIMIT = env_str("API_KEY_RATE_LIMIT", "600/min")
+# Bulkheads (gateway_app/bulkhead.py): calls that may wait on a provider, in flight per process.
+GATEWAY_SLOW_CALLS_PER_KEY = env_int("GATEWAY_SLOW_CALLS_PER_KEY", 4)
+GATEWAY_SLOW_CALLS_PER_WORKSPACE = env_int("GATEWAY_SLOW_CALLS_PER_WORKSPACE", 6)
+GATEWAY_SLOT_WAIT_SECONDS = float(env_str("GATEWAY_SLOT_WAIT_SECONDS", "0.1"))
 
 READINESS_EXTRA_CHECK = "gateway_app.broker_client.readiness"

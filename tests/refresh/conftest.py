@@ -316,8 +316,16 @@ def refresh_stack(tmp_path_factory, _redis_database_per_worker, _fake_provider_s
         redis_url=redis_url,
         celery=True,
         beat=False,
-        # Small sweep batches, so two sweepers running at once interleave.
-        extra_env={"REFRESH_SWEEP_BATCH": "20", "METRICS_CONNECTIONS_CACHE_SECONDS": "0"},
+        # Small sweep batches, so two sweepers running at once interleave. Every concurrent
+        # caller may wait for the refresh in progress: these tests are about single flight;
+        # the bulkhead that bounds the waiters has its own (test_bulkheads.py).
+        extra_env={
+            "REFRESH_SWEEP_BATCH": "20",
+            "METRICS_CONNECTIONS_CACHE_SECONDS": "0",
+            "REFRESH_MAX_WAITERS": "100",
+            "GATEWAY_SLOW_CALLS_PER_KEY": "0",
+            "GATEWAY_SLOW_CALLS_PER_WORKSPACE": "0",
+        },
     )
     stack.start()
     try:

@@ -160,8 +160,11 @@ def test_every_path_refreshes_once_through_the_service(stack, fake_provider, act
 # -- single flight -----------------------------------------------------------------------------
 
 
-def test_concurrent_callers_in_process_share_one_refresh(stack, fake_provider, active):
+def test_concurrent_callers_in_process_share_one_refresh(stack, fake_provider, active, settings):
     key, cid = active
+    # All may wait, at the gateway and the broker (the bounded case: test_bulkheads.py).
+    settings.REFRESH_MAX_WAITERS = 100
+    settings.GATEWAY_SLOW_CALLS_PER_KEY = settings.GATEWAY_SLOW_CALLS_PER_WORKSPACE = 0
     age(cid)
     fake_provider.refresh_delay = 0.5
 
