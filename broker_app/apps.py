@@ -21,6 +21,10 @@ class BrokerAppConfig(AppConfig):
         # Register the Celery tasks in every broker process (web processes queue them by name:
         # broker_app/queue.py), not only in workers, which import them by autodiscovery.
         import broker_app.tasks  # noqa: F401
+        from broker_app.documents import DatabaseDocumentStore
+        from broker_app.oauth import oidc
+
+        oidc.use_store(DatabaseDocumentStore())
 
         # Refuse to start with an unusable key ring: never serve garbage.
         broker_checks.assert_keys_usable()

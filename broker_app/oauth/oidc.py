@@ -1,5 +1,6 @@
-"""OIDC discovery and JWKS with a two-level cache (process memory, then the database),
-and id_token verification.
+"""OIDC discovery and JWKS with a two-level cache (process memory, then a persistent
+DocumentStore the application installs with `use_store`: the broker's keeps them in the
+database), and id_token verification. Framework-free: it reads only the settings named here.
 
 The cache honours Cache-Control max-age (clamped to [60 s, 24 h], one hour when absent).
 When a refetch fails, the last good document keeps being used: verification never
@@ -16,13 +17,12 @@ import logging
 import re
 import threading
 import time
-from datetime import timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 import jwt
 import requests
 from django.conf import settings
-from django.utils import timezone
 
 from broker_app.crypto import digest
 from broker_app.oauth.client import http
@@ -44,6 +44,28 @@ class DocumentUnavailable(Exception):
     """The document could not be fetched and no cached copy exists."""
 
 
+class DocumentStore(Protocol):
+    """Where fetched documents outlive the process (shared by every process of the app)."""
+
+    def load(self, url: str) -> tuple[dict[str, Any], datetime] | None:
+        """(body, expires_at) of the stored copy, or None."""
+
+    def save(self, url: str, body: dict[str, Any], *, fetched_at: datetime, expires_at: datetime) -> None: ...
+
+
+_persistent: DocumentStore | None = None
+
+
+def use_store(store: DocumentStore | None) -> None:
+    """Install the persistent store (None: process memory only)."""
+    global _persistent
+    _persistent = store
+
+
+def _load(url: str) -> tuple[dict[str, Any], datetime] | None:
+    return _persistent.load(url) if _persistent is not None else None
+
+
 def _max_age(response: requests.Response) -> int:
     header = response.headers.get("Cache-Control", "")
     if "no-store" in header or "no-cache" in header:
@@ -54,14 +76,11 @@ def _max_age(response: requests.Response) -> int:
 
 
 def _store(url: str, body: dict[str, Any], ttl: int) -> None:
-    from broker_app.models import CachedDocument
-
-    now = timezone.now()
+    now = datetime.now(UTC)
     with _lock:
         _memory[url] = (time.monotonic() + ttl, body)
-    CachedDocument.objects.update_or_create(
-        url=url, defaults={"body": body, "fetched_at": now, "expires_at": now + timedelta(seconds=ttl)}
-    )
+    if _persistent is not None:
+        _persistent.save(url, body, fetched_at=now, expires_at=now + timedelta(seconds=ttl))
 
 
 def _fetch(url: str, require_list: str | None = None) -> tuple[dict[str, Any], int]:
@@ -87,25 +106,24 @@ def _fetch(url: str, require_list: str | None = None) -> tuple[dict[str, Any], i
 def get_document(url: str, *, force: bool = False, require_list: str | None = None) -> dict[str, Any]:
     """The JSON document at `url`, from cache when fresh; stale cache when the fetch fails
     (or answers a document without the `require_list` list: a JWKS without `keys`)."""
-    from broker_app.models import CachedDocument
-
     now_mono = time.monotonic()
     cached = _memory.get(url)
     if cached and not force and cached[0] > now_mono:
         return cached[1]
     stale: dict[str, Any] | None = cached[1] if cached else None
     if not force:
-        row = CachedDocument.objects.filter(url=url).first()
-        if row is not None:
-            remaining = (row.expires_at - timezone.now()).total_seconds()
+        stored = _load(url)
+        if stored is not None:
+            body, expires_at = stored
+            remaining = (expires_at - datetime.now(UTC)).total_seconds()
             if remaining > 0:
                 with _lock:
-                    _memory[url] = (now_mono + remaining, row.body)
-                return row.body
-            stale = row.body
+                    _memory[url] = (now_mono + remaining, body)
+                return body
+            stale = body
     elif stale is None:
-        row = CachedDocument.objects.filter(url=url).first()
-        stale = row.body if row else None
+        stored = _load(url)
+        stale = stored[0] if stored else None
     try:
         body, ttl = _fetch(url, require_list)
     except DocumentUnavailable:
