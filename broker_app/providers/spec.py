@@ -25,17 +25,6 @@ def catalog() -> dict[str, dict[str, Any]]:
         return tomllib.load(handle)
 
 
-_CHOICES = {
-    "pkce": ("S256", "required", "none"),
-    "token_auth": ("client_secret_basic", "client_secret_post"),
-    "token_format": ("form", "json"),
-    "revocation_method": ("POST", "DELETE"),
-    "revocation_auth": ("client", "basic", "post", "bearer", "none"),
-    "revocation_format": ("form", "json", "none"),
-    "revocation_token": ("refresh_token", "access_token"),
-}
-
-
 def entry_problems(key: str, entry: dict[str, Any]) -> list[str]:
     """What is wrong with one catalog table (empty when nothing): unknown keys, endpoints
     that are not https, placeholders without a parameter, parameter patterns that are not
@@ -136,6 +125,11 @@ ENDPOINT = {**URL, "endpoint": True}  # a URL the broker calls: must be https (r
 OVERRIDE = {"row_override": True}  # a non-empty column of the same name on the row wins
 
 
+def choices(*allowed: str) -> dict[str, tuple[str, ...]]:
+    """Metadata of a field that takes one of `allowed` (entry_problems checks the catalog)."""
+    return {"choices": allowed}
+
+
 @dataclass(frozen=True)
 class ProviderSpec:
     """One provider as one connection uses it: its catalog entry with the row's credentials
@@ -147,54 +141,69 @@ class ProviderSpec:
     provider_id: str = field(metadata=ROW)
     client_id: str = field(metadata=ROW)
     client_secret: str | None = field(repr=False, metadata=ROW)
-    settings: dict[str, Any] = field(default_factory=dict, metadata=ROW)
+    settings: dict[str, Any] = field(default_factory=dict, metadata=ROW)  # fixed values, hook settings
     values: dict[str, str] = field(default_factory=dict, metadata=ROW)  # the resolved template values
+    # -- the catalog keys (catalog.toml): all optional except display_name and either
+    # discovery_url or authorize_url + token_url ------------------------------------------
     display_name: str = field(default="", metadata=OVERRIDE)
     docs_url: str = ""
     scopes_url: str = ""  # where the provider lists its scopes (GET /v1/providers)
-    setup_url: str = ""  # where an operator registers the app (docs/providers.md)
-    hook: str = "default"  # hooks.HOOKS key, for what data cannot express
-    params: dict[str, ParamSpec] = field(default_factory=dict)  # the template values it takes
-    # -- endpoints -------------------------------------------------------------------------
+    setup_url: str = ""  # where the OAuth app is registered (docs/providers.md)
+    hook: str = "default"  # key in hooks.HOOKS, only where data cannot express the quirk
+    # params.NAME = { pattern = '^…$', example = "…", operator_only = false, default = "…" }:
+    # template values ({tenant}, {shop} …), see ParamSpec. Agents pass them in
+    # request-connection `params` unless operator_only; `manage.py provider upsert --setting
+    # NAME=VALUE` fixes one for the whole provider. Patterns pin every value to the
+    # provider's own domains.
+    params: dict[str, ParamSpec] = field(default_factory=dict)
+    # endpoints ({placeholders} filled per connection)
     discovery_url: str = field(default="", metadata={**ENDPOINT, **OVERRIDE})
     authorize_url: str = field(default="", metadata={**ENDPOINT, **OVERRIDE})
     token_url: str = field(default="", metadata={**ENDPOINT, **OVERRIDE})
     revocation_url: str = field(default="", metadata={**ENDPOINT, **OVERRIDE})
     userinfo_url: str = field(default="", metadata={**ENDPOINT, **OVERRIDE})
     jwks_uri: str = field(default="", metadata=ENDPOINT)
-    refresh_url: str = field(default="", metadata=ENDPOINT)  # Figma refreshes at an endpoint of its own
-    issuer: str = field(default="", metadata={**URL, "keep": ("tenantid",)})  # Entra: checked per token
-    # -- protocol ----------------------------------------------------------------------------
-    oidc: bool = False
-    id_token_algs: tuple[str, ...] = ("RS256",)
+    refresh_url: str = field(default="", metadata=ENDPOINT)  # a refresh endpoint of its own (Figma)
+    issuer: str = field(default="", metadata={**URL, "keep": ("tenantid",)})  # Entra's {tenantid}: per token
+    # protocol
+    oidc: bool = False  # verify id_tokens (issuer + jwks_uri, or discovery)
+    id_token_algs: tuple[str, ...] = ("RS256",)  # accepted id_token algorithms when discovery lists none
     scope_separator: str = " "
-    scope_param: str = "scope"  # Slack puts user scopes in `user_scope`
-    pkce: str = "S256"
+    scope_param: str = "scope"  # Slack user tokens: "user_scope"
+    pkce: str = field(default="S256", metadata=choices("S256", "required", "none"))  # none: not documented
     default_scopes: tuple[str, ...] = field(default=(), metadata=OVERRIDE)
-    authorize_params: dict[str, str] = field(default_factory=dict)  # the row's are merged over these
-    token_auth: str = field(default="client_secret_basic", metadata=OVERRIDE)
-    token_format: str = "form"  # "json": Notion wants a JSON body at its token endpoint
-    token_headers: dict[str, str] = field(default_factory=dict)
-    refresh: bool = True
+    authorize_params: dict[str, str] = field(default_factory=dict)  # on every authorize URL; the row's win
+    token_auth: str = field(
+        default="client_secret_basic", metadata={**OVERRIDE, **choices("client_secret_basic", "client_secret_post")}
+    )
+    token_format: str = field(default="form", metadata=choices("form", "json"))  # Notion: json
+    token_headers: dict[str, str] = field(default_factory=dict)  # sent to token and revocation endpoints
+    refresh: bool = True  # the provider issues refresh tokens
     refresh_token_rotation: bool = False
+    # A refresh token's documented lifetime, used when the token response does not state
+    # one (drives refresh_token_expires_at and its warning).
     refresh_token_lifetime_days: int | None = None
-    refresh_params: dict[str, str] = field(default_factory=dict)
-    # -- quirks expressed as data ------------------------------------------------------------
-    revocation_method: str = "POST"  # GitHub: DELETE
-    revocation_auth: str = "client"  # "client" (token_auth), "bearer" (the token itself), "none"
-    revocation_format: str = "form"  # "form", "json", "none" (no body)
+    refresh_params: dict[str, str] = field(default_factory=dict)  # extra form fields on a refresh
+    # revocation (RFC 7009 and its variants)
+    revocation_method: str = field(default="POST", metadata=choices("POST", "DELETE"))  # GitHub: DELETE
+    # "client" = as token_auth, "basic", "post", "bearer" = the token itself, "none"
+    revocation_auth: str = field(default="client", metadata=choices("client", "basic", "post", "bearer", "none"))
+    revocation_format: str = field(default="form", metadata=choices("form", "json", "none"))  # none: no body
     revocation_token_param: str = "token"
-    revocation_token: str = "refresh_token"  # which stored token the endpoint revokes the grant with
-    revocation_hint: bool = True  # send token_type_hint (RFC 7009) with form/json bodies
+    # which stored token revokes the grant
+    revocation_token: str = field(default="refresh_token", metadata=choices("refresh_token", "access_token"))
+    revocation_hint: bool = True  # send token_type_hint with form/json bodies
+    # errors and token responses
     error_field: str = "error"  # HubSpot names its error in `status`
-    error_aliases: dict[str, str] = field(default_factory=dict)  # provider code -> RFC 6749 code
-    transient_errors: tuple[str, ...] = ()  # error codes answered with HTTP 200 that are outages
-    account_fields: dict[str, str] = field(default_factory=dict)  # account key -> dotted path in the response
-    metadata_fields: dict[str, str] = field(default_factory=dict)  # metadata key -> dotted path
+    # provider code -> RFC 6749 code, so a dead refresh token reads `invalid_grant` and fails the connection
+    error_aliases: dict[str, str] = field(default_factory=dict)
+    transient_errors: tuple[str, ...] = ()  # codes meaning "try later" although answered with HTTP 200
+    account_fields: dict[str, str] = field(default_factory=dict)  # account key -> "dotted.path" in the response
+    metadata_fields: dict[str, str] = field(default_factory=dict)  # metadata key -> "dotted.path"
     callback_params: tuple[str, ...] = ()  # callback query parameters kept as metadata (realmId)
     scope_aliases: dict[str, str] = field(default_factory=dict)  # granted spelling -> requested spelling
     scope_strip_prefix: str = ""  # Entra may answer "https://graph.microsoft.com/User.Read"
-    unreported_scopes: tuple[str, ...] = ()  # requested scopes the provider never echoes back as granted
+    unreported_scopes: tuple[str, ...] = ()  # requested scopes the provider never echoes back in `scope`
 
     def open_params(self) -> list[str]:
         """Parameters an agent may (or must) pass per connection: not operator-only, not fixed."""
@@ -244,6 +253,7 @@ CATALOG_FIELDS = tuple(f for f in fields(ProviderSpec) if f.metadata.get("source
 CATALOG_KEYS = frozenset(f.name for f in CATALOG_FIELDS)
 URL_KEYS = tuple(f.name for f in CATALOG_FIELDS if f.metadata.get("url"))
 ENDPOINT_KEYS = tuple(f.name for f in CATALOG_FIELDS if f.metadata.get("endpoint"))
+_CHOICES = {f.name: f.metadata["choices"] for f in CATALOG_FIELDS if "choices" in f.metadata}
 # Placeholders filled by the broker itself (client_id) or kept for the hooks (issuer's
 # {tenantid}), never by a parameter.
 _BUILTIN_PLACEHOLDERS = {
