@@ -18,17 +18,6 @@ from rest_framework.views import APIView
 from dromos import wire
 from dromos.errors import InvalidRequest
 from dromos.renderers import JSONOnlyNegotiation
-from dromos.wire import (
-    ConnectionListQuerySerializer,
-    ConnectionPageSerializer,
-    ConnectionRequestSerializer,
-    ConnectionSerializer,
-    ErrorSerializer,
-    ProviderListSerializer,
-    RequestConnectionInputSerializer,
-    TokenQuerySerializer,
-    TokenSerializer,
-)
 from gateway_app import schema as _schema  # noqa: F401  (registers the API-key security scheme)
 from gateway_app.authentication import ApiKeyAuthentication, ApiKeyThrottle, HasScope
 from gateway_app.broker_client import BrokerAnswer, broker
@@ -53,7 +42,7 @@ def _query(serializer_class: type[serializers.Serializer], request) -> dict[str,
 
 
 ERRORS = {
-    code: OpenApiResponse(ErrorSerializer, description=text)
+    code: OpenApiResponse(wire.ErrorSerializer, description=text)
     for code, text in (
         (400, "Bad input"),
         (401, "No or bad API key"),
@@ -114,14 +103,14 @@ class RequestConnectionApi(GatewayApi):
 
     @extend_schema(
         operation_id="request_connection",
-        request=RequestConnectionInputSerializer,
+        request=wire.RequestConnectionInputSerializer,
         responses={
-            201: ConnectionRequestSerializer,
+            201: wire.ConnectionRequestSerializer,
             **{k: v for k, v in ERRORS.items() if k in (400, 401, 403, 429, 502, 503)},
         },
     )
     def post(self, request):
-        serializer = RequestConnectionInputSerializer(data=request.data)
+        serializer = wire.RequestConnectionInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         answer = broker().call(
             "POST",
@@ -139,7 +128,7 @@ class CheckConnectionApi(GatewayApi):
     @extend_schema(
         operation_id="check_connection",
         parameters=[CONNECTION_ID_PARAMETER],
-        responses={200: ConnectionSerializer, **ERRORS},
+        responses={200: wire.ConnectionSerializer, **ERRORS},
     )
     def get(self, request, connection_id: str):
         _check_id(connection_id)
@@ -159,13 +148,13 @@ class TokenApi(GatewayApi):
 
     @extend_schema(
         operation_id="get_token",
-        parameters=[CONNECTION_ID_PARAMETER, TokenQuerySerializer],
-        responses={200: TokenSerializer, **ERRORS},
+        parameters=[CONNECTION_ID_PARAMETER, wire.TokenQuerySerializer],
+        responses={200: wire.TokenSerializer, **ERRORS},
     )
     def get(self, request, connection_id: str):
         _check_id(connection_id)
         # The hot path: most calls carry no query string, and validating none costs CPU (issue 7).
-        params = _query(TokenQuerySerializer, request) if request.query_params else {}
+        params = _query(wire.TokenQuerySerializer, request) if request.query_params else {}
         return _relay(
             broker().call(
                 "GET",
@@ -185,7 +174,7 @@ class RefreshApi(GatewayApi):
         operation_id="refresh_token",
         request=None,
         parameters=[CONNECTION_ID_PARAMETER],
-        responses={200: TokenSerializer, **ERRORS},
+        responses={200: wire.TokenSerializer, **ERRORS},
     )
     def post(self, request, connection_id: str):
         _check_id(connection_id)
@@ -205,14 +194,14 @@ class ConnectionListApi(GatewayApi):
 
     @extend_schema(
         operation_id="list_connections",
-        parameters=[ConnectionListQuerySerializer],
+        parameters=[wire.ConnectionListQuerySerializer],
         responses={
-            200: ConnectionPageSerializer,
+            200: wire.ConnectionPageSerializer,
             **ERRORS,
         },
     )
     def get(self, request):
-        params = _query(ConnectionListQuerySerializer, request)
+        params = _query(wire.ConnectionListQuerySerializer, request)
         answer = broker().call(
             "GET",
             wire.internal_path(wire.CONNECTIONS),
@@ -240,7 +229,7 @@ class ConnectionDeleteApi(GatewayApi):
     @extend_schema(
         operation_id="delete_connection",
         parameters=[CONNECTION_ID_PARAMETER],
-        responses={200: ConnectionSerializer, **ERRORS},
+        responses={200: wire.ConnectionSerializer, **ERRORS},
     )
     def delete(self, request, connection_id: str):
         _check_id(connection_id)
@@ -260,7 +249,7 @@ class ProviderListApi(GatewayApi):
     @extend_schema(
         operation_id="list_providers",
         responses={
-            200: ProviderListSerializer,
+            200: wire.ProviderListSerializer,
             **ERRORS,
         },
     )
