@@ -1,13 +1,14 @@
 from django.urls import path
 
 from broker_app import apis, views
+from dromos.wire import CONNECTION, CONNECTION_REFRESH, CONNECTION_TOKEN, CONNECTIONS, PROVIDERS, internal_route
 
 urlpatterns = [
     path("auth/callback", views.auth_callback, name="auth-callback"),
     path("connections/<str:connection_id>/refresh", apis.BrokerRefreshApi.as_view()),
-    path("internal/v1/connections", apis.ConnectionStartApi.as_view()),
-    path("internal/v1/connections/<str:connection_id>", apis.ConnectionDetailApi.as_view()),
-    path("internal/v1/connections/<str:connection_id>/token", apis.TokenReadApi.as_view()),
-    path("internal/v1/connections/<str:connection_id>/refresh", apis.TokenRefreshApi.as_view()),
-    path("internal/v1/providers", apis.ProviderListApi.as_view()),
+    path(internal_route(CONNECTIONS), apis.ConnectionStartApi.as_view()),
+    path(internal_route(CONNECTION), apis.ConnectionDetailApi.as_view()),
+    path(internal_route(CONNECTION_TOKEN), apis.TokenReadApi.as_view()),
+    path(internal_route(CONNECTION_REFRESH), apis.TokenRefreshApi.as_view()),
+    path(internal_route(PROVIDERS), apis.ProviderListApi.as_view()),
 ]

@@ -60,9 +60,11 @@ def fake_provider(_fake_provider_server):
 
 @pytest.fixture(autouse=True)
 def _clear_process_caches():
+    from broker_app.providers import registry
     from gateway_app import services
 
     services.cache_clear()
+    registry.cache_clear()
     from django.core.cache import cache
 
     cache.clear()

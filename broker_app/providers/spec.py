@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 CATALOG_PATH = Path(__file__).with_name("catalog.toml")
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
@@ -22,79 +23,6 @@ class ProviderConfigError(Exception):
 def catalog() -> dict[str, dict[str, Any]]:
     with CATALOG_PATH.open("rb") as handle:
         return tomllib.load(handle)
-
-
-# Every key a catalog table may hold (catalog.toml's header explains each). A key outside
-# this set is a typo that would otherwise be ignored silently.
-CATALOG_KEYS = frozenset(
-    {
-        "display_name",
-        "docs_url",
-        "scopes_url",
-        "setup_url",
-        "discovery_url",
-        "issuer",
-        "authorize_url",
-        "token_url",
-        "refresh_url",
-        "revocation_url",
-        "userinfo_url",
-        "jwks_uri",
-        "oidc",
-        "scope_separator",
-        "scope_param",
-        "pkce",
-        "default_scopes",
-        "authorize_params",
-        "token_auth",
-        "token_format",
-        "token_headers",
-        "refresh",
-        "refresh_token_rotation",
-        "refresh_token_lifetime_days",
-        "refresh_token_reuse_grace_seconds",
-        "refresh_params",
-        "revocation_method",
-        "revocation_auth",
-        "revocation_format",
-        "revocation_token_param",
-        "revocation_token",
-        "revocation_hint",
-        "error_field",
-        "error_aliases",
-        "transient_errors",
-        "account_fields",
-        "metadata_fields",
-        "callback_params",
-        "scope_aliases",
-        "scope_strip_prefix",
-        "unreported_scopes",
-        "hook",
-        "id_token_algs",
-        "params",
-    }
-)
-URL_KEYS = (
-    "discovery_url",
-    "issuer",
-    "authorize_url",
-    "token_url",
-    "refresh_url",
-    "revocation_url",
-    "userinfo_url",
-    "jwks_uri",
-)
-_CHOICES = {
-    "pkce": ("S256", "required", "none"),
-    "token_auth": ("client_secret_basic", "client_secret_post"),
-    "token_format": ("form", "json"),
-    "revocation_method": ("POST", "DELETE"),
-    "revocation_auth": ("client", "basic", "post", "bearer", "none"),
-    "revocation_format": ("form", "json", "none"),
-    "revocation_token": ("refresh_token", "access_token"),
-}
-# Placeholders filled by the broker itself, never by a parameter.
-_BUILTIN_PLACEHOLDERS = {"revocation_url": {"client_id"}, "issuer": {"tenantid"}}
 
 
 def entry_problems(key: str, entry: dict[str, Any]) -> list[str]:
@@ -193,59 +121,167 @@ def param_specs(entry: dict[str, Any]) -> dict[str, ParamSpec]:
     return specs
 
 
+# Field metadata of ProviderSpec. Every field is a catalog key of the same name unless it
+# is marked ROW; a field's default is the value when the catalog table omits the key.
+ROW = {"source": "row"}  # from the provider row or the connection, never from the catalog
+URL = {"url": True}  # a template URL: its {placeholders} are filled with the connection's values
+ENDPOINT = {**URL, "endpoint": True}  # a URL the broker calls: must be https (registry checks it)
+OVERRIDE = {"row_override": True}  # a non-empty column of the same name on the row wins
+
+
+def choices(*allowed: str) -> dict[str, tuple[str, ...]]:
+    """Metadata of a field that takes one of `allowed` (entry_problems checks the catalog)."""
+    return {"choices": allowed}
+
+
 @dataclass(frozen=True)
 class ProviderSpec:
-    key: str
-    name: str
-    provider_id: str
-    display_name: str
-    client_id: str
-    client_secret: str | None = field(repr=False)
-    authorize_url: str
-    token_url: str
-    revocation_url: str = ""
-    userinfo_url: str = ""
-    discovery_url: str = ""
-    issuer: str = ""
-    jwks_uri: str = ""
-    oidc: bool = False
+    """One provider as one connection uses it: its catalog entry with the row's credentials
+    and overrides and the connection's template values. Built by `from_catalog` only; a
+    provider quirk is one field here (the catalog key of its name) and the code that uses it."""
+
+    key: str = field(metadata=ROW)  # the catalog template
+    name: str = field(metadata=ROW)
+    provider_id: str = field(metadata=ROW)
+    client_id: str = field(metadata=ROW)
+    client_secret: str | None = field(repr=False, metadata=ROW)
+    settings: dict[str, Any] = field(default_factory=dict, metadata=ROW)  # fixed values, hook settings
+    values: dict[str, str] = field(default_factory=dict, metadata=ROW)  # the resolved template values
+    # -- the catalog keys (catalog.toml): all optional except display_name and either
+    # discovery_url or authorize_url + token_url ------------------------------------------
+    display_name: str = field(default="", metadata=OVERRIDE)
+    docs_url: str = ""
+    scopes_url: str = ""  # where the provider lists its scopes (GET /v1/providers)
+    setup_url: str = ""  # where the OAuth app is registered (docs/providers.md)
+    hook: str = "default"  # key in hooks.HOOKS, only where data cannot express the quirk
+    # params.NAME = { pattern = '^…$', example = "…", operator_only = false, default = "…" }:
+    # template values ({tenant}, {shop} …), see ParamSpec. Agents pass them in
+    # request-connection `params` unless operator_only; `manage.py provider upsert --setting
+    # NAME=VALUE` fixes one for the whole provider. Patterns pin every value to the
+    # provider's own domains.
+    params: dict[str, ParamSpec] = field(default_factory=dict)
+    # endpoints ({placeholders} filled per connection)
+    discovery_url: str = field(default="", metadata={**ENDPOINT, **OVERRIDE})
+    authorize_url: str = field(default="", metadata={**ENDPOINT, **OVERRIDE})
+    token_url: str = field(default="", metadata={**ENDPOINT, **OVERRIDE})
+    revocation_url: str = field(default="", metadata={**ENDPOINT, **OVERRIDE})
+    userinfo_url: str = field(default="", metadata={**ENDPOINT, **OVERRIDE})
+    jwks_uri: str = field(default="", metadata=ENDPOINT)
+    refresh_url: str = field(default="", metadata=ENDPOINT)  # a refresh endpoint of its own (Figma)
+    issuer: str = field(default="", metadata={**URL, "keep": ("tenantid",)})  # Entra's {tenantid}: per token
+    # protocol
+    oidc: bool = False  # verify id_tokens (issuer + jwks_uri, or discovery)
+    id_token_algs: tuple[str, ...] = ("RS256",)  # accepted id_token algorithms when discovery lists none
     scope_separator: str = " "
-    pkce: str = "S256"
-    default_scopes: tuple[str, ...] = ()
-    authorize_params: dict[str, str] = field(default_factory=dict)
-    token_auth: str = "client_secret_basic"
-    token_headers: dict[str, str] = field(default_factory=dict)
-    refresh: bool = True
+    scope_param: str = "scope"  # Slack user tokens: "user_scope"
+    pkce: str = field(default="S256", metadata=choices("S256", "required", "none"))  # none: not documented
+    default_scopes: tuple[str, ...] = field(default=(), metadata=OVERRIDE)
+    authorize_params: dict[str, str] = field(default_factory=dict)  # on every authorize URL; the row's win
+    token_auth: str = field(
+        default="client_secret_basic", metadata={**OVERRIDE, **choices("client_secret_basic", "client_secret_post")}
+    )
+    token_format: str = field(default="form", metadata=choices("form", "json"))  # Notion: json
+    token_headers: dict[str, str] = field(default_factory=dict)  # sent to token and revocation endpoints
+    refresh: bool = True  # the provider issues refresh tokens
     refresh_token_rotation: bool = False
-    refresh_token_lifetime_days: int | None = None
     # How long the provider still accepts a rotated-out refresh token (Okta's grace period,
     # Auth0's reuse interval): after an interrupted refresh, retrying inside it is safe.
     refresh_token_reuse_grace_seconds: int = 0
-    id_token_algs: tuple[str, ...] = ("RS256",)
-    hook: str = "default"
-    settings: dict[str, Any] = field(default_factory=dict)
-    docs_url: str = ""
-    params: dict[str, str] = field(default_factory=dict)
-    # -- quirks expressed as data (catalog keys of the same name) ---------------------------
-    values: dict[str, str] = field(default_factory=dict)  # the resolved template values
-    scope_param: str = "scope"  # Slack puts user scopes in `user_scope`
-    token_format: str = "form"  # "json": Notion wants a JSON body at its token endpoint
-    refresh_url: str = ""  # Figma refreshes at an endpoint of its own
-    refresh_params: dict[str, str] = field(default_factory=dict)
-    revocation_method: str = "POST"  # GitHub: DELETE
-    revocation_auth: str = "client"  # "client" (token_auth), "bearer" (the token itself), "none"
-    revocation_format: str = "form"  # "form", "json", "none" (no body)
+    # A refresh token's documented lifetime, used when the token response does not state
+    # one (drives refresh_token_expires_at and its warning).
+    refresh_token_lifetime_days: int | None = None
+    refresh_params: dict[str, str] = field(default_factory=dict)  # extra form fields on a refresh
+    # revocation (RFC 7009 and its variants)
+    revocation_method: str = field(default="POST", metadata=choices("POST", "DELETE"))  # GitHub: DELETE
+    # "client" = as token_auth, "basic", "post", "bearer" = the token itself, "none"
+    revocation_auth: str = field(default="client", metadata=choices("client", "basic", "post", "bearer", "none"))
+    revocation_format: str = field(default="form", metadata=choices("form", "json", "none"))  # none: no body
     revocation_token_param: str = "token"
-    revocation_token: str = "refresh_token"  # which stored token the endpoint revokes the grant with
-    revocation_hint: bool = True  # send token_type_hint (RFC 7009) with form/json bodies
+    # which stored token revokes the grant
+    revocation_token: str = field(default="refresh_token", metadata=choices("refresh_token", "access_token"))
+    revocation_hint: bool = True  # send token_type_hint with form/json bodies
+    # errors and token responses
     error_field: str = "error"  # HubSpot names its error in `status`
-    error_aliases: dict[str, str] = field(default_factory=dict)  # provider code -> RFC 6749 code
-    transient_errors: tuple[str, ...] = ()  # error codes answered with HTTP 200 that are outages
-    account_fields: dict[str, str] = field(default_factory=dict)  # account key -> dotted path in the response
-    metadata_fields: dict[str, str] = field(default_factory=dict)  # metadata key -> dotted path
+    # provider code -> RFC 6749 code, so a dead refresh token reads `invalid_grant` and fails the connection
+    error_aliases: dict[str, str] = field(default_factory=dict)
+    transient_errors: tuple[str, ...] = ()  # codes meaning "try later" although answered with HTTP 200
+    account_fields: dict[str, str] = field(default_factory=dict)  # account key -> "dotted.path" in the response
+    metadata_fields: dict[str, str] = field(default_factory=dict)  # metadata key -> "dotted.path"
     callback_params: tuple[str, ...] = ()  # callback query parameters kept as metadata (realmId)
     scope_aliases: dict[str, str] = field(default_factory=dict)  # granted spelling -> requested spelling
     scope_strip_prefix: str = ""  # Entra may answer "https://graph.microsoft.com/User.Read"
+    unreported_scopes: tuple[str, ...] = ()  # requested scopes the provider never echoes back in `scope`
+
+    def open_params(self) -> list[str]:
+        """Parameters an agent may (or must) pass per connection: not operator-only, not fixed."""
+        return sorted(
+            name for name, param in self.params.items() if not param.operator_only and name not in self.settings
+        )
+
+    @classmethod
+    def from_catalog(
+        cls, entry: dict[str, Any], row, values: dict[str, str] | None, *, client_secret: str | None = None
+    ) -> ProviderSpec:
+        """The spec of `row` (a Provider) built on its catalog `entry`. Each catalog field takes
+        the entry's value (coerced to the field's type) or the field's default; OVERRIDE fields
+        take the row's non-empty column instead. With `values` (validated template values) the
+        URLs are filled; with None they stay templates, enough to describe the provider.
+        Endpoints a discovery document supplies are the registry's to add."""
+        url_values = None if values is None else {**values, "client_id": quote(row.client_id or "", safe="")}
+        found: dict[str, Any] = {}
+        for spec_field in CATALOG_FIELDS:
+            value = entry.get(spec_field.name, _ABSENT)
+            if spec_field.metadata.get("row_override") and getattr(row, spec_field.name, None):
+                value = getattr(row, spec_field.name)
+            if value is _ABSENT:
+                continue
+            if spec_field.metadata.get("url") and value and url_values is not None:
+                value = fill(value, url_values, keep=spec_field.metadata.get("keep", ()))
+            found[spec_field.name] = _coerce(spec_field, value)
+        for name in QUIRK_PARAMS & set(values or {}):
+            raw = values[name]
+            found[name] = raw.lower() == "true" if name == "refresh_token_rotation" else int(raw)
+        found.setdefault("display_name", row.name)
+        found["authorize_params"] = {**entry.get("authorize_params", {}), **(row.authorize_params or {})}
+        found["params"] = param_specs(entry)
+        return cls(
+            key=row.template,
+            name=row.name,
+            provider_id=str(row.pk),
+            client_id=row.client_id,
+            client_secret=client_secret,
+            settings=dict(row.settings or {}),
+            values=dict(values or {}),
+            **found,
+        )
+
+
+_ABSENT = object()
+CATALOG_FIELDS = tuple(f for f in fields(ProviderSpec) if f.metadata.get("source") != "row")
+# Every key a catalog table may hold (catalog.toml's header explains each). A key outside
+# this set is a typo that would otherwise be ignored silently.
+CATALOG_KEYS = frozenset(f.name for f in CATALOG_FIELDS)
+URL_KEYS = tuple(f.name for f in CATALOG_FIELDS if f.metadata.get("url"))
+ENDPOINT_KEYS = tuple(f.name for f in CATALOG_FIELDS if f.metadata.get("endpoint"))
+_CHOICES = {f.name: f.metadata["choices"] for f in CATALOG_FIELDS if "choices" in f.metadata}
+# Placeholders filled by the broker itself (client_id) or kept for the hooks (issuer's
+# {tenantid}), never by a parameter.
+_BUILTIN_PLACEHOLDERS = {
+    "revocation_url": {"client_id"},
+    **{f.name: set(f.metadata["keep"]) for f in CATALOG_FIELDS if "keep" in f.metadata},
+}
+
+
+def _coerce(spec_field, value: Any) -> Any:
+    """A catalog (TOML) or row (JSON) value as the field holds it: lists as tuples, tables as
+    fresh dicts (the cached catalog is never shared), flags as bools."""
+    if spec_field.default_factory is dict:
+        return dict(value)
+    if isinstance(spec_field.default, tuple):
+        return tuple(value)
+    if isinstance(spec_field.default, bool):
+        return bool(value)
+    return value
 
 
 def validate_params(entry: dict[str, Any], values: dict[str, Any], *, operator: bool = False) -> dict[str, str]:
@@ -295,10 +331,3 @@ def fill(url: str, values: dict[str, str], *, keep: tuple[str, ...] = ()) -> str
 
 def missing_params(entry: dict[str, Any], values: dict[str, str]) -> list[str]:
     return [name for name in param_specs(entry) if name not in values]
-
-
-def open_params(entry: dict[str, Any], settings: dict[str, Any]) -> list[str]:
-    """Parameters an agent may (or must) pass per connection: not operator-only, not fixed."""
-    return sorted(
-        name for name, spec in param_specs(entry).items() if not spec.operator_only and name not in (settings or {})
-    )
