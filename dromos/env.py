@@ -42,6 +42,16 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer") from None
 
 
+def env_float(name: str, default: float) -> float:
+    value = env_str(name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number") from None
+
+
 def env_list(name: str, default: list[str] | None = None) -> list[str]:
     value = env_str(name)
     if value is None:
@@ -49,12 +59,28 @@ def env_list(name: str, default: list[str] | None = None) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def require_secret(name: str, *, debug: bool, dev_default: str) -> str:
+def env_default(name: str, value: str) -> None:
+    """Set a variable for this process (and the processes it starts) unless it is set:
+    the test settings' defaults, the Celery app's settings module."""
+    os.environ.setdefault(name, value)
+
+
+# What stands in for each secret in DEBUG (so `make run` needs no set-up); the deployment
+# checks (dromos.checks, broker_app.checks) refuse every one of them.
+DEV_SECRETS = {
+    "DJANGO_SECRET_KEY": "dev-only-insecure-secret-key-do-not-deploy",
+    "BROKER_API_KEY": "dev-only-broker-api-key",
+    # A Fernet-format key: base64 of "dev-only-insecure-key-0000000000".
+    "TOKEN_ENCRYPTION_KEYS": "ZGV2LW9ubHktaW5zZWN1cmUta2V5LTAwMDAwMDAwMDA=",
+}
+
+
+def require_secret(name: str, *, debug: bool) -> str:
     """Return a secret from the environment. Outside DEBUG a missing secret is fatal;
-    in DEBUG a clearly-labelled development value stands in for it."""
+    in DEBUG its clearly-labelled development value (DEV_SECRETS) stands in for it."""
     value = env_str(name)
     if value:
         return value
     if debug:
-        return dev_default
+        return DEV_SECRETS[name]
     raise ImproperlyConfigured(f"{name} is required when DEBUG is off")

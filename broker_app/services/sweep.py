@@ -29,6 +29,7 @@ from django.utils import timezone
 from broker_app import metrics
 from broker_app.models import Connection
 from broker_app.services.tokens import SWEEP_ACTOR, proactive_due, token_refresh_due
+from dromos import redis as shared_redis
 
 logger = logging.getLogger(__name__)
 CLAIM_SECONDS = 300
@@ -163,18 +164,7 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
 end
 return 0
 """
-_redis_client = None
-
-
-def _redis():
-    global _redis_client
-    if not settings.REDIS_URL:
-        return None
-    if _redis_client is None:
-        import redis
-
-        _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    return _redis_client
+_redis = shared_redis.client  # None without Redis
 
 
 def provider_limit(provider: str) -> int:
