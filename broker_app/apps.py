@@ -7,6 +7,7 @@ class BrokerAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        import dromos.celery  # noqa: F401  (the app the broker's shared tasks are sent with)
         from broker_app import checks
 
         checks.register()
