@@ -66,29 +66,18 @@ REFRESH_PROVIDER_CONCURRENCY_OVERRIDES: dict[str, int] = {}
 # (broker_app.services.tokens; settings only).
 REFRESH_HOLD_SECONDS: int | None = None
 
+
+def _every(minutes: str, task: str, expires: int) -> dict:
+    return {"task": f"broker_app.tasks.{task}", "schedule": crontab(minute=minutes), "options": {"expires": expires}}
+
+
 # Exactly one beat runs this schedule. Each entry expires before its next run so a
 # backlog never piles up sweeps.
 CELERY_BEAT_SCHEDULE = {
-    "refresh-sweep": {
-        "task": "broker_app.tasks.refresh_sweep",
-        "schedule": crontab(minute="*"),
-        "options": {"expires": 50},
-    },
-    "prune-pending": {
-        "task": "broker_app.tasks.prune_pending",
-        "schedule": crontab(minute="*/5"),
-        "options": {"expires": 240},
-    },
-    "retry-revocations": {
-        "task": "broker_app.tasks.retry_revocations",
-        "schedule": crontab(minute="*/10"),
-        "options": {"expires": 500},
-    },
-    "webhook-requeue-stale": {
-        "task": "broker_app.tasks.webhook_requeue_stale",
-        "schedule": crontab(minute="*/5"),
-        "options": {"expires": 240},
-    },
+    "refresh-sweep": _every("*", "refresh_sweep", expires=50),
+    "prune-pending": _every("*/5", "prune_pending", expires=240),
+    "retry-revocations": _every("*/10", "retry_revocations", expires=500),
+    "webhook-requeue-stale": _every("*/5", "webhook_requeue_stale", expires=240),
 }
 
 # Connection-event webhooks (broker_app/webhooks.py)
