@@ -21,6 +21,7 @@ from broker_app.services.refresh import token_refresh
 from broker_app.services.revocation import connection_revoke
 from dromos import wire
 from dromos.errors import InvalidRequest
+from dromos.http import no_store
 from dromos.renderers import JSONOnlyNegotiation
 
 
@@ -47,10 +48,7 @@ def _required_workspace(request) -> str:
 
 
 def _token_response(view) -> Response:
-    response = Response(view.as_dict())
-    response["Cache-Control"] = "no-store"
-    response["Pragma"] = "no-cache"
-    return response
+    return no_store(Response(view.as_dict()))
 
 
 class ConnectionStartApi(APIView):
@@ -74,9 +72,7 @@ class ConnectionStartApi(APIView):
             "provider_id": str(result.connection.provider_id),
             "connection_id": result.connection.id,
         }
-        response = Response(body, status=201)
-        response["Cache-Control"] = "no-store"
-        return response
+        return no_store(Response(body, status=201))
 
     def get(self, request):
         workspace = _required_workspace(request)

@@ -1,13 +1,18 @@
-import os
+"""The WSGI application of either process; DJANGO_SETTINGS_MODULE picks which. Before the first
+request it runs the process's STARTUP_CHECKS (the broker's: the key ring reads the stored data)."""
 
-from django.conf import settings
-from django.core.wsgi import get_wsgi_application
+import sys
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dromos.settings.broker")
+from dromos.env import env_str
+
+if not env_str("DJANGO_SETTINGS_MODULE"):
+    sys.exit("DJANGO_SETTINGS_MODULE is not set: use dromos.settings.gateway or dromos.settings.broker")
+
+from django.conf import settings  # noqa: E402
+from django.core.wsgi import get_wsgi_application  # noqa: E402
+from django.utils.module_loading import import_string  # noqa: E402
+
 application = get_wsgi_application()
 
-if getattr(settings, "DROMOS_ROLE", "") == "broker":
-    # A key ring that cannot read the stored tokens must stop the broker before it serves.
-    from broker_app.checks import assert_keys_match_data
-
-    assert_keys_match_data()
+for _check in settings.STARTUP_CHECKS:
+    import_string(_check)()

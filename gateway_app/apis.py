@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 
 from dromos import wire
 from dromos.errors import InvalidRequest
+from dromos.http import no_store
 from dromos.renderers import JSONOnlyNegotiation
 from gateway_app import schema as _schema  # noqa: F401  (registers the API-key security scheme)
 from gateway_app.authentication import ApiKeyAuthentication, ApiKeyThrottle, HasScope
@@ -62,14 +63,11 @@ def _client_ip(request) -> str | None:
     return request.META.get("REMOTE_ADDR")
 
 
-def _relay(answer: BrokerAnswer, *, no_store: bool = False) -> HttpResponse:
+def _relay(answer: BrokerAnswer, *, cacheable: bool = True) -> HttpResponse:
     response = HttpResponse(answer.body, status=answer.status, content_type="application/json")
     if answer.retry_after:
         response["Retry-After"] = answer.retry_after
-    if no_store:
-        response["Cache-Control"] = "no-store"
-        response["Pragma"] = "no-cache"
-    return response
+    return response if cacheable else no_store(response)
 
 
 def _check_id(connection_id: str) -> None:
@@ -121,7 +119,7 @@ class RequestConnectionApi(GatewayApi):
             client_ip=_client_ip(request),
             json=serializer.validated_data,
         )
-        return _relay(answer, no_store=True)
+        return _relay(answer, cacheable=False)
 
 
 class CheckConnectionApi(GatewayApi):
@@ -165,7 +163,7 @@ class TokenApi(GatewayApi):
                 client_ip=_client_ip(request),
                 params=params,
             )
-        return _relay(answer, no_store=True)
+        return _relay(answer, cacheable=False)
 
 
 class RefreshApi(GatewayApi):
@@ -186,7 +184,7 @@ class RefreshApi(GatewayApi):
                 principal=request.user,
                 client_ip=_client_ip(request),
             )
-        return _relay(answer, no_store=True)
+        return _relay(answer, cacheable=False)
 
 
 class ConnectionListApi(GatewayApi):

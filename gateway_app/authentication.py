@@ -10,7 +10,8 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.throttling import BaseThrottle
 
-from gateway_app.services import apikey_verify, rate_limit_hit
+from gateway_app.keys import apikey_verify
+from gateway_app.ratelimit import rate_limit_hit
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -51,7 +52,7 @@ def parse_rate(rate: str) -> tuple[int, int]:
 
 
 class ApiKeyThrottle(BaseThrottle):
-    """API_KEY_RATE_LIMIT per key, counted in the shared cache (gateway_app.services.rate_limit_hit)."""
+    """API_KEY_RATE_LIMIT per key, counted in the shared cache (gateway_app.ratelimit.rate_limit_hit)."""
 
     wait_seconds: float | None = None
 

@@ -61,9 +61,9 @@ def fake_provider(_fake_provider_server):
 @pytest.fixture(autouse=True)
 def _clear_process_caches():
     from broker_app.providers import registry
-    from gateway_app import services
+    from gateway_app import keys
 
-    services.cache_clear()
+    keys.cache_clear()
     registry.cache_clear()
     from django.core.cache import cache
 
@@ -109,7 +109,7 @@ class Stack:
     url: str
 
     def key(self, workspace: str = "ws-a", scopes: list[str] | None = None) -> str:
-        from gateway_app.services import apikey_create
+        from gateway_app.keys import apikey_create
 
         _, plaintext = apikey_create(workspace=workspace, name="test", scopes=scopes)
         return plaintext

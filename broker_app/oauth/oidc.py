@@ -12,7 +12,6 @@ flood of random kids cannot hammer the provider or evict good keys.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
 import threading
@@ -285,7 +284,3 @@ def cache_clear() -> None:
     with _lock:
         _memory.clear()
         _last_forced.clear()
-
-
-def as_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)

@@ -34,11 +34,11 @@ _DISCOVERED = (  # spec field <- discovery document key (OpenID Connect Discover
 
 
 def client_secret(provider) -> str | None:
-    return crypto.decrypt(provider.client_secret_enc, aad=f"provider:{provider.pk}:client_secret")
+    return crypto.decrypt(provider.client_secret_enc, aad=crypto.client_secret_aad(provider.pk))
 
 
 def set_client_secret(provider, secret: str) -> None:
-    provider.client_secret_enc = crypto.encrypt(secret, aad=f"provider:{provider.pk}:client_secret")
+    provider.client_secret_enc = crypto.encrypt(secret, aad=crypto.client_secret_aad(provider.pk))
 
 
 def _check_endpoint(url: str, field: str) -> None:

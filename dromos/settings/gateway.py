@@ -1,6 +1,6 @@
 """Gateway process: the public /v1 API. No provider secrets, no encryption keys, no token tables."""
 
-from dromos.env import env_int, env_str
+from dromos.env import env_float, env_int, env_str
 
 from .base import *  # noqa: F403
 from .base import INSTALLED_APPS, MIDDLEWARE
@@ -17,8 +17,8 @@ INSTALLED_APPS = [
 ROOT_URLCONF = "dromos.urls_gateway"
 
 BROKER_INTERNAL_URL = env_str("BROKER_INTERNAL_URL", "http://127.0.0.1:8001").rstrip("/")
-BROKER_CONNECT_TIMEOUT = float(env_str("BROKER_CONNECT_TIMEOUT", "2"))
-BROKER_READ_TIMEOUT = float(env_str("BROKER_READ_TIMEOUT", "30"))
+BROKER_CONNECT_TIMEOUT = env_float("BROKER_CONNECT_TIMEOUT", 2.0)
+BROKER_READ_TIMEOUT = env_float("BROKER_READ_TIMEOUT", 30.0)
 BROKER_POOL_SIZE = env_int("BROKER_POOL_SIZE", 32)
 
 # API keys: seconds a verified key stays in the in-process cache (revocation reaches every

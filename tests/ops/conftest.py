@@ -214,9 +214,9 @@ def _clear_process_caches():
     import redis
     from django.conf import settings
 
-    from gateway_app import services
+    from gateway_app import keys
 
-    services.cache_clear()
+    keys.cache_clear()
     client = redis.Redis.from_url(settings.REDIS_URL)
     for key in client.scan_iter(match=":*", count=1000):
         client.delete(key)

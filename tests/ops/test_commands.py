@@ -208,7 +208,7 @@ def test_apikey_create_list_revoke_as_an_operator_runs_them():
     everything = execute("apikey", "list")[1]
     assert prefix in everything and other.split("_")[1] in everything and other not in everything
 
-    from gateway_app.services import apikey_verify, cache_clear
+    from gateway_app.keys import apikey_verify, cache_clear
 
     assert apikey_verify(key).workspace == "acme"
     status, out, _ = execute("apikey", "revoke", "--prefix", prefix)
