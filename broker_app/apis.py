@@ -20,6 +20,7 @@ from broker_app.presenters import connection_as_dict, provider_as_dict
 from broker_app.services.connect import connection_start
 from broker_app.services.tokens import connection_revoke, token_read, token_refresh
 from dromos.errors import InvalidRequest
+from dromos.pagination import page_params
 from dromos.renderers import JSONOnlyNegotiation
 from dromos.validators import validate_scope_token
 
@@ -95,13 +96,7 @@ class ConnectionStartApi(APIView):
         status = request.query_params.get("status") or None
         if status and status not in Connection.Status.values:
             raise InvalidRequest(f"status must be one of {', '.join(Connection.Status.values)}")
-        try:
-            page_number = int(request.query_params.get("page", "1"))
-            page_size = min(200, max(1, int(request.query_params.get("page_size", "50"))))
-        except ValueError:
-            raise InvalidRequest("page and page_size must be integers") from None
-        if page_number < 1:
-            raise InvalidRequest("page must be 1 or more")
+        page_number, page_size = page_params(request.query_params)
         user_id = request.query_params.get("user_id") or None
         provider_name = request.query_params.get("provider_name") or None
         if "\x00" in (user_id or "") + (provider_name or ""):  # PostgreSQL text cannot hold NUL

@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from dromos.errors import InvalidRequest
+from dromos.pagination import MAX_PAGE, MAX_PAGE_SIZE
 from dromos.renderers import JSONOnlyNegotiation
 from dromos.validators import validate_scope_token
 from gateway_app import schema as _schema  # noqa: F401  (registers the API-key security scheme)
@@ -109,8 +110,8 @@ class ConnectionListQuerySerializer(serializers.Serializer):
     user_id = serializers.CharField(required=False, allow_blank=True, max_length=255)
     provider_name = serializers.CharField(required=False, allow_blank=True, max_length=64)
     status = serializers.ChoiceField(choices=CONNECTION_STATUSES, required=False, allow_blank=True)
-    page = serializers.IntegerField(required=False, min_value=1, help_text="Default 1")
-    page_size = serializers.IntegerField(required=False, min_value=1, max_value=200, help_text="Default 50")
+    page = serializers.IntegerField(required=False, min_value=1, max_value=MAX_PAGE, help_text="Default 1")
+    page_size = serializers.IntegerField(required=False, min_value=1, max_value=MAX_PAGE_SIZE, help_text="Default 50")
 
 
 def _query(serializer_class: type[serializers.Serializer], request) -> dict[str, str]:

@@ -43,3 +43,9 @@ def observe_broker_call(method: str, path: str, outcome: str, started: float) ->
     BROKER_CALL_SECONDS.labels(operation=operation, outcome=outcome).observe(time.perf_counter() - started)
     if method == "GET" and operation.endswith("/{id}/token"):
         TOKEN_FETCHES.labels(outcome=outcome).inc()
+
+
+AUTH_THROTTLED = Counter(
+    "dromos_gateway_auth_throttled_total",
+    "API-key authentications refused (429) because their source address failed too often (API_KEY_AUTH_FAILURE_LIMIT)",
+)

@@ -157,6 +157,7 @@ def resolve(provider, params: dict[str, Any] | None = None) -> tuple[ProviderSpe
         account_fields=dict(entry.get("account_fields", {})),
         metadata_fields=dict(entry.get("metadata_fields", {})),
         callback_params=tuple(entry.get("callback_params", ())),
+        callback_iss_unsent=bool(entry.get("callback_iss_unsent", False)),
         scope_aliases=dict(entry.get("scope_aliases", {})),
         scope_strip_prefix=entry.get("scope_strip_prefix", ""),
     )

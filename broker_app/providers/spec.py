@@ -65,6 +65,7 @@ CATALOG_KEYS = frozenset(
         "account_fields",
         "metadata_fields",
         "callback_params",
+        "callback_iss_unsent",
         "scope_aliases",
         "scope_strip_prefix",
         "unreported_scopes",
@@ -236,6 +237,9 @@ class ProviderSpec:
     account_fields: dict[str, str] = field(default_factory=dict)  # account key -> dotted path in the response
     metadata_fields: dict[str, str] = field(default_factory=dict)  # metadata key -> dotted path
     callback_params: tuple[str, ...] = ()  # callback query parameters kept as metadata (realmId)
+    # RFC 9207: the provider advertises authorization_response_iss_parameter_supported but
+    # does not send `iss` (the catalog entry names the evidence): do not require it.
+    callback_iss_unsent: bool = False
     scope_aliases: dict[str, str] = field(default_factory=dict)  # granted spelling -> requested spelling
     scope_strip_prefix: str = ""  # Entra may answer "https://graph.microsoft.com/User.Read"
 

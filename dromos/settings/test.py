@@ -14,16 +14,19 @@ os.environ.setdefault("ALLOWED_HOSTS", "*")
 os.environ.setdefault("ALLOWED_RETURN_DOMAINS", "app.example.com,.allowed.test,127.0.0.1,localhost")
 os.environ.setdefault("ALLOW_HTTP_PROVIDER_HOSTS", "127.0.0.1,localhost")
 os.environ.setdefault("WEBHOOK_ALLOW_HTTP_HOSTS", "127.0.0.1,localhost")
+os.environ.setdefault("GATEWAY_OPS_TOKEN", "test-ops-token")
 
 from .broker import *  # noqa: E402,F403
 from .broker import INSTALLED_APPS  # noqa: E402
 from .gateway import (  # noqa: E402,F401
+    API_KEY_AUTH_FAILURE_LIMIT,
     API_KEY_CACHE_SECONDS,
     API_KEY_RATE_LIMIT,
     BROKER_CONNECT_TIMEOUT,
     BROKER_INTERNAL_URL,
     BROKER_POOL_SIZE,
     BROKER_READ_TIMEOUT,
+    GATEWAY_OPS_TOKEN,
 )
 
 DROMOS_ROLE = "test"
