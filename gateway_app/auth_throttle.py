@@ -26,6 +26,11 @@ from gateway_app.metrics import AUTH_THROTTLED, DEGRADED
 
 logger = logging.getLogger(__name__)
 
+# After a failed cache call this process leaves the throttle alone for a moment, so a Redis
+# that hangs costs one REDIS_TIMEOUT_SECONDS now and then, not one per authentication.
+RETRY_SECONDS = 2.0
+_retry_at = 0.0
+
 
 def _limit() -> tuple[int, int] | None:
     from gateway_app.authentication import parse_rate
@@ -44,22 +49,32 @@ def _counter(address: str, slot: int) -> str:
     return f"authfail:{address}:{slot}"
 
 
-def _degraded() -> None:
+def _degraded(*, failed: bool) -> None:
+    global _retry_at
     DEGRADED.labels(component="auth_throttle").inc()
-    logger.warning("Redis unreachable: failed API-key authentications are not throttled")
+    if failed:
+        _retry_at = time.monotonic() + RETRY_SECONDS
+        logger.warning("Redis unreachable: failed API-key authentications are not throttled")
+
+
+def _resting() -> bool:
+    if time.monotonic() < _retry_at:
+        _degraded(failed=False)
+        return True
+    return False
 
 
 def refuse_if_blocked(address: str) -> None:
     """Raise 429 (Throttled, with retry_after) when `address` has used up its failures."""
     limit = _limit()
-    if limit is None or not address:
+    if limit is None or not address or _resting():
         return
     count, window = limit
     slot, remaining = _window(window)
     try:
         failures = cache.get(_counter(address, slot)) or 0
     except Exception:  # noqa: BLE001 - any cache failure: fail open
-        _degraded()
+        _degraded(failed=True)
         return
     if int(failures) >= count:
         AUTH_THROTTLED.inc()
@@ -72,7 +87,7 @@ def refuse_if_blocked(address: str) -> None:
 def record_failure(address: str) -> None:
     """Count one failed authentication from `address`."""
     limit = _limit()
-    if limit is None or not address:
+    if limit is None or not address or _resting():
         return
     _count, window = limit
     slot, _remaining = _window(window)
@@ -83,4 +98,4 @@ def record_failure(address: str) -> None:
     except ValueError:
         pass  # expired between add and incr: the next failure starts the new window
     except Exception:  # noqa: BLE001 - any cache failure: fail open
-        _degraded()
+        _degraded(failed=True)
