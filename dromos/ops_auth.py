@@ -3,9 +3,10 @@
 The gateway listens on the public port, where readiness details (which dependency is down)
 and metrics (routes, error rates, key prefixes' throttling) are nobody's business. With
 GATEWAY_OPS_TOKEN set, those two answer only to `Authorization: Bearer <GATEWAY_OPS_TOKEN>`
-(constant-time comparison) and 401 JSON otherwise. Outside DEBUG the setting is required
-(the process refuses to start without it); `/healthz` stays open (it says only "ok", for
-liveness probes and load balancers). The broker's own are behind its X-API-Key already."""
+(constant-time comparison) and 401 JSON otherwise. Unset, they are closed to everyone
+(401) unless DEBUG is on: the safe choice is the default, and commands that load the gateway
+settings (`migrate`, `apikey`) do not need the token. `/healthz` stays open (it says only
+"ok", for liveness probes and load balancers). The broker's own are behind its X-API-Key."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def _digest(value: str) -> bytes:
 def ops_token_valid(request) -> bool:
     token = settings.GATEWAY_OPS_TOKEN
     if not token:
-        return True  # DEBUG only: the settings refuse an empty token otherwise
+        return settings.DEBUG
     scheme, _, presented = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(_digest(presented.strip()), _digest(token))
 

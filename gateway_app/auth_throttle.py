@@ -77,7 +77,7 @@ def refuse_if_blocked(address: str) -> None:
         _degraded(failed=True)
         return
     if int(failures) >= count:
-        AUTH_THROTTLED.inc()
+        AUTH_THROTTLED.labels(reason="address").inc()
         raise Throttled(
             "Too many failed API-key authentications from this address; retry later.",
             retry_after=max(1, int(remaining + 0.999)),

@@ -1,9 +1,9 @@
 """Gateway process: the public /v1 API. No provider secrets, no encryption keys, no token tables."""
 
-from dromos.env import env_int, env_str, require_secret
+from dromos.env import env_int, env_str
 
 from .base import *  # noqa: F403
-from .base import DEBUG, INSTALLED_APPS, MIDDLEWARE
+from .base import INSTALLED_APPS, MIDDLEWARE
 
 DROMOS_ROLE = "gateway"
 MIDDLEWARE = [*MIDDLEWARE, "django.middleware.clickjacking.XFrameOptionsMiddleware"]
@@ -29,9 +29,10 @@ API_KEY_RATE_LIMIT = env_str("API_KEY_RATE_LIMIT", "600/min")
 
 READINESS_EXTRA_CHECK = "gateway_app.broker_client.readiness"
 
-# /readyz and /metrics answer only to `Authorization: Bearer <GATEWAY_OPS_TOKEN>` (dromos/ops_auth.py);
-# required outside DEBUG, open in DEBUG when unset.
-GATEWAY_OPS_TOKEN = require_secret("GATEWAY_OPS_TOKEN", debug=DEBUG, dev_default="")
+# /readyz and /metrics answer only to `Authorization: Bearer <GATEWAY_OPS_TOKEN>` (dromos/ops_auth.py).
+# Unset: closed to everyone outside DEBUG (open in DEBUG). Management commands and the
+# migrate role do not need it.
+GATEWAY_OPS_TOKEN = env_str("GATEWAY_OPS_TOKEN", "")
 
 # Failed API-key authentications per source address (gateway_app/auth_throttle.py): past
 # this many in the window the address's lookups are refused with 429; "off" disables it.

@@ -6,15 +6,13 @@ operator token."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
 from tests.hardening.conftest import ADMIN_LOGIN_FAILURE_LIMIT
-from tests.ops.conftest import ROOT, metric_value
+from tests.ops.conftest import free_port, http_status, metric_value, start_role, stop_process, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -156,22 +154,19 @@ def test_gateway_ops_endpoints_need_the_ops_token(hard_stack, path):
     assert requests.get(hard_stack.gateway_url + "/healthz", timeout=10).status_code == 200  # liveness stays open
 
 
-def test_the_gateway_refuses_to_start_without_an_ops_token_outside_debug(hard_stack):
+def test_without_an_ops_token_the_gateway_keeps_its_ops_endpoints_closed(hard_stack, tmp_path):
+    """The safe default: GATEWAY_OPS_TOKEN unset (DEBUG off) closes /readyz and /metrics to
+    everyone; the gateway still starts and serves the API."""
     env = {k: v for k, v in hard_stack.env.items() if k != "GATEWAY_OPS_TOKEN"}
-    command = [sys.executable, str(ROOT / "manage.py"), "check"]
-    refused = subprocess.run(
-        command,
-        env={**env, "DJANGO_SETTINGS_MODULE": "dromos.settings.gateway"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert refused.returncode != 0 and "GATEWAY_OPS_TOKEN is required when DEBUG is off" in refused.stderr
-    debug = subprocess.run(
-        command,
-        env={**env, "DJANGO_SETTINGS_MODULE": "dromos.settings.gateway", "DEBUG": "true"},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert debug.returncode == 0, debug.stderr[-500:]
+    port = free_port()
+    gateway = start_role("gateway", env, tmp_path, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: http_status(url + "/healthz") == 200, "gateway without an ops token", 60)
+        for path in ("/readyz", "/metrics"):
+            for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": f"Bearer {hard_stack.api_key}"}):
+                assert requests.get(url + path, headers=headers, timeout=10).status_code == 401, (path, headers)
+        api = requests.get(url + "/v1/providers", headers={"Authorization": f"Bearer {hard_stack.api_key}"}, timeout=10)
+        assert api.status_code == 200, api.text
+    finally:
+        stop_process(gateway)
