@@ -107,6 +107,12 @@ def test_disallowed_host_is_json_400_at_the_gateway(hard_stack, path):
     assert "evil.example" not in response.text, body
 
 
+def test_healthz_answers_whatever_the_host(hard_stack):
+    """Liveness probes address the process by whatever name they have."""
+    for url in (hard_stack.gateway_url, hard_stack.broker_url):
+        assert requests.get(url + "/healthz", headers={"Host": "evil.example"}, timeout=10).status_code == 200
+
+
 def test_disallowed_host_is_json_400_at_the_broker(hard_stack):
     response = hard_stack.broker_get(
         "/internal/v1/connections", headers={"Host": "evil.example", "X-Dromos-Workspace": "demo"}
