@@ -84,6 +84,8 @@ class Stack:
                 "DEBUG": "false",
                 "DJANGO_SECRET_KEY": secrets.token_urlsafe(32),
                 "BROKER_API_KEY": secrets.token_urlsafe(32),
+                # The gateway's /readyz and /metrics need it (dromos/ops_auth.py): ops_headers().
+                "GATEWAY_OPS_TOKEN": secrets.token_urlsafe(24),
                 "TOKEN_ENCRYPTION_KEYS": _key(),
                 "ALLOWED_HOSTS": "127.0.0.1,localhost",
                 "BASE_URL": self.broker_url,
@@ -130,6 +132,10 @@ class Stack:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"{name} did not become healthy at {url}:\n{self.log(name)[-3000:]}")
+
+    def ops_headers(self) -> dict[str, str]:
+        """What an operator sends to the gateway's /readyz and /metrics."""
+        return {"Authorization": f"Bearer {self.env['GATEWAY_OPS_TOKEN']}"}
 
     def log(self, name: str) -> str:
         path = self.workdir / f"{name}.log"

@@ -43,6 +43,8 @@ def internal_route(template: str) -> str:
 
 # -- inputs ---------------------------------------------------------------------------------
 PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX = 50, 200
+# A page number past PAGE_MAX is a 400 (a 30-digit one overflowed the database's OFFSET).
+PAGE_MAX = 100_000
 MIN_TTL_DEFAULT, MIN_TTL_MAX = 60, 86400
 
 
@@ -73,7 +75,7 @@ class ConnectionListQuerySerializer(serializers.Serializer):
     user_id = serializers.CharField(required=False, allow_blank=True, max_length=255)
     provider_name = serializers.CharField(required=False, allow_blank=True, max_length=64)
     status = serializers.ChoiceField(choices=CONNECTION_STATUSES, required=False, allow_blank=True)
-    page = serializers.IntegerField(required=False, min_value=1, help_text="Default 1")
+    page = serializers.IntegerField(required=False, min_value=1, max_value=PAGE_MAX, help_text="Default 1")
     page_size = serializers.IntegerField(
         required=False, min_value=1, max_value=PAGE_SIZE_MAX, help_text=f"Default {PAGE_SIZE_DEFAULT}"
     )

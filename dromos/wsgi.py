@@ -12,7 +12,12 @@ from django.conf import settings  # noqa: E402
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 from django.utils.module_loading import import_string  # noqa: E402
 
-application = get_wsgi_application()
+django_application = get_wsgi_application()
+
+from dromos.parsers import ChunkedBodyMiddleware  # noqa: E402 - after Django is set up
+
+# A chunked request body (no Content-Length) is read, not dropped: dromos/parsers.py.
+application = ChunkedBodyMiddleware(django_application)
 
 for _check in settings.STARTUP_CHECKS:
     import_string(_check)()

@@ -10,6 +10,7 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.throttling import BaseThrottle
 
+from gateway_app import auth_throttle
 from gateway_app.keys import apikey_verify
 from gateway_app.ratelimit import rate_limit_hit
 
@@ -21,9 +22,13 @@ class ApiKeyAuthentication(BaseAuthentication):
             return None
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
+            auth_throttle.record_failure(request.META.get("REMOTE_ADDR", ""))
             raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer <api key>'.")
-        principal = apikey_verify(key.strip())
+        address = request.META.get("REMOTE_ADDR", "")
+        # A source that failed too often is refused before any database lookup (429).
+        principal = apikey_verify(key.strip(), before_lookup=lambda: auth_throttle.refuse_if_blocked(address))
         if principal is None:
+            auth_throttle.record_failure(address)
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
         return principal, None
 

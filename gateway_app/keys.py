@@ -21,6 +21,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -142,8 +143,9 @@ def cache_clear() -> None:
         _cache.clear()
 
 
-def apikey_verify(presented: str) -> Principal | None:
-    """The principal for a presented key, or None. Constant-time digest comparison."""
+def apikey_verify(presented: str, *, before_lookup: Callable[[], None] | None = None) -> Principal | None:
+    """The principal for a presented key, or None. Constant-time digest comparison.
+    `before_lookup` runs just before the database is read (and may raise)."""
     match = KEY_PATTERN.match(presented)
     if not match:
         return None
@@ -159,6 +161,8 @@ def apikey_verify(presented: str) -> Principal | None:
             _cache_forget(prefix)
             return None
         return principal
+    if before_lookup is not None:
+        before_lookup()
     key = (
         ApiKey.objects.filter(prefix=prefix)
         .only("id", "workspace", "prefix", "key_digest", "scopes", "revoked_at", "last_used_at")

@@ -63,3 +63,13 @@ def observe_broker_call(method: str, path: str, outcome: str, started: float) ->
     BROKER_CALL_SECONDS.labels(operation=operation, outcome=outcome).observe(time.perf_counter() - started)
     if method == "GET" and operation.endswith("/{id}/token"):
         TOKEN_FETCHES.labels(outcome=outcome).inc()
+
+
+# Labelled, like every metric here: an unlabelled one would create its multiprocess file at
+# import, also in commands (migrate) that run without PROMETHEUS_MULTIPROC_DIR prepared.
+AUTH_THROTTLED = Counter(
+    "dromos_gateway_auth_throttled_total",
+    "API-key authentications refused (429) by reason (address: its source address failed too "
+    "often, API_KEY_AUTH_FAILURE_LIMIT)",
+    ["reason"],
+)

@@ -140,6 +140,22 @@ def discovery(url: str) -> dict[str, Any]:
     return get_document(url)
 
 
+def callback_iss_required(spec) -> bool:
+    """RFC 9207 §2.4: whether an authorization response without `iss` must be rejected:
+    the provider's discovery document advertises `authorization_response_iss_parameter_supported`
+    and its catalog template does not mark it `callback_iss_unsent`. A discovery document
+    that cannot be read (no cached copy either) does not make `iss` required: an `iss` that
+    is present is still checked."""
+    if not spec.discovery_url or spec.callback_iss_unsent:
+        return False
+    try:
+        document = discovery(spec.discovery_url)
+    except DocumentUnavailable:
+        logger.warning("discovery unavailable: RFC 9207 iss requirement unknown", extra={"provider": spec.name})
+        return False
+    return document.get("authorization_response_iss_parameter_supported") is True
+
+
 # Which key type (and curve) may verify which JWS algorithm: a key is only ever used with
 # an algorithm of its own family, so an RSA key can never act as an HMAC secret.
 _KTY_FOR_ALG_PREFIX = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}

@@ -207,6 +207,9 @@ class ProviderSpec:
     transient_errors: tuple[str, ...] = ()  # codes meaning "try later" although answered with HTTP 200
     account_fields: dict[str, str] = field(default_factory=dict)  # account key -> "dotted.path" in the response
     metadata_fields: dict[str, str] = field(default_factory=dict)  # metadata key -> "dotted.path"
+    # RFC 9207: the provider's discovery advertises authorization_response_iss_parameter_supported
+    # but its callbacks carry no `iss` (name the evidence in the catalog entry's comment).
+    callback_iss_unsent: bool = False
     callback_params: tuple[str, ...] = ()  # callback query parameters kept as metadata (realmId)
     scope_aliases: dict[str, str] = field(default_factory=dict)  # granted spelling -> requested spelling
     scope_strip_prefix: str = ""  # Entra may answer "https://graph.microsoft.com/User.Read"

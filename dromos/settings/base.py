@@ -71,6 +71,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "dromos.middleware.RequestIdMiddleware",
     "dromos.middleware.RequestMetricsMiddleware",
+    "dromos.middleware.AllowedHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (admin CSS, the offline API docs' assets) from the app, no web server needed.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -120,7 +121,7 @@ SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = BEHIND_TLS_PROXY
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["dromos.renderers.FastJSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["dromos.parsers.JSONParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,

@@ -1,5 +1,7 @@
 """Broker process: providers, connections, encrypted tokens, OAuth flows, admin."""
 
+from datetime import timedelta
+
 from celery.schedules import crontab
 
 from dromos.env import env_bool, env_float, env_int, env_list, env_str, require_secret
@@ -15,6 +17,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "broker_app",
+    "axes",
 ]
 _STATIC_FILES = "whitenoise.middleware.WhiteNoiseMiddleware"
 MIDDLEWARE = [
@@ -28,6 +31,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
 ROOT_URLCONF = "dromos.urls_broker"
 # Before the first request: a key ring that cannot read the stored tokens stops the broker.
@@ -37,6 +42,19 @@ METRICS_COLLECTORS = [
     "broker_app.metrics.refresh_outcomes_collector",
 ]
 METRICS_CONNECTIONS_CACHE_SECONDS = env_int("METRICS_CONNECTIONS_CACHE_SECONDS", 15)
+
+# Admin login throttle (django-axes): ADMIN_LOGIN_FAILURE_LIMIT wrong passwords for one
+# username, or from one address, lock it for ADMIN_LOCKOUT_MINUTES (the right password is
+# refused meanwhile); `manage.py axes_reset_username NAME` / `axes_reset_ip ADDR` /
+# `axes_reset` unlock at once (docs/operations.md).
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("ADMIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+AXES_CLIENT_IP_CALLABLE = "broker_app.middleware.client_ip"  # REMOTE_ADDR, as the CIDR allowlist
+AXES_LOCKOUT_TEMPLATE = "admin_locked.html"
 
 BASE_URL = env_str("BASE_URL", "http://127.0.0.1:8001").rstrip("/")
 ENFORCE_RETURN_URL = env_bool("ENFORCE_RETURN_URL", True)

@@ -32,3 +32,12 @@ GATEWAY_SLOW_CALLS_PER_WORKSPACE = env_int("GATEWAY_SLOW_CALLS_PER_WORKSPACE", 6
 GATEWAY_SLOT_WAIT_SECONDS = float(env_str("GATEWAY_SLOT_WAIT_SECONDS", "0.1"))
 
 READINESS_EXTRA_CHECK = "gateway_app.broker_client.readiness"
+
+# /readyz and /metrics answer only to `Authorization: Bearer <GATEWAY_OPS_TOKEN>` (dromos/ops_auth.py).
+# Unset: closed to everyone outside DEBUG (open in DEBUG). Management commands and the
+# migrate role do not need it.
+GATEWAY_OPS_TOKEN = env_str("GATEWAY_OPS_TOKEN", "")
+
+# Failed API-key authentications per source address (gateway_app/auth_throttle.py): past
+# this many in the window the address's lookups are refused with 429; "off" disables it.
+API_KEY_AUTH_FAILURE_LIMIT = env_str("API_KEY_AUTH_FAILURE_LIMIT", "30/min")

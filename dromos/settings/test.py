@@ -14,10 +14,12 @@ env_default("ALLOWED_HOSTS", "*")
 env_default("ALLOWED_RETURN_DOMAINS", "app.example.com,.allowed.test,127.0.0.1,localhost")
 env_default("ALLOW_HTTP_PROVIDER_HOSTS", "127.0.0.1,localhost")
 env_default("WEBHOOK_ALLOW_HTTP_HOSTS", "127.0.0.1,localhost")
+env_default("GATEWAY_OPS_TOKEN", "test-ops-token")
 
 from .broker import *  # noqa: E402,F403
 from .broker import INSTALLED_APPS  # noqa: E402
 from .gateway import (  # noqa: E402,F401
+    API_KEY_AUTH_FAILURE_LIMIT,
     API_KEY_CACHE_SECONDS,
     API_KEY_RATE_LIMIT,
     BROKER_CONNECT_TIMEOUT,
@@ -27,6 +29,7 @@ from .gateway import (  # noqa: E402,F401
     GATEWAY_SLOT_WAIT_SECONDS,
     GATEWAY_SLOW_CALLS_PER_KEY,
     GATEWAY_SLOW_CALLS_PER_WORKSPACE,
+    GATEWAY_OPS_TOKEN,
 )
 
 DROMOS_ROLE = "test"

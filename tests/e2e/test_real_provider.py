@@ -142,5 +142,5 @@ def test_gateway_maps_a_dead_broker_to_503(real_stack):
     response = _gw(real_stack, "GET", "/v1/token/c_whatever")
     assert response.status_code == 503 and response.headers["Retry-After"]
     assert response.json()["error"] == "broker_unavailable"
-    ready = requests.get(f"{real_stack.gateway_url}/readyz", timeout=10)
+    ready = requests.get(f"{real_stack.gateway_url}/readyz", headers=real_stack.ops_headers(), timeout=10)
     assert ready.status_code == 503 and ready.json()["checks"]["broker"] is False

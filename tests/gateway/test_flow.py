@@ -287,8 +287,9 @@ def test_callback_state_is_single_use(stack, fake_provider, fake_provider_row):
     started = start_connection(stack, key)
     params = auth_params(started["authUrl"])
     code = fake_provider.issue_code(code_challenge=params["code_challenge"], nonce=params["nonce"])
-    assert stack.callback(code=code, state=params["state"]).status_code == 302
-    replay = stack.callback(code=code, state=params["state"])
+    # With iss: the fake provider advertises RFC 9207 support, so a callback without it fails.
+    assert stack.callback(code=code, state=params["state"], iss=fake_provider.issuer).status_code == 302
+    replay = stack.callback(code=code, state=params["state"], iss=fake_provider.issuer)
     assert replay.status_code == 400 and "text/html" in replay.headers["Content-Type"]
     assert Connection.objects.get(pk=started["connection_id"]).status == "active"
 

@@ -109,7 +109,7 @@ def test_database_outage_is_503_and_recovers_without_restart(relayed_stack):
         )
         _assert_unavailable(response, code="service_unavailable")
         # Readiness says so too; liveness does not (a restart would not help).
-        assert requests.get(stack.gateway_url + "/readyz", timeout=30).status_code == 503
+        assert requests.get(stack.gateway_url + "/readyz", headers=stack.ops_headers(), timeout=30).status_code == 503
         assert requests.get(stack.gateway_url + "/healthz", timeout=30).status_code == 200
     finally:
         relay.restore()
