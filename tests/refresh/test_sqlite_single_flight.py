@@ -33,7 +33,14 @@ RETURN_URL = "http://127.0.0.1:1/oauth/return"
 
 @pytest.fixture(scope="module")
 def sqlite_stack(tmp_path_factory, _fake_provider_server):
-    stack = Stack(workdir=tmp_path_factory.mktemp("sqlite-stack"), database_url=None, redis_url=None, celery=False)
+    stack = Stack(
+        workdir=tmp_path_factory.mktemp("sqlite-stack"),
+        database_url=None,
+        redis_url=None,
+        celery=False,
+        # Every caller may wait for the refresh in progress (the bulkheads have their own tests).
+        extra_env={"GATEWAY_SLOW_CALLS_PER_KEY": "0", "GATEWAY_SLOW_CALLS_PER_WORKSPACE": "0"},
+    )
     stack.start()
     try:
         stack.manage(
