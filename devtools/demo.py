@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import requests
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
-from oidc_consent import complete_consent  # noqa: E402
+from oidc_consent import complete_consent  # devtools/, next to this file
 
 
 def _show(title: str, response: requests.Response, hide: tuple[str, ...] = ()) -> dict:

@@ -28,11 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from oidc_server import OidcProviderHandle, free_port, start_oidc_provider  # devtools/, next to this file
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "support"))
-
-from oidc_server import OidcProviderHandle, free_port, start_oidc_provider  # noqa: E402
 
 PYTHON = sys.executable
 PROVIDER_NAME = "local"
@@ -276,7 +274,7 @@ class Stack:
             "DROMOS_API_KEY": self.api_key,
             "DROMOS_E2E_PROVIDER": PROVIDER_NAME,
             "DROMOS_E2E_RETURN_URL": f"http://127.0.0.1:{free_port()}/oauth/return",
-            "DROMOS_E2E_CONSENT_CMD": f"{PYTHON} {ROOT / 'tests' / 'support' / 'oidc_consent.py'}",
+            "DROMOS_E2E_CONSENT_CMD": f"{PYTHON} {ROOT / 'devtools' / 'oidc_consent.py'}",
             "DROMOS_BROKER_URL": self.broker_url,
         }
 
@@ -376,7 +374,6 @@ def main() -> int:
     print("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
     sys.stdout.flush()
     if args.demo:
-        sys.path.insert(0, str(ROOT / "devtools"))
         from demo import walkthrough
 
         walkthrough(stack)

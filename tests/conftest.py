@@ -17,7 +17,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+# Helpers are imported by module name: the test-only ones from tests/support/ (fake_provider, relay),
+# the development tools from devtools/ (stack, oidc_server, oidc_consent — devtools never imports tests).
 sys.path.insert(0, str(Path(__file__).parent / "support"))
+sys.path.insert(0, str(Path(__file__).parent.parent / "devtools"))
 
 from fake_provider import CLIENT_ID, CLIENT_SECRET, FakeProvider  # noqa: E402
 
