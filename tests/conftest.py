@@ -24,6 +24,23 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "devtools"))
 
 from fake_provider import CLIENT_ID, CLIENT_SECRET, FakeProvider  # noqa: E402
 
+# Fixtures that start real processes (gunicorn gateway and broker, Celery, the npm OIDC
+# provider): a test using one is `live`, and `make test-fast` (-m "not live and not browser")
+# leaves it out. Modules that start processes themselves set `pytestmark = pytest.mark.live`.
+LIVE_FIXTURES = frozenset(
+    {"real_stack", "ops_stack", "refresh_stack", "relayed_stack", "redis_relayed_stack", "run_stack"}
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if (
+            item.get_closest_marker("e2e")
+            or item.get_closest_marker("browser")
+            or LIVE_FIXTURES & set(item.fixturenames)
+        ):
+            item.add_marker(pytest.mark.live)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _redis_database_per_worker():

@@ -20,9 +20,12 @@ from tests.ops.conftest import ARTIFACTS, ROOT, random_id, wait_for
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PASSWORD = "correct horse battery staple 42"
 
-pytestmark = pytest.mark.skipif(
-    not shutil.which("chromium"), reason="chromium is not installed (scripts/ensure-system-packages.sh installs it)"
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not shutil.which("chromium"), reason="chromium is not installed (scripts/ensure-system-packages.sh installs it)"
+    ),
+]
 
 
 def when(page, field: str) -> datetime:

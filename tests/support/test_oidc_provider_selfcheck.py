@@ -37,6 +37,7 @@ CLIENT_SECRET = "dromos-demo-secret"
 POST_CLIENT_ID = "dromos-post"
 POST_CLIENT_SECRET = "dromos-post-secret"
 ACCESS_TOKEN_TTL = 1234
+pytestmark = pytest.mark.live  # the npm oidc-provider, a real process
 # Nothing ever listens there: complete_consent must stop at the refused redirect.
 DEAD_PORT = free_port()
 DEAD_CALLBACK = f"http://127.0.0.1:{DEAD_PORT}/auth/callback"
