@@ -36,7 +36,7 @@ def walkthrough(stack) -> None:
     )
     print(
         f"\nStep 2 — the user opens authUrl and consents. Open it in a browser yourself:\n  {rc['authUrl']}\n"
-        "(any login name and password work). This demo consents on the user's behalf for a second connection:"
+        "(any login name and password work). This demo consents on the user's behalf:"
     )
     final = complete_consent(rc["authUrl"], login="demo-user", stop_at_prefix=return_url)
     print(f"  the broker redirected the browser to: {final}")

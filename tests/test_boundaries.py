@@ -147,3 +147,21 @@ def test_the_checker_sees_every_kind_of_import(tmp_path, monkeypatch):
         "gateway_app/sub/mod.py: broker_app.models",
         "gateway_app/sub/mod.py: broker_app.tasks",
     ]
+
+
+def test_the_tests_map_names_every_module_and_only_real_files():
+    """tests/README.md: one line per module, `- \\`module\\` — test files`."""
+    import re
+
+    lines = re.findall(r"^- `([^`]+)` — (.*)$", (ROOT / "tests" / "README.md").read_text(), re.M)
+    listed = {module for module, _ in lines}
+    modules = {
+        str(p.relative_to(ROOT))
+        for p in sources("dromos", "gateway_app", "broker_app") + sources("devtools")
+        if p.name != "__init__.py" and "oidc-provider" not in p.parts
+    }
+    assert sorted(modules - listed) == [], "modules without a line in tests/README.md"
+    named = [m for m in listed if m.endswith(".py")]
+    assert sorted(m for m in named if not (ROOT / m).exists()) == [], "lines for modules that no longer exist"
+    tests = {t for _, files in lines for t in re.findall(r"[\w/]+\.py", files)}
+    assert sorted(t for t in tests if not (ROOT / "tests" / t).exists()) == [], "test files that do not exist"
