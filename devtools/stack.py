@@ -368,7 +368,9 @@ def manage_running(workdir: Path, role: str, args: list[str]) -> int:
         print(f"no stack environment at {path}: start the stack first (make run)", file=sys.stderr)
         return 2
     own = dict(shlex.split(line)[0].split("=", 1) for line in path.read_text().splitlines() if line.strip())
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL"))}
+    # The caller's environment passes through (DJANGO_SUPERUSER_PASSWORD for createsuperuser
+    # --noinput, say); the stack's own variables win, and its database is the one used.
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(own, DJANGO_SETTINGS_MODULE=f"dromos.settings.{role}")
     return subprocess.run([PYTHON, str(ROOT / "manage.py"), *args], env=env, cwd=ROOT).returncode
 
