@@ -42,6 +42,28 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.live)
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """Transactional tests end by emptying every table (Django's flush). On PostgreSQL that is
+    one TRUNCATE of all tables, which creates and fsyncs new files for each: ~1 s per test on
+    this machine's disk, most of the suite's time. DELETE inside the flush's transaction (the
+    foreign keys Django creates are deferrable, checked at its commit) empties them in ~10 ms.
+    Sequences are not reset either way (a flush with reset_sequences keeps TRUNCATE)."""
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    truncate = DatabaseOperations.sql_flush
+
+    def sql_flush(self, style, tables, *, reset_sequences=False, allow_cascade=False):
+        if reset_sequences or not tables:
+            return truncate(self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade)
+        deletes = (f"DELETE FROM {self.quote_name(table)}" for table in tables)  # noqa: S608 - Django's table names
+        return ["SET CONSTRAINTS ALL DEFERRED", *deletes]
+
+    DatabaseOperations.sql_flush = sql_flush
+    yield
+    DatabaseOperations.sql_flush = truncate
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _redis_database_per_worker():
     """pytest-django gives each xdist worker its own PostgreSQL database; this gives each its
