@@ -24,7 +24,6 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "devtools"))
-sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 from oidc_consent import complete_consent  # noqa: E402
 from oidc_server import free_port  # noqa: E402

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
-from oidc_server import free_port  # noqa: I001  (tests/support, on sys.path via conftest)
+from oidc_server import free_port  # noqa: I001  (devtools/, on sys.path via conftest)
 from relay import Relay
 from stack import Stack, reset_postgres_database  # noqa: I001  (devtools/, on sys.path via conftest)
 
