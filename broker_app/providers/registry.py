@@ -159,5 +159,10 @@ def resolve(provider, params: dict[str, Any] | None = None) -> tuple[ProviderSpe
         callback_params=tuple(entry.get("callback_params", ())),
         scope_aliases=dict(entry.get("scope_aliases", {})),
         scope_strip_prefix=entry.get("scope_strip_prefix", ""),
+        # issue 22: `{metadata.…}` stays for the proxy to fill from the connection
+        api_base_url=fill(entry.get("api_base_url", ""), values),
+        api_hosts=tuple(entry.get("api_hosts", ())),
+        account_id_field=entry.get("account_id_field", ""),
+        offline_access=entry.get("offline_access", ""),
     )
     return spec, HOOKS[spec.hook]

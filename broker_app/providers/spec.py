@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -19,9 +21,48 @@ class ProviderConfigError(Exception):
 
 
 @lru_cache(maxsize=1)
-def catalog() -> dict[str, dict[str, Any]]:
+def builtin_catalog() -> dict[str, dict[str, Any]]:
     with CATALOG_PATH.open("rb") as handle:
         return tomllib.load(handle)
+
+
+def catalog() -> dict[str, dict[str, Any]]:
+    """The built-in templates plus those imported with `manage.py provider import`."""
+    extra = extra_catalog()
+    return {**extra, **builtin_catalog()} if extra else builtin_catalog()
+
+
+# -- issue 22: templates imported by the operator (broker_app/providers/catalog_io.py) ------
+def extra_catalog_path() -> Path | None:
+    from django.conf import settings
+
+    configured = getattr(settings, "PROVIDER_CATALOG_EXTRA", None) or os.environ.get("PROVIDER_CATALOG_EXTRA")
+    return Path(configured) if configured else None
+
+
+def extra_catalog() -> dict[str, dict[str, Any]]:
+    """Imported templates, re-read when the file changes (an import in another process is
+    seen without a restart). A built-in key always wins; an unreadable file is logged."""
+    path = extra_catalog_path()
+    if path is None:
+        return {}
+    try:
+        stamp = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return {}
+    return _load_extra(str(path), stamp)
+
+
+@lru_cache(maxsize=4)
+def _load_extra(path: str, _stamp: int) -> dict[str, dict[str, Any]]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        logging.getLogger(__name__).error("imported provider catalog unreadable: %s", type(exc).__name__)
+        return {}
+    builtin = builtin_catalog()
+    return {key: entry for key, entry in data.items() if isinstance(entry, dict) and key not in builtin}
 
 
 # Every key a catalog table may hold (catalog.toml's header explains each). A key outside
@@ -71,6 +112,11 @@ CATALOG_KEYS = frozenset(
         "hook",
         "id_token_algs",
         "params",
+        # -- issue 22: proxy and reconnect data (see _proxy_and_account_problems) ----------
+        "api_base_url",
+        "api_hosts",
+        "account_id_field",
+        "offline_access",
     }
 )
 URL_KEYS = (
@@ -146,11 +192,68 @@ def entry_problems(key: str, entry: dict[str, Any]) -> list[str]:
                 problems.append(f"{key}: params.{name} {label} {value!r} does not match its pattern")
         if not spec.example and spec.default is None:
             problems.append(f"{key}: params.{name} needs an example (agents see it)")
+    problems += _proxy_and_account_problems(key, entry, specs)
+    return problems
+
+
+# -- issue 22: api_base_url / api_hosts (the proxy), account_id_field (reconnect),
+# offline_access (how a refresh token is obtained) ---------------------------------------
+ACCOUNT_ID_SOURCES = ("id_token", "token", "userinfo", "callback", "param")
+_HOST_PATTERN = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$")
+_METADATA_BASE = re.compile(r"^\{metadata\.[A-Za-z_][A-Za-z0-9_]*\}(/[A-Za-z0-9._~/-]*)?$")
+_OFFLINE_RULES = ("always", "app_setting", "none")
+
+
+def _proxy_and_account_problems(key: str, entry: dict[str, Any], specs: dict[str, ParamSpec]) -> list[str]:
+    problems = []
+    base = entry.get("api_base_url")
+    if base is None or (not base and key != "oidc"):
+        problems.append(f"{key}: api_base_url is missing (the proxy's upstream)")
+    elif base and not _METADATA_BASE.match(base):
+        if not base.startswith("https://") or base.endswith("/"):
+            problems.append(f"{key}: api_base_url must be an https URL without a trailing slash")
+        for placeholder in _PLACEHOLDER.findall(base):
+            if placeholder not in specs:
+                problems.append(f"{key}: api_base_url uses {{{placeholder}}} but no params.{placeholder} is declared")
+    elif base and not entry.get("api_hosts"):
+        problems.append(f"{key}: an api_base_url taken from metadata needs api_hosts to pin its host")
+    hosts = entry.get("api_hosts", [])
+    if not isinstance(hosts, list) or not all(isinstance(h, str) and _HOST_PATTERN.match(h) for h in hosts):
+        problems.append(f"{key}: api_hosts must be a list of host names (a leading '*.' allows subdomains)")
+    field_path = entry.get("account_id_field")
+    if field_path is None:
+        problems.append(f'{key}: account_id_field is missing ("" when the provider documents no stable id)')
+    elif field_path:
+        source, _, path = field_path.partition(".")
+        if source not in ACCOUNT_ID_SOURCES or not path:
+            problems.append(f"{key}: account_id_field must be id_token., token., userinfo., callback. or param.NAME")
+        elif source == "id_token" and not entry.get("oidc"):
+            problems.append(f"{key}: account_id_field reads the id_token, but the template is not OIDC")
+        elif source == "userinfo" and not entry.get("userinfo_url"):
+            problems.append(f"{key}: account_id_field reads userinfo, but there is no userinfo_url")
+        elif source == "callback" and path not in entry.get("callback_params", []):
+            problems.append(f"{key}: account_id_field reads callback.{path}, which callback_params lacks")
+        elif source == "param" and path not in specs:
+            problems.append(f"{key}: account_id_field reads param.{path}, which params lacks")
+    rule = entry.get("offline_access")
+    if rule is None:
+        problems.append(f"{key}: offline_access is missing (how a refresh token is obtained)")
+    elif rule.startswith("scope:"):
+        if rule[6:] not in entry.get("default_scopes", []):
+            problems.append(f"{key}: offline_access names scope {rule[6:]!r}, which default_scopes lacks")
+    elif rule.startswith("param:"):
+        name, _, value = rule[6:].partition("=")
+        if entry.get("authorize_params", {}).get(name) != value:
+            problems.append(f"{key}: offline_access names {rule[6:]!r}, which authorize_params lacks")
+    elif rule not in _OFFLINE_RULES:
+        problems.append(f"{key}: offline_access must be scope:NAME, param:NAME=VALUE, always, app_setting or none")
+    elif (rule == "none") == bool(entry.get("refresh", True)):
+        problems.append(f"{key}: offline_access = 'none' exactly when refresh = false")
     return problems
 
 
 def catalog_problems() -> list[str]:
-    return [problem for key, entry in catalog().items() for problem in entry_problems(key, entry)]
+    return [problem for key, entry in builtin_catalog().items() for problem in entry_problems(key, entry)]
 
 
 def template(key: str) -> dict[str, Any]:
@@ -238,6 +341,11 @@ class ProviderSpec:
     callback_params: tuple[str, ...] = ()  # callback query parameters kept as metadata (realmId)
     scope_aliases: dict[str, str] = field(default_factory=dict)  # granted spelling -> requested spelling
     scope_strip_prefix: str = ""  # Entra may answer "https://graph.microsoft.com/User.Read"
+    # -- issue 22 (catalog keys of the same name) ---------------------------------------------
+    api_base_url: str = ""  # the proxy's upstream; "{metadata.instance_url}" reads the connection
+    api_hosts: tuple[str, ...] = ()  # further hosts the proxy may reach ("*.my.salesforce.com")
+    account_id_field: str = ""  # "id_token.sub", "token.PATH" or "userinfo.PATH": who the account is
+    offline_access: str = ""  # how a refresh token is obtained: scope:X, param:K=V, always, app_setting, none
 
 
 def validate_params(entry: dict[str, Any], values: dict[str, Any], *, operator: bool = False) -> dict[str, str]:
