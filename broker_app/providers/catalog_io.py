@@ -46,6 +46,10 @@ def problems(entries: dict[str, dict[str, Any]], *, builtin: dict[str, Any]) -> 
         if key in builtin:
             found.append(f"{key}: is a built-in template; import it under another key")
             continue
+        typed = _type_problems(key, entry)
+        if typed:
+            found += typed
+            continue
         try:
             found += spec.entry_problems(key, entry)
         except (TypeError, AttributeError, KeyError, ValueError) as exc:  # wrong value types
@@ -55,25 +59,37 @@ def problems(entries: dict[str, dict[str, Any]], *, builtin: dict[str, Any]) -> 
     return found
 
 
-def import_file(path: Path) -> list[str]:
-    """Validate every table of `path`, then merge them into the extra catalog atomically.
-    Returns the imported keys; raises CatalogFileError and writes nothing on any problem."""
-    target = spec.extra_catalog_path()
-    if target is None:
+def target() -> Path:
+    path = spec.extra_catalog_path()
+    if path is None:
         raise CatalogFileError("PROVIDER_CATALOG_EXTRA is not set: name the file imported templates go to")
+    return path
+
+
+def read(path: Path) -> str:
     try:
         if path.stat().st_size > MAX_FILE_BYTES:
             raise CatalogFileError(f"the file is larger than {MAX_FILE_BYTES} bytes")
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CatalogFileError(f"cannot read {path}: {exc.__class__.__name__}") from None
-    entries = parse(text)
+
+
+def first(found: list[str]) -> str:
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return f"{found[0]}{more}"
+
+
+def import_file(path: Path) -> list[str]:
+    """Validate every table of `path`, then merge them into the extra catalog atomically.
+    Returns the imported keys; raises CatalogFileError and writes nothing on any problem."""
+    destination = target()
+    entries = parse(read(path))
     found = problems(entries, builtin=spec.builtin_catalog())
     if found:
-        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-        raise CatalogFileError(f"{found[0]}{more}")
+        raise CatalogFileError(first(found))
     merged = {**spec.extra_catalog(), **entries}
-    write_atomically(target, dumps(merged))
+    write_atomically(destination, dumps(merged))
     return sorted(entries)
 
 
@@ -87,6 +103,44 @@ def write_atomically(target: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+_BOOLS = {"oidc", "refresh", "refresh_token_rotation", "revocation_hint"}
+_INTS = {"refresh_token_lifetime_days"}
+_LISTS = {"default_scopes", "transient_errors", "callback_params", "unreported_scopes", "id_token_algs", "api_hosts"}
+_TABLES = {
+    "authorize_params",
+    "token_headers",
+    "refresh_params",
+    "error_aliases",
+    "account_fields",
+    "metadata_fields",
+    "scope_aliases",
+    "params",
+}
+
+
+def _type_problems(key: str, entry: dict[str, Any]) -> list[str]:
+    """A value of the wrong type would be misread (a string of scopes iterated letter by
+    letter), so an imported table is checked for types before the lint runs."""
+    found = []
+    for name, value in entry.items():
+        if name in _BOOLS:
+            ok = isinstance(value, bool)
+        elif name in _INTS:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif name in _LISTS:
+            ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
+        elif name == "params":
+            ok = isinstance(value, dict) and all(isinstance(v, str | dict) for v in value.values())
+            ok = ok and all(isinstance(v, str) or isinstance(v.get("pattern"), str) for v in value.values())
+        elif name in _TABLES:
+            ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            found.append(f"{key}: {name} has the wrong type ({type(value).__name__})")
+    return found
 
 
 # -- a TOML writer for catalog tables (values are strings, numbers, booleans, lists of

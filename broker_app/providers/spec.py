@@ -47,14 +47,15 @@ def extra_catalog() -> dict[str, dict[str, Any]]:
     if path is None:
         return {}
     try:
-        stamp = path.stat().st_mtime_ns
+        stat = path.stat()
     except FileNotFoundError:
         return {}
-    return _load_extra(str(path), stamp)
+    # An import replaces the file (a new inode), so a change is seen even within one tick.
+    return _load_extra(str(path), (stat.st_ino, stat.st_mtime_ns, stat.st_size))
 
 
 @lru_cache(maxsize=4)
-def _load_extra(path: str, _stamp: int) -> dict[str, dict[str, Any]]:
+def _load_extra(path: str, _stamp: tuple[int, int, int]) -> dict[str, dict[str, Any]]:
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
