@@ -119,7 +119,10 @@ def section(key: str, entry: dict[str, Any]) -> str:
     account = entry.get("account_id_field") or "none documented (reconnect cannot prove the account)"
     facts.append(f"Account id: `{account}`." if entry.get("account_id_field") else f"Account id: {account}.")
     hosts = ", ".join(f"`{h}`" for h in entry.get("api_hosts", []))
-    facts.append(f"API base: `{entry['api_base_url']}`" + (f" (also {hosts})." if hosts else "."))
+    if entry["api_base_url"]:
+        facts.append(f"API base: `{entry['api_base_url']}`" + (f" (also {hosts})." if hosts else "."))
+    else:
+        facts.append("API base: set by the operator (the provider fronts the operator's own API).")
     lines = [f"### {entry.get('display_name', key)} (`{key}`)", "", *_wrap(" ".join(facts)), ""]
     lines += ["```sh", upsert_example(key, entry), "```"]
     return "\n".join(lines)

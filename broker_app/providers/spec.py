@@ -208,8 +208,8 @@ _OFFLINE_RULES = ("always", "app_setting", "none")
 def _proxy_and_account_problems(key: str, entry: dict[str, Any], specs: dict[str, ParamSpec]) -> list[str]:
     problems = []
     base = entry.get("api_base_url")
-    if base is None or (not base and key != "oidc"):
-        problems.append(f"{key}: api_base_url is missing (the proxy's upstream)")
+    if base is None:  # "" says so explicitly: the operator's own API (a generic OIDC template)
+        problems.append(f'{key}: api_base_url is missing (the proxy\'s upstream; "" when the operator sets it)')
     elif base and not _METADATA_BASE.match(base):
         if not base.startswith("https://") or base.endswith("/"):
             problems.append(f"{key}: api_base_url must be an https URL without a trailing slash")

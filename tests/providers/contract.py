@@ -253,8 +253,8 @@ class ProviderContract:
         connection's metadata supplies on a host api_hosts allows."""
         spec, hooks = resolved
         base = spec.api_base_url
-        if self.key == "oidc":
-            assert base == ""
+        if not entry["api_base_url"]:  # the operator's own API (generic OIDC, Entra B2C)
+            assert base == "" and self.key in ("oidc", "entra_b2c")
             return
         if base.startswith("{metadata."):
             name = base[len("{metadata.") : base.index("}")]
