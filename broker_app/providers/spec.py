@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -20,9 +21,49 @@ class ProviderConfigError(Exception):
 
 
 @lru_cache(maxsize=1)
-def catalog() -> dict[str, dict[str, Any]]:
+def builtin_catalog() -> dict[str, dict[str, Any]]:
     with CATALOG_PATH.open("rb") as handle:
         return tomllib.load(handle)
+
+
+def catalog() -> dict[str, dict[str, Any]]:
+    """The built-in templates plus those imported with `manage.py provider import`."""
+    extra = extra_catalog()
+    return {**extra, **builtin_catalog()} if extra else builtin_catalog()
+
+
+# -- issue 22: templates imported by the operator (broker_app/providers/catalog_io.py) ------
+def extra_catalog_path() -> Path | None:
+    from django.conf import settings
+
+    configured = settings.PROVIDER_CATALOG_EXTRA
+    return Path(configured) if configured else None
+
+
+def extra_catalog() -> dict[str, dict[str, Any]]:
+    """Imported templates, re-read when the file changes (an import in another process is
+    seen without a restart). A built-in key always wins; an unreadable file is logged."""
+    path = extra_catalog_path()
+    if path is None:
+        return {}
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return {}
+    # An import replaces the file (a new inode), so a change is seen even within one tick.
+    return _load_extra(str(path), (stat.st_ino, stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=4)
+def _load_extra(path: str, _stamp: tuple[int, int, int]) -> dict[str, dict[str, Any]]:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        logging.getLogger(__name__).error("imported provider catalog unreadable: %s", type(exc).__name__)
+        return {}
+    builtin = builtin_catalog()
+    return {key: entry for key, entry in data.items() if isinstance(entry, dict) and key not in builtin}
 
 
 def entry_problems(key: str, entry: dict[str, Any]) -> list[str]:
@@ -75,11 +116,69 @@ def entry_problems(key: str, entry: dict[str, Any]) -> list[str]:
                 problems.append(f"{key}: params.{name} {label} {value!r} does not match its pattern")
         if not spec.example and spec.default is None:
             problems.append(f"{key}: params.{name} needs an example (agents see it)")
+    problems += _proxy_and_account_problems(key, entry, specs)
+    return problems
+
+
+# -- issue 22: api_base_url / api_hosts (the proxy), account_id_field (reconnect),
+# offline_access (how a refresh token is obtained) ---------------------------------------
+ACCOUNT_ID_SOURCES = ("id_token", "token", "userinfo", "callback", "param")
+_HOST_PATTERN = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$")
+_METADATA_BASE = re.compile(r"^\{metadata\.[A-Za-z_][A-Za-z0-9_]*\}(/[A-Za-z0-9._~/-]*)?$")
+_OFFLINE_RULES = ("always", "app_setting", "none")
+
+
+def _proxy_and_account_problems(key: str, entry: dict[str, Any], specs: dict[str, ParamSpec]) -> list[str]:
+    problems = []
+    base = entry.get("api_base_url")
+    if base is None:  # "" says so explicitly: the operator's own API (a generic OIDC template)
+        problems.append(f'{key}: api_base_url is missing (the proxy\'s upstream; "" when the operator sets it)')
+    elif base and not _METADATA_BASE.match(base):
+        if not base.startswith("https://") or base.endswith("/"):
+            problems.append(f"{key}: api_base_url must be an https URL without a trailing slash")
+        for placeholder in _PLACEHOLDER.findall(base):
+            if placeholder not in specs:
+                problems.append(f"{key}: api_base_url uses {{{placeholder}}} but no params.{placeholder} is declared")
+    elif base and not entry.get("api_hosts"):
+        problems.append(f"{key}: an api_base_url taken from metadata needs api_hosts to pin its host")
+    hosts = entry.get("api_hosts", [])
+    if not isinstance(hosts, list) or not all(isinstance(h, str) and _HOST_PATTERN.match(h) for h in hosts):
+        problems.append(f"{key}: api_hosts must be a list of host names (a leading '*.' allows subdomains)")
+    field_path = entry.get("account_id_field")
+    if field_path is None:
+        problems.append(f'{key}: account_id_field is missing ("" when the provider documents no stable id)')
+    elif field_path:
+        source, _, path = field_path.partition(".")
+        if source not in ACCOUNT_ID_SOURCES or not path:
+            problems.append(f"{key}: account_id_field must be id_token., token., userinfo., callback. or param.NAME")
+        elif source == "id_token" and not entry.get("oidc"):
+            problems.append(f"{key}: account_id_field reads the id_token, but the template is not OIDC")
+        elif source == "userinfo" and not entry.get("userinfo_url"):
+            problems.append(f"{key}: account_id_field reads userinfo, but there is no userinfo_url")
+        elif source == "callback" and path not in entry.get("callback_params", []):
+            problems.append(f"{key}: account_id_field reads callback.{path}, which callback_params lacks")
+        elif source == "param" and path not in specs:
+            problems.append(f"{key}: account_id_field reads param.{path}, which params lacks")
+    rule = entry.get("offline_access")
+    if rule is None:
+        problems.append(f"{key}: offline_access is missing (how a refresh token is obtained)")
+    elif rule.startswith("scope:"):
+        if rule[6:] not in entry.get("default_scopes", []):
+            problems.append(f"{key}: offline_access names scope {rule[6:]!r}, which default_scopes lacks")
+    elif rule.startswith("param:"):
+        name, _, value = rule[6:].partition("=")
+        if entry.get("authorize_params", {}).get(name) != value:
+            problems.append(f"{key}: offline_access names {rule[6:]!r}, which authorize_params lacks")
+    elif rule not in _OFFLINE_RULES:
+        problems.append(f"{key}: offline_access must be scope:NAME, param:NAME=VALUE, always, app_setting or none")
+    elif (rule == "none") == bool(entry.get("refresh", True)):
+        problems.append(f"{key}: offline_access = 'none' exactly when refresh = false")
     return problems
 
 
 def catalog_problems() -> list[str]:
-    return [problem for key, entry in catalog().items() for problem in entry_problems(key, entry)]
+    """Lint of the built-in catalog (imported templates are checked when imported)."""
+    return [problem for key, entry in builtin_catalog().items() for problem in entry_problems(key, entry)]
 
 
 def template(key: str) -> dict[str, Any]:
@@ -214,6 +313,15 @@ class ProviderSpec:
     scope_aliases: dict[str, str] = field(default_factory=dict)  # granted spelling -> requested spelling
     scope_strip_prefix: str = ""  # Entra may answer "https://graph.microsoft.com/User.Read"
     unreported_scopes: tuple[str, ...] = ()  # requested scopes the provider never echoes back in `scope`
+    # the proxy and reconnect (issue 22; every entry states them; lint: _proxy_and_account_problems)
+    # the proxy's upstream, template values filled; "{metadata.instance_url}" reads the connection
+    api_base_url: str = field(default="", metadata={"fill": True})
+    api_hosts: tuple[str, ...] = ()  # further hosts the proxy may reach ("*.my.salesforce.com")
+    # who the account is at the provider (reconnect): "id_token.CLAIM", "token.PATH",
+    # "userinfo.PATH", "callback.NAME" or "param.NAME"; "" when the provider documents no stable id
+    account_id_field: str = ""
+    # how a refresh token is obtained: "scope:NAME", "param:NAME=VALUE", "always", "app_setting", "none"
+    offline_access: str = ""
 
     def open_params(self) -> list[str]:
         """Parameters an agent may (or must) pass per connection: not operator-only, not fixed."""
@@ -238,7 +346,7 @@ class ProviderSpec:
                 value = getattr(row, spec_field.name)
             if value is _ABSENT:
                 continue
-            if spec_field.metadata.get("url") and value and url_values is not None:
+            if (spec_field.metadata.get("url") or spec_field.metadata.get("fill")) and value and url_values is not None:
                 value = fill(value, url_values, keep=spec_field.metadata.get("keep", ()))
             found[spec_field.name] = _coerce(spec_field, value)
         for name in QUIRK_PARAMS & set(values or {}):

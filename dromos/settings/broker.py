@@ -71,6 +71,9 @@ PROVIDER_HTTP_TIMEOUT = env_float("PROVIDER_HTTP_TIMEOUT", 10.0)
 ALLOW_HTTP_RETURN_HOSTS = env_list("ALLOW_HTTP_RETURN_HOSTS", ["localhost", "127.0.0.1"])
 # Provider endpoints over plain http are refused unless the host is listed (tests, demo).
 ALLOW_HTTP_PROVIDER_HOSTS = env_list("ALLOW_HTTP_PROVIDER_HOSTS", ["localhost", "127.0.0.1"] if DEBUG else [])
+# The file `manage.py provider import` writes operator templates to (merged into the catalog;
+# unset: import refuses). Put it on persistent storage shared by every broker process.
+PROVIDER_CATALOG_EXTRA = env_str("PROVIDER_CATALOG_EXTRA", "")
 ID_TOKEN_LEEWAY_SECONDS = env_int("ID_TOKEN_LEEWAY_SECONDS", 60)
 
 # Refresh
