@@ -27,6 +27,7 @@ from mcp.server.session import ServerSession
 from mcp.types import ElicitRequestURLParams
 
 from .._async import AsyncDromosClient
+from .._sync import DromosClient
 from ..errors import (
     APIError,
     ConnectionNotActiveError,
@@ -153,14 +154,29 @@ def raise_consent(exc: ConsentRequired, session: ServerSession | None) -> dict[s
 class Gate:
     """Consent and proxy plumbing shared by the tools and the decorator (one per process)."""
 
-    def __init__(self, config: GateConfig, client: AsyncDromosClient | None = None) -> None:
+    def __init__(
+        self,
+        config: GateConfig,
+        client: AsyncDromosClient | None = None,
+        sync_client: DromosClient | None = None,
+    ) -> None:
         self.config = config
+        self._sync_client = sync_client
         self.dromos = client or AsyncDromosClient(
             config.gateway_url, api_key=config.api_key, user_agent="dromos-mcp"
         )
         self._pending: dict[tuple[str, str], Pending] = {}
         self._denied: dict[tuple[str, str], str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def sync_dromos(self) -> DromosClient:
+        """The blocking client, for sync tools wrapped by @requires_connection."""
+        if self._sync_client is None:
+            self._sync_client = DromosClient(
+                self.config.gateway_url, api_key=self.config.api_key, user_agent="dromos-mcp"
+            )
+        return self._sync_client
 
     async def aclose(self) -> None:
         for task in list(self._tasks):

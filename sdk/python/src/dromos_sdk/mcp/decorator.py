@@ -110,16 +110,6 @@ def default_gate() -> Gate:
     return gate
 
 
-def _sync_client(gate: Gate) -> DromosClient:
-    key = f"sync:{id(gate)}"
-    if key not in _default:
-        _default[key] = DromosClient(
-            gate.config.gateway_url, api_key=gate.config.api_key, user_agent="dromos-mcp"
-        )
-    client: DromosClient = _default[key]
-    return client
-
-
 def requires_connection(
     provider: str,
     scopes: Sequence[str] | None = None,
@@ -165,8 +155,8 @@ def requires_connection(
             if is_async:
                 kwargs[param] = ConnectionHTTP(the_gate, connection.connection_id, provider)
                 return await fn(*args, **kwargs)
-            client = _sync_client(the_gate)
-            kwargs[param] = SyncConnectionHTTP(client, connection.connection_id, provider)
+            kwargs[param] = SyncConnectionHTTP(
+                the_gate.sync_dromos, connection.connection_id, provider)
             return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
         wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -76,15 +74,8 @@ def _connection_view(connection: Any) -> dict[str, Any]:
 def build_server(gate: Gate) -> MCPServer[Any]:
     """The MCP server with the five Dromos tools, bound to ``gate``."""
 
-    @asynccontextmanager
-    async def lifespan(_: MCPServer[Any]) -> AsyncIterator[None]:
-        try:
-            yield None
-        finally:
-            await gate.aclose()
-
     server: MCPServer[Any] = MCPServer(
-        "dromos", instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
+        "dromos", instructions=INSTRUCTIONS, log_level="WARNING"
     )
     user_id = gate.config.user_id
     read_only = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
