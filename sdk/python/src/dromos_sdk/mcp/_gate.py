@@ -339,7 +339,10 @@ def gateway_error_message(exc: DromosError) -> str:
             )
         return f"Forbidden: {exc.message} (the API key lacks a permission; ask the operator)."
     if isinstance(exc, NotFoundError):
-        return "Not found: the connection does not exist for this user (see list_connections)."
+        return (
+            "connection_id: connection not found for this user. Call list_connections to "
+            "see the user's connections, or pass provider instead."
+        )
     if isinstance(exc, ConnectionNotActiveError):
         return f"The connection is {exc.status or 'not active'}: call `connect` to reconnect."
     if isinstance(exc, RateLimitedError):
