@@ -30,7 +30,7 @@ def build(gate: Gate | None = None) -> MCPServer[Any]:
         response = await api.get(PROFILE_PATH)
         return {"status": response.status_code, "profile": response.json()}
 
-    @server.tool(description=f"Same as my_profile, written as a plain (blocking) function.")
+    @server.tool(description="Same as my_profile, written as a plain (blocking) function.")
     @requires_connection(PROVIDER, gate=gate)
     def my_profile_sync(api: SyncConnectionHTTP, field: str | None = None) -> dict[str, Any]:
         profile = api.get(PROFILE_PATH).json()

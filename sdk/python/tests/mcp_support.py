@@ -75,7 +75,8 @@ class FakeGateway:
                 and (not q.get("status") or c["status"] == q["status"])
             ]
             return httpx.Response(
-                200, json={"count": len(results), "next": None, "previous": None, "results": results}
+                200,
+                json={"count": len(results), "next": None, "previous": None, "results": results},
             )
         for prefix in ("/v1/check-connection/", "/v1/connections/"):
             if path.startswith(prefix):
@@ -116,7 +117,9 @@ class FakeGateway:
             return httpx.Response(200, text="x" * 200_000, headers=via)
         if api_path == "/binary":
             return httpx.Response(
-                200, content=b"\x89PNG\r\n" + bytes(5000), headers={**via, "content-type": "image/png"}
+                200,
+                content=b"\x89PNG\r\n" + bytes(5000),
+                headers={**via, "content-type": "image/png"},
             )
         if api_path == "/limited":
             return httpx.Response(429, json={}, headers={**via, "Retry-After": "30"})

@@ -15,15 +15,15 @@ import pytest
 
 pytest.importorskip("mcp")
 
-from mcp.shared.exceptions import MCPError  # noqa: E402
-from mcp.types import ElicitCompleteNotification  # noqa: E402
+from mcp.shared.exceptions import MCPError
+from mcp.types import ElicitCompleteNotification
 
-from dromos_sdk.mcp import Gate, GateConfig, build_server  # noqa: E402
+from dromos_sdk.mcp import Gate, GateConfig, build_server
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 
-from mcp_support import (  # noqa: E402
+from mcp_support import (
     BASE_URL,
     FakeGateway,
     fake_client,
@@ -63,14 +63,12 @@ async def session(gateway: FakeGateway) -> AsyncIterator[Any]:
 
 
 def completions(messages: list[Any]) -> list[str]:
-    return [
-        m.params.elicitation_id for m in messages if isinstance(m, ElicitCompleteNotification)
-    ]
+    return [m.params.elicitation_id for m in messages if isinstance(m, ElicitCompleteNotification)]
 
 
 async def wait_for(predicate: Callable[[], bool]) -> None:
     with anyio.fail_after(5):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 (polling a plain list)
             await anyio.sleep(0.01)
 
 
@@ -153,7 +151,9 @@ async def test_unknown_provider_is_a_tool_error_naming_the_field(session: Any) -
         ({"provider": "oidc", "method": "GET", "path": "/x", "query": {"a": 1}}, "query"),
     ],
 )
-async def test_schema_failures_name_the_field(session: Any, args: dict[str, Any], field: str) -> None:
+async def test_schema_failures_name_the_field(
+    session: Any, args: dict[str, Any], field: str
+) -> None:
     result = await call(session, "call_api", args)
     assert result.is_error
     assert f"\n{field}" in text(result)
@@ -272,7 +272,14 @@ async def test_disconnect(session: Any, gateway: FakeGateway) -> None:
 async def test_tool_descriptions_and_schemas_snapshot(session: Any) -> None:
     tools = (await session.client.list_tools()).tools
     current = {
-        t.name: {"description": t.description, "input_schema": t.input_schema} for t in tools
+        t.name: {
+            "description": t.description,
+            "input_schema": t.input_schema,
+            "annotations": t.annotations.model_dump(by_alias=True, exclude_none=True)
+            if t.annotations
+            else None,
+        }
+        for t in tools
     }
     if os.environ.get("UPDATE_SNAPSHOTS"):
         SNAPSHOT.parent.mkdir(exist_ok=True)
@@ -293,7 +300,7 @@ async def test_example_server_decorator(
     monkeypatch.setenv("DROMOS_EXAMPLE_PROVIDER", "oidc")
     monkeypatch.setenv("DROMOS_EXAMPLE_PROFILE_PATH", "/userinfo")
     sys.modules.pop("mcp_profile_server", None)
-    import mcp_profile_server
+    import mcp_profile_server  # type: ignore[import-not-found]
 
     async with mcp_session(mcp_profile_server.build(make_gate(gateway))) as s:
         schemas = {t.name: t.input_schema for t in (await s.client.list_tools()).tools}

@@ -41,7 +41,7 @@ from ..errors import (
     UnavailableError,
     UpstreamError,
 )
-from ..models import Connection
+from ..models import Connection, ConnectionPage
 
 logger = logging.getLogger("dromos_sdk.mcp")
 
@@ -196,7 +196,7 @@ class Gate:
     async def active_connection(
         self, user_id: str, provider: str, scopes: Sequence[str] = ()
     ) -> Connection | None:
-        page = await guarded(
+        page: ConnectionPage = await guarded(
             self.dromos.list_connections(user_id=user_id, provider_name=provider, status="active")
         )
         for connection in page.results:
@@ -208,10 +208,7 @@ class Gate:
     async def own_connection(self, user_id: str, connection_id: str) -> Connection:
         """The connection when it belongs to ``user_id``; another user's (or another
         workspace's) is reported exactly like an unknown one."""
-        try:
-            connection = await guarded(self.dromos.check_connection(connection_id))
-        except ToolError:
-            raise
+        connection: Connection = await guarded(self.dromos.check_connection(connection_id))
         if connection.user_id != user_id:
             raise ToolError(not_found_message(connection_id))
         return connection
@@ -428,7 +425,5 @@ def provider_failure(response: httpx.Response) -> str | None:
         wait = f"{after} s (Retry-After)" if after else "a while"
         return f"The provider rate limited this call (HTTP 429): wait {wait} before retrying."
     if status in (500, 502, 503, 504):
-        return (
-            f"The provider is failing (HTTP {status}): it is down or overloaded. Retry later."
-        )
+        return f"The provider is failing (HTTP {status}): it is down or overloaded. Retry later."
     return None

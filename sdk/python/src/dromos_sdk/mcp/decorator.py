@@ -156,7 +156,8 @@ def requires_connection(
                 kwargs[param] = ConnectionHTTP(the_gate, connection.connection_id, provider)
                 return await fn(*args, **kwargs)
             kwargs[param] = SyncConnectionHTTP(
-                the_gate.sync_dromos, connection.connection_id, provider)
+                the_gate.sync_dromos, connection.connection_id, provider
+            )
             return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
         wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]

@@ -45,7 +45,7 @@ Provider = Annotated[
     ),
 ]
 Scopes = Annotated[
-    list[Annotated[str, Field(min_length=1, max_length=256, pattern=r'^[!#-\[\]-~]+$')]] | None,
+    list[Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[!#-\[\]-~]+$")]] | None,
     Field(
         description="OAuth scopes to request, one per item; omit for the provider's defaults.",
         max_length=100,
@@ -54,7 +54,9 @@ Scopes = Annotated[
 ConnectionId = Annotated[
     str | None,
     Field(
-        description="A connection id from list_connections or connect (c_…). Give this or provider.",
+        description=(
+            "A connection id from list_connections or connect (c_…). Give this or provider."
+        ),
         max_length=100,
     ),
 ]
@@ -74,11 +76,9 @@ def _connection_view(connection: Any) -> dict[str, Any]:
 def build_server(gate: Gate) -> MCPServer[Any]:
     """The MCP server with the five Dromos tools, bound to ``gate``."""
 
-    server: MCPServer[Any] = MCPServer(
-        "dromos", instructions=INSTRUCTIONS, log_level="WARNING"
-    )
+    server: MCPServer[Any] = MCPServer("dromos", instructions=INSTRUCTIONS, log_level="WARNING")
     user_id = gate.config.user_id
-    read_only = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
+    read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 
     @server.tool(
         annotations=read_only,
@@ -140,7 +140,7 @@ def build_server(gate: Gate) -> MCPServer[Any]:
         return {"status": "connected", "connection": _connection_view(connection)}
 
     @server.tool(
-        annotations=ToolAnnotations(destructiveHint=False, openWorldHint=True),
+        annotations=ToolAnnotations(destructive_hint=False, open_world_hint=True),
         description=(
             "Call the provider's HTTP API for the user through Dromos: Dromos adds the user's "
             "credential, so no token is needed or ever shown. Give `provider` (the user's active "
@@ -177,18 +177,14 @@ def build_server(gate: Gate) -> MCPServer[Any]:
         query: Annotated[
             dict[str, str] | None, Field(description="Query string parameters.")
         ] = None,
-        body: Annotated[
-            Any, Field(description="JSON request body (for POST, PUT, PATCH).")
-        ] = None,
+        body: Annotated[Any, Field(description="JSON request body (for POST, PUT, PATCH).")] = None,
     ) -> dict[str, Any]:
         if (provider is None) == (connection_id is None):
             raise ToolError("provider, connection_id: give exactly one of them")
         if connection_id is not None:
             connection = await gate.own_connection(user_id, connection_id)
             provider_name = connection.provider_name
-            target: str | None = (
-                connection.connection_id if connection.status == "active" else None
-            )
+            target: str | None = connection.connection_id if connection.status == "active" else None
         else:
             provider_name, target = provider or "", None
         try:
@@ -217,15 +213,21 @@ def build_server(gate: Gate) -> MCPServer[Any]:
         return result
 
     @server.tool(
-        annotations=ToolAnnotations(destructiveHint=True, idempotentHint=True),
+        annotations=ToolAnnotations(destructive_hint=True, idempotent_hint=True),
         description=(
             "Disconnect one of the user's connections: Dromos revokes it at the provider where "
             "possible and deletes its tokens. Only do this when the user asks."
         ),
     )
-    async def disconnect(connection_id: Annotated[str, Field(
-        description="The connection id to disconnect (see list_connections).", max_length=100
-    )]) -> dict[str, Any]:
+    async def disconnect(
+        connection_id: Annotated[
+            str,
+            Field(
+                description="The connection id to disconnect (see list_connections).",
+                max_length=100,
+            ),
+        ],
+    ) -> dict[str, Any]:
         await gate.own_connection(user_id, connection_id)
         connection = await guarded(gate.dromos.delete_connection(connection_id))
         return {"status": "disconnected", "connection": _connection_view(connection)}
