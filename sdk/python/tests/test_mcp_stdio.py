@@ -19,13 +19,13 @@ import pytest
 
 pytest.importorskip("mcp")
 
-from mcp.client import Client  # noqa: E402
-from mcp.client.stdio import StdioServerParameters, stdio_client  # noqa: E402
-from mcp.shared.exceptions import MCPError  # noqa: E402
-from mcp.types import ElicitCompleteNotification, ElicitResult  # noqa: E402
+from mcp.client import Client
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPError
+from mcp.types import ElicitCompleteNotification, ElicitResult
 
 sys.path.insert(0, str(Path(__file__).parent))
-from mcp_support import SECRET_TOKEN, FakeGateway  # noqa: E402
+from mcp_support import SECRET_TOKEN, FakeGateway
 
 
 @pytest.fixture
@@ -113,3 +113,71 @@ async def test_stdio_session_elicits_completes_and_answers(
     assert result.structured_content["body"] == {"sub": "alice"}
     transcript = json.dumps([repr(m) for m in received]) + repr(raised.value.data)
     assert SECRET_TOKEN not in transcript
+
+
+@pytest.mark.anyio
+async def test_streamable_http_session(served: tuple[FakeGateway, str]) -> None:
+    import socket
+    import subprocess
+
+    from mcp.client.streamable_http import streamable_http_client
+
+    gateway, url = served
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = shutil.which("dromos-mcp", path=str(Path(sys.executable).parent))
+    assert command
+    process = subprocess.Popen(  # noqa: ASYNC220 (a server for the whole test)
+        [
+            command,
+            "--transport",
+            "http",
+            "--port",
+            str(port),
+            "--user-id",
+            "alice",
+            "--poll-interval",
+            "0.1",
+        ],
+        env={"DROMOS_GATEWAY_URL": url, "DROMOS_API_KEY": "dk_test", "PATH": "/usr/bin"},
+        stderr=subprocess.DEVNULL,
+    )
+    received: list[Any] = []
+
+    async def on_message(message: Any) -> None:
+        received.append(message)
+
+    async def on_elicit(context: Any, params: Any) -> ElicitResult:
+        return ElicitResult(action="accept")
+
+    args = {"provider": "oidc", "method": "GET", "path": "/userinfo"}
+    try:
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=1)  # noqa: ASYNC210
+                    break
+                except httpx.TransportError:
+                    await anyio.sleep(0.1)
+        async with Client(
+            streamable_http_client(f"http://127.0.0.1:{port}/mcp"),
+            mode="legacy",
+            message_handler=on_message,
+            elicitation_callback=on_elicit,
+        ) as client:
+            with pytest.raises(MCPError) as raised:
+                await client.call_tool("call_api", args)
+            assert raised.value.code == -32042
+            elicitation_id = raised.value.data["elicitations"][0]["elicitationId"]
+            gateway.consent(next(iter(gateway.connections)))
+            with anyio.fail_after(10):
+                while not [m for m in received if isinstance(m, ElicitCompleteNotification)]:  # noqa: ASYNC110
+                    await anyio.sleep(0.05)
+            (done,) = [m for m in received if isinstance(m, ElicitCompleteNotification)]
+            assert done.params.elicitation_id == elicitation_id
+            result = await client.call_tool("call_api", args)
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert result.structured_content["body"] == {"sub": "alice"}
