@@ -23,6 +23,7 @@ from broker_app.services.refresh import token_refresh
 from broker_app.services.revocation import connection_revoke
 from dromos.errors import InvalidRequest
 from dromos.renderers import JSONOnlyNegotiation
+from dromos.tags import TagError, parse_tag_filter
 from dromos.validators import validate_scope_token
 
 
@@ -108,11 +109,16 @@ class ConnectionStartApi(APIView):
         provider_name = request.query_params.get("provider_name") or None
         if "\x00" in (user_id or "") + (provider_name or ""):  # PostgreSQL text cannot hold NUL
             raise InvalidRequest("user_id and provider_name must not contain NUL characters")
+        try:
+            tags = [parse_tag_filter(raw) for raw in request.query_params.getlist("tag")[:20]]
+        except TagError as exc:
+            raise InvalidRequest(f"tag: {exc}") from None
         queryset = selectors.connection_list(
             workspace=workspace,
             user_id=user_id,
             provider_name=provider_name,
             status=status,
+            tags=tags,
         )
         paginator = Paginator(queryset, page_size)
         try:

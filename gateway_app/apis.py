@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 
 from dromos.errors import InvalidRequest
 from dromos.renderers import JSONOnlyNegotiation
+from dromos.tags import TagError, parse_tag_filter
 from dromos.validators import validate_scope_token
 from gateway_app import schema as _schema  # noqa: F401  (registers the API-key security scheme)
 from gateway_app.authentication import ApiKeyAuthentication, ApiKeyThrottle, HasScope
@@ -80,6 +81,8 @@ class ConnectionSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
     activated_at = serializers.DateTimeField(allow_null=True)
     last_refreshed_at = serializers.DateTimeField(allow_null=True)
+    tags = serializers.DictField(child=serializers.CharField(), required=False)
+    connect_session_id = serializers.CharField(allow_null=True, required=False)
 
 
 class ParamFormatSerializer(serializers.Serializer):
@@ -119,9 +122,21 @@ class ConnectionListQuerySerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=CONNECTION_STATUSES, required=False, allow_blank=True)
     page = serializers.IntegerField(required=False, min_value=1, help_text="Default 1")
     page_size = serializers.IntegerField(required=False, min_value=1, max_value=200, help_text="Default 50")
+    tag = serializers.ListField(
+        child=serializers.CharField(max_length=330),
+        required=False,
+        max_length=20,
+        help_text="key:value, repeatable (all must match); a connection carries its connect session's tags",
+    )
+
+    def validate_tag(self, value):
+        try:
+            return [":".join(parse_tag_filter(raw)) for raw in value]
+        except TagError as exc:
+            raise serializers.ValidationError(str(exc)) from None
 
 
-def _query(serializer_class: type[serializers.Serializer], request) -> dict[str, str]:
+def _query(serializer_class: type[serializers.Serializer], request) -> dict[str, str | list[str]]:
     """Validated query parameters as the broker reads them (blank ones dropped): bad values
     are answered 400 here, before any broker call."""
     serializer = serializer_class(data=request.query_params)
@@ -129,6 +144,9 @@ def _query(serializer_class: type[serializers.Serializer], request) -> dict[str,
     params = {}
     for name, value in serializer.validated_data.items():
         if name not in request.query_params or value in ("", None):
+            continue
+        if isinstance(value, list):  # a repeatable parameter (tag=…&tag=…)
+            params[name] = value
             continue
         params[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
     return params
@@ -335,7 +353,7 @@ class ConnectionListApi(GatewayApi):
             body[link] = (
                 None
                 if page is None
-                else request.build_absolute_uri(f"{request.path}?{urlencode({**params, 'page': page})}")
+                else request.build_absolute_uri(f"{request.path}?{urlencode({**params, 'page': page}, doseq=True)}")
             )
         return HttpResponse(orjson.dumps(body), content_type="application/json")
 

@@ -165,5 +165,7 @@ def resolve(provider, params: dict[str, Any] | None = None) -> tuple[ProviderSpe
         callback_params=tuple(entry.get("callback_params", ())),
         scope_aliases=dict(entry.get("scope_aliases", {})),
         scope_strip_prefix=entry.get("scope_strip_prefix", ""),
+        account_id_field=entry.get("account_id_field", "sub"),
+        reconnect_authorize_params=dict(entry.get("reconnect_authorize_params", {})),
     )
     return spec, HOOKS[spec.hook]

@@ -72,6 +72,8 @@ CATALOG_KEYS = frozenset(
         "hook",
         "id_token_algs",
         "params",
+        "account_id_field",
+        "reconnect_authorize_params",
     }
 )
 URL_KEYS = (
@@ -246,6 +248,10 @@ class ProviderSpec:
     callback_params: tuple[str, ...] = ()  # callback query parameters kept as metadata (realmId)
     scope_aliases: dict[str, str] = field(default_factory=dict)  # granted spelling -> requested spelling
     scope_strip_prefix: str = ""  # Entra may answer "https://graph.microsoft.com/User.Read"
+    # Reconnect in place (issue 16): the account key (hooks' account / account_fields) that
+    # names the same person at the provider across grants; for OIDC providers `iss` must match too.
+    account_id_field: str = "sub"
+    reconnect_authorize_params: dict[str, str] = field(default_factory=dict)  # Google: include_granted_scopes
 
 
 def validate_params(entry: dict[str, Any], values: dict[str, Any], *, operator: bool = False) -> dict[str, str]:
