@@ -55,7 +55,9 @@ def _answer(request, context: dict, *, status: int = 200, brand: Brand | None = 
     response["Content-Security-Policy"] = (
         f"default-src 'none'; style-src 'self'{style}; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'"
     )
-    response["Referrer-Policy"] = "no-referrer"
+    # same-origin, not no-referrer: with no-referrer browsers send `Origin: null` on the form's
+    # POST, which Django's CSRF check refuses; other sites (the provider) still get nothing.
+    response["Referrer-Policy"] = "same-origin"
     response["X-Robots-Tag"] = "noindex"
     # django.request would log 4xx answers with the path, which holds the token.
     response._has_been_logged = True
