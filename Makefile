@@ -1,12 +1,17 @@
 # The two commands a newcomer needs:
 #   make run    — the whole system on one machine (SQLite, no external services) with a guided demo
 #   make test   — every test (installs what it needs first)
+# `make` alone lists every target (`make help`).
 PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 NODE_STAMP := devtools/oidc-provider/node_modules/.installed
 
-.PHONY: run test setup lint fmt bench clean
+.DEFAULT_GOAL := help
+.PHONY: help run test test-fast setup lint fmt screenshots bench clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -18,19 +23,31 @@ $(NODE_STAMP): devtools/oidc-provider/package-lock.json
 	npm ci --prefix devtools/oidc-provider --no-audit --no-fund --loglevel=error
 	touch $@
 
-setup: $(VENV)/.installed $(NODE_STAMP)
+setup: $(VENV)/.installed $(NODE_STAMP) ## install the venv (requirements-dev.txt) and the local OIDC provider (npm)
 
-run: setup
+run: setup ## the whole system here (SQLite, no services) + a guided demo; prints the admin login
 	$(VPY) devtools/stack.py up --embedded --demo
 
-test: setup
+test: setup ## every test: lint, format, scanners, the Django suite, both SDKs, live SDK flows (CI)
 	bash scripts/test.sh
 
-lint: setup
-	$(VPY) -m ruff check .
+test-fast: setup ## the Django suite without real-process and browser tests (PostgreSQL + Redis)
+	bash scripts/ensure-services.sh
+	$(VPY) -m pytest -q -p no:randomly -n 2 -m "not live and not browser"
 
-bench: setup
+lint: setup ## ruff check and ruff format --check
+	$(VPY) -m ruff check .
+	$(VPY) -m ruff format --check .
+
+fmt: setup ## ruff format the tree, and fix what ruff check can fix
+	$(VPY) -m ruff format .
+	$(VPY) -m ruff check --fix .
+
+screenshots: setup ## regenerate docs/img/*.png from a seeded local stack (headless Chromium)
+	$(VPY) devtools/screenshots.py
+
+bench: setup ## token-path benchmark (docs/benchmarks.md)
 	$(VPY) bench/token_bench.py
 
-clean:
+clean: ## remove var/ and artifacts/
 	rm -rf var artifacts

@@ -496,7 +496,7 @@ def main() -> int:
             "shell",
             "--no-imports",
             "-c",
-            "from gateway_app.services import apikey_create\n"
+            "from gateway_app.keys import apikey_create\n"
             f"for i in range({args.keys}):\n"
             f"    print(apikey_create(workspace='{WORKSPACE}', name=f'bench-{{i}}', "
             "scopes=['tokens:read'])[1])",

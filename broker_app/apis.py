@@ -9,22 +9,20 @@ from __future__ import annotations
 import ipaddress
 
 from django.core.paginator import EmptyPage, Paginator
-from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from broker_app import selectors
 from broker_app.audit import Actor
-from broker_app.models import Connection
 from broker_app.presenters import connection_as_dict, provider_as_dict
 from broker_app.services.connect import connection_start
 from broker_app.services.reads import token_read
 from broker_app.services.refresh import token_refresh
 from broker_app.services.revocation import connection_revoke
+from dromos import wire
 from dromos.errors import InvalidRequest
+from dromos.http import no_store
 from dromos.renderers import JSONOnlyNegotiation
-from dromos.tags import TagError, parse_tag_filter
-from dromos.validators import validate_scope_token
 
 
 def _actor(request) -> Actor:
@@ -50,27 +48,12 @@ def _required_workspace(request) -> str:
 
 
 def _token_response(view) -> Response:
-    response = Response(view.as_dict())
-    response["Cache-Control"] = "no-store"
-    response["Pragma"] = "no-cache"
-    return response
+    return no_store(Response(view.as_dict()))
 
 
 class ConnectionStartApi(APIView):
-    class InputSerializer(serializers.Serializer):
-        user_id = serializers.CharField(max_length=255)
-        provider_name = serializers.CharField(max_length=64)
-        scopes = serializers.ListField(
-            child=serializers.CharField(max_length=256, validators=[validate_scope_token]),
-            required=False,
-            allow_empty=True,
-            max_length=100,
-        )
-        return_url = serializers.CharField(max_length=2048, trim_whitespace=False)
-        params = serializers.DictField(child=serializers.CharField(max_length=256), required=False, allow_empty=True)
-
     def post(self, request):
-        serializer = self.InputSerializer(data=request.data)
+        serializer = wire.RequestConnectionInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         result = connection_start(
@@ -89,36 +72,19 @@ class ConnectionStartApi(APIView):
             "provider_id": str(result.connection.provider_id),
             "connection_id": result.connection.id,
         }
-        response = Response(body, status=201)
-        response["Cache-Control"] = "no-store"
-        return response
+        return no_store(Response(body, status=201))
 
     def get(self, request):
         workspace = _required_workspace(request)
-        status = request.query_params.get("status") or None
-        if status and status not in Connection.Status.values:
-            raise InvalidRequest(f"status must be one of {', '.join(Connection.Status.values)}")
-        try:
-            page_number = int(request.query_params.get("page", "1"))
-            page_size = min(200, max(1, int(request.query_params.get("page_size", "50"))))
-        except ValueError:
-            raise InvalidRequest("page and page_size must be integers") from None
-        if page_number < 1:
-            raise InvalidRequest("page must be 1 or more")
-        user_id = request.query_params.get("user_id") or None
-        provider_name = request.query_params.get("provider_name") or None
-        if "\x00" in (user_id or "") + (provider_name or ""):  # PostgreSQL text cannot hold NUL
-            raise InvalidRequest("user_id and provider_name must not contain NUL characters")
-        try:
-            tags = [parse_tag_filter(raw) for raw in request.query_params.getlist("tag")[:20]]
-        except TagError as exc:
-            raise InvalidRequest(f"tag: {exc}") from None
+        query = wire.parse_query(wire.ConnectionListQuerySerializer, request.query_params)
+        page_number = query.get("page", 1)
+        page_size = query.get("page_size", wire.PAGE_SIZE_DEFAULT)
         queryset = selectors.connection_list(
             workspace=workspace,
-            user_id=user_id,
-            provider_name=provider_name,
-            status=status,
-            tags=tags,
+            user_id=query.get("user_id"),
+            provider_name=query.get("provider_name"),
+            status=query.get("status"),
+            tags=wire.tag_pairs(query.get("tag", [])),
         )
         paginator = Paginator(queryset, page_size)
         try:
@@ -155,21 +121,14 @@ class TokenReadApi(APIView):
     content_negotiation_class = JSONOnlyNegotiation  # the hot path (issue 7)
 
     def get(self, request, connection_id: str):
-        auto_refresh = request.query_params.get("auto_refresh", "false").lower()
-        if auto_refresh not in ("true", "false", "1", "0"):
-            raise InvalidRequest("auto_refresh must be true or false")
-        try:
-            min_ttl = int(request.query_params.get("min_ttl", "60"))
-        except ValueError:
-            raise InvalidRequest("min_ttl must be an integer number of seconds") from None
-        if not 0 <= min_ttl <= 86400:
-            raise InvalidRequest("min_ttl must be between 0 and 86400")
+        # The hot path: the gateway sends no query string unless the agent did (issue 7).
+        query = wire.parse_query(wire.TokenQuerySerializer, request.query_params) if request.query_params else {}
         view = token_read(
             connection_id=connection_id,
             workspace=_required_workspace(request),
             actor=_actor(request),
-            auto_refresh=auto_refresh in ("true", "1"),
-            min_ttl=min_ttl,
+            auto_refresh=query.get("auto_refresh", False),
+            min_ttl=query.get("min_ttl", wire.MIN_TTL_DEFAULT),
         )
         return _token_response(view)
 

@@ -1,5 +1,4 @@
 from django.apps import AppConfig
-from django.core import checks
 
 
 class BrokerAppConfig(AppConfig):
@@ -8,16 +7,10 @@ class BrokerAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from broker_app import checks as broker_checks
+        import dromos.celery  # noqa: F401  (the app the broker's shared tasks are sent with)
+        from broker_app import checks
 
-        checks.register(broker_checks.check_encryption_keys, checks.Tags.security)
-        checks.register(broker_checks.check_provider_secrets, checks.Tags.database)
-        checks.register(broker_checks.check_keys_match_data, checks.Tags.database)
-        checks.register(broker_checks.check_allowed_cidrs, checks.Tags.security)
-        checks.register(broker_checks.check_return_url_policy, checks.Tags.security)
-        from broker_app import deploy_checks
-
-        deploy_checks.register()  # tag "dromos": only `check --deploy` / `check --tag dromos`
+        checks.register()
         # Register the Celery tasks in every broker process (web processes queue them by name:
         # broker_app/queue.py), not only in workers, which import them by autodiscovery.
         import broker_app.tasks  # noqa: F401
@@ -25,6 +18,5 @@ class BrokerAppConfig(AppConfig):
         from broker_app.oauth import oidc
 
         oidc.use_store(DatabaseDocumentStore())
-
         # Refuse to start with an unusable key ring: never serve garbage.
-        broker_checks.assert_keys_usable()
+        checks.assert_keys_usable()

@@ -1,4 +1,4 @@
-"""System checks and start-up guards of the broker.
+"""System checks and start-up guards of the broker (the shared ones: dromos/checks.py).
 
 - A missing or malformed key ring is fatal at import (settings) or app ready: the broker
   never serves with keys it cannot use.
@@ -7,12 +7,18 @@
   request, by `assert_keys_match_data()` which `dromos/wsgi.py` runs when gunicorn loads
   the broker.
 - A malformed BROKER_ALLOWED_CIDRS is a critical error, not a 500 at the first request.
+- Deployment checks (tag "dromos", run by `manage.py check --deploy` or `manage.py check
+  --tag dromos`): the development key, and every enabled provider's client secret and
+  endpoints. They read the database and may call providers' discovery URLs, so they never
+  run on plain `check`, `migrate` or tests.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core import checks
@@ -20,6 +26,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
 
 from broker_app import crypto
+from dromos.checks import CHECK_TAG
+from dromos.env import DEV_SECRETS
 
 logger = logging.getLogger(__name__)
 
@@ -146,3 +154,97 @@ def check_provider_secrets(app_configs, databases=None, **kwargs):
                 )
             )
     return problems
+
+
+# -- deployment checks (tag "dromos"; only with --deploy or --tag dromos) --------------------------
+
+
+def check_token_keys(app_configs, **kwargs):
+    raw = [item.strip() for item in settings.TOKEN_ENCRYPTION_KEYS.split(",") if item.strip()]
+    if DEV_SECRETS["TOKEN_ENCRYPTION_KEYS"] in raw:
+        return [
+            checks.Error(
+                "TOKEN_ENCRYPTION_KEYS holds the development key",
+                hint="generate one with python -c "
+                "'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'",
+                id="dromos.E111",
+            )
+        ]
+    return []
+
+
+def _host_resolves(url: str) -> bool:
+    host = urlsplit(url).hostname
+    if not host:
+        return False
+    try:
+        socket.getaddrinfo(host, None)
+        return True
+    except OSError:
+        return False
+
+
+def provider_problems(provider) -> list[str]:
+    """What keeps one provider from working, in words an operator can act on."""
+    from broker_app.providers.registry import client_secret, resolve
+    from broker_app.providers.spec import ProviderConfigError, catalog, param_specs
+
+    problems = []
+    if not provider.client_id:
+        problems.append("no client id (provider upsert --client-id)")
+    try:
+        if not client_secret(provider) and catalog().get(provider.template, {}).get("token_auth") != "none":
+            problems.append("no client secret (provider upsert --client-secret)")
+    except crypto.DecryptionError:
+        # Nothing else can be checked without the secret (resolving needs it).
+        return [*problems, "client secret does not decrypt with TOKEN_ENCRYPTION_KEYS"]
+    entry = catalog().get(provider.template)
+    if entry is None:
+        return [*problems, f"unknown catalog template {provider.template!r}"]
+    unset = [
+        name
+        for name, param in param_specs(entry).items()
+        if param.default is None and name not in (provider.settings or {})
+    ]
+    if unset:
+        return problems  # endpoints depend on per-connection parameters (e.g. a tenant)
+    try:
+        spec, _hooks = resolve(provider)
+    except ProviderConfigError as exc:
+        return [*problems, f"endpoints do not resolve: {exc}"]
+    for name in ("authorize_url", "token_url"):
+        url = getattr(spec, name, "")
+        if url and not _host_resolves(url):
+            problems.append(f"{name} host {urlsplit(url).hostname} does not resolve")
+    return problems
+
+
+def check_providers(app_configs, **kwargs):
+    from broker_app.models import Provider
+
+    try:
+        providers = list(Provider.objects.filter(enabled=True))
+    except DatabaseError as exc:
+        return [
+            checks.Error(f"cannot read providers: {type(exc).__name__}", hint="run manage.py migrate", id="dromos.E112")
+        ]
+    if not providers:
+        return [
+            checks.Warning("no provider is configured", hint="manage.py provider upsert --name …", id="dromos.W111")
+        ]
+    return [
+        checks.Error(f"provider {provider.name}: {problem}", id="dromos.E113")
+        for provider in providers
+        for problem in provider_problems(provider)
+    ]
+
+
+def register() -> None:
+    """Register the broker's checks (from BrokerAppConfig.ready)."""
+    checks.register(check_encryption_keys, checks.Tags.security)
+    checks.register(check_provider_secrets, checks.Tags.database)
+    checks.register(check_keys_match_data, checks.Tags.database)
+    checks.register(check_allowed_cidrs, checks.Tags.security)
+    checks.register(check_return_url_policy, checks.Tags.security)
+    checks.register(check_token_keys, CHECK_TAG, deploy=True)
+    checks.register(check_providers, CHECK_TAG, deploy=True)

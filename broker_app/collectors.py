@@ -41,7 +41,7 @@ class ConnectionStatusCollector:
         return []
 
     def collect(self):
-        ttl = getattr(settings, "METRICS_CONNECTIONS_CACHE_SECONDS", 15)
+        ttl = settings.METRICS_CONNECTIONS_CACHE_SECONDS
         counts = _cache_call(cache.get, CACHE_KEY) if ttl else None
         if counts is None:
             try:

@@ -132,6 +132,16 @@ def keyring() -> KeyRing:
     return _ring_for(settings.TOKEN_ENCRYPTION_KEYS)
 
 
+def client_secret_aad(provider_id: object) -> str:
+    """Associated data binding a provider's client secret to its row."""
+    return f"provider:{provider_id}:client_secret"
+
+
+def webhook_secret_aad(endpoint_id: object) -> str:
+    """Associated data binding a webhook endpoint's signing secret to its row."""
+    return f"webhook:{endpoint_id}:secret"
+
+
 def encrypt(plaintext: str | None, *, aad: str) -> str:
     if not plaintext:
         return ""

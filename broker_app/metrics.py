@@ -3,7 +3,8 @@
 Refresh outcomes happen mostly in Celery workers, which serve no HTTP. So that the broker's
 /metrics shows them, `REFRESH_OUTCOMES` keeps its counts in one Redis hash shared by every
 broker process and worker (on any machine); without Redis (the embedded default) or while
-Redis is unreachable it counts in the process."""
+Redis is unreachable it counts in the process (after a failed call it leaves Redis alone for a
+moment: dromos.redis)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from collections import Counter as _Tally
 
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily
+
+from dromos import redis as shared_redis
 
 logger = logging.getLogger(__name__)
 
@@ -40,33 +43,19 @@ class SharedCounter:
         self.name, self.documentation, self.labelnames, self.redis_key = name, documentation, labelnames, redis_key
         self._local: _Tally[tuple[str, ...]] = _Tally()
         self._lock = threading.Lock()
-        self._client = None
-        self._client_url: str | None = None
-
-    def _redis(self):
-        from django.conf import settings
-
-        url = getattr(settings, "REDIS_URL", None)
-        if not url:
-            return None
-        if self._client is None or self._client_url != url:
-            import redis
-
-            self._client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-            self._client_url = url
-        return self._client
 
     def labels(self, **labels: str) -> _Child:
         return _Child(self, tuple(str(labels[name]) for name in self.labelnames))
 
     def inc(self, values: tuple[str, ...], amount: int = 1) -> None:
-        try:
-            client = self._redis()
-            if client is not None:
+        client = shared_redis.client()
+        if client is not None and not shared_redis.resting():
+            try:
                 client.hincrby(self.redis_key, "|".join(values), amount)
                 return
-        except Exception:  # a metrics store outage must never fail a refresh
-            logger.warning("metrics store unreachable; counting in process", extra={"metric": self.name})
+            except Exception:  # a metrics store outage must never fail a refresh
+                shared_redis.trip()
+                logger.warning("metrics store unreachable; counting in process", extra={"metric": self.name})
         with self._lock:
             self._local[values] += amount
 
@@ -75,7 +64,7 @@ class SharedCounter:
         with self._lock:
             counts: dict[tuple[str, ...], float] = dict(self._local)
         try:
-            client = self._redis()
+            client = shared_redis.client()
             stored = client.hgetall(self.redis_key) if client is not None else {}
         except Exception:
             stored = {}

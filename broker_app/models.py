@@ -8,6 +8,8 @@ import uuid
 from django.db import models
 from django.db.models import Q
 
+from dromos import wire
+
 
 def new_connection_id() -> str:
     # 192 bits of randomness, url-safe, never sequential.
@@ -50,11 +52,11 @@ class Provider(models.Model):
 
 
 class Connection(models.Model):
-    class Status(models.TextChoices):
-        PENDING = "pending"
-        ACTIVE = "active"
-        FAILED = "failed"
-        REVOKED = "revoked"
+    class Status(models.TextChoices):  # the values are the wire contract's (dromos.wire)
+        PENDING = wire.PENDING
+        ACTIVE = wire.ACTIVE
+        FAILED = wire.FAILED
+        REVOKED = wire.REVOKED
 
     id = models.CharField(primary_key=True, max_length=64, default=new_connection_id, editable=False)
     workspace = models.CharField(max_length=128)

@@ -8,7 +8,8 @@ from typing import Any
 from django.utils import timezone
 
 from broker_app.models import Connection, Provider
-from broker_app.providers.spec import open_params, param_specs, template
+from broker_app.providers.registry import described
+from broker_app.providers.spec import ProviderSpec
 
 # How long before a refresh token's end check-connection starts saying so: two weeks
 # leaves time to ask the user to reconnect.
@@ -16,13 +17,13 @@ REFRESH_EXPIRY_WARNING = timedelta(days=14)
 ACCOUNT_KEYS = ("sub", "email", "name", "tid", "team_id")
 
 
-def _scope_gap(connection: Connection, entry: dict[str, Any]) -> list[str]:
+def _scope_gap(connection: Connection, spec: ProviderSpec) -> list[str]:
     """Requested scopes the provider did not grant. Compared case-insensitively (Entra
     answers `user.read` for `User.Read`), ignoring scopes the provider never echoes back."""
     granted = {scope.casefold() for scope in connection.granted_scopes or []}
     if not granted:
         return []
-    unreported = {scope.casefold() for scope in entry.get("unreported_scopes", [])}
+    unreported = {scope.casefold() for scope in spec.unreported_scopes}
     return sorted(
         scope for scope in connection.scopes if scope.casefold() not in granted and scope.casefold() not in unreported
     )
@@ -47,8 +48,7 @@ def connection_warnings(connection: Connection, *, missing_scopes: list[str]) ->
 
 
 def connection_as_dict(connection: Connection) -> dict[str, Any]:
-    entry = template(connection.provider.template)
-    missing = _scope_gap(connection, entry)
+    missing = _scope_gap(connection, described(connection.provider))
     account = {k: v for k, v in (connection.account or {}).items() if k in ACCOUNT_KEYS}
     return {
         "connection_id": connection.id,
@@ -76,38 +76,37 @@ def connection_as_dict(connection: Connection) -> dict[str, Any]:
     }
 
 
-def _supports_revocation(provider: Provider, entry: dict[str, Any]) -> bool | None:
-    if provider.revocation_url or entry.get("revocation_url"):
+def _supports_revocation(spec: ProviderSpec) -> bool | None:
+    if spec.revocation_url:
         return True
-    if entry.get("oidc") and (provider.discovery_url or entry.get("discovery_url")):
+    if spec.oidc and spec.discovery_url:
         return None  # the discovery document decides
     return False
 
 
 def provider_as_dict(provider: Provider) -> dict[str, Any]:
-    entry = template(provider.template)
-    specs = param_specs(entry)
-    open_names = open_params(entry, provider.settings or {})
+    spec = described(provider)
+    open_names = spec.open_params()
     return {
-        "name": provider.name,
-        "display_name": provider.display_name or entry.get("display_name", provider.name),
-        "provider_id": str(provider.pk),
-        "template": provider.template,
-        "default_scopes": provider.default_scopes or entry.get("default_scopes", []),
-        "supports_refresh": bool(entry.get("refresh", True)),
-        "supports_pkce": entry.get("pkce", "S256") != "none",
-        "oidc": bool(entry.get("oidc", False)),
-        "docs_url": entry.get("docs_url", ""),
+        "name": spec.name,
+        "display_name": spec.display_name,
+        "provider_id": spec.provider_id,
+        "template": spec.key,
+        "default_scopes": list(spec.default_scopes),
+        "supports_refresh": spec.refresh,
+        "supports_pkce": spec.pkce != "none",
+        "oidc": spec.oidc,
+        "docs_url": spec.docs_url,
         "params": open_names,
-        "scopes_url": entry.get("scopes_url", ""),
-        "supports_revocation": _supports_revocation(provider, entry),
-        "refresh_token_rotation": bool(entry.get("refresh_token_rotation", False)),
-        "refresh_token_lifetime_days": entry.get("refresh_token_lifetime_days"),
+        "scopes_url": spec.scopes_url,
+        "supports_revocation": _supports_revocation(spec),
+        "refresh_token_rotation": spec.refresh_token_rotation,
+        "refresh_token_lifetime_days": spec.refresh_token_lifetime_days,
         "param_formats": {
             name: {
-                "pattern": specs[name].pattern,
-                "example": specs[name].example,
-                "required": specs[name].default is None,
+                "pattern": spec.params[name].pattern,
+                "example": spec.params[name].example,
+                "required": spec.params[name].default is None,
             }
             for name in open_names
         },

@@ -87,6 +87,15 @@ def _token_query(scoped: bool) -> tuple[str, tuple]:
     return sql, fields
 
 
+def _backend_converters(fields: tuple) -> list[tuple]:
+    """(column, the database backend's converters) per field, as the ORM would apply them: on
+    SQLite a datetime column comes back naive (or as text) without them."""
+    if db_connection.vendor == "postgresql":  # psycopg returns Python values already: the hot path stays as is
+        return [(None, ())] * len(fields)
+    table = Connection._meta.db_table
+    return [(column, db_connection.ops.get_db_converters(column)) for column in (f.get_col(table) for f in fields)]
+
+
 def connection_for_token(*, connection_id: str, workspace: str | None) -> Connection:
     """Only the columns the token path needs (the provider's name included), in one query.
     The other columns are deferred: reading one loads it."""
@@ -94,10 +103,11 @@ def connection_for_token(*, connection_id: str, workspace: str | None) -> Connec
     row = execute_fixed(sql, [connection_id] if workspace is None else [connection_id, workspace], fetch=True)
     if row is None:
         raise NotFound("connection not found")
-    values = [
-        field.from_db_value(value, None, db_connection) if hasattr(field, "from_db_value") else value
-        for field, value in zip(fields, row, strict=False)
-    ]
+    values = []
+    for field, value, (column, converters) in zip(fields, row, _backend_converters(fields), strict=False):
+        for convert in converters:  # SQLite: text to aware datetimes etc.; none on PostgreSQL
+            value = convert(value, column, db_connection)
+        values.append(field.from_db_value(value, None, db_connection) if hasattr(field, "from_db_value") else value)
     connection = Connection.from_db(db_connection.alias, [field.attname for field in fields], values)
     connection.provider = Provider.from_db(db_connection.alias, ["id", "name"], [connection.provider_id, row[-1]])
     return connection

@@ -78,12 +78,8 @@ def verify_signature(
     return any(hmac.compare_digest(expected, candidate) for candidate in parts.get("v1", []))
 
 
-def _secret_aad(endpoint: WebhookEndpoint) -> str:
-    return f"webhook:{endpoint.pk}:secret"
-
-
 def endpoint_secret(endpoint: WebhookEndpoint) -> str:
-    return crypto.decrypt(endpoint.secret_enc, aad=_secret_aad(endpoint)) or ""
+    return crypto.decrypt(endpoint.secret_enc, aad=crypto.webhook_secret_aad(endpoint.pk)) or ""
 
 
 # -- endpoints ---------------------------------------------------------------------------------
@@ -121,7 +117,7 @@ def webhook_endpoint_create(
         raise WebhookError(f"workspace {workspace} already has a webhook for this url")
     endpoint = WebhookEndpoint(workspace=workspace, url=url, events=validate_events(events))
     secret = "whsec_" + secrets.token_urlsafe(32)
-    endpoint.secret_enc = crypto.encrypt(secret, aad=_secret_aad(endpoint))
+    endpoint.secret_enc = crypto.encrypt(secret, aad=crypto.webhook_secret_aad(endpoint.pk))
     endpoint.save(force_insert=True)
     return endpoint, secret
 

@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import requests
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
-from oidc_consent import complete_consent  # noqa: E402
+from oidc_consent import complete_consent  # devtools/, next to this file
 
 
 def _show(title: str, response: requests.Response, hide: tuple[str, ...] = ()) -> dict:
@@ -40,7 +36,7 @@ def walkthrough(stack) -> None:
     )
     print(
         f"\nStep 2 — the user opens authUrl and consents. Open it in a browser yourself:\n  {rc['authUrl']}\n"
-        "(any login name and password work). This demo consents on the user's behalf for a second connection:"
+        "(any login name and password work). This demo consents on the user's behalf:"
     )
     final = complete_consent(rc["authUrl"], login="demo-user", stop_at_prefix=return_url)
     print(f"  the broker redirected the browser to: {final}")

@@ -6,8 +6,12 @@ SDK live tests (PostgreSQL + Redis), and by the benchmarks.
 
     python devtools/stack.py up [--embedded] [--workdir var/stack] [--no-celery]
 
-prints the environment an agent needs (DROMOS_GATEWAY_URL, DROMOS_API_KEY …) and keeps
-running until interrupted.
+prints the environment an agent needs (DROMOS_GATEWAY_URL, DROMOS_API_KEY …) and the broker
+admin's URL with a local admin user and its random password (printed once), writes the
+stack's own environment (secrets, database) to WORKDIR/stack.env, and keeps running until
+interrupted. Any manage.py command against that running stack:
+
+    python devtools/stack.py manage broker|gateway COMMAND [ARGS…] [--workdir var/stack]
 """
 
 from __future__ import annotations
@@ -28,15 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+from oidc_server import OidcProviderHandle, free_port, start_oidc_provider  # devtools/, next to this file
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "support"))
-
-from oidc_server import OidcProviderHandle, free_port, start_oidc_provider  # noqa: E402
 
 PYTHON = sys.executable
 PROVIDER_NAME = "local"
 CLIENT_ID = "dromos-local"
+ADMIN_USER = "admin"
+ENV_FILE = "stack.env"  # in the workdir: what `stack.py manage` runs manage.py with
 
 
 def _key() -> str:
@@ -78,28 +82,56 @@ class Stack:
 
     def _base_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DATABASE_URL", "REDIS_URL"))}
-        env.update(
-            {
-                "PYTHONPATH": str(ROOT),
-                "DEBUG": "false",
-                "DJANGO_SECRET_KEY": secrets.token_urlsafe(32),
-                "BROKER_API_KEY": secrets.token_urlsafe(32),
-                "TOKEN_ENCRYPTION_KEYS": _key(),
-                "ALLOWED_HOSTS": "127.0.0.1,localhost",
-                "BASE_URL": self.broker_url,
-                "BROKER_INTERNAL_URL": self.broker_url,
-                "ALLOWED_RETURN_DOMAINS": "127.0.0.1:*,localhost:*,app.example.com",
-                "ALLOW_HTTP_PROVIDER_HOSTS": "127.0.0.1,localhost",
-                "DROMOS_VAR_DIR": str(self.workdir),
-                "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
-            }
-        )
+        env.update(self._own_env())
+        return env
+
+    def _own_env(self) -> dict[str, str]:
+        """The variables the stack itself sets (what `stack.env` holds)."""
+        env = {
+            "PYTHONPATH": str(ROOT),
+            "DEBUG": "false",
+            "DJANGO_SECRET_KEY": secrets.token_urlsafe(32),
+            "BROKER_API_KEY": secrets.token_urlsafe(32),
+            # The gateway's /readyz and /metrics need it (dromos/ops_auth.py): ops_headers().
+            "GATEWAY_OPS_TOKEN": secrets.token_urlsafe(24),
+            "TOKEN_ENCRYPTION_KEYS": _key(),
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "BASE_URL": self.broker_url,
+            "BROKER_INTERNAL_URL": self.broker_url,
+            "ALLOWED_RETURN_DOMAINS": "127.0.0.1:*,localhost:*,app.example.com",
+            "ALLOW_HTTP_PROVIDER_HOSTS": "127.0.0.1,localhost",
+            "DROMOS_VAR_DIR": str(self.workdir),
+            "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
+        }
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
         if self.redis_url:
             env["REDIS_URL"] = self.redis_url
         env.update(self.extra_env)
         return env
+
+    def write_env_file(self) -> Path:
+        """WORKDIR/stack.env (mode 0600): the stack's own variables, for `stack.py manage`."""
+        own = {k: self.env[k] for k in self._own_env()}
+        path = self.workdir / ENV_FILE
+        path.touch(mode=0o600)
+        path.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in sorted(own.items())))
+        return path
+
+    def create_admin(self, username: str = ADMIN_USER) -> str:
+        """A superuser for the broker admin with a random password (returned, shown once)."""
+        password = secrets.token_urlsafe(12)
+        env = {**self.env, "DJANGO_SETTINGS_MODULE": "dromos.settings.broker", "DJANGO_SUPERUSER_PASSWORD": password}
+        subprocess.run(
+            [PYTHON, str(ROOT / "manage.py"), "createsuperuser", "--noinput", "--username", username, "--email", ""],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        return password
 
     def manage(self, role: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         env = {**self.env, "DJANGO_SETTINGS_MODULE": f"dromos.settings.{role}"}
@@ -131,6 +163,10 @@ class Stack:
             time.sleep(0.2)
         raise RuntimeError(f"{name} did not become healthy at {url}:\n{self.log(name)[-3000:]}")
 
+    def ops_headers(self) -> dict[str, str]:
+        """What an operator sends to the gateway's /readyz and /metrics."""
+        return {"Authorization": f"Bearer {self.env['GATEWAY_OPS_TOKEN']}"}
+
     def log(self, name: str) -> str:
         path = self.workdir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -141,6 +177,7 @@ class Stack:
         self.broker_port = self.broker_port or free_port()
         self.oidc_port = self.oidc_port or free_port()
         self.env = self._base_env()
+        self.write_env_file()
         try:
             self.oidc = start_oidc_provider(
                 self.oidc_port,
@@ -276,7 +313,7 @@ class Stack:
             "DROMOS_API_KEY": self.api_key,
             "DROMOS_E2E_PROVIDER": PROVIDER_NAME,
             "DROMOS_E2E_RETURN_URL": f"http://127.0.0.1:{free_port()}/oauth/return",
-            "DROMOS_E2E_CONSENT_CMD": f"{PYTHON} {ROOT / 'tests' / 'support' / 'oidc_consent.py'}",
+            "DROMOS_E2E_CONSENT_CMD": f"{PYTHON} {ROOT / 'devtools' / 'oidc_consent.py'}",
             "DROMOS_BROKER_URL": self.broker_url,
         }
 
@@ -326,12 +363,34 @@ def reset_postgres_database(url: str) -> None:
         conn.execute(f'CREATE DATABASE "{name}"')
 
 
+def default_workdir() -> str:
+    return os.environ.get("DROMOS_STACK_DIR") or str(ROOT / "var" / "stack")
+
+
+def manage_running(workdir: Path, role: str, args: list[str]) -> int:
+    """manage.py ARGS in ROLE's settings with the environment of the stack running in workdir."""
+    path = workdir / ENV_FILE
+    if not path.exists():
+        print(f"no stack environment at {path}: start the stack first (make run)", file=sys.stderr)
+        return 2
+    own = dict(shlex.split(line)[0].split("=", 1) for line in path.read_text().splitlines() if line.strip())
+    # The caller's environment passes through (DJANGO_SUPERUSER_PASSWORD for createsuperuser
+    # --noinput, say); the stack's own variables win, and its database is the one used.
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(own, DJANGO_SETTINGS_MODULE=f"dromos.settings.{role}")
+    return subprocess.run([PYTHON, str(ROOT / "manage.py"), *args], env=env, cwd=ROOT).returncode
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("manage", help="run a manage.py command against the running stack")
+    run.add_argument("--workdir", default=default_workdir(), help="the running stack's workdir (default var/stack)")
+    run.add_argument("role", choices=["broker", "gateway"], help="whose settings (and tables) the command uses")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="the manage.py command and its arguments")
     up = sub.add_parser("up", help="start the stack and keep it running")
     up.add_argument("--embedded", action="store_true", help="SQLite + filesystem Celery transport, no services")
-    up.add_argument("--workdir", default=str(ROOT / "var" / "stack"))
+    up.add_argument("--workdir", default=default_workdir())
     up.add_argument("--gateway-port", type=int, default=8000)
     up.add_argument("--broker-port", type=int, default=8001)
     up.add_argument("--oidc-port", type=int, default=9400)
@@ -344,6 +403,10 @@ def main() -> int:
     up.add_argument("--env-file", help="write the agent environment (KEY=VALUE lines) here")
     up.add_argument("--demo", action="store_true", help="walk through the flow once, then keep running")
     args = parser.parse_args()
+    if args.command == "manage":
+        if not args.args:
+            run.error("name a manage.py command, e.g. `manage broker createsuperuser`")
+        return manage_running(Path(args.workdir), args.role, args.args)
 
     workdir = Path(args.workdir)
     if args.embedded:
@@ -375,11 +438,18 @@ def main() -> int:
     )
     print("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
     sys.stdout.flush()
+    password = stack.create_admin()
     if args.demo:
-        sys.path.insert(0, str(ROOT / "devtools"))
         from demo import walkthrough
 
         walkthrough(stack)
+    workdir_arg = "" if str(workdir) == str(ROOT / "var" / "stack") else f" --workdir {shlex.quote(str(workdir))}"
+    print(
+        f"\nBroker admin: {stack.broker_url}/admin/  user: {ADMIN_USER}  password: {password}  (shown only now)\n"
+        f"Any manage.py command against this stack: .venv/bin/python devtools/stack.py manage{workdir_arg} "
+        "broker|gateway COMMAND …",
+        flush=True,
+    )
     stopping = []
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     try:

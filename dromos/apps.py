@@ -6,6 +6,6 @@ class DromosConfig(AppConfig):
     verbose_name = "Dromos (shared)"
 
     def ready(self) -> None:
-        from dromos.health import register_checks
+        from dromos.checks import register_checks
 
         register_checks()

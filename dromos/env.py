@@ -32,14 +32,22 @@ def env_bool(name: str, default: bool = False) -> bool:
     raise ImproperlyConfigured(f"{name} must be true or false, not {value!r}")
 
 
-def env_int(name: str, default: int) -> int:
+def _env_number(name: str, default, kind: type, what: str):
     value = env_str(name)
     if value is None:
         return default
     try:
-        return int(value)
+        return kind(value)
     except ValueError:
-        raise ImproperlyConfigured(f"{name} must be an integer") from None
+        raise ImproperlyConfigured(f"{name} must be {what}") from None
+
+
+def env_int(name: str, default: int) -> int:
+    return _env_number(name, default, int, "an integer")
+
+
+def env_float(name: str, default: float) -> float:
+    return _env_number(name, default, float, "a number")
 
 
 def env_list(name: str, default: list[str] | None = None) -> list[str]:
@@ -49,12 +57,28 @@ def env_list(name: str, default: list[str] | None = None) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def require_secret(name: str, *, debug: bool, dev_default: str) -> str:
+def env_default(name: str, value: str) -> None:
+    """Set a variable for this process (and the processes it starts) unless it is set:
+    the test settings' defaults, the Celery app's settings module."""
+    os.environ.setdefault(name, value)
+
+
+# What stands in for each secret in DEBUG (so `make run` needs no set-up); the deployment
+# checks (dromos.checks, broker_app.checks) refuse every one of them.
+DEV_SECRETS = {
+    "DJANGO_SECRET_KEY": "dev-only-insecure-secret-key-do-not-deploy",
+    "BROKER_API_KEY": "dev-only-broker-api-key",
+    # A Fernet-format key: base64 of "dev-only-insecure-key-0000000000".
+    "TOKEN_ENCRYPTION_KEYS": "ZGV2LW9ubHktaW5zZWN1cmUta2V5LTAwMDAwMDAwMDA=",
+}
+
+
+def require_secret(name: str, *, debug: bool) -> str:
     """Return a secret from the environment. Outside DEBUG a missing secret is fatal;
-    in DEBUG a clearly-labelled development value stands in for it."""
+    in DEBUG its clearly-labelled development value (DEV_SECRETS) stands in for it."""
     value = env_str(name)
     if value:
         return value
     if debug:
-        return dev_default
+        return DEV_SECRETS[name]
     raise ImproperlyConfigured(f"{name} is required when DEBUG is off")

@@ -9,9 +9,10 @@ import logging
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import DisallowedHost, RequestDataTooBig
 from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpResponse, JsonResponse
+from django.views.defaults import bad_request as html_bad_request
 from django.views.defaults import page_not_found as html_page_not_found
 from django.views.defaults import server_error as html_server_error
 from rest_framework import exceptions as drf_exceptions
@@ -157,3 +158,17 @@ def not_found(request, exception) -> HttpResponse:
     if request.path.startswith(_PAGES):
         return html_page_not_found(request, exception)
     return JsonResponse({"error": "not_found", "message": "No such endpoint."}, status=404)
+
+
+def bad_request(request, exception) -> HttpResponse:
+    """handler400 (Django's SuspiciousOperation family, e.g. a Host header not in
+    ALLOWED_HOSTS): JSON for the APIs, without echoing what was sent."""
+    if request.path.startswith(_PAGES):
+        return html_bad_request(request, exception)
+    if isinstance(exception, DisallowedHost):
+        message = "The Host header is not one this server answers to."
+    elif isinstance(exception, RequestDataTooBig):
+        return JsonResponse({"error": "request_too_large", "message": "Request body is too large."}, status=413)
+    else:
+        message = "Bad request."
+    return JsonResponse({"error": "invalid_request", "message": message}, status=400)

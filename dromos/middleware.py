@@ -90,3 +90,17 @@ class RequestMetricsMiddleware:
                 },
             )
         return response
+
+
+class AllowedHostMiddleware:
+    """Check the Host header against ALLOWED_HOSTS on every request, not only where Django
+    happens to build an absolute URL: a disallowed one is the JSON 400 of dromos.errors.bad_request
+    everywhere. `/healthz` is exempt (probes address the process by whatever name they have)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.path != "/healthz":
+            request.get_host()  # raises DisallowedHost: handler400
+        return self.get_response(request)

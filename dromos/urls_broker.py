@@ -14,5 +14,6 @@ urlpatterns = [
     path("", include("broker_app.urls")),
 ]
 
+handler400 = "dromos.errors.bad_request"
 handler404 = "dromos.errors.not_found"
 handler500 = "dromos.errors.server_error"

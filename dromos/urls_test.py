@@ -10,5 +10,6 @@ urlpatterns = [
     *broker_patterns,
 ]
 
+handler400 = "dromos.errors.bad_request"
 handler404 = "dromos.errors.not_found"
 handler500 = "dromos.errors.server_error"

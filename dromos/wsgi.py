@@ -1,13 +1,23 @@
-import os
+"""The WSGI application of either process; DJANGO_SETTINGS_MODULE picks which. Before the first
+request it runs the process's STARTUP_CHECKS (the broker's: the key ring reads the stored data)."""
 
-from django.conf import settings
-from django.core.wsgi import get_wsgi_application
+import sys
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dromos.settings.broker")
-application = get_wsgi_application()
+from dromos.env import env_str
 
-if getattr(settings, "DROMOS_ROLE", "") == "broker":
-    # A key ring that cannot read the stored tokens must stop the broker before it serves.
-    from broker_app.checks import assert_keys_match_data
+if not env_str("DJANGO_SETTINGS_MODULE"):
+    sys.exit("DJANGO_SETTINGS_MODULE is not set: use dromos.settings.gateway or dromos.settings.broker")
 
-    assert_keys_match_data()
+from django.conf import settings  # noqa: E402
+from django.core.wsgi import get_wsgi_application  # noqa: E402
+from django.utils.module_loading import import_string  # noqa: E402
+
+django_application = get_wsgi_application()
+
+from dromos.parsers import ChunkedBodyMiddleware  # noqa: E402 - after Django is set up
+
+# A chunked request body (no Content-Length) is read, not dropped: dromos/parsers.py.
+application = ChunkedBodyMiddleware(django_application)
+
+for _check in settings.STARTUP_CHECKS:
+    import_string(_check)()

@@ -16,17 +16,16 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from dromos import wire
 from dromos.errors import InvalidRequest
+from dromos.http import no_store
 from dromos.renderers import JSONOnlyNegotiation
-from dromos.tags import TagError, parse_tag_filter
-from dromos.validators import validate_scope_token
 from gateway_app import schema as _schema  # noqa: F401  (registers the API-key security scheme)
 from gateway_app.authentication import ApiKeyAuthentication, ApiKeyThrottle, HasScope
 from gateway_app.broker_client import BrokerAnswer, broker
 from gateway_app.bulkhead import slow_call_slot
 
 CONNECTION_ID = r"[A-Za-z0-9_-]{1,64}"
-CONNECTION_STATUSES = ["pending", "active", "failed", "revoked"]
 CONNECTION_ID_PARAMETER = OpenApiParameter(
     "connection_id",
     OpenApiTypes.STR,
@@ -36,124 +35,21 @@ CONNECTION_ID_PARAMETER = OpenApiParameter(
 )
 
 
-class ErrorSerializer(serializers.Serializer):
-    error = serializers.CharField()
-    message = serializers.CharField()
-
-
-class TokenSerializer(serializers.Serializer):
-    access_token = serializers.CharField()
-    token_type = serializers.CharField()
-    expires_at = serializers.DateTimeField(allow_null=True)
-    id_token = serializers.CharField(required=False)
-    scopes = serializers.ListField(child=serializers.CharField())
-    provider_name = serializers.CharField()
-    connection_id = serializers.CharField()
-    warnings = serializers.ListField(
-        child=serializers.CharField(),
-        required=False,
-        help_text="min_ttl_not_met: auto_refresh gave a token living less than min_ttl (refreshed within "
-        "the last few seconds, or a refresh is in progress or unavailable); it is valid until expires_at",
-    )
-
-
-class ConnectionSerializer(serializers.Serializer):
-    connection_id = serializers.CharField()
-    status = serializers.ChoiceField(choices=CONNECTION_STATUSES)
-    provider_name = serializers.CharField()
-    provider_id = serializers.CharField()
-    user_id = serializers.CharField()
-    scopes = serializers.ListField(child=serializers.CharField())
-    granted_scopes = serializers.ListField(child=serializers.CharField())
-    scopes_narrowed = serializers.BooleanField()
-    missing_scopes = serializers.ListField(child=serializers.CharField())
-    warnings = serializers.ListField(
-        child=serializers.CharField(),
-        help_text="refresh_token_expires_soon, refresh_token_expired, no_refresh_token, scopes_narrowed",
-    )
-    error = serializers.CharField(allow_null=True)
-    error_description = serializers.CharField(allow_null=True)
-    account = serializers.DictField()
-    metadata = serializers.DictField()
-    expires_at = serializers.DateTimeField(allow_null=True)
-    refresh_token_expires_at = serializers.DateTimeField(allow_null=True)
-    created_at = serializers.DateTimeField()
-    updated_at = serializers.DateTimeField()
-    activated_at = serializers.DateTimeField(allow_null=True)
-    last_refreshed_at = serializers.DateTimeField(allow_null=True)
-    tags = serializers.DictField(child=serializers.CharField(), required=False)
-    connect_session_id = serializers.CharField(allow_null=True, required=False)
-
-
-class ParamFormatSerializer(serializers.Serializer):
-    pattern = serializers.CharField()
-    example = serializers.CharField()
-    required = serializers.BooleanField()
-
-
-class ProviderSerializer(serializers.Serializer):
-    name = serializers.CharField()
-    display_name = serializers.CharField()
-    provider_id = serializers.CharField()
-    template = serializers.CharField()
-    default_scopes = serializers.ListField(child=serializers.CharField())
-    supports_refresh = serializers.BooleanField()
-    supports_pkce = serializers.BooleanField()
-    oidc = serializers.BooleanField()
-    docs_url = serializers.CharField(allow_blank=True)
-    params = serializers.ListField(child=serializers.CharField())
-    scopes_url = serializers.CharField(allow_blank=True)
-    supports_revocation = serializers.BooleanField(allow_null=True)
-    refresh_token_rotation = serializers.BooleanField()
-    refresh_token_lifetime_days = serializers.IntegerField(allow_null=True)
-    param_formats = serializers.DictField(child=ParamFormatSerializer())
-
-
-class TokenQuerySerializer(serializers.Serializer):
-    auto_refresh = serializers.BooleanField(
-        required=False, help_text="Refresh first when the token expires within min_ttl seconds"
-    )
-    min_ttl = serializers.IntegerField(required=False, min_value=0, max_value=86400, help_text="Seconds (default 60)")
-
-
-class ConnectionListQuerySerializer(serializers.Serializer):
-    user_id = serializers.CharField(required=False, allow_blank=True, max_length=255)
-    provider_name = serializers.CharField(required=False, allow_blank=True, max_length=64)
-    status = serializers.ChoiceField(choices=CONNECTION_STATUSES, required=False, allow_blank=True)
-    page = serializers.IntegerField(required=False, min_value=1, help_text="Default 1")
-    page_size = serializers.IntegerField(required=False, min_value=1, max_value=200, help_text="Default 50")
-    tag = serializers.ListField(
-        child=serializers.CharField(max_length=330),
-        required=False,
-        max_length=20,
-        help_text="key:value, repeatable (all must match); a connection carries its connect session's tags",
-    )
-
-    def validate_tag(self, value):
-        try:
-            return [":".join(parse_tag_filter(raw)) for raw in value]
-        except TagError as exc:
-            raise serializers.ValidationError(str(exc)) from None
-
-
 def _query(serializer_class: type[serializers.Serializer], request) -> dict[str, str | list[str]]:
     """Validated query parameters as the broker reads them (blank ones dropped): bad values
-    are answered 400 here, before any broker call."""
-    serializer = serializer_class(data=request.query_params)
-    serializer.is_valid(raise_exception=True)
-    params = {}
-    for name, value in serializer.validated_data.items():
-        if name not in request.query_params or value in ("", None):
-            continue
-        if isinstance(value, list):  # a repeatable parameter (tag=…&tag=…)
-            params[name] = value
-            continue
-        params[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
-    return params
+    are answered 400 here, before any broker call. A repeatable one (tag=…&tag=…) stays a list."""
+    return {
+        name: value
+        if isinstance(value, list)
+        else ("true" if value else "false")
+        if isinstance(value, bool)
+        else str(value)
+        for name, value in wire.parse_query(serializer_class, request.query_params).items()
+    }
 
 
 ERRORS = {
-    code: OpenApiResponse(ErrorSerializer, description=text)
+    code: OpenApiResponse(wire.ErrorSerializer, description=text)
     for code, text in (
         (400, "Bad input"),
         (401, "No or bad API key"),
@@ -171,14 +67,11 @@ def _client_ip(request) -> str | None:
     return request.META.get("REMOTE_ADDR")
 
 
-def _relay(answer: BrokerAnswer, *, no_store: bool = False) -> HttpResponse:
+def _relay(answer: BrokerAnswer, *, cacheable: bool = True) -> HttpResponse:
     response = HttpResponse(answer.body, status=answer.status, content_type="application/json")
     if answer.retry_after:
         response["Retry-After"] = answer.retry_after
-    if no_store:
-        response["Cache-Control"] = "no-store"
-        response["Pragma"] = "no-cache"
-    return response
+    return response if cacheable else no_store(response)
 
 
 def _check_id(connection_id: str) -> None:
@@ -212,46 +105,25 @@ class PingApi(APIView):
 class RequestConnectionApi(GatewayApi):
     required_scope = "connections:write"
 
-    class InputSerializer(serializers.Serializer):
-        user_id = serializers.CharField(max_length=255)
-        provider_name = serializers.CharField(max_length=64)
-        scopes = serializers.ListField(
-            child=serializers.CharField(max_length=256, validators=[validate_scope_token]),
-            required=False,
-            allow_empty=True,
-            max_length=100,
-        )
-        return_url = serializers.CharField(max_length=2048, trim_whitespace=False)
-        params = serializers.DictField(child=serializers.CharField(max_length=256), required=False)
-
     @extend_schema(
         operation_id="request_connection",
-        request=InputSerializer,
+        request=wire.RequestConnectionInputSerializer,
         responses={
-            201: inline_serializer(
-                "ConnectionRequest",
-                {
-                    "authUrl": serializers.URLField(),
-                    "state": serializers.CharField(),
-                    "scopes": serializers.ListField(child=serializers.CharField()),
-                    "provider_id": serializers.CharField(),
-                    "connection_id": serializers.CharField(),
-                },
-            ),
+            201: wire.ConnectionRequestSerializer,
             **{k: v for k, v in ERRORS.items() if k in (400, 401, 403, 429, 502, 503)},
         },
     )
     def post(self, request):
-        serializer = self.InputSerializer(data=request.data)
+        serializer = wire.RequestConnectionInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         answer = broker().call(
             "POST",
-            "/internal/v1/connections",
+            wire.internal_path(wire.CONNECTIONS),
             principal=request.user,
             client_ip=_client_ip(request),
             json=serializer.validated_data,
         )
-        return _relay(answer, no_store=True)
+        return _relay(answer, cacheable=False)
 
 
 class CheckConnectionApi(GatewayApi):
@@ -260,14 +132,14 @@ class CheckConnectionApi(GatewayApi):
     @extend_schema(
         operation_id="check_connection",
         parameters=[CONNECTION_ID_PARAMETER],
-        responses={200: ConnectionSerializer, **ERRORS},
+        responses={200: wire.ConnectionSerializer, **ERRORS},
     )
     def get(self, request, connection_id: str):
         _check_id(connection_id)
         return _relay(
             broker().call(
                 "GET",
-                f"/internal/v1/connections/{connection_id}",
+                wire.internal_path(wire.CONNECTION, connection_id),
                 principal=request.user,
                 client_ip=_client_ip(request),
             )
@@ -280,22 +152,22 @@ class TokenApi(GatewayApi):
 
     @extend_schema(
         operation_id="get_token",
-        parameters=[CONNECTION_ID_PARAMETER, TokenQuerySerializer],
-        responses={200: TokenSerializer, **ERRORS},
+        parameters=[CONNECTION_ID_PARAMETER, wire.TokenQuerySerializer],
+        responses={200: wire.TokenSerializer, **ERRORS},
     )
     def get(self, request, connection_id: str):
         _check_id(connection_id)
         # The hot path: most calls carry no query string, and validating none costs CPU (issue 7).
-        params = _query(TokenQuerySerializer, request) if request.query_params else {}
+        params = _query(wire.TokenQuerySerializer, request) if request.query_params else {}
         with slow_call_slot(request.user) if params.get("auto_refresh") in ("true", "1") else nullcontext():
             answer = broker().call(
                 "GET",
-                f"/internal/v1/connections/{connection_id}/token",
+                wire.internal_path(wire.CONNECTION_TOKEN, connection_id),
                 principal=request.user,
                 client_ip=_client_ip(request),
                 params=params,
             )
-        return _relay(answer, no_store=True)
+        return _relay(answer, cacheable=False)
 
 
 class RefreshApi(GatewayApi):
@@ -305,18 +177,18 @@ class RefreshApi(GatewayApi):
         operation_id="refresh_token",
         request=None,
         parameters=[CONNECTION_ID_PARAMETER],
-        responses={200: TokenSerializer, **ERRORS},
+        responses={200: wire.TokenSerializer, **ERRORS},
     )
     def post(self, request, connection_id: str):
         _check_id(connection_id)
         with slow_call_slot(request.user):
             answer = broker().call(
                 "POST",
-                f"/internal/v1/connections/{connection_id}/refresh",
+                wire.internal_path(wire.CONNECTION_REFRESH, connection_id),
                 principal=request.user,
                 client_ip=_client_ip(request),
             )
-        return _relay(answer, no_store=True)
+        return _relay(answer, cacheable=False)
 
 
 class ConnectionListApi(GatewayApi):
@@ -324,36 +196,31 @@ class ConnectionListApi(GatewayApi):
 
     @extend_schema(
         operation_id="list_connections",
-        parameters=[ConnectionListQuerySerializer],
+        parameters=[wire.ConnectionListQuerySerializer],
         responses={
-            200: inline_serializer(
-                "ConnectionPage",
-                {
-                    "count": serializers.IntegerField(),
-                    "page": serializers.IntegerField(),
-                    "page_size": serializers.IntegerField(),
-                    "next": serializers.URLField(allow_null=True),
-                    "previous": serializers.URLField(allow_null=True),
-                    "results": ConnectionSerializer(many=True),
-                },
-            ),
+            200: wire.ConnectionPageSerializer,
             **ERRORS,
         },
     )
     def get(self, request):
-        params = _query(ConnectionListQuerySerializer, request)
+        params = _query(wire.ConnectionListQuerySerializer, request)
         answer = broker().call(
-            "GET", "/internal/v1/connections", principal=request.user, client_ip=_client_ip(request), params=params
+            "GET",
+            wire.internal_path(wire.CONNECTIONS),
+            principal=request.user,
+            client_ip=_client_ip(request),
+            params=params,
         )
         if answer.status != 200:
             return _relay(answer)
         body = orjson.loads(answer.body)
         # The broker knows page numbers; links are the gateway's own URLs.
-        for link, page in (("next", body.pop("next_page", None)), ("previous", body.pop("previous_page", None))):
+        for number, link in wire.PAGE_LINKS.items():
+            page = body.pop(number, None)
             body[link] = (
                 None
                 if page is None
-                else request.build_absolute_uri(f"{request.path}?{urlencode({**params, 'page': page}, doseq=True)}")
+                else request.build_absolute_uri(f"{request.path}?{urlencode({**params, 'page': page})}")
             )
         return HttpResponse(orjson.dumps(body), content_type="application/json")
 
@@ -364,14 +231,14 @@ class ConnectionDeleteApi(GatewayApi):
     @extend_schema(
         operation_id="delete_connection",
         parameters=[CONNECTION_ID_PARAMETER],
-        responses={200: ConnectionSerializer, **ERRORS},
+        responses={200: wire.ConnectionSerializer, **ERRORS},
     )
     def delete(self, request, connection_id: str):
         _check_id(connection_id)
         return _relay(
             broker().call(
                 "DELETE",
-                f"/internal/v1/connections/{connection_id}",
+                wire.internal_path(wire.CONNECTION, connection_id),
                 principal=request.user,
                 client_ip=_client_ip(request),
             )
@@ -384,16 +251,13 @@ class ProviderListApi(GatewayApi):
     @extend_schema(
         operation_id="list_providers",
         responses={
-            200: inline_serializer(
-                "ProviderList",
-                {
-                    "providers": ProviderSerializer(many=True),
-                },
-            ),
+            200: wire.ProviderListSerializer,
             **ERRORS,
         },
     )
     def get(self, request):
         return _relay(
-            broker().call("GET", "/internal/v1/providers", principal=request.user, client_ip=_client_ip(request))
+            broker().call(
+                "GET", wire.internal_path(wire.PROVIDERS), principal=request.user, client_ip=_client_ip(request)
+            )
         )

@@ -10,7 +10,9 @@ from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.throttling import BaseThrottle
 
-from gateway_app.services import apikey_verify, rate_limit_hit
+from gateway_app import auth_throttle
+from gateway_app.keys import apikey_verify
+from gateway_app.ratelimit import rate_limit_hit
 
 
 class ApiKeyAuthentication(BaseAuthentication):
@@ -20,9 +22,13 @@ class ApiKeyAuthentication(BaseAuthentication):
             return None
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
+            auth_throttle.record_failure(request.META.get("REMOTE_ADDR", ""))
             raise exceptions.AuthenticationFailed("Authorization header must be 'Bearer <api key>'.")
-        principal = apikey_verify(key.strip())
+        address = request.META.get("REMOTE_ADDR", "")
+        # A source that failed too often is refused before any database lookup (429).
+        principal = apikey_verify(key.strip(), before_lookup=lambda: auth_throttle.refuse_if_blocked(address))
         if principal is None:
+            auth_throttle.record_failure(address)
             raise exceptions.AuthenticationFailed("Invalid or revoked API key.")
         return principal, None
 
@@ -51,7 +57,7 @@ def parse_rate(rate: str) -> tuple[int, int]:
 
 
 class ApiKeyThrottle(BaseThrottle):
-    """API_KEY_RATE_LIMIT per key, counted in the shared cache (gateway_app.services.rate_limit_hit)."""
+    """API_KEY_RATE_LIMIT per key, counted in the shared cache (gateway_app.ratelimit.rate_limit_hit)."""
 
     wait_seconds: float | None = None
 

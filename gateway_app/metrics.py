@@ -5,10 +5,15 @@ never by a connection id, so the number of series stays bounded."""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 
 from prometheus_client import Counter, Histogram
+
+from dromos import redis as shared_redis
+
+logger = logging.getLogger(__name__)
 
 BROKER_CALL_SECONDS = Histogram(
     "dromos_gateway_broker_call_seconds",
@@ -29,6 +34,21 @@ DEGRADED = Counter(
     ["component"],
 )
 
+_last_degraded_log: dict[str, float] = {}
+
+
+def degraded(component: str, message: str, *, always: bool = False, failed: bool = False) -> None:
+    """Count a request served without Redis and log why (at most every 10 s per component
+    unless `always`); `failed`: this call failed, so Redis rests (dromos.redis.trip)."""
+    DEGRADED.labels(component=component).inc()
+    if failed:
+        shared_redis.trip()
+    now = time.monotonic()
+    if always or now - _last_degraded_log.get(component, -1e9) >= 10:
+        _last_degraded_log[component] = now
+        logger.warning(message)
+
+
 _ID_SEGMENT = re.compile(r"(/connections/)[^/]+")
 
 
@@ -43,3 +63,13 @@ def observe_broker_call(method: str, path: str, outcome: str, started: float) ->
     BROKER_CALL_SECONDS.labels(operation=operation, outcome=outcome).observe(time.perf_counter() - started)
     if method == "GET" and operation.endswith("/{id}/token"):
         TOKEN_FETCHES.labels(outcome=outcome).inc()
+
+
+# Labelled, like every metric here: an unlabelled one would create its multiprocess file at
+# import, also in commands (migrate) that run without PROMETHEUS_MULTIPROC_DIR prepared.
+AUTH_THROTTLED = Counter(
+    "dromos_gateway_auth_throttled_total",
+    "API-key authentications refused (429) by reason (address: its source address failed too "
+    "often, API_KEY_AUTH_FAILURE_LIMIT)",
+    ["reason"],
+)

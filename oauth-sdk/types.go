@@ -130,6 +130,10 @@ type Token struct {
 	ProviderName string `json:"provider_name"`
 	// ConnectionID is the connection the token belongs to.
 	ConnectionID string `json:"connection_id"`
+	// Warnings holds "min_ttl_not_met" when auto_refresh gave a token living
+	// less than min_ttl (refreshed moments ago, or a refresh is in progress or
+	// unavailable); it is valid until ExpiresAt.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // String describes the token without revealing AccessToken or IDToken.

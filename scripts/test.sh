@@ -15,8 +15,9 @@ bash scripts/ensure-services.sh
 step "system packages"
 bash scripts/ensure-system-packages.sh
 
-step "lint (ruff)"
+step "lint (ruff check, ruff format --check)"
 "$VPY" -m ruff check .
+"$VPY" -m ruff format --check .
 
 step "security scan (bandit, pip-audit)"
 bash scripts/security-scan.sh

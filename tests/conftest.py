@@ -17,9 +17,51 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
+# Helpers are imported by module name: the test-only ones from tests/support/ (fake_provider, relay),
+# the development tools from devtools/ (stack, oidc_server, oidc_consent — devtools never imports tests).
 sys.path.insert(0, str(Path(__file__).parent / "support"))
+sys.path.insert(0, str(Path(__file__).parent.parent / "devtools"))
 
 from fake_provider import CLIENT_ID, CLIENT_SECRET, FakeProvider  # noqa: E402
+
+# Fixtures that start real processes (gunicorn gateway and broker, Celery, the npm OIDC
+# provider): a test using one is `live`, and `make test-fast` (-m "not live and not browser")
+# leaves it out. Modules that start processes themselves set `pytestmark = pytest.mark.live`.
+LIVE_FIXTURES = frozenset(
+    {"real_stack", "ops_stack", "refresh_stack", "relayed_stack", "redis_relayed_stack", "run_stack"}
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if (
+            item.get_closest_marker("e2e")
+            or item.get_closest_marker("browser")
+            or LIVE_FIXTURES & set(item.fixturenames)
+        ):
+            item.add_marker(pytest.mark.live)
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """Transactional tests end by emptying every table (Django's flush). On PostgreSQL that is
+    one TRUNCATE of all tables, which creates and fsyncs new files for each: ~1 s per test on
+    this machine's disk, most of the suite's time. DELETE inside the flush's transaction (the
+    foreign keys Django creates are deferrable, checked at its commit) empties them in ~10 ms.
+    Sequences are not reset either way (a flush with reset_sequences keeps TRUNCATE)."""
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    truncate = DatabaseOperations.sql_flush
+
+    def sql_flush(self, style, tables, *, reset_sequences=False, allow_cascade=False):
+        if reset_sequences or not tables:
+            return truncate(self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade)
+        deletes = (f"DELETE FROM {self.quote_name(table)}" for table in tables)  # noqa: S608 - Django's table names
+        return ["SET CONSTRAINTS ALL DEFERRED", *deletes]
+
+    DatabaseOperations.sql_flush = sql_flush
+    yield
+    DatabaseOperations.sql_flush = truncate
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -60,9 +102,11 @@ def fake_provider(_fake_provider_server):
 
 @pytest.fixture(autouse=True)
 def _clear_process_caches():
-    from gateway_app import services
+    from broker_app.providers import registry
+    from gateway_app import keys
 
-    services.cache_clear()
+    keys.cache_clear()
+    registry.cache_clear()
     from django.core.cache import cache
 
     cache.clear()
@@ -107,7 +151,7 @@ class Stack:
     url: str
 
     def key(self, workspace: str = "ws-a", scopes: list[str] | None = None) -> str:
-        from gateway_app.services import apikey_create
+        from gateway_app.keys import apikey_create
 
         _, plaintext = apikey_create(workspace=workspace, name="test", scopes=scopes)
         return plaintext

@@ -63,3 +63,35 @@ def test_malformed_encryption_key_is_fatal_even_in_debug():
 def test_debug_runs_without_secrets():
     result = _check("broker", DEBUG="true", DATABASE_URL=GOOD["DATABASE_URL"])
     assert result.returncode == 0, result.stderr
+
+
+def test_wsgi_refuses_to_start_without_a_settings_module():
+    """gunicorn dromos.wsgi:application with no DJANGO_SETTINGS_MODULE must not guess a mode."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
+    result = subprocess.run(
+        [sys.executable, "-c", "import dromos.wsgi; print('serving')"],
+        cwd=ROOT,
+        env={**env, **GOOD},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0 and "serving" not in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert lines == ["DJANGO_SETTINGS_MODULE is not set: use dromos.settings.gateway or dromos.settings.broker"], (
+        result.stderr
+    )
+
+
+@pytest.mark.parametrize("mode", ["gateway", "broker"])
+def test_wsgi_starts_in_either_mode(mode):
+    env = {k: v for k, v in os.environ.items() if k not in GOOD and not k.startswith("DJANGO_")}
+    result = subprocess.run(
+        [sys.executable, "-c", "import dromos.wsgi; print('serving')"],
+        cwd=ROOT,
+        env={**env, **GOOD, "DJANGO_SETTINGS_MODULE": f"dromos.settings.{mode}"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and "serving" in result.stdout, result.stderr[-2000:]

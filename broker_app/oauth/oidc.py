@@ -12,7 +12,6 @@ flood of random kids cannot hammer the provider or evict good keys.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
 import threading
@@ -139,6 +138,22 @@ def get_document(url: str, *, force: bool = False, require_list: str | None = No
 
 def discovery(url: str) -> dict[str, Any]:
     return get_document(url)
+
+
+def callback_iss_required(spec) -> bool:
+    """RFC 9207 §2.4: whether an authorization response without `iss` must be rejected:
+    the provider's discovery document advertises `authorization_response_iss_parameter_supported`
+    and its catalog template does not mark it `callback_iss_unsent`. A discovery document
+    that cannot be read (no cached copy either) does not make `iss` required: an `iss` that
+    is present is still checked."""
+    if not spec.discovery_url or spec.callback_iss_unsent:
+        return False
+    try:
+        document = discovery(spec.discovery_url)
+    except DocumentUnavailable:
+        logger.warning("discovery unavailable: RFC 9207 iss requirement unknown", extra={"provider": spec.name})
+        return False
+    return document.get("authorization_response_iss_parameter_supported") is True
 
 
 # Which key type (and curve) may verify which JWS algorithm: a key is only ever used with
@@ -285,7 +300,3 @@ def cache_clear() -> None:
     with _lock:
         _memory.clear()
         _last_forced.clear()
-
-
-def as_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)

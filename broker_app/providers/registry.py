@@ -2,42 +2,43 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from dataclasses import replace
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
+import orjson
 from django.conf import settings
 
 from broker_app import crypto
 from broker_app.oauth import oidc
 from broker_app.providers.hooks import HOOKS, ProviderHooks
 from broker_app.providers.spec import (
+    ENDPOINT_KEYS,
     ProviderConfigError,
     ProviderSpec,
-    fill,
     missing_params,
     param_specs,
     resolve_values,
     template,
 )
 
-_URL_FIELDS = (
-    "discovery_url",
-    "authorize_url",
-    "token_url",
-    "revocation_url",
-    "userinfo_url",
-    "jwks_uri",
-    "refresh_url",
+_DISCOVERED = (  # spec field <- discovery document key (OpenID Connect Discovery 1.0 §3)
+    ("authorize_url", "authorization_endpoint"),
+    ("token_url", "token_endpoint"),
+    ("revocation_url", "revocation_endpoint"),
+    ("userinfo_url", "userinfo_endpoint"),
+    ("jwks_uri", "jwks_uri"),
 )
-_ROW_URL_FIELDS = ("discovery_url", "authorize_url", "token_url", "revocation_url", "userinfo_url")
 
 
 def client_secret(provider) -> str | None:
-    return crypto.decrypt(provider.client_secret_enc, aad=f"provider:{provider.pk}:client_secret")
+    return crypto.decrypt(provider.client_secret_enc, aad=crypto.client_secret_aad(provider.pk))
 
 
 def set_client_secret(provider, secret: str) -> None:
-    provider.client_secret_enc = crypto.encrypt(secret, aad=f"provider:{provider.pk}:client_secret")
+    provider.client_secret_enc = crypto.encrypt(secret, aad=crypto.client_secret_aad(provider.pk))
 
 
 def _check_endpoint(url: str, field: str) -> None:
@@ -68,104 +69,87 @@ def template_values(provider, params: dict[str, Any] | None = None) -> dict[str,
 
 
 def resolve(provider, params: dict[str, Any] | None = None) -> tuple[ProviderSpec, ProviderHooks]:
-    """The provider's effective configuration for one connection, with its hook object."""
-    entry = template(provider.template)
-    values = template_values(provider, params)
-    # `{client_id}` appears in GitHub's revocation URL; it is the operator's, never an agent's.
-    url_values = {**values, "client_id": quote(provider.client_id or "", safe="")}
-
-    urls = {}
-    for field in _URL_FIELDS:
-        raw = (getattr(provider, field, "") if field in _ROW_URL_FIELDS else "") or entry.get(field, "")
-        urls[field] = fill(raw, url_values) if raw else ""
-    issuer = fill(entry.get("issuer", ""), values, keep=("tenantid",))
-    algs = tuple(entry.get("id_token_algs", ("RS256",)))
-    oidc_enabled = bool(entry.get("oidc", False))
-
-    needs_discovery = (
-        oidc_enabled
-        and urls["discovery_url"]
-        and not (urls["authorize_url"] and urls["token_url"] and urls["jwks_uri"] and issuer)
-    )
-    if needs_discovery:
-        _check_endpoint(urls["discovery_url"], "discovery_url")
-        try:
-            doc = oidc.discovery(urls["discovery_url"])
-        except oidc.DocumentUnavailable as exc:
-            raise ProviderConfigError(str(exc)) from None
-        for field, key in (
-            ("authorize_url", "authorization_endpoint"),
-            ("token_url", "token_endpoint"),
-            ("revocation_url", "revocation_endpoint"),
-            ("userinfo_url", "userinfo_endpoint"),
-            ("jwks_uri", "jwks_uri"),
-        ):
-            if not urls[field] and isinstance(doc.get(key), str):
-                urls[field] = doc[key]
-        issuer = issuer or str(doc.get("issuer", ""))
-        advertised = doc.get("id_token_signing_alg_values_supported")
-        if isinstance(advertised, list) and advertised and "id_token_algs" not in entry:
-            algs = tuple(str(a) for a in advertised)
-    for field, url in urls.items():
-        _check_endpoint(url, field)
-    if not urls["authorize_url"] or not urls["token_url"]:
+    """The provider's effective configuration for one connection, with its hook object.
+    Raises ProviderConfigError when a parameter, an endpoint or the discovery document is bad."""
+    spec = _cached(provider, params or {}, with_secret=True)
+    spec = _discovered(spec, template(provider.template))
+    for field in ENDPOINT_KEYS:
+        _check_endpoint(getattr(spec, field), field)
+    if not spec.authorize_url or not spec.token_url:
         raise ProviderConfigError(f"{provider.name} has no authorize/token endpoint configured")
-
-    spec = ProviderSpec(
-        key=provider.template,
-        name=provider.name,
-        provider_id=str(provider.pk),
-        display_name=provider.display_name or entry.get("display_name", provider.name),
-        client_id=provider.client_id,
-        client_secret=client_secret(provider),
-        authorize_url=urls["authorize_url"],
-        token_url=urls["token_url"],
-        revocation_url=urls["revocation_url"],
-        userinfo_url=urls["userinfo_url"],
-        discovery_url=urls["discovery_url"],
-        issuer=issuer,
-        jwks_uri=urls["jwks_uri"],
-        oidc=oidc_enabled,
-        scope_separator=entry.get("scope_separator", " "),
-        pkce=entry.get("pkce", "S256"),
-        default_scopes=tuple(provider.default_scopes or entry.get("default_scopes", ())),
-        authorize_params={**entry.get("authorize_params", {}), **(provider.authorize_params or {})},
-        token_auth=provider.token_auth or entry.get("token_auth", "client_secret_basic"),
-        token_headers=dict(entry.get("token_headers", {})),
-        refresh=bool(entry.get("refresh", True)),
-        refresh_token_rotation=values.get(
-            "refresh_token_rotation", str(entry.get("refresh_token_rotation", False))
-        ).lower()
-        == "true",
-        refresh_token_lifetime_days=entry.get("refresh_token_lifetime_days"),
-        refresh_token_reuse_grace_seconds=int(
-            values.get("refresh_token_reuse_grace_seconds", entry.get("refresh_token_reuse_grace_seconds", 0))
-        ),
-        id_token_algs=algs,
-        hook=entry.get("hook", "default"),
-        settings=dict(provider.settings or {}),
-        docs_url=entry.get("docs_url", ""),
-        params={name: p.pattern for name, p in param_specs(entry).items()},
-        values=values,
-        scope_param=entry.get("scope_param", "scope"),
-        token_format=entry.get("token_format", "form"),
-        refresh_url=urls["refresh_url"],
-        refresh_params=dict(entry.get("refresh_params", {})),
-        revocation_method=entry.get("revocation_method", "POST"),
-        revocation_auth=entry.get("revocation_auth", "client"),
-        revocation_format=entry.get("revocation_format", "form"),
-        revocation_token_param=entry.get("revocation_token_param", "token"),
-        revocation_token=entry.get("revocation_token", "refresh_token"),
-        revocation_hint=bool(entry.get("revocation_hint", True)),
-        error_field=entry.get("error_field", "error"),
-        error_aliases=dict(entry.get("error_aliases", {})),
-        transient_errors=tuple(entry.get("transient_errors", ())),
-        account_fields=dict(entry.get("account_fields", {})),
-        metadata_fields=dict(entry.get("metadata_fields", {})),
-        callback_params=tuple(entry.get("callback_params", ())),
-        scope_aliases=dict(entry.get("scope_aliases", {})),
-        scope_strip_prefix=entry.get("scope_strip_prefix", ""),
-        account_id_field=entry.get("account_id_field", "sub"),
-        reconnect_authorize_params=dict(entry.get("reconnect_authorize_params", {})),
-    )
     return spec, HOOKS[spec.hook]
+
+
+def described(provider) -> ProviderSpec:
+    """The provider as its catalog entry and row describe it, for presenting: URLs left as
+    templates, no template values, no discovery, no client secret."""
+    return _cached(provider, None, with_secret=False)
+
+
+def _discovered(spec: ProviderSpec, entry: dict[str, Any]) -> ProviderSpec:
+    """`spec` with the endpoints, issuer and algorithms an OIDC discovery document supplies,
+    when the catalog and the row leave any of them open (oidc caches the document)."""
+    if not (spec.oidc and spec.discovery_url) or (
+        spec.authorize_url and spec.token_url and spec.jwks_uri and spec.issuer
+    ):
+        return spec
+    _check_endpoint(spec.discovery_url, "discovery_url")
+    try:
+        doc = oidc.discovery(spec.discovery_url)
+    except oidc.DocumentUnavailable as exc:
+        raise ProviderConfigError(str(exc)) from None
+    found: dict[str, Any] = {}
+    for field, key in _DISCOVERED:
+        if not getattr(spec, field) and isinstance(doc.get(key), str):
+            found[field] = doc[key]
+    if not spec.issuer:
+        found["issuer"] = str(doc.get("issuer", ""))
+    advertised = doc.get("id_token_signing_alg_values_supported")
+    if isinstance(advertised, list) and advertised and "id_token_algs" not in entry:
+        found["id_token_algs"] = tuple(str(a) for a in advertised)
+    return replace(spec, **found)
+
+
+# Resolved specs per provider row version and parameters, so a callback or a refresh does
+# not rebuild one (nor decrypt the client secret) each time. The row's version is every
+# column of it (updated_at, the secret's ciphertext, the overrides …), so any change to the
+# row (the provider command, an admin save, rotate_token_keys) is a new key, in every
+# process, with no signal to miss. Per process, bounded, least recently used out first.
+_CACHE_SIZE = 512
+_cache: OrderedDict[tuple, ProviderSpec] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def _row_version(provider) -> bytes:
+    columns = [column.value_from_object(provider) for column in provider._meta.concrete_fields]
+    return orjson.dumps(columns, option=orjson.OPT_SORT_KEYS)
+
+
+def _cached(provider, params: dict[str, Any] | None, *, with_secret: bool) -> ProviderSpec:
+    try:
+        frozen_params = None if params is None else orjson.dumps(params, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # not JSON (a non-string key): template_values refuses it below
+        frozen_params = key = None
+    else:
+        key = (_row_version(provider), frozen_params, with_secret)
+        with _cache_lock:
+            spec = _cache.get(key)
+            if spec is not None:
+                _cache.move_to_end(key)
+                return spec
+    entry = template(provider.template)
+    values = None if params is None else template_values(provider, params)
+    secret = client_secret(provider) if with_secret else None
+    spec = ProviderSpec.from_catalog(entry, provider, values, client_secret=secret)
+    if key is not None:
+        with _cache_lock:
+            _cache[key] = spec
+            if len(_cache) > _CACHE_SIZE:
+                _cache.popitem(last=False)
+    return spec
+
+
+def cache_clear() -> None:
+    """Forget every resolved spec (tests that change the key ring under a provider row)."""
+    with _cache_lock:
+        _cache.clear()

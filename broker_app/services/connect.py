@@ -179,6 +179,9 @@ def connection_complete(
     except ProviderConfigError:
         connection_fail(connection=connection, error="provider_misconfigured")
         return _error_redirect(connection, "provider_misconfigured")
+    if iss is None and oidc.callback_iss_required(spec):  # RFC 9207 §2.4
+        connection_fail(connection=connection, error="invalid_issuer", description="the response has no iss parameter")
+        return _error_redirect(connection, "invalid_issuer")
     if iss is not None and spec.issuer and iss != spec.issuer and "{tenantid}" not in spec.issuer:
         connection_fail(
             connection=connection, error="invalid_issuer", description="the iss parameter names another issuer"

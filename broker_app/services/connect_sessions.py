@@ -27,10 +27,10 @@ from broker_app import crypto
 from broker_app.audit import Actor, audit_record
 from broker_app.models import Connection, ConnectSession, Provider
 from broker_app.presenters import connection_as_dict
+from broker_app.providers.registry import described
 from broker_app.providers.spec import (
     MAX_PARAM_LENGTH,
     ProviderConfigError,
-    open_params,
     param_specs,
     template,
     validate_params,
@@ -39,14 +39,15 @@ from broker_app.return_urls import ReturnUrlError, validate_return_url
 from broker_app.selectors import connection_get, provider_get_by_name, provider_list
 from broker_app.services.connect import connection_start
 from broker_app.services.reconnect import connection_reconnect, reconnect_prepare
+from dromos import wire
 from dromos.errors import ConnectionNotActive, InvalidRequest, NotFound
 from dromos.tags import TagError, validate_tags
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_EXPIRES_IN = 1800
-MAX_EXPIRES_IN = 86400
-MIN_EXPIRES_IN = 60
+DEFAULT_EXPIRES_IN = wire.SESSION_EXPIRES_DEFAULT
+MAX_EXPIRES_IN = wire.SESSION_EXPIRES_MAX
+MIN_EXPIRES_IN = wire.SESSION_EXPIRES_MIN
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{20,128}\Z")
 
 
@@ -219,7 +220,7 @@ def provider_choice(provider: Provider, *, with_params: bool = True) -> Provider
     specs = param_specs(entry)
     fields = tuple(
         ParamField(name=name, label=_label(name), example=specs[name].example, required=specs[name].default is None)
-        for name in open_params(entry, provider.settings or {})
+        for name in described(provider).open_params()
         if with_params
     )
     return ProviderChoice(

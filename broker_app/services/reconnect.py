@@ -4,11 +4,11 @@ The flow's secrets (state digest, PKCE verifier, nonce digest, requested scopes)
 ConnectAttempt row, so while the user is away at the provider the connection keeps its
 status and its tokens keep working. On the callback the new grant replaces the old one only
 when it belongs to the same account at the provider: the catalog's `account_id_field`
-(OIDC `sub` by default; Slack's user id, Dropbox's account_id …) must be present on both
-sides and equal, and for OIDC providers the verified id_token's `iss` must equal the stored
-one. Anything else — another account, an account that cannot be identified, a denied
-consent — changes nothing: the attempt fails, the audit log records it, and the browser
-lands on `return_url?status=error&error=…&connection_id=…`.
+("id_token.sub", Slack's "token.authed_user.id", QuickBooks' "callback.realmId" …, read by
+providers/account_id.py) must name an id on both sides and the ids be equal, and for OIDC
+providers the verified id_token's `iss` must equal the stored one. Anything else — another
+account, an account that cannot be identified, a denied consent — changes nothing: the
+attempt fails, the audit log records it, and the browser lands on `return_url?status=error&error=…&connection_id=…`.
 
 Revoked connections cannot be reconnected (409): revocation wiped the grant and told the
 provider to forget it; the agent requests a new connection."""
@@ -31,6 +31,7 @@ from broker_app.audit import Actor
 from broker_app.models import ConnectAttempt, Connection, ConnectSession
 from broker_app.oauth import client, oidc
 from broker_app.oauth.errors import IdTokenError, OAuthError, safe_code
+from broker_app.providers.account_id import account_id
 from broker_app.providers.registry import resolve
 from broker_app.providers.spec import ProviderConfigError
 from broker_app.return_urls import ReturnUrlError, validate_return_url
@@ -115,13 +116,44 @@ def connection_reconnect(
     return ReconnectResult(connection=connection, attempt=attempt, auth_url=auth_url)
 
 
-def same_account(spec, *, stored: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
-    """None when `new` is provably the account `stored` describes, else the error code."""
-    field = spec.account_id_field or "sub"
-    old_id, new_id = stored.get(field), new.get(field)
-    if old_id in (None, "") or new_id in (None, ""):
+def _documents(spec, *, account: Mapping[str, Any], metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """What one grant left on a connection, as the documents `account_id` reads: the verified
+    id_token claims (hooks.account keeps sub, iss …), the token response's account facts put
+    back at their catalog paths (account_fields) and flat metadata, the kept callback
+    parameters. The userinfo answer is not fetched, so a "userinfo." field reads nothing."""
+    token: dict[str, Any] = {key: value for key, value in metadata.items()}
+    for key, path in spec.account_fields.items():
+        if key not in account:
+            continue
+        node = token
+        *parents, leaf = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
+        node[leaf] = account[key]
+    return {"claims": dict(account), "token": token, "callback": dict(metadata)}
+
+
+def same_account(
+    spec,
+    *,
+    stored: Mapping[str, Any],
+    new: Mapping[str, Any],
+    stored_metadata: Mapping[str, Any] | None = None,
+    new_metadata: Mapping[str, Any] | None = None,
+    params: Mapping[str, Any] | None = None,
+) -> str | None:
+    """None when `new` is provably the account `stored` describes, else the error code. The
+    catalog's `account_id_field` ("id_token.sub", "token.authed_user.id", "callback.realmId",
+    "param.shop" …) is read from both grants by providers.account_id; an empty field or an
+    id missing on either side is account_unverifiable."""
+    field = spec.account_id_field
+    old_id = account_id(
+        field, params=dict(params or {}), **_documents(spec, account=stored, metadata=stored_metadata or {})
+    )
+    new_id = account_id(field, params=dict(params or {}), **_documents(spec, account=new, metadata=new_metadata or {}))
+    if old_id is None or new_id is None:
         return "account_unverifiable"
-    if str(old_id) != str(new_id):
+    if old_id != new_id:
         return "account_mismatch"
     if spec.oidc and (stored.get("iss") or new.get("iss")) and stored.get("iss") != new.get("iss"):
         return "account_mismatch"
@@ -197,13 +229,20 @@ def reconnect_complete(
     elif spec.oidc and attempt.nonce_digest:
         return _refuse(attempt, "missing_id_token")
     account = {**tokens.account, **hooks.account(spec, claims)}
-    mismatch = same_account(spec, stored=connection.account or {}, new=account)
-    if mismatch:
-        # The new grant is dropped unused: it belongs to someone else (or to no one we can name).
-        return _refuse(attempt, mismatch)
     extra_metadata = callback_metadata(spec, callback_params)
     if extra_metadata:
         tokens = replace(tokens, metadata={**tokens.metadata, **extra_metadata})
+    mismatch = same_account(
+        spec,
+        stored=connection.account or {},
+        new=account,
+        stored_metadata=connection.metadata or {},
+        new_metadata=tokens.metadata,
+        params=connection.params or {},
+    )
+    if mismatch:
+        # The new grant is dropped unused: it belongs to someone else (or to no one we can name).
+        return _refuse(attempt, mismatch)
     if not connection_reconnect_complete(attempt=attempt, tokens=tokens, account=account):
         return _back(attempt, "error", "connection_not_reconnectable")
     return _back(attempt, "success")

@@ -78,8 +78,8 @@ from broker_app.selectors import connection_get
 from broker_app.services import refresh_policy as policy
 from broker_app.services.lifecycle import connection_fail, connection_store_refreshed, not_active
 from broker_app.services.token_view import TokenView, token_view
+from dromos import redis as shared_redis
 from dromos.errors import ApiError, ConnectionNotActive, NotFound, ProviderError, ProviderUnavailable
-from dromos.redis import redis_client
 
 logger = logging.getLogger(__name__)
 _LOCK_NOT_AVAILABLE = "55P03"
@@ -236,7 +236,7 @@ _local_waiters_lock = threading.Lock()
 def _waiter_slot(connection_id: str) -> Iterator[bool]:
     """Count this caller among the connection's waiters; yields whether it may wait."""
     limit = settings.REFRESH_MAX_WAITERS
-    client = redis_client()
+    client = None if shared_redis.resting() else shared_redis.client()
     key = f"dromos:refresh-waiters:{connection_id}"
     if client is not None:
         try:
@@ -244,7 +244,8 @@ def _waiter_slot(connection_id: str) -> Iterator[bool]:
             pipe.incr(key)
             pipe.expire(key, settings.REFRESH_LOCK_TIMEOUT_SECONDS + 30)
             waiting = pipe.execute()[0]
-        except Exception:  # Redis down: bound the waiters per process instead
+        except shared_redis.RedisError:  # Redis down: bound the waiters per process instead
+            shared_redis.trip()
             client = None
         else:
             try:
@@ -252,7 +253,7 @@ def _waiter_slot(connection_id: str) -> Iterator[bool]:
             finally:
                 try:
                     client.decr(key)
-                except Exception:  # the key expires by itself
+                except shared_redis.RedisError:  # the key expires by itself
                     logger.warning("could not release a refresh waiter slot")
             return
     with _local_waiters_lock:

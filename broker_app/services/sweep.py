@@ -31,6 +31,7 @@ from broker_app.models import Connection
 from broker_app.queue import task
 from broker_app.services.refresh import RefreshOutcome, token_refresh_due
 from broker_app.services.refresh_policy import proactive_due
+from dromos import redis as shared_redis
 
 logger = logging.getLogger(__name__)
 CLAIM_SECONDS = 300
@@ -164,24 +165,13 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
 end
 return 0
 """
-_redis_client = None
-
-
-def _redis():
-    global _redis_client
-    if not settings.REDIS_URL:
-        return None
-    if _redis_client is None:
-        import redis
-
-        _redis_client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    return _redis_client
+_redis = shared_redis.client  # None without Redis
 
 
 def provider_limit(provider: str) -> int:
     """Concurrent refreshes allowed against one provider (REFRESH_PROVIDER_CONCURRENCY, or a
     per-provider value in REFRESH_PROVIDER_CONCURRENCY_OVERRIDES)."""
-    overrides = getattr(settings, "REFRESH_PROVIDER_CONCURRENCY_OVERRIDES", {}) or {}
+    overrides = settings.REFRESH_PROVIDER_CONCURRENCY_OVERRIDES or {}
     return int(overrides.get(provider, settings.REFRESH_PROVIDER_CONCURRENCY))
 
 

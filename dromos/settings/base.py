@@ -6,13 +6,13 @@ from pathlib import Path
 
 import dj_database_url
 
-from dromos.env import env_bool, env_int, env_list, env_str, require_secret
+from dromos.env import env_bool, env_float, env_int, env_list, env_str, require_secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = Path(env_str("DROMOS_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DEBUG", False)
-SECRET_KEY = require_secret("DJANGO_SECRET_KEY", debug=DEBUG, dev_default="dev-only-insecure-secret-key-do-not-deploy")
+SECRET_KEY = require_secret("DJANGO_SECRET_KEY", debug=DEBUG)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"] if DEBUG else [])
 
 # Embedded default: without DATABASE_URL one SQLite file (no external services).
@@ -25,7 +25,7 @@ if DATABASE_URL:
             ),
             # Persistent connections, pinged only after DB_HEALTH_CHECK_IDLE_SECONDS idle; the hot
             # path's fixed statements prepared unless DB_PREPARED_STATEMENTS=false (dromos/db/base.py).
-            "HEALTH_CHECK_IDLE_SECONDS": float(env_str("DB_HEALTH_CHECK_IDLE_SECONDS", "1")),
+            "HEALTH_CHECK_IDLE_SECONDS": env_float("DB_HEALTH_CHECK_IDLE_SECONDS", 1.0),
             "PREPARED_STATEMENTS": env_bool("DB_PREPARED_STATEMENTS", True),
         }
     }
@@ -46,9 +46,10 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_str("REDIS_URL")
-# Every Redis call gives up after this long: an unreachable Redis degrades the gateway's rate
-# limit and revocation marker (gateway_app.services) instead of hanging requests.
-REDIS_TIMEOUT_SECONDS = float(env_str("REDIS_TIMEOUT_SECONDS", "1"))
+# Every Redis call gives up after this long (one client per process: dromos.redis): an
+# unreachable Redis degrades the gateway's rate limit and revocation marker
+# (gateway_app.ratelimit, gateway_app.keys) instead of hanging requests.
+REDIS_TIMEOUT_SECONDS = env_float("REDIS_TIMEOUT_SECONDS", 1.0)
 if REDIS_URL:
     CACHES = {
         "default": {
@@ -70,6 +71,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "dromos.middleware.RequestIdMiddleware",
     "dromos.middleware.RequestMetricsMiddleware",
+    "dromos.middleware.AllowedHostMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Static files (admin CSS, the offline API docs' assets) from the app, no web server needed.
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -94,6 +96,12 @@ TEMPLATES = [
 ]
 
 WSGI_APPLICATION = "dromos.wsgi.application"
+# Filled by each process's settings (shared code names the apps' parts only through these):
+# callables run by dromos.wsgi before the first request, one returning {name: ok} more for
+# /readyz, and scrape-time Prometheus collectors for /metrics.
+STARTUP_CHECKS: list[str] = []
+READINESS_EXTRA_CHECK: str | None = None
+METRICS_COLLECTORS: list[str] = []
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False
@@ -113,7 +121,7 @@ SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = BEHIND_TLS_PROXY
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["dromos.renderers.FastJSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["dromos.parsers.JSONParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": [],
     "UNAUTHENTICATED_USER": None,
@@ -122,7 +130,7 @@ REST_FRAMEWORK = {
 }
 
 # The broker's shared secret: the gateway sends it, the broker checks it.
-BROKER_API_KEY = require_secret("BROKER_API_KEY", debug=DEBUG, dev_default="dev-only-broker-api-key")
+BROKER_API_KEY = require_secret("BROKER_API_KEY", debug=DEBUG)
 
 CELERY_BROKER_URL = REDIS_URL or "filesystem://"
 if not REDIS_URL:
@@ -172,4 +180,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Two `status` enums (a connection's, a connect session's): each keeps a stable name.
+    "ENUM_NAME_OVERRIDES": {
+        "StatusEnum": "dromos.wire.CONNECTION_STATUSES",
+        "ConnectSessionStatusEnum": "dromos.wire.SESSION_STATUSES",
+    },
 }

@@ -1,6 +1,10 @@
 """Broker process: providers, connections, encrypted tokens, OAuth flows, admin."""
 
-from dromos.env import env_bool, env_int, env_list, env_str, require_secret
+from datetime import timedelta
+
+from celery.schedules import crontab
+
+from dromos.env import env_bool, env_float, env_int, env_list, env_str, require_secret
 
 from .base import *  # noqa: F403
 from .base import DEBUG, INSTALLED_APPS, MIDDLEWARE
@@ -13,6 +17,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "broker_app",
+    "axes",
 ]
 _STATIC_FILES = "whitenoise.middleware.WhiteNoiseMiddleware"
 MIDDLEWARE = [
@@ -26,13 +31,30 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
 ROOT_URLCONF = "dromos.urls_broker"
+# Before the first request: a key ring that cannot read the stored tokens stops the broker.
+STARTUP_CHECKS = ["broker_app.checks.assert_keys_match_data"]
 METRICS_COLLECTORS = [
     "broker_app.collectors.ConnectionStatusCollector",
     "broker_app.metrics.refresh_outcomes_collector",
 ]
 METRICS_CONNECTIONS_CACHE_SECONDS = env_int("METRICS_CONNECTIONS_CACHE_SECONDS", 15)
+
+# Admin login throttle (django-axes): ADMIN_LOGIN_FAILURE_LIMIT wrong passwords for one
+# username, or from one address, lock it for ADMIN_LOCKOUT_MINUTES (the right password is
+# refused meanwhile); `manage.py axes_reset_username NAME` / `axes_reset_ip ADDR` /
+# `axes_reset` unlock at once (docs/operations.md).
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = env_int("ADMIN_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("ADMIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+AXES_CLIENT_IP_CALLABLE = "broker_app.middleware.client_ip"  # REMOTE_ADDR, as the CIDR allowlist
+AXES_LOCKOUT_TEMPLATE = "admin_locked.html"
 
 BASE_URL = env_str("BASE_URL", "http://127.0.0.1:8001").rstrip("/")
 ENFORCE_RETURN_URL = env_bool("ENFORCE_RETURN_URL", True)
@@ -40,19 +62,18 @@ ALLOWED_RETURN_DOMAINS = env_list("ALLOWED_RETURN_DOMAINS", ["localhost", "127.0
 BROKER_ALLOWED_CIDRS = env_list("BROKER_ALLOWED_CIDRS")
 
 # Comma-separated Fernet-format keys; the first encrypts, all decrypt.
-TOKEN_ENCRYPTION_KEYS = require_secret(
-    "TOKEN_ENCRYPTION_KEYS",
-    debug=DEBUG,
-    # A fixed development key, so `make run` needs no set-up; never valid outside DEBUG.
-    dev_default="ZGV2LW9ubHktaW5zZWN1cmUta2V5LTAwMDAwMDAwMDA=",
-)
+# In DEBUG a fixed development key (dromos.env.DEV_SECRETS) stands in; never valid outside DEBUG.
+TOKEN_ENCRYPTION_KEYS = require_secret("TOKEN_ENCRYPTION_KEYS", debug=DEBUG)
 
 OAUTH_STATE_TTL_SECONDS = env_int("OAUTH_STATE_TTL_SECONDS", 600)
-PROVIDER_HTTP_TIMEOUT = float(env_str("PROVIDER_HTTP_TIMEOUT", "10"))
+PROVIDER_HTTP_TIMEOUT = env_float("PROVIDER_HTTP_TIMEOUT", 10.0)
 # Callback redirects to http:// return URLs are allowed only for these hosts (local dev).
 ALLOW_HTTP_RETURN_HOSTS = env_list("ALLOW_HTTP_RETURN_HOSTS", ["localhost", "127.0.0.1"])
 # Provider endpoints over plain http are refused unless the host is listed (tests, demo).
 ALLOW_HTTP_PROVIDER_HOSTS = env_list("ALLOW_HTTP_PROVIDER_HOSTS", ["localhost", "127.0.0.1"] if DEBUG else [])
+# The file `manage.py provider import` writes operator templates to (merged into the catalog;
+# unset: import refuses). Put it on persistent storage shared by every broker process.
+PROVIDER_CATALOG_EXTRA = env_str("PROVIDER_CATALOG_EXTRA", "")
 ID_TOKEN_LEEWAY_SECONDS = env_int("ID_TOKEN_LEEWAY_SECONDS", 60)
 
 # Refresh
@@ -64,10 +85,26 @@ REFRESH_MAX_WAITERS = env_int("REFRESH_MAX_WAITERS", 2)
 REFRESH_SWEEP_WINDOW_SECONDS = env_int("REFRESH_SWEEP_WINDOW_SECONDS", 600)
 REFRESH_SWEEP_BATCH = env_int("REFRESH_SWEEP_BATCH", 500)
 REFRESH_PROVIDER_CONCURRENCY = env_int("REFRESH_PROVIDER_CONCURRENCY", 8)
+# Per-provider values of REFRESH_PROVIDER_CONCURRENCY, by provider name (settings only).
+REFRESH_PROVIDER_CONCURRENCY_OVERRIDES: dict[str, int] = {}
+
+
+def _every(minutes: str, task: str, expires: int) -> dict:
+    return {"task": f"broker_app.tasks.{task}", "schedule": crontab(minute=minutes), "options": {"expires": expires}}
+
+
+# Exactly one beat runs this schedule. Each entry expires before its next run so a
+# backlog never piles up sweeps.
+CELERY_BEAT_SCHEDULE = {
+    "refresh-sweep": _every("*", "refresh_sweep", expires=50),
+    "prune-pending": _every("*/5", "prune_pending", expires=240),
+    "retry-revocations": _every("*/10", "retry_revocations", expires=500),
+    "webhook-requeue-stale": _every("*/5", "webhook_requeue_stale", expires=240),
+}
 
 # Connection-event webhooks (broker_app/webhooks.py)
 WEBHOOK_ALLOW_HTTP_HOSTS = env_list("WEBHOOK_ALLOW_HTTP_HOSTS", ["localhost", "127.0.0.1"] if DEBUG else [])
-WEBHOOK_TIMEOUT_SECONDS = float(env_str("WEBHOOK_TIMEOUT_SECONDS", "10"))
+WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0)
 WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 10)
 WEBHOOK_RETRY_BASE_SECONDS = env_int("WEBHOOK_RETRY_BASE_SECONDS", 30)
 WEBHOOK_RETRY_MAX_SECONDS = env_int("WEBHOOK_RETRY_MAX_SECONDS", 3600)

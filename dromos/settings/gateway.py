@@ -1,6 +1,6 @@
 """Gateway process: the public /v1 API. No provider secrets, no encryption keys, no token tables."""
 
-from dromos.env import env_int, env_str
+from dromos.env import env_float, env_int, env_str
 
 from .base import *  # noqa: F403
 from .base import INSTALLED_APPS, MIDDLEWARE
@@ -17,8 +17,8 @@ INSTALLED_APPS = [
 ROOT_URLCONF = "dromos.urls_gateway"
 
 BROKER_INTERNAL_URL = env_str("BROKER_INTERNAL_URL", "http://127.0.0.1:8001").rstrip("/")
-BROKER_CONNECT_TIMEOUT = float(env_str("BROKER_CONNECT_TIMEOUT", "2"))
-BROKER_READ_TIMEOUT = float(env_str("BROKER_READ_TIMEOUT", "30"))
+BROKER_CONNECT_TIMEOUT = env_float("BROKER_CONNECT_TIMEOUT", 2.0)
+BROKER_READ_TIMEOUT = env_float("BROKER_READ_TIMEOUT", 30.0)
 BROKER_POOL_SIZE = env_int("BROKER_POOL_SIZE", 32)
 
 # API keys: seconds a verified key stays in the in-process cache (revocation reaches every
@@ -32,3 +32,12 @@ GATEWAY_SLOW_CALLS_PER_WORKSPACE = env_int("GATEWAY_SLOW_CALLS_PER_WORKSPACE", 6
 GATEWAY_SLOT_WAIT_SECONDS = float(env_str("GATEWAY_SLOT_WAIT_SECONDS", "0.1"))
 
 READINESS_EXTRA_CHECK = "gateway_app.broker_client.readiness"
+
+# /readyz and /metrics answer only to `Authorization: Bearer <GATEWAY_OPS_TOKEN>` (dromos/ops_auth.py).
+# Unset: closed to everyone outside DEBUG (open in DEBUG). Management commands and the
+# migrate role do not need it.
+GATEWAY_OPS_TOKEN = env_str("GATEWAY_OPS_TOKEN", "")
+
+# Failed API-key authentications per source address (gateway_app/auth_throttle.py): past
+# this many in the window the address's lookups are refused with 429; "off" disables it.
+API_KEY_AUTH_FAILURE_LIMIT = env_str("API_KEY_AUTH_FAILURE_LIMIT", "30/min")

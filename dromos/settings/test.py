@@ -2,28 +2,31 @@
 one real PostgreSQL test database. The gateway still reaches the broker over HTTP
 (a live server), exactly as in production."""
 
-import os
+from dromos.env import env_default
 
-os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dromos")
-os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")  # per xdist worker: tests/conftest.py
-os.environ.setdefault("DEBUG", "false")
-os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key")
-os.environ.setdefault("BROKER_API_KEY", "test-broker-api-key")
-os.environ.setdefault("TOKEN_ENCRYPTION_KEYS", "r0Ot3xv2mQ0wJ9Lz1fGkq3yZC1u7Q2Wv4lJ8nU0pQ5E=")
-os.environ.setdefault("ALLOWED_HOSTS", "*")
-os.environ.setdefault("ALLOWED_RETURN_DOMAINS", "app.example.com,.allowed.test,127.0.0.1,localhost")
-os.environ.setdefault("ALLOW_HTTP_PROVIDER_HOSTS", "127.0.0.1,localhost")
-os.environ.setdefault("WEBHOOK_ALLOW_HTTP_HOSTS", "127.0.0.1,localhost")
+env_default("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dromos")
+env_default("REDIS_URL", "redis://127.0.0.1:6379/15")  # per xdist worker: tests/conftest.py
+env_default("DEBUG", "false")
+env_default("DJANGO_SECRET_KEY", "test-secret-key")
+env_default("BROKER_API_KEY", "test-broker-api-key")
+env_default("TOKEN_ENCRYPTION_KEYS", "r0Ot3xv2mQ0wJ9Lz1fGkq3yZC1u7Q2Wv4lJ8nU0pQ5E=")
+env_default("ALLOWED_HOSTS", "*")
+env_default("ALLOWED_RETURN_DOMAINS", "app.example.com,.allowed.test,127.0.0.1,localhost")
+env_default("ALLOW_HTTP_PROVIDER_HOSTS", "127.0.0.1,localhost")
+env_default("WEBHOOK_ALLOW_HTTP_HOSTS", "127.0.0.1,localhost")
+env_default("GATEWAY_OPS_TOKEN", "test-ops-token")
 
 from .broker import *  # noqa: E402,F403
 from .broker import INSTALLED_APPS  # noqa: E402
 from .gateway import (  # noqa: E402,F401
+    API_KEY_AUTH_FAILURE_LIMIT,
     API_KEY_CACHE_SECONDS,
     API_KEY_RATE_LIMIT,
     BROKER_CONNECT_TIMEOUT,
     BROKER_INTERNAL_URL,
     BROKER_POOL_SIZE,
     BROKER_READ_TIMEOUT,
+    GATEWAY_OPS_TOKEN,
     GATEWAY_SLOT_WAIT_SECONDS,
     GATEWAY_SLOW_CALLS_PER_KEY,
     GATEWAY_SLOW_CALLS_PER_WORKSPACE,
@@ -35,3 +38,4 @@ ROOT_URLCONF = "dromos.urls_test"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 BROKER_ACCESS_EXEMPT = ("/v1/", "/openapi.json", "/docs", "/redoc")
 PROVIDER_HTTP_TIMEOUT = 3.0
+STARTUP_CHECKS: list[str] = []  # as before: only a process on the broker settings runs them

@@ -9,8 +9,8 @@ from django.core.management import CommandError, call_command
 
 from broker_app.models import Provider
 from broker_app.providers.registry import client_secret, resolve
+from gateway_app.keys import apikey_verify
 from gateway_app.models import ApiKey
-from gateway_app.services import apikey_verify
 
 pytestmark = pytest.mark.django_db
 
@@ -120,7 +120,7 @@ def test_apikey_create_prints_the_key_alone_as_last_line():
     assert apikey_verify(key).workspace == "acme"
     assert row.prefix in _run("apikey", "list") and key not in _run("apikey", "list")
     _run("apikey", "revoke", "--prefix", row.prefix)
-    from gateway_app.services import cache_clear
+    from gateway_app.keys import cache_clear
 
     cache_clear()
     assert apikey_verify(key) is None

@@ -4,11 +4,14 @@ like a browser would, and the token checked at the provider's userinfo endpoint.
 
 from __future__ import annotations
 
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 from oidc_consent import complete_consent
+
+from broker_app.services.refresh_policy import COALESCE_SECONDS
 
 pytestmark = pytest.mark.e2e
 RETURN_URL = "http://127.0.0.1:1/oauth/return"  # nothing listens: the browser stops there
@@ -72,7 +75,9 @@ def test_typical_flow_against_a_real_oidc_provider(real_stack):
     # A forced refresh right after another returns that result (coalesced, no provider call).
     assert _gw(real_stack, "POST", f"/v1/refresh/{cid}").json()["access_token"] == second["access_token"]
     # The provider rotated the refresh token and revokes the grant on reuse: this refresh
-    # (auto_refresh with a min_ttl beyond the token's life) only works if the rotated one was stored.
+    # (auto_refresh with a min_ttl beyond the token's life, once the coalescing window of the
+    # refresh above has passed) only works if the rotated one was stored.
+    time.sleep(COALESCE_SECONDS + 0.5)
     auto = _gw(real_stack, "GET", f"/v1/token/{cid}", params={"auto_refresh": "true", "min_ttl": "86400"})
     assert auto.status_code == 200, auto.text
     assert auto.json()["access_token"] != second["access_token"]
@@ -137,5 +142,5 @@ def test_gateway_maps_a_dead_broker_to_503(real_stack):
     response = _gw(real_stack, "GET", "/v1/token/c_whatever")
     assert response.status_code == 503 and response.headers["Retry-After"]
     assert response.json()["error"] == "broker_unavailable"
-    ready = requests.get(f"{real_stack.gateway_url}/readyz", timeout=10)
+    ready = requests.get(f"{real_stack.gateway_url}/readyz", headers=real_stack.ops_headers(), timeout=10)
     assert ready.status_code == 503 and ready.json()["checks"]["broker"] is False

@@ -10,6 +10,7 @@ import requests
 from django.utils import timezone
 
 from broker_app.models import AuditEvent, Connection
+from broker_app.services import refresh_policy
 from tests.conftest import auth_params, connect, start_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -62,8 +63,18 @@ def test_auto_refresh_refreshes_only_when_close_to_expiry(stack, fake_provider, 
     Connection.objects.filter(pk=cid).update(expires_at=timezone.now() + timedelta(seconds=30))
     second = stack.call("GET", f"/v1/token/{cid}?auto_refresh=true", key).json()
     assert fake_provider.refresh_calls == 1 and second["access_token"] != first["access_token"]
+    # A min_ttl beyond the token's lifetime: refreshed again only once COALESCE_SECONDS have
+    # passed since the last refresh (issue 14: never a refresh on every read); the answer says
+    # the token lives less than asked.
     third = stack.call("GET", f"/v1/token/{cid}?auto_refresh=true&min_ttl=7200", key).json()
-    assert fake_provider.refresh_calls == 2 and third["access_token"] != second["access_token"]
+    assert fake_provider.refresh_calls == 1 and third["access_token"] == second["access_token"]
+    assert third["warnings"] == ["min_ttl_not_met"] and "warnings" not in second
+    Connection.objects.filter(pk=cid).update(
+        last_refreshed_at=timezone.now() - timedelta(seconds=refresh_policy.COALESCE_SECONDS + 1)
+    )
+    fourth = stack.call("GET", f"/v1/token/{cid}?auto_refresh=true&min_ttl=7200", key).json()
+    assert fake_provider.refresh_calls == 2 and fourth["access_token"] != third["access_token"]
+    assert fourth["warnings"] == ["min_ttl_not_met"]
 
 
 def test_broker_refresh_endpoint_needs_api_key(stack, fake_provider, fake_provider_row):
@@ -276,8 +287,9 @@ def test_callback_state_is_single_use(stack, fake_provider, fake_provider_row):
     started = start_connection(stack, key)
     params = auth_params(started["authUrl"])
     code = fake_provider.issue_code(code_challenge=params["code_challenge"], nonce=params["nonce"])
-    assert stack.callback(code=code, state=params["state"]).status_code == 302
-    replay = stack.callback(code=code, state=params["state"])
+    # With iss: the fake provider advertises RFC 9207 support, so a callback without it fails.
+    assert stack.callback(code=code, state=params["state"], iss=fake_provider.issuer).status_code == 302
+    replay = stack.callback(code=code, state=params["state"], iss=fake_provider.issuer)
     assert replay.status_code == 400 and "text/html" in replay.headers["Content-Type"]
     assert Connection.objects.get(pk=started["connection_id"]).status == "active"
 

@@ -24,7 +24,6 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "devtools"))
-sys.path.insert(0, str(ROOT / "tests" / "support"))
 
 from oidc_consent import complete_consent  # noqa: E402
 from oidc_server import free_port  # noqa: E402
@@ -214,9 +213,9 @@ def _clear_process_caches():
     import redis
     from django.conf import settings
 
-    from gateway_app import services
+    from gateway_app import keys
 
-    services.cache_clear()
+    keys.cache_clear()
     client = redis.Redis.from_url(settings.REDIS_URL)
     for key in client.scan_iter(match=":*", count=1000):
         client.delete(key)

@@ -8,21 +8,23 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 
+import browser as chromium  # devtools/browser.py
 import pytest
 
 from tests.ops.conftest import ARTIFACTS, ROOT, random_id, wait_for
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PASSWORD = "correct horse battery staple 42"
 
-pytestmark = pytest.mark.skipif(
-    not shutil.which("chromium"), reason="chromium is not installed (scripts/ensure-system-packages.sh installs it)"
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        not chromium.available(), reason="chromium is not installed (scripts/ensure-system-packages.sh installs it)"
+    ),
+]
 
 
 def when(page, field: str) -> datetime:
@@ -78,10 +80,7 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        # The system's chromium: nothing is downloaded.
-        instance = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
+        instance = chromium.launch(playwright)  # the system's chromium: nothing is downloaded
         yield instance
         instance.close()
 

@@ -90,6 +90,9 @@ def run(*args: str) -> tuple[str, str]:
         ("broker", "provider list"),
         ("broker", "provider remove"),
         ("broker", "provider templates"),
+        ("broker", "provider import"),
+        ("broker", "provider export"),
+        ("broker", "provider docs"),
         ("broker", "webhook add"),
         ("broker", "webhook list"),
         ("broker", "webhook remove"),
@@ -105,6 +108,7 @@ def test_every_operator_command_has_help(role, command):
     assert out.startswith("usage: manage.py " + command) and "-h, --help" in out
 
 
+@pytest.mark.live  # Django in a child process
 def test_help_works_in_each_role_process():
     for role, command in (("broker", "rotate_token_keys"), ("gateway", "apikey")):
         result = manage(command, "--help", role=role)
@@ -122,8 +126,13 @@ def test_help_works_in_each_role_process():
             "invalid choice",
         ),
         ("broker", ["prune_pending", "--bogus"], "unrecognized arguments: --bogus"),
-        ("broker", ["provider"], "the following arguments are required: {upsert,list,remove,templates}"),
+        (
+            "broker",
+            ["provider"],
+            "the following arguments are required: {upsert,list,remove,templates,import,export,docs}",
+        ),
         ("broker", ["provider", "upsert"], "the following arguments are required: --name"),
+        ("broker", ["provider", "import"], "the following arguments are required: file"),
         ("broker", ["provider", "upsert", "--name", "x", "--token-auth", "magic"], "invalid choice: 'magic'"),
         ("broker", ["refresh_due", "--window", "soon"], "invalid int value: 'soon'"),
         ("broker", ["rotate_token_keys", "--batch-size", "many"], "invalid int value: 'many'"),
@@ -167,6 +176,7 @@ def test_bad_input_is_a_clear_one_line_error_with_exit_1(role, args, message):
     assert err.startswith("CommandError: ") and message in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.live  # Django in a child process
 def test_bad_input_exit_status_in_the_role_process():
     result = manage("apikey", "revoke", "--prefix", "nosuchkey", role="gateway")
     assert (
@@ -208,7 +218,7 @@ def test_apikey_create_list_revoke_as_an_operator_runs_them():
     everything = execute("apikey", "list")[1]
     assert prefix in everything and other.split("_")[1] in everything and other not in everything
 
-    from gateway_app.services import apikey_verify, cache_clear
+    from gateway_app.keys import apikey_verify, cache_clear
 
     assert apikey_verify(key).workspace == "acme"
     status, out, _ = execute("apikey", "revoke", "--prefix", prefix)
@@ -305,6 +315,7 @@ def test_prune_pending_rejects_bad_durations(value):
         run("prune_pending", "--older-than", value)
 
 
+@pytest.mark.live  # Django in a child process
 def test_prune_pending_exit_codes(provider):
     pending(provider, closed_ago=timedelta(days=2))
     bad = manage("prune_pending", "--older-than", "soon")
@@ -316,6 +327,7 @@ def test_prune_pending_exit_codes(provider):
 # -- webhook ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.live  # Django in a child process
 def test_webhook_add_prints_the_secret_once_and_stores_it_encrypted():
     result = manage(
         "webhook",
@@ -359,6 +371,7 @@ def test_webhook_add_rejects_bad_urls(url, message):
     assert not WebhookEndpoint.objects.exists()
 
 
+@pytest.mark.live  # Django in a child process
 def test_webhook_duplicate_and_remove():
     run("webhook", "add", "--workspace", "acme", "--url", "https://hooks.acme.test/a")
     with pytest.raises(CommandError, match="already has a webhook"):
@@ -379,6 +392,7 @@ def test_webhook_duplicate_and_remove():
 # -- check: the "dromos" deployment checks -----------------------------------------------------------
 
 
+@pytest.mark.live  # Django in a child process
 def test_plain_check_and_migrate_need_no_broker_or_provider():
     dead = f"http://127.0.0.1:{free_port()}"
     result = manage("check", role="gateway", BROKER_INTERNAL_URL=dead)
@@ -386,6 +400,7 @@ def test_plain_check_and_migrate_need_no_broker_or_provider():
     assert "broker" not in result.stdout + result.stderr
 
 
+@pytest.mark.live  # Django in a child process
 def test_check_reports_an_unreachable_broker_from_the_gateway():
     dead = f"http://127.0.0.1:{free_port()}"
     for args in (["check", "--tag", "dromos"], ["check", "--deploy"]):
@@ -394,6 +409,7 @@ def test_check_reports_an_unreachable_broker_from_the_gateway():
         assert f"(dromos.E102) the broker's /healthz does not answer 200 at {dead}/healthz" in result.stderr
 
 
+@pytest.mark.live  # Django in a child process
 def test_check_passes_against_a_reachable_broker(stack, fake_provider_row):
     result = manage("check", "--tag", "dromos", role="gateway", BROKER_INTERNAL_URL=stack.url)
     assert result.returncode == 0, result.stderr
@@ -401,6 +417,7 @@ def test_check_passes_against_a_reachable_broker(stack, fake_provider_row):
     assert broker.returncode == 0, broker.stderr
 
 
+@pytest.mark.live  # Django in a child process
 def test_check_reports_secrets_and_providers(fake_provider_row, provider):
     result = manage(
         "check", "--tag", "dromos", role="broker", DJANGO_SECRET_KEY="dev-only-whatever", BROKER_API_KEY="short"
@@ -413,6 +430,7 @@ def test_check_reports_secrets_and_providers(fake_provider_row, provider):
     assert "provider fake" not in result.stderr
 
 
+@pytest.mark.live  # Django in a child process
 def test_check_reports_a_client_secret_that_no_longer_decrypts(fake_provider_row):
     other_key = "q1Ot3xv2mQ0wJ9Lz1fGkq3yZC1u7Q2Wv4lJ8nU0pQ5E="
     result = manage("check", "--tag", "dromos", role="broker", TOKEN_ENCRYPTION_KEYS=other_key)

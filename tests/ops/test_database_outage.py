@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
-from oidc_server import free_port  # noqa: I001  (tests/support, on sys.path via conftest)
+from oidc_server import free_port  # noqa: I001  (devtools/, on sys.path via conftest)
 from relay import Relay
 from stack import Stack, reset_postgres_database  # noqa: I001  (devtools/, on sys.path via conftest)
 
@@ -109,7 +109,7 @@ def test_database_outage_is_503_and_recovers_without_restart(relayed_stack):
         )
         _assert_unavailable(response, code="service_unavailable")
         # Readiness says so too; liveness does not (a restart would not help).
-        assert requests.get(stack.gateway_url + "/readyz", timeout=30).status_code == 503
+        assert requests.get(stack.gateway_url + "/readyz", headers=stack.ops_headers(), timeout=30).status_code == 503
         assert requests.get(stack.gateway_url + "/healthz", timeout=30).status_code == 200
     finally:
         relay.restore()

@@ -90,6 +90,7 @@ def test_entrypoint_unknown_role_is_a_usage_error(args):
     assert "usage: entrypoint.sh" in result.stderr and "gateway|broker|worker|beat|migrate" in result.stderr
 
 
+@pytest.mark.live  # Django in a child process
 def test_migrate_role_really_migrates_both_apps(tmp_path):
     database_url = sibling_database("migrate")
     sys.path.insert(0, str(ROOT / "devtools"))
@@ -222,6 +223,7 @@ def test_dockerfile_builds_one_slim_non_root_image_running_the_entrypoint():
     assert {".git", ".venv", ".env", "var"} <= set(ignored)
 
 
+@pytest.mark.live  # Django in a child process
 def test_dockerfile_collectstatic_step_works(tmp_path):
     """The image's build step, run here: static files for the admin and the offline docs."""
     (run,) = [rest for word, rest in _dockerfile() if word == "RUN" and "collectstatic" in rest]

@@ -24,12 +24,12 @@ def scrape(url: str, **headers: str) -> str:
 def test_gateway_metrics_after_traffic(ops_stack):
     key = ops_stack.new_key(random_id("ws-metrics"))
     cid = ops_stack.connect(key)
-    before = scrape(ops_stack.gateway_url)
+    before = scrape(ops_stack.gateway_url, **ops_stack.ops_headers())
     for _ in range(3):
         assert ops_stack.gw("GET", f"/v1/token/{cid}", key).status_code == 200
     assert ops_stack.gw("GET", "/v1/token/c_unknown", key).status_code == 404
     assert ops_stack.gw("GET", f"/v1/check-connection/{cid}", key).status_code == 200
-    after = scrape(ops_stack.gateway_url)
+    after = scrape(ops_stack.gateway_url, **ops_stack.ops_headers())
 
     def delta(name, **labels):
         return metric_value(after, name, **labels) - metric_value(before, name, **labels)
@@ -111,7 +111,7 @@ def test_healthz_and_readyz_on_both_processes(ops_stack):
     for url in (ops_stack.gateway_url, ops_stack.broker_url):
         alive = requests.get(url + "/healthz", timeout=10)
         assert alive.status_code == 200 and alive.json() == {"status": "ok"}
-    ready = requests.get(ops_stack.gateway_url + "/readyz", timeout=10)
+    ready = requests.get(ops_stack.gateway_url + "/readyz", headers=ops_stack.ops_headers(), timeout=10)
     assert ready.status_code == 200, ready.text
     assert ready.json() == {"status": "ok", "checks": {"database": True, "redis": True, "broker": True}}
     assert ready.headers["Cache-Control"] == "no-store"
@@ -131,9 +131,9 @@ def test_gateway_readyz_fails_while_its_broker_is_down(ops_stack, tmp_path):
     gateway = start_role("gateway", gateway_env, tmp_path, gateway_port)
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     try:
-        wait_for(lambda: http_status(gateway_url + "/readyz") == 200, "gateway ready", 60)
+        wait_for(lambda: http_status(gateway_url + "/readyz", **ops_stack.ops_headers()) == 200, "gateway ready", 60)
         stop_process(broker)
-        down = requests.get(gateway_url + "/readyz", timeout=10)
+        down = requests.get(gateway_url + "/readyz", headers=ops_stack.ops_headers(), timeout=10)
         assert down.status_code == 503
         assert down.json() == {"status": "unavailable", "checks": {"database": True, "redis": True, "broker": False}}
         assert requests.get(gateway_url + "/healthz", timeout=10).status_code == 200
@@ -143,7 +143,7 @@ def test_gateway_readyz_fails_while_its_broker_is_down(ops_stack, tmp_path):
         )
         assert answer.status_code == 503 and answer.headers["Retry-After"] == "2"
         assert answer.json()["error"] == "broker_unavailable"
-        metrics = requests.get(gateway_url + "/metrics", timeout=10).text
+        metrics = requests.get(gateway_url + "/metrics", headers=ops_stack.ops_headers(), timeout=10).text
         assert (
             metric_value(
                 metrics,
@@ -154,7 +154,9 @@ def test_gateway_readyz_fails_while_its_broker_is_down(ops_stack, tmp_path):
             == 1
         )
         broker = start_role("broker", broker_env, tmp_path, broker_port)
-        wait_for(lambda: http_status(gateway_url + "/readyz") == 200, "gateway ready again", 60)
+        wait_for(
+            lambda: http_status(gateway_url + "/readyz", **ops_stack.ops_headers()) == 200, "gateway ready again", 60
+        )
     finally:
         stop_process(gateway)
         stop_process(broker)

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
-from oidc_server import free_port  # noqa: I001  (tests/support, on sys.path via conftest)
+from oidc_server import free_port  # noqa: I001  (devtools/, on sys.path via conftest)
 from relay import Relay
 from stack import Stack, reset_postgres_database  # noqa: I001  (devtools/, on sys.path via conftest)
 
@@ -67,13 +67,13 @@ def _fetch(stack: Stack, key: str) -> requests.Response:
 
 def _wait_ready(stack: Stack) -> None:
     deadline = time.monotonic() + 30
-    while requests.get(stack.gateway_url + "/readyz", timeout=30).status_code != 200:
+    while requests.get(stack.gateway_url + "/readyz", headers=stack.ops_headers(), timeout=30).status_code != 200:
         assert time.monotonic() < deadline, "readiness did not recover 30 s after Redis came back"
         time.sleep(0.5)
 
 
 def _degraded(stack: Stack, component: str) -> float:
-    text = requests.get(stack.gateway_url + "/metrics", timeout=30).text
+    text = requests.get(stack.gateway_url + "/metrics", headers=stack.ops_headers(), timeout=30).text
     found = re.search(rf'^dromos_degraded_total{{component="{component}"}} (\S+)$', text, re.M)
     return float(found.group(1)) if found else 0.0
 
@@ -101,7 +101,7 @@ def test_redis_outage_degrades_and_recovers(redis_relayed_stack):
             headers={"X-API-Key": stack.env["BROKER_API_KEY"], "X-Dromos-Workspace": "demo"},
         )
         assert direct.status_code == 404
-        ready = requests.get(stack.gateway_url + "/readyz", timeout=30)
+        ready = requests.get(stack.gateway_url + "/readyz", headers=stack.ops_headers(), timeout=30)
         assert ready.status_code == 503 and ready.json()["checks"]["redis"] is False
 
         # Revoking still works (the marker cannot be written, the command says what that means) …
@@ -151,10 +151,9 @@ import logging, sys, time
 import django
 django.setup()
 logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
-from broker_app.tasks import deliver_webhook
 from broker_app.webhooks import _queue
 started = time.monotonic()
-_queue(deliver_webhook, "00000000-0000-0000-0000-000000000000")
+_queue("00000000-0000-0000-0000-000000000000")
 print(f"returned after {time.monotonic() - started:.1f} s")
 """
 

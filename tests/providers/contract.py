@@ -25,6 +25,10 @@ Recorded file keys (see docs/providers.md, "Adding a provider"):
                    headers?}} or null: the provider has no revocation endpoint
   id_token        (OIDC templates) {issuer, claims, account?}
   discovery       (generic OIDC) the discovery document; "{replay}" is the replay server
+  account_id      the account id the catalog's account_id_field reads (absent: the field is "")
+                  from: the exchange body (token.), the id_token claims (id_token.), a documented
+                  `userinfo` answer (userinfo.), `callback` query parameters (callback.) or the
+                  template values (param.)
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from broker_app import crypto
 from broker_app.models import Connection, Provider
 from broker_app.oauth import client, oidc
 from broker_app.oauth.errors import IdTokenError, PermanentOAuthError, TransientOAuthError
+from broker_app.providers.account_id import account_id
 from broker_app.providers.registry import resolve, set_client_secret
 from broker_app.providers.spec import catalog, entry_problems
 from broker_app.services.lifecycle import store_tokens
@@ -99,6 +104,15 @@ def at_replay(spec, replay):
             parts = urlsplit(url)
             changes[name] = urlunsplit(("http", netloc, parts.path, parts.query, ""))
     return dataclasses.replace(spec, **changes)
+
+
+def fill_values(url: str, spec) -> str:
+    """A catalog URL with the connection's template values filled in ("" for a metadata base)."""
+    if url.startswith("{metadata."):
+        return ""
+    for name, value in spec.values.items():
+        url = url.replace(f"{{{name}}}", value)
+    return url
 
 
 def path_of(url: str) -> str:
@@ -214,6 +228,46 @@ class ProviderContract:
         spec, _hooks = resolved
         for name, url in case["endpoints"].items():
             assert getattr(spec, name) == (url or ""), name
+
+    # -- reconnect and proxy data (issue 22) --------------------------------------------------
+    def test_account_id_field_names_the_account(self, entry, case):
+        """Reconnect compares this id before it replaces a grant: the documented answers must
+        hold it where the catalog says, as a non-empty string."""
+        field = entry["account_id_field"]
+        if not field:
+            assert "account_id" not in case
+            return
+        claims = {"sub": "user-1", **case["id_token"]["claims"]} if "id_token" in case else None
+        found = account_id(
+            field,
+            claims=claims,
+            token=case["exchange"]["body"],
+            userinfo=case.get("userinfo"),
+            callback=case.get("callback"),
+            params={**case.get("settings", {}), **case.get("params", {})},
+        )
+        assert found == case["account_id"] and found
+
+    def test_api_base_url_is_usable_after_the_exchange(self, resolved, case, entry):
+        """The proxy's upstream: an https URL with every template value filled in, or one the
+        connection's metadata supplies on a host api_hosts allows."""
+        spec, hooks = resolved
+        base = spec.api_base_url
+        if not entry["api_base_url"]:  # the operator's own API (generic OIDC, Entra B2C)
+            assert base == "" and self.key in ("oidc", "entra_b2c")
+            return
+        if base.startswith("{metadata."):
+            name = base[len("{metadata.") : base.index("}")]
+            tokens = hooks.parse_token_response(spec, case["exchange"]["body"])
+            base = base.replace(f"{{metadata.{name}}}", str(tokens.metadata[name]))
+        parts = urlsplit(base)
+        assert parts.scheme == "https" and parts.hostname and "{" not in base and not base.endswith("/")
+        allowed = {urlsplit(fill_values(entry["api_base_url"], spec)).hostname, *spec.api_hosts}
+        assert any(
+            parts.hostname == host or (host.startswith("*.") and parts.hostname.endswith(host[1:]))
+            for host in allowed
+            if host
+        ), base
 
     # -- authorization request --------------------------------------------------------------
     def test_authorize_url(self, resolved, case):

@@ -9,6 +9,7 @@ import pytest
 
 from broker_app.oauth import client, oidc
 from broker_app.oauth.errors import IdTokenError, PermanentOAuthError
+from broker_app.providers.account_id import account_id
 from broker_app.providers.hooks import MSA_TENANT
 from broker_app.providers.registry import resolve
 from broker_app.providers.spec import ProviderConfigError, catalog, catalog_problems
@@ -65,6 +66,50 @@ def test_every_catalog_template_has_recorded_answers_and_runs_the_contract():
         "oidc",
     }
     assert issue_list <= set(catalog())
+
+
+def test_the_providers_agents_use_are_in_the_catalog():
+    """Issue 22's list (Coda and Freshdesk publish no OAuth authorization-code flow for
+    third-party apps, so they have no entry)."""
+    agents_use = {
+        # productivity and docs
+        *("google_drive", "gmail", "google_calendar", "google_sheets", "google_docs", "google_slides"),
+        *("outlook", "onedrive", "sharepoint", "dropbox", "box", "notion", "confluence", "miro", "canva"),
+        # dev tools
+        *("github", "gitlab", "bitbucket", "linear", "jira", "asana", "clickup", "monday", "vercel"),
+        *("sentry", "pagerduty"),
+        # CRM and sales
+        *("salesforce", "hubspot", "pipedrive", "zoho_crm", "close", "attio", "intercom", "zendesk"),
+        # communication
+        *("slack", "discord", "zoom", "webex", "microsoft_teams"),
+        # commerce and finance
+        *("shopify", "stripe", "quickbooks", "xero", "paypal"),
+        # social and content
+        *("linkedin", "x", "reddit", "youtube", "spotify"),
+        # cloud identity
+        *("okta", "auth0", "keycloak", "entra_b2c"),
+    }
+    assert agents_use <= set(catalog())
+    assert len(set(catalog()) - {"oidc"}) >= 100
+
+
+@pytest.mark.parametrize(
+    "field, documents, expected",
+    [
+        ("id_token.sub", {"claims": {"sub": "248289761001"}}, "248289761001"),
+        ("token.authed_user.id", {"token": {"authed_user": {"id": "U1234"}}}, "U1234"),
+        ("userinfo.id", {"userinfo": {"id": 583231}}, "583231"),
+        ("userinfo.data.id", {"userinfo": {"data": {"id": ""}}}, None),
+        ("userinfo.id", {"userinfo": {"id": True}}, None),
+        ("userinfo.id", {"userinfo": {"id": {"nested": 1}}}, None),
+        ("userinfo.id", {"token": {"id": "from-the-wrong-document"}}, None),
+        ("callback.realmId", {"callback": {"realmId": "4620816365031285680"}}, "4620816365031285680"),
+        ("param.shop", {"params": {"shop": "acme.myshopify.com"}}, "acme.myshopify.com"),
+        ("", {"token": {"id": "x"}}, None),
+    ],
+)
+def test_account_id_reads_only_the_document_the_field_names(field, documents, expected):
+    assert account_id(field, **documents) == expected
 
 
 def exchange(spec, hooks, replay, body, *, status=200, content_type="application/json"):

@@ -26,10 +26,41 @@ def _labels(host: str) -> list[str]:
     return host.split(".")
 
 
+def _entra_tenant(url: str, value: str) -> bool:
+    return urlsplit(url).hostname in ("login.microsoftonline.com", "graph.microsoft.com") and (
+        urlsplit(url).hostname == "graph.microsoft.com" or urlsplit(url).path.split("/")[1] == value
+    )
+
+
 RULES = {
-    ("microsoft", "tenant"): lambda url, value: (
-        urlsplit(url).hostname in ("login.microsoftonline.com", "graph.microsoft.com")
-        and (urlsplit(url).hostname == "graph.microsoft.com" or urlsplit(url).path.split("/")[1] == value)
+    **{(key, "tenant"): _entra_tenant for key in ("microsoft", "outlook", "onedrive", "microsoft_teams", "sharepoint")},
+    ("entra_b2c", "tenant"): lambda url, value: (
+        urlsplit(url).hostname == "graph.microsoft.com"
+        or (
+            urlsplit(url).hostname == f"{value}.b2clogin.com"
+            and urlsplit(url).path.split("/")[1] == f"{value}.onmicrosoft.com"
+        )
+    ),
+    ("entra_b2c", "policy"): lambda url, value: (
+        urlsplit(url).hostname == "graph.microsoft.com"
+        or (urlsplit(url).hostname == "contoso.b2clogin.com" and urlsplit(url).path.split("/")[2] == value)
+    ),
+    ("onelogin", "subdomain"): lambda url, value: (
+        urlsplit(url).hostname == f"{value}.onelogin.com" and "." not in value
+    ),
+    ("snowflake", "account"): lambda url, value: (
+        urlsplit(url).hostname == f"{value}.snowflakecomputing.com" and "." not in value
+    ),
+    ("databricks", "host"): lambda url, value: (
+        urlsplit(url).hostname == value
+        and value.endswith((".cloud.databricks.com", ".gcp.databricks.com", ".azuredatabricks.net"))
+        and len(_labels(value)) in (3, 4, 5)
+    ),
+    ("docusign", "auth_host"): lambda url, value: (
+        urlsplit(url).hostname == value and value in ("account.docusign.com", "account-d.docusign.com")
+    ),
+    ("zoho_crm", "accounts_host"): lambda url, value: (
+        urlsplit(url).hostname == value and re.fullmatch(r"accounts\.zoho\.(com|eu|in|com\.au|jp|ca|sa|com\.cn)", value)
     ),
     ("salesforce", "login_host"): lambda url, value: (
         urlsplit(url).hostname == value and value.endswith(".salesforce.com")
@@ -54,8 +85,14 @@ RULES = {
     ),
 }
 # The other parameters each case needs, valid, so only the one under test varies.
-FIXED = {"okta": {"domain": "dev-1.okta.com"}}
-SETTINGS = {"keycloak": {"host": KEYCLOAK_HOST}}
+FIXED = {
+    "okta": {"domain": "dev-1.okta.com"},
+    "entra_b2c": {"tenant": "contoso", "policy": "B2C_1_signupsignin1"},
+}
+SETTINGS = {
+    "keycloak": {"host": KEYCLOAK_HOST},
+    "entra_b2c": {"tenant_id": "775527ff-9a37-4307-8b3d-cc311f58d925"},
+}
 URL_FIELDS = (
     "authorize_url",
     "token_url",
@@ -64,6 +101,7 @@ URL_FIELDS = (
     "jwks_uri",
     "discovery_url",
     "refresh_url",
+    "api_base_url",  # the proxy sends the connection's token there
 )
 
 
@@ -87,8 +125,10 @@ def check_urls(key: str, name: str, value: str, spec) -> None:
     assert not re.search(r"[\s@#?%\\/:]", value)
     for field in URL_FIELDS:
         url = getattr(spec, field)
-        if not url:
+        if not url or url.startswith("{metadata."):  # a metadata base is pinned by api_hosts
             continue
+        if field == "api_base_url" and f"{{{name}}}" not in catalog()[key]["api_base_url"]:
+            continue  # the value does not reach the proxy's upstream
         parts = urlsplit(url)
         assert parts.scheme == "https" and parts.username is None and parts.port is None, url
         assert not parts.query and not parts.fragment, url

@@ -36,9 +36,9 @@ from tests.ops.conftest import (
 
 @pytest.fixture(autouse=True)
 def _clear_process_caches(settings):
-    from gateway_app import services
+    from gateway_app import keys
 
-    services.cache_clear()
+    keys.cache_clear()
     import redis
 
     client = redis.Redis.from_url(settings.REDIS_URL)

@@ -328,6 +328,7 @@ BOOT_BROKER = ["-c", "import dromos.wsgi; print('serving')"]
         (f"{NEW},c2hvcnQ=", "TOKEN_ENCRYPTION_KEYS entry 2 must decode to 32 bytes"),
     ],
 )
+@pytest.mark.live  # Django in a child process
 def test_missing_or_malformed_key_ring_refuses_to_start(keys, message):
     for args in (["manage.py", "check"], BOOT_BROKER) if not keys else (["manage.py", "check"],):
         done = _run(args, TOKEN_ENCRYPTION_KEYS=keys)
@@ -337,6 +338,7 @@ def test_missing_or_malformed_key_ring_refuses_to_start(keys, message):
             assert keys not in done.stderr  # the message never echoes a key
 
 
+@pytest.mark.live  # Django in a child process
 def test_wrong_key_ring_for_the_stored_data_refuses_to_start(fake_provider, fake_provider_row):
     stored_row(fake_provider_row, 1)
     ok = _run(BOOT_BROKER)

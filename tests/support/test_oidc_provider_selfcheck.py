@@ -20,7 +20,8 @@ import jwt
 import pytest
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+DEVTOOLS = Path(__file__).resolve().parents[2] / "devtools"
+sys.path.insert(0, str(DEVTOOLS))
 
 import oidc_server  # noqa: E402
 from oidc_consent import ConsentError, complete_consent  # noqa: E402
@@ -36,6 +37,7 @@ CLIENT_SECRET = "dromos-demo-secret"
 POST_CLIENT_ID = "dromos-post"
 POST_CLIENT_SECRET = "dromos-post-secret"
 ACCESS_TOKEN_TTL = 1234
+pytestmark = pytest.mark.live  # the npm oidc-provider, a real process
 # Nothing ever listens there: complete_consent must stop at the refused redirect.
 DEAD_PORT = free_port()
 DEAD_CALLBACK = f"http://127.0.0.1:{DEAD_PORT}/auth/callback"
@@ -405,7 +407,7 @@ def test_follows_through_broker_callback_to_return_url(fake_broker, deny):
 
 
 def test_cli(provider):
-    script = str(Path(__file__).resolve().parent / "oidc_consent.py")
+    script = str(DEVTOOLS / "oidc_consent.py")
     _, challenge = pkce_pair()
     url, params = authorize_url(provider, challenge=challenge)
     done = subprocess.run(

@@ -1,15 +1,27 @@
-"""`manage.py provider upsert|list|remove` — configure providers (broker)."""
+"""`manage.py provider upsert|list|remove|templates|import|export|docs` — configure providers (broker)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from broker_app.models import Provider
 from broker_app.oauth import oidc
+from broker_app.providers import catalog_docs, catalog_io
 from broker_app.providers.registry import resolve, set_client_secret
-from broker_app.providers.spec import ProviderConfigError, catalog, missing_params, param_specs, resolve_values
+from broker_app.providers.spec import (
+    ProviderConfigError,
+    builtin_catalog,
+    catalog,
+    extra_catalog,
+    missing_params,
+    param_specs,
+    resolve_values,
+)
 
 
 def _key_value(raw: str) -> tuple[str, str]:
@@ -23,7 +35,9 @@ class Command(BaseCommand):
     help = "Create, update, list or remove OAuth providers."
 
     def add_arguments(self, parser):
-        sub = parser.add_subparsers(dest="action", required=True, metavar="{upsert,list,remove,templates}")
+        sub = parser.add_subparsers(
+            dest="action", required=True, metavar="{upsert,list,remove,templates,import,export,docs}"
+        )
         upsert = sub.add_parser("upsert", help="Create or update a provider")
         upsert.add_argument("--name", required=True, help="Provider name agents use (e.g. google)")
         upsert.add_argument(
@@ -53,6 +67,18 @@ class Command(BaseCommand):
         remove = sub.add_parser("remove", help="Remove a provider without connections (else disable it)")
         remove.add_argument("--name", required=True)
         sub.add_parser("templates", help="List catalog templates")
+        imp = sub.add_parser(
+            "import",
+            help="Add provider templates from a TOML file (validated like the built-in catalog; "
+            "written to PROVIDER_CATALOG_EXTRA)",
+        )
+        imp.add_argument("file", help="A TOML file of [template_key] tables, as `export` writes them")
+        imp.add_argument("--check", action="store_true", help="Validate only, write nothing")
+        export = sub.add_parser("export", help="Print templates as TOML that `import` accepts")
+        export.add_argument("name", nargs="?", help="A template key (default: every imported template)")
+        docs = sub.add_parser("docs", help="Rewrite the generated parts of docs/providers.md from the catalog")
+        docs.add_argument("--check", action="store_true", help="Exit non-zero when the file is out of date")
+        docs.add_argument("--file", default=None, help="Default: docs/providers.md in the source tree")
 
     def handle(self, *args, **options):
         action = options["action"]
@@ -67,8 +93,16 @@ class Command(BaseCommand):
                     f"client_id={provider.client_id or '-'}\t{has_secret}"
                 )
         elif action == "templates":
+            imported = extra_catalog()
             for key, entry in sorted(catalog().items()):
-                self.stdout.write(f"{key}\t{entry.get('display_name', key)}")
+                origin = "\timported" if key in imported else ""
+                self.stdout.write(f"{key}\t{entry.get('display_name', key)}{origin}")
+        elif action == "import":
+            self._import(options)
+        elif action == "export":
+            self._export(options)
+        elif action == "docs":
+            self._docs(options)
         elif action == "remove":
             provider = Provider.objects.filter(name=options["name"].lower()).first()
             if provider is None:
@@ -153,3 +187,46 @@ class Command(BaseCommand):
             f"{'created' if created else 'updated'} provider {provider.name} "
             f"(template {template_key}, id {provider.pk})"
         )
+
+    def _import(self, options):
+        path = Path(options["file"])
+        try:
+            if options["check"]:
+                entries = catalog_io.parse(catalog_io.read(path))
+                problems = catalog_io.problems(entries, builtin=builtin_catalog())
+                if problems:
+                    raise catalog_io.CatalogFileError(catalog_io.first(problems))
+                self.stdout.write(f"{path}: {len(entries)} template(s) valid: {', '.join(sorted(entries))}")
+                return
+            keys = catalog_io.import_file(path)
+        except catalog_io.CatalogFileError as exc:
+            raise CommandError(f"nothing imported: {exc}") from None
+        self.stdout.write(f"imported {len(keys)} template(s): {', '.join(keys)} (into {catalog_io.target()})")
+
+    def _export(self, options):
+        name = options["name"]
+        if name:
+            entries = catalog()
+            if name not in entries:
+                raise CommandError(f"unknown template {name!r}; see `manage.py provider templates`")
+            chosen = {name: entries[name]}
+        else:
+            chosen = extra_catalog()
+            if not chosen:
+                raise CommandError("no imported templates to export; name a template key to export it")
+        self.stdout.write(catalog_io.dumps(chosen), ending="")
+
+    def _docs(self, options):
+        path = Path(options["file"] or Path(settings.BASE_DIR) / "docs" / "providers.md")
+        try:
+            current = path.read_text(encoding="utf-8")
+            rendered = catalog_docs.render(current)
+        except (OSError, catalog_docs.DocsLayoutError) as exc:
+            raise CommandError(str(exc)) from None
+        if rendered == current:
+            self.stdout.write(f"{path} is up to date")
+        elif options["check"]:
+            raise CommandError(f"{path} is out of date: run `manage.py provider docs`")
+        else:
+            catalog_io.write_atomically(path, rendered)
+            self.stdout.write(f"rewrote {path}")

@@ -23,7 +23,7 @@ from django.db import transaction
 from django.db.models import Count, Model, Q
 from django.db.models.functions import Substr
 
-from broker_app import crypto, webhooks
+from broker_app import crypto
 from broker_app.models import Connection, Provider, WebhookEndpoint
 
 logger = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ TARGETS = (
         ("access_token_enc", "refresh_token_enc", "id_token_enc", "pkce_verifier_enc"),
         lambda row, name: row.aad(name.removesuffix("_enc")),
     ),
-    Target("providers", Provider, ("client_secret_enc",), lambda row, name: f"provider:{row.pk}:client_secret"),
-    Target("webhooks", WebhookEndpoint, ("secret_enc",), lambda row, name: webhooks._secret_aad(row)),
+    Target("providers", Provider, ("client_secret_enc",), lambda row, name: crypto.client_secret_aad(row.pk)),
+    Target("webhooks", WebhookEndpoint, ("secret_enc",), lambda row, name: crypto.webhook_secret_aad(row.pk)),
 )
 
 

@@ -6,7 +6,7 @@ never need a reachable broker or provider."""
 
 from django.core.management.commands.check import Command as DjangoCheckCommand
 
-from dromos.health import CHECK_TAG
+from dromos.checks import CHECK_TAG
 
 
 class Command(DjangoCheckCommand):

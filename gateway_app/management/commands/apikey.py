@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
+from gateway_app.keys import apikey_create, apikey_revoke
 from gateway_app.models import ALL_SCOPES, ApiKey
-from gateway_app.services import apikey_create, apikey_revoke
 
 
 class Command(BaseCommand):

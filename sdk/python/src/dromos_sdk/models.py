@@ -192,6 +192,9 @@ class Token:
     scopes: tuple[str, ...] = ()
     provider_name: str = ""
     connection_id: str = ""
+    #: ``("min_ttl_not_met",)`` when auto_refresh gave a token living less than ``min_ttl``
+    #: (refreshed moments ago, or a refresh is in progress or unavailable); valid until expires_at.
+    warnings: tuple[str, ...] = ()
 
     @property
     def authorization(self) -> str:
@@ -215,6 +218,7 @@ class Token:
             scopes=_strs(data, "scopes"),
             provider_name=_opt_str(data, "provider_name") or "",
             connection_id=_opt_str(data, "connection_id") or "",
+            warnings=_strs(data, "warnings"),
         )
 
 

@@ -8,7 +8,7 @@ Library use::
 
 CLI use::
 
-    python tests/support/oidc_consent.py AUTH_URL [--login alice] [--deny] [--stop-at PREFIX]
+    python devtools/oidc_consent.py AUTH_URL [--login alice] [--deny] [--stop-at PREFIX]
 
 Starting at AUTH_URL, every redirect is followed by hand (one requests.Session,
 so the provider's cookies are kept): the devInteractions login form is

@@ -1,4 +1,5 @@
-"""Start and stop the local oidc-provider (devtools/oidc-provider/server.js) for tests.
+"""Start and stop the local oidc-provider (devtools/oidc-provider/server.js): used by
+devtools/stack.py, the tests and the benchmarks.
 
     from oidc_server import start_oidc_provider, free_port
 
@@ -42,7 +43,7 @@ __all__ = [
     "start_oidc_provider",
 ]
 
-PROVIDER_DIR = Path(__file__).resolve().parents[2] / "devtools" / "oidc-provider"
+PROVIDER_DIR = Path(__file__).resolve().parent / "oidc-provider"
 INSTALL_HINT = "npm ci --prefix devtools/oidc-provider"
 # The client server.js configures when OIDC_CLIENTS_JSON is not set.
 DEFAULT_CLIENTS = [

@@ -9,31 +9,30 @@ API_KEY_CACHE_SECONDS.
 Redis unreachable: the gateway keeps serving (REDIS_TIMEOUT_SECONDS bounds each call). The
 revocation marker cannot be read, so a key revoked meanwhile is refused by the other processes
 within API_KEY_CACHE_SECONDS (their cache entries expire and the database is read again); the
-rate limit is not enforced. Both are logged (at most every 10 s per process) and counted in
-dromos_degraded_total."""
+rate limit (gateway_app.ratelimit) is not enforced. Both are logged (at most every 10 s per
+process) and counted in dromos_degraded_total; after a failed call the process leaves Redis
+alone for a moment (dromos.redis)."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
 import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-import redis
 from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
-from gateway_app.metrics import DEGRADED
+from dromos import redis as shared_redis
+from gateway_app.metrics import degraded
 from gateway_app.models import ALL_SCOPES, ApiKey
-
-logger = logging.getLogger(__name__)
 
 KEY_PATTERN = re.compile(r"^dk_([a-z0-9]{8})_([A-Za-z0-9_-]{43})$")
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -97,36 +96,14 @@ def _announce_revocation(prefix: str) -> None:
     _cache_forget(prefix)
     try:
         cache.set(_revoked_marker(prefix), True, timeout=settings.API_KEY_CACHE_SECONDS + 60)
-    except redis.RedisError:
-        _degraded(
+    except shared_redis.RedisError:
+        degraded(
             "revocation_marker",
             "Redis unreachable: the revocation is saved; other gateway processes "
             "refuse the key once their cached copy expires (API_KEY_CACHE_SECONDS)",
             always=True,
             failed=True,
         )
-
-
-_last_degraded_log: dict[str, float] = {}
-# After a failed call this process leaves Redis alone for a moment: a Redis that hangs costs
-# one REDIS_TIMEOUT_SECONDS now and then, not one per call.
-REDIS_RETRY_SECONDS = 2.0
-_redis_retry_at = 0.0
-
-
-def _degraded(component: str, message: str, *, always: bool = False, failed: bool = False) -> None:
-    global _redis_retry_at
-    DEGRADED.labels(component=component).inc()
-    now = time.monotonic()
-    if failed:
-        _redis_retry_at = now + REDIS_RETRY_SECONDS
-    if always or now - _last_degraded_log.get(component, -1e9) >= 10:
-        _last_degraded_log[component] = now
-        logger.warning(message)
-
-
-def _redis_resting() -> bool:
-    return time.monotonic() < _redis_retry_at
 
 
 def _revoked_marker(prefix: str) -> str:
@@ -140,90 +117,20 @@ _cache_lock = threading.Lock()
 _CACHE_MAX = 10_000
 
 
-_REDIS_CACHE = "django.core.cache.backends.redis.RedisCache"
-_redis_clients: dict[str, redis.Redis] = {}
-
-
-def _shared_redis() -> redis.Redis | None:
-    """The shared cache's Redis as one plain client per process (thread-safe, pooled), or
-    None when the cache is not Redis (the embedded default). Django's cache API builds a
-    client object on every call; on the token path that cost more than the call itself."""
-    config = settings.CACHES["default"]
-    if config["BACKEND"] != _REDIS_CACHE:
-        return None
-    location = config["LOCATION"]
-    location = location[0] if isinstance(location, list | tuple) else location
-    client = _redis_clients.get(location)
-    if client is None:
-        client = _redis_clients.setdefault(
-            location,
-            redis.Redis.from_url(
-                location,
-                socket_timeout=settings.REDIS_TIMEOUT_SECONDS,
-                socket_connect_timeout=settings.REDIS_TIMEOUT_SECONDS,
-            ),
-        )
-    return client
-
-
 def _revoked_elsewhere(prefix: str) -> bool:
-    client = _shared_redis()
+    client = shared_redis.client()
     if client is None:
         return bool(cache.get(_revoked_marker(prefix)))
     message = "Redis unreachable: revocations by other processes reach this one within API_KEY_CACHE_SECONDS"
-    if _redis_resting():
-        _degraded("revocation_marker", message)
+    if shared_redis.resting():
+        degraded("revocation_marker", message)
         return False
     try:
         # The marker was written through Django's cache: same key, any value means revoked.
         return bool(client.exists(cache.make_key(_revoked_marker(prefix))))
-    except redis.RedisError:
-        _degraded("revocation_marker", message, failed=True)
+    except shared_redis.RedisError:
+        degraded("revocation_marker", message, failed=True)
         return False
-
-
-def rate_limit_hit(*, key: str, limit: int, window: int) -> float | None:
-    """Count one request against `limit` per `window` seconds; None when it is allowed,
-    else the seconds to wait. A sliding-window counter in the shared cache: this window's
-    count plus the previous window's, weighted by how much of it still overlaps the last
-    `window` seconds. One round trip, atomic across processes, and the same small cost
-    whatever the limit (DRF's SimpleRateThrottle stores, reads and rewrites the timestamp of
-    every request in the window). A refused request is not counted."""
-    now = time.time()
-    slot = int(now // window)
-    elapsed = now - slot * window
-    current, previous = f"{key}:{slot}", f"{key}:{slot - 1}"
-    client = _shared_redis()
-    if client is not None:
-        message = "Redis unreachable: the per-key rate limit is not enforced"
-        if _redis_resting():
-            _degraded("rate_limit", message)
-            return None
-        try:
-            with client.pipeline(transaction=False) as pipe:
-                count, _, before = pipe.incr(current).expire(current, 2 * window + 1).get(previous).execute()
-        except redis.RedisError:
-            _degraded("rate_limit", message, failed=True)
-            return None
-    else:
-        cache.add(current, 0, timeout=2 * window + 1)
-        count, before = cache.incr(current), cache.get(previous)
-    before = int(before or 0)
-    weight = (window - elapsed) / window
-    if before * weight + count <= limit:
-        return None
-    if client is not None:
-        try:
-            client.decr(current)
-        except redis.RedisError:
-            pass  # the count expires with its window
-    else:
-        cache.decr(current)
-    if count > limit or before == 0:
-        return window - elapsed  # this window alone is full: wait for the next one
-    # Wait until the previous window's weight leaves room for one more request.
-    room = (limit - count) / before  # weight at which one more request fits
-    return max(0.0, (window - elapsed) - room * window)
 
 
 def _cache_forget(prefix: str) -> None:
@@ -236,8 +143,9 @@ def cache_clear() -> None:
         _cache.clear()
 
 
-def apikey_verify(presented: str) -> Principal | None:
-    """The principal for a presented key, or None. Constant-time digest comparison."""
+def apikey_verify(presented: str, *, before_lookup: Callable[[], None] | None = None) -> Principal | None:
+    """The principal for a presented key, or None. Constant-time digest comparison.
+    `before_lookup` runs just before the database is read (and may raise)."""
     match = KEY_PATTERN.match(presented)
     if not match:
         return None
@@ -253,6 +161,8 @@ def apikey_verify(presented: str) -> Principal | None:
             _cache_forget(prefix)
             return None
         return principal
+    if before_lookup is not None:
+        before_lookup()
     key = (
         ApiKey.objects.filter(prefix=prefix)
         .only("id", "workspace", "prefix", "key_digest", "scopes", "revoked_at", "last_used_at")

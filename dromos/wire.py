@@ -1,0 +1,303 @@
+"""The wire contract between agents, the gateway and the broker, written once.
+
+- The inputs of the public API (request-connection body, token and list queries), which
+  the gateway validates before calling the broker and the broker validates again when an
+  operator calls it directly.
+- The bodies the broker builds (connection, token, provider, connection request, list
+  page), as drf-spectacular serializers: they document /v1 in the gateway's OpenAPI schema;
+  tests/gateway/test_wire_contract.py fails when a body and its serializer differ.
+- The connection statuses (`broker_app.models.Connection.Status` is built from them).
+- The broker's internal paths, as the gateway calls them and the broker routes them.
+
+Shared layer: imports neither `gateway_app` nor `broker_app`."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema_serializer
+from rest_framework import serializers
+
+from dromos.tags import MAX_TAGS, TagError, parse_tag_filter, validate_tags
+from dromos.validators import validate_scope_token
+
+# -- connection statuses ------------------------------------------------------------------
+PENDING, ACTIVE, FAILED, REVOKED = CONNECTION_STATUSES = ("pending", "active", "failed", "revoked")
+
+# -- the broker's internal paths ------------------------------------------------------------
+# `{connection_id}` is the only parameter. `internal_path` fills one for the gateway's
+# client; `internal_route` turns one into a Django URL pattern for the broker.
+CONNECTIONS = "internal/v1/connections"
+CONNECTION = "internal/v1/connections/{connection_id}"
+CONNECTION_TOKEN = "internal/v1/connections/{connection_id}/token"
+CONNECTION_REFRESH = "internal/v1/connections/{connection_id}/refresh"
+PROVIDERS = "internal/v1/providers"
+# connect sessions and reconnect in place (issue 16); `{session_id}` names a session
+CONNECTION_RECONNECT = "internal/v1/connections/{connection_id}/reconnect"
+CONNECT_SESSIONS = "internal/v1/connect-sessions"
+CONNECT_SESSION = "internal/v1/connect-sessions/{session_id}"
+
+
+def internal_path(template: str, connection_id: str | None = None, *, session_id: str | None = None) -> str:
+    """The absolute path the gateway calls, e.g. `/internal/v1/connections/abc/token`."""
+    if connection_id is not None:
+        template = template.replace("{connection_id}", connection_id)
+    if session_id is not None:
+        template = template.replace("{session_id}", session_id)
+    return "/" + template
+
+
+def internal_route(template: str) -> str:
+    """The Django URL pattern the broker serves `template` at."""
+    return template.replace("{connection_id}", "<str:connection_id>").replace("{session_id}", "<str:session_id>")
+
+
+# -- inputs ---------------------------------------------------------------------------------
+PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX = 50, 200
+# A page number past PAGE_MAX is a 400 (a 30-digit one overflowed the database's OFFSET).
+PAGE_MAX = 100_000
+MIN_TTL_DEFAULT, MIN_TTL_MAX = 60, 86400
+
+
+@extend_schema_serializer(component_name="Input")  # the schema's name for it since issue 5
+class RequestConnectionInputSerializer(serializers.Serializer):
+    user_id = serializers.CharField(max_length=255)
+    provider_name = serializers.CharField(max_length=64)
+    scopes = serializers.ListField(
+        child=serializers.CharField(max_length=256, validators=[validate_scope_token]),
+        required=False,
+        allow_empty=True,
+        max_length=100,
+    )
+    return_url = serializers.CharField(max_length=2048, trim_whitespace=False)
+    params = serializers.DictField(child=serializers.CharField(max_length=256), required=False, allow_empty=True)
+
+
+class TokenQuerySerializer(serializers.Serializer):
+    auto_refresh = serializers.BooleanField(
+        required=False, help_text="Refresh first when the token expires within min_ttl seconds"
+    )
+    min_ttl = serializers.IntegerField(
+        required=False, min_value=0, max_value=MIN_TTL_MAX, help_text=f"Seconds (default {MIN_TTL_DEFAULT})"
+    )
+
+
+class ConnectionListQuerySerializer(serializers.Serializer):
+    user_id = serializers.CharField(required=False, allow_blank=True, max_length=255)
+    provider_name = serializers.CharField(required=False, allow_blank=True, max_length=64)
+    status = serializers.ChoiceField(choices=CONNECTION_STATUSES, required=False, allow_blank=True)
+    page = serializers.IntegerField(required=False, min_value=1, max_value=PAGE_MAX, help_text="Default 1")
+    page_size = serializers.IntegerField(
+        required=False, min_value=1, max_value=PAGE_SIZE_MAX, help_text=f"Default {PAGE_SIZE_DEFAULT}"
+    )
+    tag = serializers.ListField(
+        child=serializers.CharField(max_length=330),
+        required=False,
+        max_length=MAX_TAGS,
+        help_text="key:value, repeatable (all must match); a connection carries its connect session's tags",
+    )
+
+    def validate_tag(self, value):
+        try:
+            return [":".join(parse_tag_filter(raw)) for raw in value]
+        except TagError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+def tag_pairs(tags: list[str]) -> list[tuple[str, str]]:
+    """`ConnectionListQuerySerializer`'s validated `tag` values as (key, value) pairs (a key
+    holds no ':')."""
+    return [tuple(raw.split(":", 1)) for raw in tags]  # type: ignore[misc]
+
+
+def parse_query(serializer_class: type[serializers.Serializer], query_params) -> dict:
+    """The query parameters that were given and not blank, validated by `serializer_class`;
+    a bad value raises ValidationError (answered 400 invalid_request)."""
+    serializer = serializer_class(data=query_params)
+    serializer.is_valid(raise_exception=True)
+    return {
+        name: value
+        for name, value in serializer.validated_data.items()
+        if name in query_params and value not in ("", None)
+    }
+
+
+SESSION_EXPIRES_DEFAULT, SESSION_EXPIRES_MIN, SESSION_EXPIRES_MAX = 1800, 60, 86400
+SESSION_STATUSES = ("pending", "started", "completed", "failed", "expired")
+
+
+def _scope_list(**kwargs) -> serializers.ListField:
+    return serializers.ListField(
+        child=serializers.CharField(max_length=256, validators=[validate_scope_token]), max_length=100, **kwargs
+    )
+
+
+class ConnectSessionInputSerializer(serializers.Serializer):
+    user_id = serializers.CharField(max_length=255, required=False, help_text="Required unless reconnect is set")
+    allowed_providers = serializers.ListField(
+        child=serializers.CharField(max_length=64),
+        required=False,
+        allow_empty=True,
+        max_length=50,
+        help_text="Provider names the page offers (default: every configured provider)",
+    )
+    scopes = serializers.DictField(child=_scope_list(), required=False, help_text="provider name -> scopes")
+    return_url = serializers.CharField(max_length=2048, trim_whitespace=False)
+    tags = serializers.DictField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=256),
+        required=False,
+        help_text=f"Copied onto the connection; at most {MAX_TAGS}, keys [A-Za-z0-9_.-]{{1,64}}, values <= 256",
+    )
+    expires_in = serializers.IntegerField(
+        required=False,
+        min_value=SESSION_EXPIRES_MIN,
+        max_value=SESSION_EXPIRES_MAX,
+        help_text=f"Seconds the link lives (default {SESSION_EXPIRES_DEFAULT})",
+    )
+    reconnect = serializers.RegexField(
+        r"^[A-Za-z0-9_-]{1,64}$", required=False, help_text="A connection id: the page reconnects it in place"
+    )
+
+    def validate_tags(self, value):
+        try:
+            return validate_tags(value)
+        except TagError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+@extend_schema_serializer(component_name="ReconnectInput")
+class ReconnectInputSerializer(serializers.Serializer):
+    scopes = _scope_list(
+        required=False, allow_empty=True, help_text="Added to the connection's scopes (incremental consent)"
+    )
+    return_url = serializers.CharField(
+        max_length=2048, trim_whitespace=False, required=False, help_text="Default: the connection's"
+    )
+
+
+# -- bodies ---------------------------------------------------------------------------------
+class ErrorSerializer(serializers.Serializer):
+    error = serializers.CharField()
+    message = serializers.CharField()
+
+
+class ConnectionRequestSerializer(serializers.Serializer):
+    authUrl = serializers.URLField()  # noqa: N815 (the contract's spelling)
+    state = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())
+    provider_id = serializers.CharField()
+    connection_id = serializers.CharField()
+
+
+class TokenSerializer(serializers.Serializer):
+    access_token = serializers.CharField()
+    token_type = serializers.CharField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    id_token = serializers.CharField(required=False)
+    scopes = serializers.ListField(child=serializers.CharField())
+    provider_name = serializers.CharField()
+    connection_id = serializers.CharField()
+    warnings = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="min_ttl_not_met: auto_refresh gave a token living less than min_ttl (refreshed within "
+        "the last few seconds, or a refresh is in progress or unavailable); it is valid until expires_at",
+    )
+
+
+class ConnectionSerializer(serializers.Serializer):
+    connection_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=CONNECTION_STATUSES)
+    provider_name = serializers.CharField()
+    provider_id = serializers.CharField()
+    user_id = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())
+    granted_scopes = serializers.ListField(child=serializers.CharField())
+    scopes_narrowed = serializers.BooleanField()
+    missing_scopes = serializers.ListField(child=serializers.CharField())
+    warnings = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="refresh_token_expires_soon, refresh_token_expired, no_refresh_token, scopes_narrowed",
+    )
+    error = serializers.CharField(allow_null=True)
+    error_description = serializers.CharField(allow_null=True)
+    account = serializers.DictField()
+    metadata = serializers.DictField()
+    expires_at = serializers.DateTimeField(allow_null=True)
+    refresh_token_expires_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    activated_at = serializers.DateTimeField(allow_null=True)
+    last_refreshed_at = serializers.DateTimeField(allow_null=True)
+    tags = serializers.DictField(child=serializers.CharField())
+    connect_session_id = serializers.CharField(allow_null=True)
+
+
+# The gateway's page. The broker answers `next_page` / `previous_page` (page numbers); the
+# gateway turns them into its own links (PAGE_LINKS). (A comment, not a docstring: a
+# docstring would become the schema's description.)
+class ConnectionPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    page = serializers.IntegerField()
+    page_size = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = ConnectionSerializer(many=True)
+
+
+PAGE_LINKS = {"next_page": "next", "previous_page": "previous"}  # broker's page number -> gateway's link
+
+
+class ParamFormatSerializer(serializers.Serializer):
+    pattern = serializers.CharField()
+    example = serializers.CharField()
+    required = serializers.BooleanField()
+
+
+class ProviderSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    display_name = serializers.CharField()
+    provider_id = serializers.CharField()
+    template = serializers.CharField()
+    default_scopes = serializers.ListField(child=serializers.CharField())
+    supports_refresh = serializers.BooleanField()
+    supports_pkce = serializers.BooleanField()
+    oidc = serializers.BooleanField()
+    docs_url = serializers.CharField(allow_blank=True)
+    params = serializers.ListField(child=serializers.CharField())
+    scopes_url = serializers.CharField(allow_blank=True)
+    supports_revocation = serializers.BooleanField(allow_null=True)
+    refresh_token_rotation = serializers.BooleanField()
+    refresh_token_lifetime_days = serializers.IntegerField(allow_null=True)
+    param_formats = serializers.DictField(child=ParamFormatSerializer())
+
+
+class ProviderListSerializer(serializers.Serializer):
+    providers = ProviderSerializer(many=True)
+
+
+class ConnectSessionCreatedSerializer(serializers.Serializer):
+    connect_url = serializers.URLField()
+    session_id = serializers.CharField()
+    expires_at = serializers.DateTimeField()
+
+
+class ConnectSessionSerializer(serializers.Serializer):
+    session_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=SESSION_STATUSES)
+    user_id = serializers.CharField()
+    allowed_providers = serializers.ListField(child=serializers.CharField())
+    scopes = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+    return_url = serializers.CharField()
+    tags = serializers.DictField(child=serializers.CharField())
+    reconnect = serializers.CharField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    expires_at = serializers.DateTimeField()
+    created_at = serializers.DateTimeField()
+    used_at = serializers.DateTimeField(allow_null=True)
+    completed_at = serializers.DateTimeField(allow_null=True)
+    connections = ConnectionSerializer(many=True)
+
+
+class ReconnectRequestSerializer(serializers.Serializer):
+    authUrl = serializers.URLField()  # noqa: N815 (the contract's spelling)
+    connection_id = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())

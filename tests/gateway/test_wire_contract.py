@@ -1,0 +1,114 @@
+"""The bodies the broker builds, as agents receive them through the gateway, have exactly
+the fields the OpenAPI schema (dromos/wire.py's serializers) declares: a field a body has
+and the schema does not declare fails here, and so does a declared field no body has."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+from drf_spectacular.generators import SchemaGenerator
+
+from broker_app.models import Connection, Provider
+from dromos import wire
+from tests.conftest import connect, start_connection
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return SchemaGenerator(urlconf="dromos.urls_gateway").get_schema(request=None, public=True)
+
+
+def ref_name(node: dict) -> str | None:
+    if "$ref" in node:
+        return node["$ref"].rsplit("/", 1)[1]
+    if len(node.get("allOf", ())) == 1:
+        return ref_name(node["allOf"][0])
+    return None
+
+
+class Walk:
+    """Walks bodies against schema components, recording which fields each body had."""
+
+    def __init__(self, schema: dict) -> None:
+        self.components = schema["components"]["schemas"]
+        self.seen: dict[str, set[str]] = defaultdict(set)
+
+    def body(self, value, name: str, where: str) -> None:
+        component = self.components[name]
+        assert isinstance(value, dict), where
+        declared, required = set(component["properties"]), set(component.get("required", ()))
+        assert set(value) <= declared, f"{where}: not in schema {name}: {sorted(set(value) - declared)}"
+        assert required <= set(value), f"{where}: schema {name} requires {sorted(required - set(value))}"
+        self.seen[name] |= set(value)
+        for field, field_value in value.items():
+            self.value(field_value, component["properties"][field], f"{where}.{field}")
+
+    def value(self, value, node: dict, where: str) -> None:
+        if value is None:
+            return
+        nested = ref_name(node)
+        if nested and "enum" not in self.components[nested]:
+            self.body(value, nested, where)
+        elif node.get("type") == "array" and ref_name(node["items"]):
+            for n, item in enumerate(value):
+                self.value(item, node["items"], f"{where}[{n}]")
+        elif node.get("type") == "object" and ref_name(node.get("additionalProperties") or {}):
+            for key, item in value.items():
+                self.value(item, node["additionalProperties"], f"{where}[{key}]")
+
+
+def operation_body(schema: dict, method: str, path: str) -> str:
+    responses = schema["paths"][path][method]["responses"]
+    ok = responses.get("200") or responses["201"]
+    return ref_name(ok["content"]["application/json"]["schema"])
+
+
+def test_every_body_has_exactly_the_fields_the_schema_declares(stack, fake_provider, fake_provider_row, schema):
+    # A provider whose agents pass a parameter, so /v1/providers carries a ParamFormat.
+    Provider.objects.create(name="zendesk", template="zendesk", client_id="zd-client")
+    key = stack.key()
+    walk = Walk(schema)
+
+    def check(method: str, template: str, path: str, status: int = 200, **kwargs) -> dict:
+        response = stack.call(method, path, key, **kwargs)
+        assert response.status_code == status, response.text
+        walk.body(response.json(), operation_body(schema, method.lower(), template), f"{method} {template}")
+        return response.json()
+
+    request_body = {"user_id": "u", "provider_name": "fake", "return_url": "https://app.example.com/r"}
+    pending = check("POST", "/v1/request-connection", "/v1/request-connection", 201, json=request_body)
+    check("GET", "/v1/check-connection/{connection_id}", f"/v1/check-connection/{pending['connection_id']}")
+    cid = connect(stack, fake_provider, key)
+    assert start_connection(stack, key)  # a third connection: the list has a next and a previous page
+    check("GET", "/v1/check-connection/{connection_id}", f"/v1/check-connection/{cid}")
+    token = check("GET", "/v1/token/{connection_id}", f"/v1/token/{cid}")
+    assert "id_token" in token  # the fake provider is OIDC: the optional field is exercised
+    check("GET", "/v1/token/{connection_id}", f"/v1/token/{cid}?auto_refresh=true&min_ttl=86400")
+    check("POST", "/v1/refresh/{connection_id}", f"/v1/refresh/{cid}")
+    middle = check("GET", "/v1/connections", "/v1/connections?page=2&page_size=1")
+    assert middle["next"] and middle["previous"]
+    providers = check("GET", "/v1/providers", "/v1/providers")
+    assert any(provider["param_formats"] for provider in providers["providers"])
+    check("DELETE", "/v1/connections/{connection_id}", f"/v1/connections/{cid}")
+
+    for name in ("ConnectionRequest", "Connection", "Token", "ConnectionPage", "ProviderList", "Provider"):
+        declared = set(walk.components[name]["properties"])
+        assert walk.seen[name] == declared, f"schema {name} declares fields no body had: {declared - walk.seen[name]}"
+    assert walk.seen["ParamFormat"] == set(walk.components["ParamFormat"]["properties"])
+
+
+def test_connection_statuses_are_the_wire_contracts(schema):
+    assert Connection.Status.values == list(wire.CONNECTION_STATUSES)
+    assert schema["components"]["schemas"]["StatusEnum"]["enum"] == list(wire.CONNECTION_STATUSES)
+
+
+def test_the_gateway_calls_the_paths_the_broker_serves():
+    from django.urls import resolve
+
+    for template in (wire.CONNECTIONS, wire.CONNECTION, wire.CONNECTION_TOKEN, wire.CONNECTION_REFRESH):
+        path = wire.internal_path(template, "c_abc")
+        assert resolve(path, urlconf="dromos.urls_broker").kwargs.get("connection_id", "c_abc") == "c_abc"
+    assert resolve(wire.internal_path(wire.PROVIDERS), urlconf="dromos.urls_broker")
