@@ -84,6 +84,7 @@ class ConnectionStartApi(APIView):
             user_id=query.get("user_id"),
             provider_name=query.get("provider_name"),
             status=query.get("status"),
+            tags=wire.tag_pairs(query.get("tag", [])),
         )
         paginator = Paginator(queryset, page_size)
         try:

@@ -229,6 +229,9 @@ class Stack:
                 # path only (%(U)s): a query string can hold the callback's code and state
                 "--access-logformat",
                 '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
+                # …and the connect page's token masked in it (issue 16)
+                "--logger-class",
+                "devtools.access_log.AccessLogger",
                 "--timeout",
                 "60",
                 "--graceful-timeout",

@@ -16,6 +16,7 @@ from __future__ import annotations
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
+from dromos.tags import MAX_TAGS, TagError, parse_tag_filter, validate_tags
 from dromos.validators import validate_scope_token
 
 # -- connection statuses ------------------------------------------------------------------
@@ -29,16 +30,24 @@ CONNECTION = "internal/v1/connections/{connection_id}"
 CONNECTION_TOKEN = "internal/v1/connections/{connection_id}/token"
 CONNECTION_REFRESH = "internal/v1/connections/{connection_id}/refresh"
 PROVIDERS = "internal/v1/providers"
+# connect sessions and reconnect in place (issue 16); `{session_id}` names a session
+CONNECTION_RECONNECT = "internal/v1/connections/{connection_id}/reconnect"
+CONNECT_SESSIONS = "internal/v1/connect-sessions"
+CONNECT_SESSION = "internal/v1/connect-sessions/{session_id}"
 
 
-def internal_path(template: str, connection_id: str | None = None) -> str:
+def internal_path(template: str, connection_id: str | None = None, *, session_id: str | None = None) -> str:
     """The absolute path the gateway calls, e.g. `/internal/v1/connections/abc/token`."""
-    return "/" + (template if connection_id is None else template.format(connection_id=connection_id))
+    if connection_id is not None:
+        template = template.replace("{connection_id}", connection_id)
+    if session_id is not None:
+        template = template.replace("{session_id}", session_id)
+    return "/" + template
 
 
 def internal_route(template: str) -> str:
     """The Django URL pattern the broker serves `template` at."""
-    return template.replace("{connection_id}", "<str:connection_id>")
+    return template.replace("{connection_id}", "<str:connection_id>").replace("{session_id}", "<str:session_id>")
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -79,6 +88,24 @@ class ConnectionListQuerySerializer(serializers.Serializer):
     page_size = serializers.IntegerField(
         required=False, min_value=1, max_value=PAGE_SIZE_MAX, help_text=f"Default {PAGE_SIZE_DEFAULT}"
     )
+    tag = serializers.ListField(
+        child=serializers.CharField(max_length=330),
+        required=False,
+        max_length=MAX_TAGS,
+        help_text="key:value, repeatable (all must match); a connection carries its connect session's tags",
+    )
+
+    def validate_tag(self, value):
+        try:
+            return [":".join(parse_tag_filter(raw)) for raw in value]
+        except TagError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+def tag_pairs(tags: list[str]) -> list[tuple[str, str]]:
+    """`ConnectionListQuerySerializer`'s validated `tag` values as (key, value) pairs (a key
+    holds no ':')."""
+    return [tuple(raw.split(":", 1)) for raw in tags]  # type: ignore[misc]
 
 
 def parse_query(serializer_class: type[serializers.Serializer], query_params) -> dict:
@@ -91,6 +118,59 @@ def parse_query(serializer_class: type[serializers.Serializer], query_params) ->
         for name, value in serializer.validated_data.items()
         if name in query_params and value not in ("", None)
     }
+
+
+SESSION_EXPIRES_DEFAULT, SESSION_EXPIRES_MIN, SESSION_EXPIRES_MAX = 1800, 60, 86400
+SESSION_STATUSES = ("pending", "started", "completed", "failed", "expired")
+
+
+def _scope_list(**kwargs) -> serializers.ListField:
+    return serializers.ListField(
+        child=serializers.CharField(max_length=256, validators=[validate_scope_token]), max_length=100, **kwargs
+    )
+
+
+class ConnectSessionInputSerializer(serializers.Serializer):
+    user_id = serializers.CharField(max_length=255, required=False, help_text="Required unless reconnect is set")
+    allowed_providers = serializers.ListField(
+        child=serializers.CharField(max_length=64),
+        required=False,
+        allow_empty=True,
+        max_length=50,
+        help_text="Provider names the page offers (default: every configured provider)",
+    )
+    scopes = serializers.DictField(child=_scope_list(), required=False, help_text="provider name -> scopes")
+    return_url = serializers.CharField(max_length=2048, trim_whitespace=False)
+    tags = serializers.DictField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=256),
+        required=False,
+        help_text=f"Copied onto the connection; at most {MAX_TAGS}, keys [A-Za-z0-9_.-]{{1,64}}, values <= 256",
+    )
+    expires_in = serializers.IntegerField(
+        required=False,
+        min_value=SESSION_EXPIRES_MIN,
+        max_value=SESSION_EXPIRES_MAX,
+        help_text=f"Seconds the link lives (default {SESSION_EXPIRES_DEFAULT})",
+    )
+    reconnect = serializers.RegexField(
+        r"^[A-Za-z0-9_-]{1,64}$", required=False, help_text="A connection id: the page reconnects it in place"
+    )
+
+    def validate_tags(self, value):
+        try:
+            return validate_tags(value)
+        except TagError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+@extend_schema_serializer(component_name="ReconnectInput")
+class ReconnectInputSerializer(serializers.Serializer):
+    scopes = _scope_list(
+        required=False, allow_empty=True, help_text="Added to the connection's scopes (incremental consent)"
+    )
+    return_url = serializers.CharField(
+        max_length=2048, trim_whitespace=False, required=False, help_text="Default: the connection's"
+    )
 
 
 # -- bodies ---------------------------------------------------------------------------------
@@ -147,6 +227,8 @@ class ConnectionSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
     activated_at = serializers.DateTimeField(allow_null=True)
     last_refreshed_at = serializers.DateTimeField(allow_null=True)
+    tags = serializers.DictField(child=serializers.CharField())
+    connect_session_id = serializers.CharField(allow_null=True)
 
 
 # The gateway's page. The broker answers `next_page` / `previous_page` (page numbers); the
@@ -190,3 +272,32 @@ class ProviderSerializer(serializers.Serializer):
 
 class ProviderListSerializer(serializers.Serializer):
     providers = ProviderSerializer(many=True)
+
+
+class ConnectSessionCreatedSerializer(serializers.Serializer):
+    connect_url = serializers.URLField()
+    session_id = serializers.CharField()
+    expires_at = serializers.DateTimeField()
+
+
+class ConnectSessionSerializer(serializers.Serializer):
+    session_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=SESSION_STATUSES)
+    user_id = serializers.CharField()
+    allowed_providers = serializers.ListField(child=serializers.CharField())
+    scopes = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+    return_url = serializers.CharField()
+    tags = serializers.DictField(child=serializers.CharField())
+    reconnect = serializers.CharField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    expires_at = serializers.DateTimeField()
+    created_at = serializers.DateTimeField()
+    used_at = serializers.DateTimeField(allow_null=True)
+    completed_at = serializers.DateTimeField(allow_null=True)
+    connections = ConnectionSerializer(many=True)
+
+
+class ReconnectRequestSerializer(serializers.Serializer):
+    authUrl = serializers.URLField()  # noqa: N815 (the contract's spelling)
+    connection_id = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())

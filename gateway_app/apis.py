@@ -35,11 +35,15 @@ CONNECTION_ID_PARAMETER = OpenApiParameter(
 )
 
 
-def _query(serializer_class: type[serializers.Serializer], request) -> dict[str, str]:
+def _query(serializer_class: type[serializers.Serializer], request) -> dict[str, str | list[str]]:
     """Validated query parameters as the broker reads them (blank ones dropped): bad values
-    are answered 400 here, before any broker call."""
+    are answered 400 here, before any broker call. A repeatable one (tag=…&tag=…) stays a list."""
     return {
-        name: ("true" if value else "false") if isinstance(value, bool) else str(value)
+        name: value
+        if isinstance(value, list)
+        else ("true" if value else "false")
+        if isinstance(value, bool)
+        else str(value)
         for name, value in wire.parse_query(serializer_class, request.query_params).items()
     }
 

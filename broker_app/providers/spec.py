@@ -320,6 +320,9 @@ class ProviderSpec:
     # who the account is at the provider (reconnect): "id_token.CLAIM", "token.PATH",
     # "userinfo.PATH", "callback.NAME" or "param.NAME"; "" when the provider documents no stable id
     account_id_field: str = ""
+    # sent on a reconnect's authorize URL only (issue 16: incremental consent where the
+    # provider needs more than authorize_params already asks, e.g. prompt=consent)
+    reconnect_authorize_params: dict[str, str] = field(default_factory=dict)
     # how a refresh token is obtained: "scope:NAME", "param:NAME=VALUE", "always", "app_setting", "none"
     offline_access: str = ""
 

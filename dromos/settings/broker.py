@@ -112,3 +112,5 @@ WEBHOOK_RETRY_MAX_SECONDS = env_int("WEBHOOK_RETRY_MAX_SECONDS", 3600)
 # Paths the broker access middleware lets through besides the callback; only the test
 # settings (one process serving both apps' routes) use it.
 BROKER_ACCESS_EXEMPT: tuple[str, ...] = ()
+# The hosted connect page answers a CSRF failure with its own page, without logging its path.
+CSRF_FAILURE_VIEW = "broker_app.connect_views.csrf_failure"

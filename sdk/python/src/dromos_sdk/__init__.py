@@ -29,8 +29,11 @@ from .models import (
     ConnectionPage,
     ConnectionRequest,
     ConnectionStatus,
+    ConnectSession,
+    ConnectSessionCreated,
     ParamFormat,
     Provider,
+    ReconnectRequest,
     Token,
 )
 from .retry import RetryPolicy
@@ -38,6 +41,8 @@ from .retry import RetryPolicy
 __all__ = [
     "APIError",
     "AsyncDromosClient",
+    "ConnectSession",
+    "ConnectSessionCreated",
     "Connection",
     "ConnectionFailedError",
     "ConnectionNotActiveError",
@@ -52,6 +57,7 @@ __all__ = [
     "ParamFormat",
     "Provider",
     "RateLimitedError",
+    "ReconnectRequest",
     "RetryPolicy",
     "Token",
     "TransportError",

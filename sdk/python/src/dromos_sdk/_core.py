@@ -38,7 +38,10 @@ from .models import (
     ConnectionPage,
     ConnectionRequest,
     ConnectionStatus,
+    ConnectSession,
+    ConnectSessionCreated,
     Provider,
+    ReconnectRequest,
     Token,
 )
 from .retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
@@ -70,7 +73,7 @@ class RequestSpec:
 
     method: str
     path: str
-    params: Mapping[str, str] | None = None
+    params: Mapping[str, str | Sequence[str]] | None = None
     json: Mapping[str, Any] | None = None
 
 
@@ -216,13 +219,15 @@ def list_connections_call(
     status: str | None,
     page: int | None,
     page_size: int | None,
+    tags: Mapping[str, str] | None = None,
 ) -> Call[ConnectionPage]:
-    query = {
+    query: dict[str, str | list[str] | None] = {
         "user_id": user_id,
         "provider_name": provider_name,
         "status": str(status) if status is not None else None,
         "page": str(page) if page is not None else None,
         "page_size": str(page_size) if page_size is not None else None,
+        "tag": [f"{key}:{value}" for key, value in sorted(tags.items())] if tags else None,
     }
     params = {key: value for key, value in query.items() if value is not None}
     return Call(
@@ -233,6 +238,50 @@ def list_connections_call(
 def delete_connection_call(connection_id: str) -> Call[Connection]:
     path = f"/v1/connections/{_segment(connection_id)}"
     return Call(RequestSpec("DELETE", path), Connection.from_dict)
+
+
+def create_connect_session_call(
+    user_id: str | None,
+    return_url: str,
+    allowed_providers: Sequence[str] | None,
+    scopes: Mapping[str, Sequence[str]] | None,
+    tags: Mapping[str, str] | None,
+    expires_in: int | None,
+    reconnect: str | None,
+) -> Call[ConnectSessionCreated]:
+    session: dict[str, Any] = {"return_url": return_url}
+    if user_id is not None:
+        session["user_id"] = user_id
+    if allowed_providers is not None:
+        session["allowed_providers"] = list(allowed_providers)
+    if scopes is not None:
+        session["scopes"] = {str(k): _scope_list(v) for k, v in scopes.items()}
+    if tags is not None:
+        session["tags"] = {str(k): str(v) for k, v in tags.items()}
+    if expires_in is not None:
+        session["expires_in"] = int(expires_in)
+    if reconnect is not None:
+        session["reconnect"] = reconnect
+    return Call(
+        RequestSpec("POST", "/v1/connect-sessions", json=session), ConnectSessionCreated.from_dict
+    )
+
+
+def get_connect_session_call(session_id: str) -> Call[ConnectSession]:
+    path = f"/v1/connect-sessions/{_segment(session_id)}"
+    return Call(RequestSpec("GET", path), ConnectSession.from_dict)
+
+
+def reconnect_call(
+    connection_id: str, scopes: Sequence[str] | str | None, return_url: str | None
+) -> Call[ReconnectRequest]:
+    wanted: dict[str, Any] = {}
+    if scopes is not None:
+        wanted["scopes"] = _scope_list(scopes)
+    if return_url is not None:
+        wanted["return_url"] = return_url
+    path = f"/v1/connections/{_segment(connection_id)}/reconnect"
+    return Call(RequestSpec("POST", path, json=wanted), ReconnectRequest.from_dict)
 
 
 def list_providers_call() -> Call[list[Provider]]:

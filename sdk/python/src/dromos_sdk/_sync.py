@@ -11,7 +11,16 @@ import httpx
 
 from . import _core
 from .errors import TransportError
-from .models import Connection, ConnectionPage, ConnectionRequest, Provider, Token
+from .models import (
+    Connection,
+    ConnectionPage,
+    ConnectionRequest,
+    ConnectSession,
+    ConnectSessionCreated,
+    Provider,
+    ReconnectRequest,
+    Token,
+)
 from .retry import RetryPolicy
 
 T = TypeVar("T")
@@ -148,14 +157,49 @@ class DromosClient:
         status: str | None = None,
         page: int | None = None,
         page_size: int | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> ConnectionPage:
-        """One page (1-based ``page``) of the workspace's connections, filtered."""
-        call = _core.list_connections_call(user_id, provider_name, status, page, page_size)
+        """One page (1-based ``page``) of the workspace's connections, filtered (``tags``:
+        every one must match)."""
+        call = _core.list_connections_call(user_id, provider_name, status, page, page_size, tags)
         return self._run(_core.execute(call, self._settings))
 
     def delete_connection(self, connection_id: str) -> Connection:
         """Revoke the connection (at the provider where possible) and wipe its tokens."""
         call = _core.delete_connection_call(connection_id)
+        return self._run(_core.execute(call, self._settings))
+
+    def create_connect_session(
+        self,
+        return_url: str,
+        user_id: str | None = None,
+        allowed_providers: Sequence[str] | None = None,
+        scopes: Mapping[str, Sequence[str]] | None = None,
+        tags: Mapping[str, str] | None = None,
+        expires_in: int | None = None,
+        reconnect: str | None = None,
+    ) -> ConnectSessionCreated:
+        """A single-use, short-lived link to the hosted connect page (``connect_url``);
+        with ``reconnect`` the page reconnects that connection in place."""
+        call = _core.create_connect_session_call(
+            user_id, return_url, allowed_providers, scopes, tags, expires_in, reconnect
+        )
+        return self._run(_core.execute(call, self._settings))
+
+    def get_connect_session(self, session_id: str) -> ConnectSession:
+        """The session's state and the connections it produced."""
+        call = _core.get_connect_session_call(session_id)
+        return self._run(_core.execute(call, self._settings))
+
+    def reconnect(
+        self,
+        connection_id: str,
+        scopes: Sequence[str] | str | None = None,
+        return_url: str | None = None,
+    ) -> ReconnectRequest:
+        """A fresh ``auth_url`` for the same connection id; ``scopes`` add to its scopes.
+        Another account's consent ends in ``error=account_mismatch`` and changes nothing."""
+        call = _core.reconnect_call(connection_id, scopes, return_url)
         return self._run(_core.execute(call, self._settings))
 
     def list_providers(self) -> list[Provider]:

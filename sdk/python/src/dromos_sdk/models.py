@@ -141,6 +141,8 @@ class Connection:
     updated_at: datetime | None = None
     activated_at: datetime | None = None
     last_refreshed_at: datetime | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    connect_session_id: str | None = None
 
     @property
     def is_active(self) -> bool:
@@ -169,6 +171,8 @@ class Connection:
             updated_at=parse_timestamp(data.get("updated_at")),
             activated_at=parse_timestamp(data.get("activated_at")),
             last_refreshed_at=parse_timestamp(data.get("last_refreshed_at")),
+            tags={str(k): str(v) for k, v in _mapping(data, "tags").items()},
+            connect_session_id=_opt_str(data, "connect_session_id"),
         )
 
 
@@ -304,4 +308,82 @@ class ConnectionPage:
             results=tuple(Connection.from_dict(item) for item in results),
             page=int(data.get("page") or 1),
             page_size=int(data.get("page_size") or len(results)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectSessionCreated:
+    """The answer to ``create_connect_session``: send the end user's browser to
+    ``connect_url`` (single use; it expires at ``expires_at``)."""
+
+    connect_url: str
+    session_id: str
+    expires_at: datetime | None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConnectSessionCreated:
+        return cls(
+            connect_url=_str(data, "connect_url"),
+            session_id=_str(data, "session_id"),
+            expires_at=parse_timestamp(data.get("expires_at")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectSession:
+    """A connect session's state (pending, started, completed, failed, expired) and the
+    connections it produced."""
+
+    session_id: str
+    status: str
+    user_id: str = ""
+    allowed_providers: tuple[str, ...] = ()
+    scopes: Mapping[str, Any] = field(default_factory=dict)
+    return_url: str = ""
+    tags: Mapping[str, Any] = field(default_factory=dict)
+    reconnect: str | None = None
+    error: str | None = None
+    expires_at: datetime | None = None
+    created_at: datetime | None = None
+    used_at: datetime | None = None
+    completed_at: datetime | None = None
+    connections: tuple[Connection, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConnectSession:
+        connections = data.get("connections") or []
+        if not isinstance(connections, list):
+            raise TypeError("'connections' must be a list")
+        return cls(
+            session_id=_str(data, "session_id"),
+            status=_str(data, "status"),
+            user_id=_opt_str(data, "user_id") or "",
+            allowed_providers=_strs(data, "allowed_providers"),
+            scopes=_mapping(data, "scopes"),
+            return_url=_opt_str(data, "return_url") or "",
+            tags=_mapping(data, "tags"),
+            reconnect=_opt_str(data, "reconnect"),
+            error=_opt_str(data, "error"),
+            expires_at=parse_timestamp(data.get("expires_at")),
+            created_at=parse_timestamp(data.get("created_at")),
+            used_at=parse_timestamp(data.get("used_at")),
+            completed_at=parse_timestamp(data.get("completed_at")),
+            connections=tuple(Connection.from_dict(item) for item in connections),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectRequest:
+    """The answer to ``reconnect``: a consent URL for the *same* connection id."""
+
+    auth_url: str
+    connection_id: str
+    scopes: tuple[str, ...]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ReconnectRequest:
+        return cls(
+            auth_url=_str(data, "authUrl"),
+            connection_id=_str(data, "connection_id"),
+            scopes=_strs(data, "scopes"),
         )
