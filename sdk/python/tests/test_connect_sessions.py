@@ -52,7 +52,11 @@ def test_get_connect_session(make_harness: MakeHarness) -> None:
 
 
 def test_reconnect(make_harness: MakeHarness) -> None:
-    answer = {"authUrl": "https://idp/auth", "connection_id": "c_1", "scopes": ["openid", "profile"]}
+    answer = {
+        "authUrl": "https://idp/auth",
+        "connection_id": "c_1",
+        "scopes": ["openid", "profile"],
+    }
     h = make_harness(httpx.Response(201, json=answer))
     result = h.call("reconnect", "c_1", scopes=["profile"])
     assert isinstance(result, ReconnectRequest)
@@ -63,7 +67,14 @@ def test_reconnect(make_harness: MakeHarness) -> None:
 
 
 def test_list_connections_by_tags(make_harness: MakeHarness) -> None:
-    page = {"count": 0, "page": 1, "page_size": 50, "next": None, "previous": None, "results": []}
+    page: dict[str, object] = {
+        "count": 0,
+        "page": 1,
+        "page_size": 50,
+        "next": None,
+        "previous": None,
+        "results": [],
+    }
     h = make_harness(httpx.Response(200, json=page))
     h.call("list_connections", tags={"team": "support", "env": "prod"})
     query = parse_qs(urlsplit(str(h.gateway.last.url)).query)
