@@ -13,7 +13,8 @@ gateway and broker, one Celery worker and beat (the proactive sweep every minute
 BENCH_REDIS_URL; flushed). The provider `local` is registered as a generic `oidc` provider with
 `--setting refresh_token_rotation=true` (no reuse grace: oidc-provider has none).
 
-Traffic: --threads clients, each picking a random connection and doing one of: plain token
+Traffic: --threads clients, --rate requests per second in all, one API key (its rate limit
+raised for the soak), each picking a random connection and doing one of: plain token
 read (60 %), auto_refresh read (25 %), forced refresh (10 %), check-connection (5 %).
 Answers 429/503 (bulkheads, a role being restarted) and transport errors are counted, not
 failures. Chaos (unless --no-kills): every 10-40 s one of worker/broker/gateway is SIGKILLed
@@ -106,9 +107,11 @@ def connect(stack: SoakStack, n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def traffic(stack: SoakStack, ids: list[str], stop: threading.Event, counts: Counter, lock: threading.Lock) -> None:
+def traffic(
+    stack: SoakStack, ids: list[str], stop: threading.Event, counts: Counter, lock: threading.Lock, pause: float
+) -> None:
     rng = random.Random()
-    while not stop.is_set():
+    while not stop.wait(rng.uniform(0, 2 * pause)):
         cid = rng.choice(ids)
         roll = rng.random()
         try:
@@ -176,6 +179,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10)
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=40, help="requests per second, all threads together")
     parser.add_argument("--token-ttl", type=int, default=120, help="access token lifetime at the provider (s)")
     parser.add_argument("--no-kills", action="store_true")
     parser.add_argument("--seed-threads", type=int, default=4)
@@ -191,6 +195,9 @@ def main() -> int:
 
     redis.Redis.from_url(redis_url).flushdb()
     workdir = ROOT / "var" / "soak"
+    # oidc-provider's in-memory store otherwise forgets all but its last ~1000 entries
+    # (sessions, grants, tokens): refresh tokens of older grants would answer invalid_grant.
+    os.environ["OIDC_STORE_SIZE"] = "1000000"
     workdir.mkdir(parents=True, exist_ok=True)
     stack = SoakStack(
         workdir=workdir,
@@ -199,6 +206,9 @@ def main() -> int:
         celery=True,
         beat=True,
         access_token_ttl=args.token_ttl,
+        # One key drives all the traffic: its per-key rate limit would otherwise answer most
+        # calls 429. Every reliability setting keeps its default.
+        extra_env={"API_KEY_RATE_LIMIT": "1000000/min"},
     )
     stack.start()
     report: dict = {}
@@ -232,7 +242,9 @@ def main() -> int:
         START = time.monotonic()
         stop, lock, counts, kills = threading.Event(), threading.Lock(), Counter(), []
         threads = [
-            threading.Thread(target=traffic, args=(stack, ids, stop, counts, lock), daemon=True)
+            threading.Thread(
+                target=traffic, args=(stack, ids, stop, counts, lock, args.threads / args.rate), daemon=True
+            )
             for _ in range(args.threads)
         ]
         if not args.no_kills:

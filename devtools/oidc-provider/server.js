@@ -7,6 +7,8 @@
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 
 import Provider from 'oidc-provider';
+import { setStorage } from 'oidc-provider/lib/adapters/memory_adapter.js';
+import LRU from 'oidc-provider/lib/helpers/lru.js';
 
 function fail(message) {
   console.error(`oidc-provider: ${message}`);
@@ -36,6 +38,10 @@ const HOST = '127.0.0.1';
 const ISSUER = `http://${HOST}:${PORT}`;
 const ACCESS_TOKEN_TTL = intFromEnv('ACCESS_TOKEN_TTL', 3600);
 if (ACCESS_TOKEN_TTL < 1) fail('ACCESS_TOKEN_TTL must be at least 1 second');
+// The in-memory store is an LRU of 1000 entries by default: past a few hundred grants it
+// forgets the oldest (their refresh tokens then answer invalid_grant). Soaks raise it.
+const STORE_SIZE = intFromEnv('OIDC_STORE_SIZE', 0);
+if (STORE_SIZE) setStorage(new LRU({ maxSize: STORE_SIZE }));
 
 const DEFAULT_CLIENTS = [{
   client_id: 'dromos-demo',

@@ -278,13 +278,13 @@ def test_auto_refresh_with_min_ttl_above_the_lifetime_refreshes_once_and_warns(b
 # -- finding 3: a crash during a rotation -----------------------------------------------------------
 
 
-def _crash_mid_rotation(stack, fake, cid: str, key: str) -> None:
-    """Ask for a refresh; once the provider has rotated the refresh token (and holds its answer
-    back), SIGKILL the broker's whole process group; restart it."""
+def _crash_mid_rotation(stack, fake, cid: str, key: str, *, rotation: int = 1) -> None:
+    """Ask for a refresh; once the provider has rotated the refresh token (its `rotation`-th
+    rotation) and holds its answer back, SIGKILL the broker's whole process group; restart it."""
     fake.answer_delay = 8.0  # below PROVIDER_HTTP_TIMEOUT (10 s): the broker is still waiting
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(stack.gw, "POST", f"/v1/refresh/{cid}", key)
-        wait_for(lambda: fake.rotations == 1, "the provider to rotate the refresh token", timeout=20)
+        wait_for(lambda: fake.rotations == rotation, "the provider to rotate the refresh token", timeout=20)
         marker = stack.sql("SELECT token_version FROM broker_app_refreshinflight WHERE connection_id = %s", [cid])
         assert marker == [(1,)], marker  # committed before the provider call
         stack.kill("broker")
@@ -366,4 +366,26 @@ def test_crash_after_rotation_found_after_the_reuse_grace_fails_the_connection(b
     answer = bh.gw("GET", f"/v1/token/{cid}", key, params={"auto_refresh": "true", "min_ttl": "86400"})
     assert answer.status_code == 409, answer.text
     assert fake_provider.refresh_calls == 1
+    assert (bh.row(cid)["status"], bh.row(cid)["error"]) == ("failed", "refresh_interrupted")
+
+
+def test_a_retry_inside_the_reuse_grace_that_dies_too_does_not_extend_the_grace(bh, fake_provider):
+    """The grace runs from the first time the stored refresh token was presented: the marker of
+    a retry that is killed as well keeps the first attempt's time."""
+    key = bh.new_key("ws-twice")
+    fake_provider.reuse_grace = 30.0
+    cid = bh.connect_to(fake_provider, "grace", key)
+    marker = "SELECT token_version, started_at FROM broker_app_refreshinflight WHERE connection_id = %s"
+    _crash_mid_rotation(bh, fake_provider, cid, key)
+    first = bh.sql(marker, [cid])
+    _crash_mid_rotation(bh, fake_provider, cid, key, rotation=2)  # the retry, inside the grace, dies too
+    assert fake_provider.refresh_calls == 2
+    assert bh.sql(marker, [cid]) == first
+    # So once the first attempt is older than the grace, the old token is not presented a third time.
+    bh.sql(
+        "UPDATE broker_app_refreshinflight SET started_at = now() - interval '31 seconds' WHERE connection_id = %s",
+        [cid],
+    )
+    assert bh.gw("POST", f"/v1/refresh/{cid}", key).status_code == 409
+    assert fake_provider.refresh_calls == 2
     assert (bh.row(cid)["status"], bh.row(cid)["error"]) == ("failed", "refresh_interrupted")
