@@ -125,6 +125,10 @@ type Token struct {
 	ProviderName string `json:"provider_name"`
 	// ConnectionID is the connection the token belongs to.
 	ConnectionID string `json:"connection_id"`
+	// Warnings is ["min_ttl_not_met"] when auto_refresh gave a token that
+	// lives less than the MinTTL asked for (refreshed seconds ago, or a
+	// refresh in progress or unavailable); it is valid until ExpiresAt.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // String describes the token without revealing AccessToken or IDToken.

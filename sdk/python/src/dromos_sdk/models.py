@@ -188,6 +188,9 @@ class Token:
     scopes: tuple[str, ...] = ()
     provider_name: str = ""
     connection_id: str = ""
+    # ("min_ttl_not_met",): auto_refresh gave a token that lives less than the min_ttl asked
+    # for (refreshed seconds ago, a refresh in progress or unavailable); valid until expires_at.
+    warnings: tuple[str, ...] = ()
 
     @property
     def authorization(self) -> str:
@@ -211,6 +214,7 @@ class Token:
             scopes=_strs(data, "scopes"),
             provider_name=_opt_str(data, "provider_name") or "",
             connection_id=_opt_str(data, "connection_id") or "",
+            warnings=_strs(data, "warnings"),
         )
 
 
