@@ -136,10 +136,12 @@ def chaos(stack: SoakStack, stop: threading.Event, log: list) -> None:
     rng = random.Random()
     while not stop.wait(rng.uniform(10, 40)):
         role = rng.choice(ROLES)
-        markers = stack_sql(stack, "SELECT count(*) FROM broker_app_refreshinflight")[0][0]
+        # Refreshes at the provider just before the kill (any process's): a gateway kill loses
+        # none of them; a broker or worker kill may have hit one of its own.
+        in_flight = [cid for (cid,) in stack_sql(stack, "SELECT connection_id FROM broker_app_refreshinflight")]
         stack.kill(role)
-        log.append({"at": round(time.monotonic() - START, 1), "killed": role, "markers_at_kill": markers})
-        print(f"  [{time.monotonic() - START:6.1f}s] SIGKILL {role} ({markers} refreshes in flight)", flush=True)
+        log.append({"at": round(time.monotonic() - START, 1), "killed": role, "in_flight": in_flight})
+        print(f"  [{time.monotonic() - START:6.1f}s] SIGKILL {role} ({len(in_flight)} refreshes in flight)", flush=True)
         time.sleep(rng.uniform(1, 3))
         stack.restart(role)
 
@@ -265,6 +267,10 @@ def main() -> int:
             key.decode(): int(value)
             for key, value in redis.Redis.from_url(redis_url).hgetall("dromos:metrics:refresh_total").items()
         }
+        for problem in lost:  # which kill explains it, if any
+            problem["in_flight_at_kill"] = [
+                f"{kill['killed']} at {kill['at']}s" for kill in kills if problem["connection_id"] in kill["in_flight"]
+            ]
         by_error = Counter(problem["error"] for problem in lost)
         report = {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -288,7 +294,10 @@ def main() -> int:
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps({k: v for k, v in report.items() if k != "lost_connections"}, indent=2))
     for problem in report.get("lost_connections", []):
-        print(f"LOST {problem['connection_id']}: status={problem['status']} error={problem['error']}")
+        print(
+            f"LOST {problem['connection_id']}: status={problem['status']} error={problem['error']} "
+            f"refresh in flight when killed: {', '.join(problem['in_flight_at_kill']) or 'no'}"
+        )
     explained = set(report.get("lost_by_error", {})) <= ({"refresh_interrupted"} if not args.no_kills else set())
     return 0 if report and explained else 1
 
