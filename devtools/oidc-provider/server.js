@@ -7,6 +7,8 @@
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 
 import Provider from 'oidc-provider';
+import MemoryAdapter from 'oidc-provider/lib/adapters/memory_adapter.js';
+import LRU from 'oidc-provider/lib/helpers/lru.js';
 
 function fail(message) {
   console.error(`oidc-provider: ${message}`);
@@ -36,6 +38,9 @@ const HOST = '127.0.0.1';
 const ISSUER = `http://${HOST}:${PORT}`;
 const ACCESS_TOKEN_TTL = intFromEnv('ACCESS_TOKEN_TTL', 3600);
 if (ACCESS_TOKEN_TTL < 1) fail('ACCESS_TOKEN_TTL must be at least 1 second');
+// The in-memory store is an LRU of 1000 entries by default: past a few hundred grants it
+// forgets the oldest (their refresh tokens then answer invalid_grant). Soaks raise it.
+const STORE_SIZE = intFromEnv('OIDC_STORE_SIZE', 0);
 
 const DEFAULT_CLIENTS = [{
   client_id: 'dromos-demo',
@@ -143,6 +148,13 @@ const configuration = {
     Session: 14 * 24 * 60 * 60,
   },
 };
+
+if (STORE_SIZE) {
+  // oidc-provider's own memory adapter over a store of that size (its default store is
+  // created per provider with 1000 entries).
+  const store = new LRU({ maxSize: STORE_SIZE });
+  configuration.adapter = (model) => new MemoryAdapter(model, store);
+}
 
 const provider = new Provider(ISSUER, configuration);
 

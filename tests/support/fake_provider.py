@@ -40,6 +40,7 @@ class Grant:
     revoked: bool = False
     used_refresh_tokens: set = field(default_factory=set)
     sub: str = "user-1"
+    rotated_at: dict = field(default_factory=dict)  # rotated-out refresh token -> time.monotonic()
 
 
 class FakeProvider:
@@ -58,6 +59,12 @@ class FakeProvider:
         self.refresh_delay = 0.0
         self.access_token_ttl: int | None = 3600
         self.rotate = True
+        # Crash tests: after rotating, wait this long before answering (the answer is then
+        # lost when the caller dies meanwhile); a rotated-out refresh token is still accepted
+        # for `reuse_grace` seconds (Okta's grace period, Auth0's reuse interval).
+        self.answer_delay = 0.0
+        self.reuse_grace = 0.0
+        self.rotations = 0
         self.jwks_status = 200
         self.issuer_override: str | None = None
         # Security suite knobs: what discovery advertises and how long documents may be cached.
@@ -105,6 +112,8 @@ class FakeProvider:
             self.refresh_delay = 0.0
             self.access_token_ttl = 3600
             self.rotate = True
+            self.answer_delay = self.reuse_grace = 0.0
+            self.rotations = 0
             self.jwks_status = 200
             self.issuer_override = None
             self.extra_jwks = []
@@ -230,14 +239,21 @@ class FakeProvider:
                 if grant is None or grant.revoked:
                     return 400, {"error": "invalid_grant", "error_description": "unknown or revoked"}, {}
                 if presented in grant.used_refresh_tokens:
-                    grant.revoked = True  # reuse detected: the whole grant dies (RFC 9700 §4.14.2)
-                    return 400, {"error": "invalid_grant", "error_description": "refresh token reused"}, {}
+                    within_grace = time.monotonic() - grant.rotated_at.get(presented, 0) <= self.reuse_grace
+                    if not within_grace:
+                        grant.revoked = True  # reuse detected: the whole grant dies (RFC 9700 §4.14.2)
+                        return 400, {"error": "invalid_grant", "error_description": "refresh token reused"}, {}
                 body = self._tokens(grant.sub, id_token=None, scope=None)
                 if self.rotate:
-                    grant.used_refresh_tokens.add(presented)
+                    if presented not in grant.used_refresh_tokens:
+                        grant.used_refresh_tokens.add(presented)
+                        grant.rotated_at[presented] = time.monotonic()
                     body["refresh_token"] = "rt-" + secrets.token_urlsafe(24)
                     grant.refresh_token = body["refresh_token"]
                     self.grants[body["refresh_token"]] = grant
+                    self.rotations += 1
+            if self.answer_delay:
+                time.sleep(self.answer_delay)  # rotated already: a caller dying now loses the new token
             return 200, body, {}
         return 400, {"error": "unsupported_grant_type"}, {}
 
