@@ -16,6 +16,7 @@ from broker_app import selectors
 from broker_app.audit import Actor
 from broker_app.presenters import connection_as_dict, provider_as_dict
 from broker_app.services.connect import connection_start
+from broker_app.services.device import device_start
 from broker_app.services.reads import token_read
 from broker_app.services.refresh import token_refresh
 from broker_app.services.revocation import connection_revoke
@@ -56,6 +57,16 @@ class ConnectionStartApi(APIView):
         serializer = wire.RequestConnectionInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        if data.get("flow") == wire.FLOW_DEVICE:
+            started = device_start(
+                workspace=_required_workspace(request),
+                user_id=data["user_id"],
+                provider_name=data["provider_name"],
+                scopes=data.get("scopes"),
+                params=data.get("params") or {},
+                actor=_actor(request),
+            )
+            return no_store(Response(started.as_dict(), status=201))
         result = connection_start(
             workspace=_required_workspace(request),
             user_id=data["user_id"],

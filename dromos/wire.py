@@ -20,6 +20,8 @@ from dromos.validators import validate_scope_token
 
 # -- connection statuses ------------------------------------------------------------------
 PENDING, ACTIVE, FAILED, REVOKED = CONNECTION_STATUSES = ("pending", "active", "failed", "revoked")
+# -- how a connection is made (request-connection `flow`) --------------------------------
+FLOW_CODE, FLOW_DEVICE = CONNECTION_FLOWS = ("code", "device")
 
 # -- the broker's internal paths ------------------------------------------------------------
 # `{connection_id}` is the only parameter. `internal_path` fills one for the gateway's
@@ -58,8 +60,21 @@ class RequestConnectionInputSerializer(serializers.Serializer):
         allow_empty=True,
         max_length=100,
     )
-    return_url = serializers.CharField(max_length=2048, trim_whitespace=False)
+    return_url = serializers.CharField(
+        max_length=2048, trim_whitespace=False, required=False, help_text="Required for the code flow"
+    )
     params = serializers.DictField(child=serializers.CharField(max_length=256), required=False, allow_empty=True)
+    flow = serializers.ChoiceField(
+        choices=CONNECTION_FLOWS,
+        required=False,
+        help_text="code (default): consent at authUrl; device (RFC 8628): the user enters user_code at "
+        "verification_uri, the broker polls",
+    )
+
+    def validate(self, attrs):
+        if attrs.get("flow", FLOW_CODE) == FLOW_CODE and not attrs.get("return_url"):
+            raise serializers.ValidationError({"return_url": ["This field is required."]})
+        return attrs
 
 
 class TokenQuerySerializer(serializers.Serializer):
@@ -105,6 +120,19 @@ class ConnectionRequestSerializer(serializers.Serializer):
     scopes = serializers.ListField(child=serializers.CharField())
     provider_id = serializers.CharField()
     connection_id = serializers.CharField()
+
+
+class DeviceConnectionRequestSerializer(serializers.Serializer):
+    connection_id = serializers.CharField()
+    provider_id = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())
+    user_code = serializers.CharField(help_text="What the user types at verification_uri")
+    verification_uri = serializers.CharField()
+    verification_uri_complete = serializers.CharField(
+        required=False, help_text="verification_uri with the code filled in, when the provider offers one"
+    )
+    expires_at = serializers.DateTimeField(help_text="The connection fails with expired_token after this")
+    interval = serializers.IntegerField(help_text="Seconds between the broker's polls of the provider")
 
 
 class TokenSerializer(serializers.Serializer):

@@ -11,7 +11,13 @@ from urllib.parse import urlencode
 import orjson
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -105,7 +111,11 @@ class RequestConnectionApi(GatewayApi):
         operation_id="request_connection",
         request=wire.RequestConnectionInputSerializer,
         responses={
-            201: wire.ConnectionRequestSerializer,
+            201: PolymorphicProxySerializer(
+                component_name="ConnectionRequestOrDevice",
+                serializers=[wire.ConnectionRequestSerializer, wire.DeviceConnectionRequestSerializer],
+                resource_type_field_name=None,
+            ),
             **{k: v for k, v in ERRORS.items() if k in (400, 401, 403, 429, 502, 503)},
         },
     )

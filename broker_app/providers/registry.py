@@ -30,6 +30,7 @@ _DISCOVERED = (  # spec field <- discovery document key (OpenID Connect Discover
     ("revocation_url", "revocation_endpoint"),
     ("userinfo_url", "userinfo_endpoint"),
     ("jwks_uri", "jwks_uri"),
+    ("device_authorization_url", "device_authorization_endpoint"),  # RFC 8628 §4
 )
 
 

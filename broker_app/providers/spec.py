@@ -266,6 +266,9 @@ class ProviderSpec:
     revocation_url: str = field(default="", metadata={**ENDPOINT, **OVERRIDE})
     userinfo_url: str = field(default="", metadata={**ENDPOINT, **OVERRIDE})
     jwks_uri: str = field(default="", metadata=ENDPOINT)
+    # RFC 8628 device authorization endpoint: set, the provider offers `"flow": "device"`
+    # (generic OIDC takes discovery's device_authorization_endpoint)
+    device_authorization_url: str = field(default="", metadata=ENDPOINT)
     refresh_url: str = field(default="", metadata=ENDPOINT)  # a refresh endpoint of its own (Figma)
     issuer: str = field(default="", metadata={**URL, "keep": ("tenantid",)})  # Entra's {tenantid}: per token
     # protocol

@@ -1,7 +1,8 @@
 """Every transition of a connection, in one place (Zulip's `do_*` shape).
 
     (new) ──connection_create──▶ pending ──connection_activate──▶ active
-    pending ──connection_fail──▶ failed          (denied, bad callback, state expired)
+    pending ──connection_fail──▶ failed          (denied, bad callback, state expired,
+                                                  device code expired or refused)
     active ──connection_fail──▶ failed           (refresh answered invalid_grant, id_token changed)
     active ──connection_store_refreshed──▶ active (new tokens after a refresh)
     any ──connection_mark_revoked──▶ revoked
@@ -109,7 +110,8 @@ def connection_activate(*, connection: Connection, tokens: TokenSet, account: di
         connection.account = account
         connection.status = Status.ACTIVE
         connection.activated_at = connection.last_refreshed_at = timezone.now()
-        connection.pkce_verifier_enc = ""
+        connection.pkce_verifier_enc = connection.device_code_enc = ""
+        connection.device_next_poll_at = None
         connection.nonce_digest = ""
         connection.error = connection.error_description = ""
         connection.save()
@@ -143,6 +145,8 @@ def connection_fail(
             error=code,
             error_description=description[:512],
             pkce_verifier_enc="",
+            device_code_enc="",
+            device_next_poll_at=None,
             next_refresh_attempt_at=None,
             updated_at=timezone.now(),
         )
@@ -195,7 +199,8 @@ def connection_mark_revoked(*, connection: Connection, actor: Actor, provider_re
     provider revocation still needs (`kept`: "refresh_token", "access_token" or "")."""
     with transaction.atomic():
         connection.status = Status.REVOKED
-        connection.id_token_enc = connection.pkce_verifier_enc = ""
+        connection.id_token_enc = connection.pkce_verifier_enc = connection.device_code_enc = ""
+        connection.device_next_poll_at = None
         if kept != "refresh_token":
             connection.refresh_token_enc = ""
         if kept != "access_token":
