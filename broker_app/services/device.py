@@ -207,7 +207,8 @@ def device_poll_one(*, connection_id: str) -> str:
             if exc.error == "slow_down":
                 _schedule(connection, now=now, interval=min(interval + SLOW_DOWN_SECONDS, settings.DEVICE_MAX_INTERVAL))
                 return "slow_down"
-            connection_fail(connection=connection, error=exc.error, description=exc.description)
+            # Never the provider's description: it may echo what it received (the device code).
+            connection_fail(connection=connection, error=exc.error, description=f"the provider answered {exc.error}")
             return "failed"
         claims = None
         if tokens.id_token and spec.oidc:

@@ -39,6 +39,15 @@ class Walk:
     def body(self, value, name: str, where: str) -> None:
         component = self.components[name]
         assert isinstance(value, dict), where
+        if "oneOf" in component:  # one of several bodies (request-connection: code or device flow)
+            fitting = [
+                ref_name(option)
+                for option in component["oneOf"]
+                if set(value) <= set(self.components[ref_name(option)]["properties"])
+                and set(self.components[ref_name(option)].get("required", ())) <= set(value)
+            ]
+            assert len(fitting) == 1, f"{where}: fits {fitting} of schema {name}"
+            return self.body(value, fitting[0], where)
         declared, required = set(component["properties"]), set(component.get("required", ()))
         assert set(value) <= declared, f"{where}: not in schema {name}: {sorted(set(value) - declared)}"
         assert required <= set(value), f"{where}: schema {name} requires {sorted(required - set(value))}"
@@ -81,6 +90,8 @@ def test_every_body_has_exactly_the_fields_the_schema_declares(stack, fake_provi
     request_body = {"user_id": "u", "provider_name": "fake", "return_url": "https://app.example.com/r"}
     pending = check("POST", "/v1/request-connection", "/v1/request-connection", 201, json=request_body)
     check("GET", "/v1/check-connection/{connection_id}", f"/v1/check-connection/{pending['connection_id']}")
+    device_body = {"user_id": "u", "provider_name": "fake", "flow": "device"}
+    check("POST", "/v1/request-connection", "/v1/request-connection", 201, json=device_body)
     cid = connect(stack, fake_provider, key)
     assert start_connection(stack, key)  # a third connection: the list has a next and a previous page
     check("GET", "/v1/check-connection/{connection_id}", f"/v1/check-connection/{cid}")
@@ -94,7 +105,15 @@ def test_every_body_has_exactly_the_fields_the_schema_declares(stack, fake_provi
     assert any(provider["param_formats"] for provider in providers["providers"])
     check("DELETE", "/v1/connections/{connection_id}", f"/v1/connections/{cid}")
 
-    for name in ("ConnectionRequest", "Connection", "Token", "ConnectionPage", "ProviderList", "Provider"):
+    for name in (
+        "ConnectionRequest",
+        "DeviceConnectionRequest",
+        "Connection",
+        "Token",
+        "ConnectionPage",
+        "ProviderList",
+        "Provider",
+    ):
         declared = set(walk.components[name]["properties"])
         assert walk.seen[name] == declared, f"schema {name} declares fields no body had: {declared - walk.seen[name]}"
     assert walk.seen["ParamFormat"] == set(walk.components["ParamFormat"]["properties"])

@@ -6,7 +6,8 @@ including a provider that echoes the refresh token, the authorization code and o
 secret back in its error descriptions. Then it searches, for every secret value it saw
 (the provider's access, refresh and id tokens, authorization codes, PKCE verifiers, state
 and nonce, our client secret and its Basic-auth form, TOKEN_ENCRYPTION_KEYS, BROKER_API_KEY,
-the Django secret key, the agent's API key, the webhook signing secret):
+the Django secret key, the agent's API key, the webhook signing secret, RFC 8628 device
+codes):
 
 - every captured log record (formatted as the JSON log line, and its raw attributes);
 - every error body, redirect and non-token answer the agent or the browser got;
@@ -41,6 +42,7 @@ from django.utils import timezone
 from fake_provider import CLIENT_ID, CLIENT_SECRET
 
 from broker_app.models import AuditEvent, CachedDocument, Connection, WebhookDelivery, WebhookEndpoint
+from broker_app.services.device import device_poll_one, device_poll_sweep
 from broker_app.services.sweep import refresh_one, sweep_due
 from broker_app.tasks import retry_revocations
 from broker_app.webhooks import webhook_deliver, webhook_endpoint_create
@@ -191,7 +193,7 @@ def _echo(status: int, error: str):
     def answer(form):
         echoed = " ".join(
             f"{name}={form.get(name)}"
-            for name in ("refresh_token", "code", "code_verifier", "client_secret")
+            for name in ("refresh_token", "code", "code_verifier", "client_secret", "device_code")
             if form.get(name)
         )
         return status, {"error": error, "error_description": f"rejected: {echoed}", "received": form}, {}
@@ -388,6 +390,28 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(
     for delivery_id in deliveries:
         webhook_deliver(delivery_id=str(delivery_id))
 
+    # 11. Device flow (RFC 8628): one code polled by a published task and approved, one
+    # refused by a provider that echoes the device code and our secret.
+    device_ids = []
+    for outcome in ("approved", "refused"):
+        started = stack.call(
+            "POST", "/v1/request-connection", key, json={"user_id": "d", "provider_name": "fake", "flow": "device"}
+        )
+        assert started.status_code == 201, started.text
+        responses.append(("device start", started))
+        device_ids.append(started.json()["connection_id"])
+        device_code = next(c for c, e in fake_provider.devices.items() if e["user_code"] == started.json()["user_code"])
+        evidence.secret("device code", device_code)
+        Connection.objects.filter(pk=device_ids[-1]).update(device_next_poll_at=timezone.now())
+        assert device_poll_sweep() == [device_ids[-1]]  # publishes a device_poll task
+        if outcome == "approved":
+            fake_provider.device_set(started.json()["user_code"], "approved")
+        else:
+            fake_provider.script(_echo(400, "access_denied"))
+        device_poll_one(connection_id=device_ids[-1])
+        responses.append(("device check", stack.call("GET", f"/v1/check-connection/{device_ids[-1]}", key)))
+    assert [Connection.objects.get(pk=c).status for c in device_ids] == ["active", "failed"]
+
     # Every token the provider issued was seen, and some were really served.
     assert sum(name == "access_token" for name in evidence.secrets.values()) >= 6
     assert any(r.json().get("access_token") in evidence.secrets for r in served)
@@ -420,7 +444,7 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(
     for index, message in enumerate(published_tasks):
         evidence.place("Celery task message", str(index), message)
     redis_keys = _redis_dump(evidence)
-    admin_pages = _admin_pages(evidence, [cid, failed_cid, bad_cid, second])
+    admin_pages = _admin_pages(evidence, [cid, failed_cid, bad_cid, second, *device_ids])
     evidence.place("pg_dump", "database", _pg_dump())
 
     leaks = evidence.leaks()
