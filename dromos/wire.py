@@ -13,6 +13,8 @@ Shared layer: imports neither `gateway_app` nor `broker_app`."""
 
 from __future__ import annotations
 
+import re
+
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
@@ -31,6 +33,8 @@ CONNECTION = "internal/v1/connections/{connection_id}"
 CONNECTION_TOKEN = "internal/v1/connections/{connection_id}/token"
 CONNECTION_REFRESH = "internal/v1/connections/{connection_id}/refresh"
 PROVIDERS = "internal/v1/providers"
+STATIC_CONNECTIONS = "internal/v1/static-connections"
+CONNECTION_CREDENTIALS = "internal/v1/connections/{connection_id}/credentials"
 
 
 def internal_path(template: str, connection_id: str | None = None) -> str:
@@ -75,6 +79,60 @@ class RequestConnectionInputSerializer(serializers.Serializer):
         if attrs.get("flow", FLOW_CODE) == FLOW_CODE and not attrs.get("return_url"):
             raise serializers.ValidationError({"return_url": ["This field is required."]})
         return attrs
+
+
+_API_KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no space, no CR/LF
+
+
+def _printable(value: str, what: str) -> str:
+    if not value.isprintable():
+        raise serializers.ValidationError(f"{what} has a control or non-printable character")
+    return value
+
+
+class CredentialsSerializer(serializers.Serializer):
+    """A static credential. Messages never echo a value."""
+
+    type = serializers.ChoiceField(choices=("api_key", "basic"))
+    api_key = serializers.CharField(required=False, max_length=4096, trim_whitespace=False)
+    username = serializers.CharField(required=False, max_length=256, trim_whitespace=False)
+    password = serializers.CharField(required=False, max_length=1024, trim_whitespace=False)
+
+    def to_internal_value(self, data):
+        attrs = super().to_internal_value(data)
+        fields = {"api_key": ("api_key",), "basic": ("username", "password")}[attrs["type"]]
+        extra = set(data) - {"type", *fields}
+        if extra:
+            raise serializers.ValidationError(
+                {str(name)[:32]: ["not part of this credential type"] for name in sorted(extra, key=str)}
+            )
+        return attrs
+
+    def validate(self, attrs):
+        fields = {"api_key": ("api_key",), "basic": ("username", "password")}[attrs["type"]]
+        missing = [name for name in fields if not attrs.get(name)]
+        if missing:
+            raise serializers.ValidationError({name: ["This field is required."] for name in missing})
+        if attrs["type"] == "api_key":
+            if not _API_KEY.match(attrs["api_key"]):
+                raise serializers.ValidationError({"api_key": ["only printable ASCII without spaces"]})
+            return {"type": "api_key", "api_key": attrs["api_key"]}
+        _printable(attrs["username"], "username")
+        _printable(attrs["password"], "password")
+        if ":" in attrs["username"]:
+            raise serializers.ValidationError({"username": ["a Basic-auth username cannot contain ':'"]})
+        return {"type": "basic", "username": attrs["username"], "password": attrs["password"]}
+
+
+class StaticConnectionInputSerializer(serializers.Serializer):
+    user_id = serializers.CharField(max_length=255)
+    provider_name = serializers.CharField(max_length=64)
+    params = serializers.DictField(child=serializers.CharField(max_length=256), required=False, allow_empty=True)
+    credentials = CredentialsSerializer()
+
+
+class CredentialsReplaceInputSerializer(serializers.Serializer):
+    credentials = CredentialsSerializer()
 
 
 class TokenQuerySerializer(serializers.Serializer):
@@ -136,10 +194,14 @@ class DeviceConnectionRequestSerializer(serializers.Serializer):
 
 
 class TokenSerializer(serializers.Serializer):
-    access_token = serializers.CharField()
-    token_type = serializers.CharField()
+    access_token = serializers.CharField(
+        help_text="token_type api_key: the key; basic: base64(username:password), the Basic header's value"
+    )
+    token_type = serializers.CharField(help_text="Bearer (OAuth), api_key or basic (static credentials)")
     expires_at = serializers.DateTimeField(allow_null=True)
     id_token = serializers.CharField(required=False)
+    username = serializers.CharField(required=False, help_text="token_type basic: the login")
+    password = serializers.CharField(required=False, help_text="token_type basic: the password")
     scopes = serializers.ListField(child=serializers.CharField())
     provider_name = serializers.CharField()
     connection_id = serializers.CharField()

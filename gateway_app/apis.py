@@ -198,7 +198,26 @@ class RefreshApi(GatewayApi):
 
 
 class ConnectionListApi(GatewayApi):
-    required_scope = "connections:read"
+    @property
+    def required_scope(self) -> str:
+        return "connections:write" if self.request.method == "POST" else "connections:read"
+
+    @extend_schema(
+        operation_id="create_static_connection",
+        request=wire.StaticConnectionInputSerializer,
+        responses={201: wire.ConnectionSerializer, **ERRORS},
+    )
+    def post(self, request):
+        serializer = wire.StaticConnectionInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        answer = broker().call(
+            "POST",
+            wire.internal_path(wire.STATIC_CONNECTIONS),
+            principal=request.user,
+            client_ip=_client_ip(request),
+            json=serializer.validated_data,
+        )
+        return _relay(answer, cacheable=False)
 
     @extend_schema(
         operation_id="list_connections",
@@ -249,6 +268,29 @@ class ConnectionDeleteApi(GatewayApi):
                 client_ip=_client_ip(request),
             )
         )
+
+
+class CredentialsReplaceApi(GatewayApi):
+    required_scope = "connections:write"
+
+    @extend_schema(
+        operation_id="replace_credentials",
+        parameters=[CONNECTION_ID_PARAMETER],
+        request=wire.CredentialsReplaceInputSerializer,
+        responses={200: wire.ConnectionSerializer, **ERRORS},
+    )
+    def put(self, request, connection_id: str):
+        _check_id(connection_id)
+        serializer = wire.CredentialsReplaceInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        answer = broker().call(
+            "PUT",
+            wire.internal_path(wire.CONNECTION_CREDENTIALS, connection_id),
+            principal=request.user,
+            client_ip=_client_ip(request),
+            json=serializer.validated_data,
+        )
+        return _relay(answer, cacheable=False)
 
 
 class ProviderListApi(GatewayApi):

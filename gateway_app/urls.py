@@ -10,5 +10,6 @@ urlpatterns = [
     path("v1/refresh/<str:connection_id>", apis.RefreshApi.as_view()),
     path("v1/connections", apis.ConnectionListApi.as_view()),
     path("v1/connections/<str:connection_id>", apis.ConnectionDeleteApi.as_view()),
+    path("v1/connections/<str:connection_id>/credentials", apis.CredentialsReplaceApi.as_view()),
     path("v1/providers", apis.ProviderListApi.as_view()),
 ]

@@ -274,3 +274,38 @@ def device_token(spec, hooks, *, device_code: str) -> TokenSet:
     access_denied and expired_token arrive as PermanentOAuthError codes (§3.5)."""
     form = {"grant_type": DEVICE_CODE_GRANT, "device_code": device_code}
     return hooks.parse_token_response(spec, token_request(spec, form))
+
+
+# -- static credentials (issue 18) ------------------------------------------------------------
+def credential_headers(spec, credential: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The headers and query parameters that carry a static credential ({"type": "api_key",
+    "api_key"} or {"type": "basic", "username", "password"}) as the template says."""
+    headers = dict(spec.api_headers)
+    if credential["type"] == "basic":
+        raw = f"{credential['username']}:{credential['password']}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(raw).decode("ascii")
+        return headers, {}
+    if spec.credential_query_param:
+        return headers, {spec.credential_query_param: credential["api_key"]}
+    headers[spec.credential_header] = spec.credential_format.replace("{api_key}", credential["api_key"])
+    return headers, {}
+
+
+def verify_credential(spec, credential: dict[str, str]) -> bool:
+    """GET the template's verify_url with the credential: True on 2xx, False on 401/403.
+    Raises TransientOAuthError when the answer says nothing about the credential (outage,
+    timeout, another status)."""
+    headers, params = credential_headers(spec, credential)
+    try:
+        response = _session.get(
+            spec.verify_url, headers=headers, params=params, timeout=_timeout(), allow_redirects=False
+        )
+    except requests.RequestException:
+        raise TransientOAuthError("connection_error", "the verification endpoint could not be reached") from None
+    if 200 <= response.status_code < 300:
+        return True
+    if response.status_code in (401, 403):
+        return False
+    raise TransientOAuthError(
+        "server_error", f"the verification endpoint answered {response.status_code}", status=response.status_code
+    )

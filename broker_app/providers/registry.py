@@ -81,6 +81,14 @@ def resolve(provider, params: dict[str, Any] | None = None) -> tuple[ProviderSpe
     return spec, HOOKS[spec.hook]
 
 
+def resolve_static(provider, params: dict[str, Any] | None = None) -> ProviderSpec:
+    """The spec of a static-credential provider (no OAuth endpoints, no client secret)."""
+    spec = _cached(provider, params or {}, with_secret=False)
+    for field in ENDPOINT_KEYS:
+        _check_endpoint(getattr(spec, field), field)
+    return spec
+
+
 def described(provider) -> ProviderSpec:
     """The provider as its catalog entry and row describe it, for presenting: URLs left as
     templates, no template values, no discovery, no client secret."""

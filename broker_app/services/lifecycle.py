@@ -96,6 +96,60 @@ def connection_create(*, connection: Connection, actor: Actor) -> None:
     logger.info("connection requested", extra={"connection_id": connection.id, "provider": connection.provider.name})
 
 
+def connection_create_static(*, connection: Connection, credential: str, actor: Actor) -> None:
+    """(new) → active: a connection made with a static credential (an API key, or a login
+    as JSON), stored encrypted like a token; `connection.token_type` says which kind."""
+    with transaction.atomic():
+        connection.status = Status.ACTIVE
+        connection.access_token_enc = crypto.encrypt(credential, aad=connection.aad("access_token"))
+        connection.token_version = 1
+        connection.activated_at = connection.last_refreshed_at = timezone.now()
+        connection.save(force_insert=True)
+        audit_record(
+            connection_id=connection.id,
+            workspace=connection.workspace,
+            actor=actor,
+            action="connection.requested",
+            detail={"provider": connection.provider.name, "credential": connection.token_type},
+        )
+        audit_record(
+            connection_id=connection.id,
+            workspace=connection.workspace,
+            actor=actor,
+            action="connection.activated",
+            detail={"credential": connection.token_type},
+        )
+        _emit_on_commit(connection.id, "connection.activated")
+    metrics.CONNECTIONS_ACTIVATED.labels(provider=connection.provider.name).inc()
+    logger.info("static connection created", extra={"connection_id": connection.id})
+
+
+def connection_replace_credential(*, connection: Connection, credential: str, token_type: str, actor: Actor) -> None:
+    """active (or failed) → active with a new static credential, in place. The caller holds
+    the row lock."""
+    if connection.status not in (Status.ACTIVE, Status.FAILED):
+        raise not_active(connection)
+    reactivated = connection.status == Status.FAILED
+    with transaction.atomic():
+        connection.access_token_enc = crypto.encrypt(credential, aad=connection.aad("access_token"))
+        connection.token_type = token_type
+        connection.token_version += 1
+        connection.status = Status.ACTIVE
+        connection.error = connection.error_description = ""
+        connection.last_refreshed_at = timezone.now()
+        connection.save()
+        audit_record(
+            connection_id=connection.id,
+            workspace=connection.workspace,
+            actor=actor,
+            action="credentials.replaced",
+            detail={"credential": token_type},
+        )
+        if reactivated:
+            _emit_on_commit(connection.id, "connection.activated")
+    logger.info("credentials replaced", extra={"connection_id": connection.id})
+
+
 def connection_activate(*, connection: Connection, tokens: TokenSet, account: dict[str, Any]) -> bool:
     """pending → active with the tokens of a completed consent. False when the row is no
     longer pending (another callback won)."""

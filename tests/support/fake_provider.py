@@ -77,6 +77,11 @@ class FakeProvider:
         self.device_slow_down_always = False
         self.device_down = False  # the token endpoint answers 503 to device polls
         self.device_authorizations = 0
+        # Static credentials: /verify answers 200 when a header or query value is in
+        # `valid_credentials`, else 401; `verify_status` forces an answer (503: down).
+        self.valid_credentials: set[str] = set()
+        self.verify_status: int | None = None
+        self.verify_requests: list[dict] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -128,6 +133,9 @@ class FakeProvider:
             self.device_slow_down_always = False
             self.device_down = False
             self.device_authorizations = 0
+            self.valid_credentials = set()
+            self.verify_status = None
+            self.verify_requests = []
 
     # -- test helpers ------------------------------------------------------------------------
     def id_token(
@@ -352,6 +360,13 @@ class FakeProvider:
                         },
                         {"Cache-Control": provider.discovery_cache_control},
                     )
+                elif path == "/verify":
+                    query = {k: v[0] for k, v in parse_qs(self.path.partition("?")[2]).items()}
+                    with provider.lock:
+                        provider.verify_requests.append({"headers": dict(self.headers), "query": query})
+                        given = {*self.headers.values(), *query.values()}
+                        status = provider.verify_status or (200 if given & provider.valid_credentials else 401)
+                    self._send(status, {} if status == 200 else {"error": "unauthorized"})
                 elif path == "/jwks":
                     with provider.lock:
                         provider.jwks_calls += 1
