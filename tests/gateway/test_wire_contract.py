@@ -10,6 +10,7 @@ import pytest
 from drf_spectacular.generators import SchemaGenerator
 
 from broker_app.models import Connection, Provider
+from broker_app.providers.spec import builtin_catalog
 from dromos import wire
 from tests.conftest import connect, start_connection
 
@@ -75,7 +76,9 @@ def operation_body(schema: dict, method: str, path: str) -> str:
     return ref_name(ok["content"]["application/json"]["schema"])
 
 
-def test_every_body_has_exactly_the_fields_the_schema_declares(stack, fake_provider, fake_provider_row, schema):
+def test_every_body_has_exactly_the_fields_the_schema_declares(
+    stack, fake_provider, fake_provider_row, schema, monkeypatch
+):
     # A provider whose agents pass a parameter, so /v1/providers carries a ParamFormat.
     Provider.objects.create(name="zendesk", template="zendesk", client_id="zd-client")
     key = stack.key()
@@ -104,6 +107,39 @@ def test_every_body_has_exactly_the_fields_the_schema_declares(stack, fake_provi
     providers = check("GET", "/v1/providers", "/v1/providers")
     assert any(provider["param_formats"] for provider in providers["providers"])
     check("DELETE", "/v1/connections/{connection_id}", f"/v1/connections/{cid}")
+    # A static login: the token body's username and password.
+    Provider.objects.create(name="linear-key", template="linear_api_key")
+    Provider.objects.create(name="twilio", template="twilio")
+    static = check(
+        "POST",
+        "/v1/connections",
+        "/v1/connections",
+        201,
+        json={
+            "user_id": "u",
+            "provider_name": "linear-key",
+            "credentials": {"type": "api_key", "api_key": "lin_x_123"},
+        },
+    )
+    check(
+        "PUT",
+        "/v1/connections/{connection_id}/credentials",
+        f"/v1/connections/{static['connection_id']}/credentials",
+        json={"credentials": {"type": "api_key", "api_key": "lin_y_456"}},
+    )
+    monkeypatch.setitem(builtin_catalog()["twilio"], "verify_url", "")
+    login = check(
+        "POST",
+        "/v1/connections",
+        "/v1/connections",
+        201,
+        json={
+            "user_id": "u",
+            "provider_name": "twilio",
+            "credentials": {"type": "basic", "username": "AC1", "password": "pw"},
+        },
+    )
+    check("GET", "/v1/token/{connection_id}", f"/v1/token/{login['connection_id']}")
 
     for name in (
         "ConnectionRequest",
