@@ -37,6 +37,8 @@ SECRET_FIELDS = (
     "refresh_token_enc",
     "id_token_enc",
     "pkce_verifier_enc",
+    "device_code_enc",
+    "device_code_digest",
     "state_digest",
     "nonce_digest",
     "client_secret_enc",

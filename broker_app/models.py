@@ -74,6 +74,16 @@ class Connection(models.Model):
     nonce_digest = models.CharField(max_length=64, blank=True)
     pkce_verifier_enc = models.TextField(blank=True)
 
+    # Device authorization grant (RFC 8628), pending only: the device code (encrypted; its
+    # digest is unique, so one device code never serves two connections), the polling
+    # interval the provider asked for and when the next poll is due (the beat scan's key).
+    # `state_expires_at` holds the device code's expiry.
+    flow = models.CharField(max_length=24, default="code")
+    device_code_enc = models.TextField(blank=True)
+    device_code_digest = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    device_interval = models.PositiveIntegerField(null=True, blank=True)
+    device_next_poll_at = models.DateTimeField(null=True, blank=True)
+
     # Tokens, encrypted and bound to this row.
     access_token_enc = models.TextField(blank=True)
     refresh_token_enc = models.TextField(blank=True)
@@ -115,6 +125,11 @@ class Connection(models.Model):
                 condition=Q(status="active", expires_at__isnull=False),
             ),
             models.Index(fields=["created_at"], name="conn_pending_created", condition=Q(status="pending")),
+            models.Index(
+                fields=["device_next_poll_at"],
+                name="conn_device_poll_due",
+                condition=Q(status="pending", device_next_poll_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:

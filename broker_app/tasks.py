@@ -7,6 +7,8 @@ import logging
 
 from celery import shared_task
 
+from broker_app.services.device import device_poll_one
+from broker_app.services.device import device_poll_sweep as device_sweep
 from broker_app.services.housekeeping import pending_prune, revocations_retry
 from broker_app.services.sweep import refresh_one, sweep_due
 from broker_app.webhooks import webhook_deliver
@@ -53,3 +55,14 @@ def deliver_webhook(self, delivery_id: str) -> str:
 @shared_task(acks_late=True, ignore_result=True)
 def webhook_requeue_stale() -> int:
     return requeue()
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def device_poll_sweep() -> int:
+    """Beat's scan of pending device connections whose poll is due (RFC 8628)."""
+    return len(device_sweep())
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def device_poll(connection_id: str) -> str:
+    return device_poll_one(connection_id=connection_id)

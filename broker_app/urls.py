@@ -5,11 +5,13 @@ from dromos.wire import (
     CONNECT_SESSION,
     CONNECT_SESSIONS,
     CONNECTION,
+    CONNECTION_CREDENTIALS,
     CONNECTION_RECONNECT,
     CONNECTION_REFRESH,
     CONNECTION_TOKEN,
     CONNECTIONS,
     PROVIDERS,
+    STATIC_CONNECTIONS,
     internal_route,
 )
 
@@ -25,4 +27,6 @@ urlpatterns = [
     path(internal_route(CONNECT_SESSIONS), connect_apis.ConnectSessionCreateApi.as_view()),
     path(internal_route(CONNECT_SESSION), connect_apis.ConnectSessionDetailApi.as_view()),
     path(internal_route(CONNECTION_RECONNECT), connect_apis.ConnectionReconnectApi.as_view()),
+    path(internal_route(STATIC_CONNECTIONS), apis.StaticConnectionApi.as_view()),
+    path(internal_route(CONNECTION_CREDENTIALS), apis.CredentialsReplaceApi.as_view()),
 ]

@@ -13,6 +13,8 @@ Shared layer: imports neither `gateway_app` nor `broker_app`."""
 
 from __future__ import annotations
 
+import re
+
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
@@ -21,6 +23,8 @@ from dromos.validators import validate_scope_token
 
 # -- connection statuses ------------------------------------------------------------------
 PENDING, ACTIVE, FAILED, REVOKED = CONNECTION_STATUSES = ("pending", "active", "failed", "revoked")
+# -- how a connection is made (request-connection `flow`) --------------------------------
+FLOW_CODE, FLOW_DEVICE = CONNECTION_FLOWS = ("code", "device")
 
 # -- the broker's internal paths ------------------------------------------------------------
 # `{connection_id}` is the only parameter. `internal_path` fills one for the gateway's
@@ -34,6 +38,8 @@ PROVIDERS = "internal/v1/providers"
 CONNECTION_RECONNECT = "internal/v1/connections/{connection_id}/reconnect"
 CONNECT_SESSIONS = "internal/v1/connect-sessions"
 CONNECT_SESSION = "internal/v1/connect-sessions/{session_id}"
+STATIC_CONNECTIONS = "internal/v1/static-connections"
+CONNECTION_CREDENTIALS = "internal/v1/connections/{connection_id}/credentials"
 
 
 def internal_path(template: str, connection_id: str | None = None, *, session_id: str | None = None) -> str:
@@ -67,8 +73,75 @@ class RequestConnectionInputSerializer(serializers.Serializer):
         allow_empty=True,
         max_length=100,
     )
-    return_url = serializers.CharField(max_length=2048, trim_whitespace=False)
+    return_url = serializers.CharField(
+        max_length=2048, trim_whitespace=False, required=False, help_text="Required for the code flow"
+    )
     params = serializers.DictField(child=serializers.CharField(max_length=256), required=False, allow_empty=True)
+    flow = serializers.ChoiceField(
+        choices=CONNECTION_FLOWS,
+        required=False,
+        help_text="code (default): consent at authUrl; device (RFC 8628): the user enters user_code at "
+        "verification_uri, the broker polls",
+    )
+
+    def validate(self, attrs):
+        if attrs.get("flow", FLOW_CODE) == FLOW_CODE and not attrs.get("return_url"):
+            raise serializers.ValidationError({"return_url": ["This field is required."]})
+        return attrs
+
+
+_API_KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no space, no CR/LF
+
+
+def _printable(value: str, what: str) -> str:
+    if not value.isprintable():
+        raise serializers.ValidationError(f"{what} has a control or non-printable character")
+    return value
+
+
+class CredentialsSerializer(serializers.Serializer):
+    """A static credential. Messages never echo a value."""
+
+    type = serializers.ChoiceField(choices=("api_key", "basic"))
+    api_key = serializers.CharField(required=False, max_length=4096, trim_whitespace=False)
+    username = serializers.CharField(required=False, max_length=256, trim_whitespace=False)
+    password = serializers.CharField(required=False, max_length=1024, trim_whitespace=False)
+
+    def to_internal_value(self, data):
+        attrs = super().to_internal_value(data)
+        fields = {"api_key": ("api_key",), "basic": ("username", "password")}[attrs["type"]]
+        extra = set(data) - {"type", *fields}
+        if extra:
+            raise serializers.ValidationError(
+                {str(name)[:32]: ["not part of this credential type"] for name in sorted(extra, key=str)}
+            )
+        return attrs
+
+    def validate(self, attrs):
+        fields = {"api_key": ("api_key",), "basic": ("username", "password")}[attrs["type"]]
+        missing = [name for name in fields if not attrs.get(name)]
+        if missing:
+            raise serializers.ValidationError({name: ["This field is required."] for name in missing})
+        if attrs["type"] == "api_key":
+            if not _API_KEY.match(attrs["api_key"]):
+                raise serializers.ValidationError({"api_key": ["only printable ASCII without spaces"]})
+            return {"type": "api_key", "api_key": attrs["api_key"]}
+        _printable(attrs["username"], "username")
+        _printable(attrs["password"], "password")
+        if ":" in attrs["username"]:
+            raise serializers.ValidationError({"username": ["a Basic-auth username cannot contain ':'"]})
+        return {"type": "basic", "username": attrs["username"], "password": attrs["password"]}
+
+
+class StaticConnectionInputSerializer(serializers.Serializer):
+    user_id = serializers.CharField(max_length=255)
+    provider_name = serializers.CharField(max_length=64)
+    params = serializers.DictField(child=serializers.CharField(max_length=256), required=False, allow_empty=True)
+    credentials = CredentialsSerializer()
+
+
+class CredentialsReplaceInputSerializer(serializers.Serializer):
+    credentials = CredentialsSerializer()
 
 
 class TokenQuerySerializer(serializers.Serializer):
@@ -187,11 +260,28 @@ class ConnectionRequestSerializer(serializers.Serializer):
     connection_id = serializers.CharField()
 
 
+class DeviceConnectionRequestSerializer(serializers.Serializer):
+    connection_id = serializers.CharField()
+    provider_id = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())
+    user_code = serializers.CharField(help_text="What the user types at verification_uri")
+    verification_uri = serializers.CharField()
+    verification_uri_complete = serializers.CharField(
+        required=False, help_text="verification_uri with the code filled in, when the provider offers one"
+    )
+    expires_at = serializers.DateTimeField(help_text="The connection fails with expired_token after this")
+    interval = serializers.IntegerField(help_text="Seconds between the broker's polls of the provider")
+
+
 class TokenSerializer(serializers.Serializer):
-    access_token = serializers.CharField()
-    token_type = serializers.CharField()
+    access_token = serializers.CharField(
+        help_text="token_type api_key: the key; basic: base64(username:password), the Basic header's value"
+    )
+    token_type = serializers.CharField(help_text="Bearer (OAuth), api_key or basic (static credentials)")
     expires_at = serializers.DateTimeField(allow_null=True)
     id_token = serializers.CharField(required=False)
+    username = serializers.CharField(required=False, help_text="token_type basic: the login")
+    password = serializers.CharField(required=False, help_text="token_type basic: the password")
     scopes = serializers.ListField(child=serializers.CharField())
     provider_name = serializers.CharField()
     connection_id = serializers.CharField()

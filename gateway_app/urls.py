@@ -10,6 +10,7 @@ urlpatterns = [
     path("v1/refresh/<str:connection_id>", apis.RefreshApi.as_view()),
     path("v1/connections", apis.ConnectionListApi.as_view()),
     path("v1/connections/<str:connection_id>", apis.ConnectionDeleteApi.as_view()),
+    path("v1/connections/<str:connection_id>/credentials", apis.CredentialsReplaceApi.as_view()),
     path("v1/providers", apis.ProviderListApi.as_view()),
     path("v1/connect-sessions", connect_apis.ConnectSessionCreateApi.as_view()),
     path("v1/connect-sessions/<str:session_id>", connect_apis.ConnectSessionDetailApi.as_view()),

@@ -137,6 +137,46 @@ func (c *Client) RequestConnection(ctx context.Context, in RequestConnectionInpu
 	return &out, nil
 }
 
+// RequestDeviceConnection starts a device-flow connection (RFC 8628): POST
+// /v1/request-connection with flow "device". Show the user UserCode at
+// VerificationURI, then [Client.WaitForActive].
+func (c *Client) RequestDeviceConnection(ctx context.Context, in RequestConnectionInput) (*DeviceConnectionOutput, error) {
+	in.Flow = "device"
+	in.ReturnURL = ""
+	var out DeviceConnectionOutput
+	if err := c.do(ctx, http.MethodPost, "/v1/request-connection", nil, in, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// CreateStaticConnection stores an API key or a Basic login (verified by the
+// provider first): POST /v1/connections. A refused credential is a 400 with
+// code invalid_credentials.
+func (c *Client) CreateStaticConnection(ctx context.Context, in CreateStaticConnectionInput) (*Connection, error) {
+	var out Connection
+	if err := c.do(ctx, http.MethodPost, "/v1/connections", nil, in, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ReplaceCredentials replaces a static connection's credential in place: PUT
+// /v1/connections/{id}/credentials.
+func (c *Client) ReplaceCredentials(ctx context.Context, connectionID string, creds Credentials) (*Connection, error) {
+	if connectionID == "" {
+		return nil, ErrEmptyConnectionID
+	}
+	body := struct {
+		Credentials Credentials `json:"credentials"`
+	}{creds}
+	var out Connection
+	if err := c.do(ctx, http.MethodPut, "/v1/connections/"+url.PathEscape(connectionID)+"/credentials", nil, body, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // CheckConnection returns a connection's state: GET
 // /v1/check-connection/{id}.
 func (c *Client) CheckConnection(ctx context.Context, connectionID string) (*Connection, error) {

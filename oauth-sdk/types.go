@@ -32,10 +32,49 @@ type RequestConnectionInput struct {
 	Scopes []string `json:"scopes,omitempty"`
 	// ReturnURL is where the user's browser lands after consent, with
 	// status=success&connection_id=… (or status=error&error=…) appended.
-	ReturnURL string `json:"return_url"`
+	// Not sent for the device flow.
+	ReturnURL string `json:"return_url,omitempty"`
 	// Params holds extra provider parameters (see [Provider.Params]), such
 	// as a Microsoft tenant. Optional.
 	Params map[string]string `json:"params,omitempty"`
+	// Flow is "code" (the default: consent at AuthURL) or "device" (RFC 8628;
+	// use [Client.RequestDeviceConnection]).
+	Flow string `json:"flow,omitempty"`
+}
+
+// DeviceConnectionOutput is the answer of POST /v1/request-connection with
+// flow "device" (RFC 8628): show the user UserCode and VerificationURI (or
+// VerificationURIComplete); the broker polls the provider, and the connection
+// turns active (or failed with access_denied / expired_token).
+type DeviceConnectionOutput struct {
+	ConnectionID            string    `json:"connection_id"`
+	ProviderID              string    `json:"provider_id"`
+	Scopes                  []string  `json:"scopes"`
+	UserCode                string    `json:"user_code"`
+	VerificationURI         string    `json:"verification_uri"`
+	VerificationURIComplete string    `json:"verification_uri_complete,omitempty"`
+	ExpiresAt               time.Time `json:"expires_at"`
+	Interval                int       `json:"interval"`
+}
+
+// Credentials is a static credential: Type "api_key" with APIKey, or Type
+// "basic" with Username and Password.
+type Credentials struct {
+	Type     string `json:"type"`
+	APIKey   string `json:"api_key,omitempty"`
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+}
+
+// String never reveals the secret parts.
+func (c Credentials) String() string { return "oauthsdk.Credentials{type=" + c.Type + " [redacted]}" }
+
+// CreateStaticConnectionInput is the body of POST /v1/connections.
+type CreateStaticConnectionInput struct {
+	UserID       string            `json:"user_id"`
+	ProviderName string            `json:"provider_name"`
+	Params       map[string]string `json:"params,omitempty"`
+	Credentials  Credentials       `json:"credentials"`
 }
 
 // RequestConnectionOutput is the answer of POST /v1/request-connection.
@@ -128,6 +167,10 @@ type Token struct {
 	Scopes []string `json:"scopes"`
 	// ProviderName is the provider's name.
 	ProviderName string `json:"provider_name"`
+	// Username and Password are set for TokenType "basic" (a static login;
+	// AccessToken is then base64(username:password)).
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
 	// ConnectionID is the connection the token belongs to.
 	ConnectionID string `json:"connection_id"`
 	// Warnings holds "min_ttl_not_met" when auto_refresh gave a token living

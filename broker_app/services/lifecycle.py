@@ -1,7 +1,8 @@
 """Every transition of a connection, in one place (Zulip's `do_*` shape).
 
     (new) ──connection_create──▶ pending ──connection_activate──▶ active
-    pending ──connection_fail──▶ failed          (denied, bad callback, state expired)
+    pending ──connection_fail──▶ failed          (denied, bad callback, state expired,
+                                                  device code expired or refused)
     active ──connection_fail──▶ failed           (refresh answered invalid_grant, id_token changed)
     active ──connection_store_refreshed──▶ active (new tokens after a refresh)
     any ──connection_mark_revoked──▶ revoked
@@ -113,6 +114,60 @@ def connection_create(*, connection: Connection, actor: Actor) -> None:
     logger.info("connection requested", extra={"connection_id": connection.id, "provider": connection.provider.name})
 
 
+def connection_create_static(*, connection: Connection, credential: str, actor: Actor) -> None:
+    """(new) → active: a connection made with a static credential (an API key, or a login
+    as JSON), stored encrypted like a token; `connection.token_type` says which kind."""
+    with transaction.atomic():
+        connection.status = Status.ACTIVE
+        connection.access_token_enc = crypto.encrypt(credential, aad=connection.aad("access_token"))
+        connection.token_version = 1
+        connection.activated_at = connection.last_refreshed_at = timezone.now()
+        connection.save(force_insert=True)
+        audit_record(
+            connection_id=connection.id,
+            workspace=connection.workspace,
+            actor=actor,
+            action="connection.requested",
+            detail={"provider": connection.provider.name, "credential": connection.token_type},
+        )
+        audit_record(
+            connection_id=connection.id,
+            workspace=connection.workspace,
+            actor=actor,
+            action="connection.activated",
+            detail={"credential": connection.token_type},
+        )
+        _emit_on_commit(connection.id, "connection.activated")
+    metrics.CONNECTIONS_ACTIVATED.labels(provider=connection.provider.name).inc()
+    logger.info("static connection created", extra={"connection_id": connection.id})
+
+
+def connection_replace_credential(*, connection: Connection, credential: str, token_type: str, actor: Actor) -> None:
+    """active (or failed) → active with a new static credential, in place. The caller holds
+    the row lock."""
+    if connection.status not in (Status.ACTIVE, Status.FAILED):
+        raise not_active(connection)
+    reactivated = connection.status == Status.FAILED
+    with transaction.atomic():
+        connection.access_token_enc = crypto.encrypt(credential, aad=connection.aad("access_token"))
+        connection.token_type = token_type
+        connection.token_version += 1
+        connection.status = Status.ACTIVE
+        connection.error = connection.error_description = ""
+        connection.last_refreshed_at = timezone.now()
+        connection.save()
+        audit_record(
+            connection_id=connection.id,
+            workspace=connection.workspace,
+            actor=actor,
+            action="credentials.replaced",
+            detail={"credential": token_type},
+        )
+        if reactivated:
+            _emit_on_commit(connection.id, "connection.activated")
+    logger.info("credentials replaced", extra={"connection_id": connection.id})
+
+
 def connection_activate(*, connection: Connection, tokens: TokenSet, account: dict[str, Any]) -> bool:
     """pending → active with the tokens of a completed consent. False when the row is no
     longer pending (another callback won)."""
@@ -127,7 +182,8 @@ def connection_activate(*, connection: Connection, tokens: TokenSet, account: di
         connection.account = account
         connection.status = Status.ACTIVE
         connection.activated_at = connection.last_refreshed_at = timezone.now()
-        connection.pkce_verifier_enc = ""
+        connection.pkce_verifier_enc = connection.device_code_enc = ""
+        connection.device_next_poll_at = None
         connection.nonce_digest = ""
         connection.error = connection.error_description = ""
         connection.save()
@@ -162,6 +218,8 @@ def connection_fail(
             error=code,
             error_description=description[:512],
             pkce_verifier_enc="",
+            device_code_enc="",
+            device_next_poll_at=None,
             next_refresh_attempt_at=None,
             updated_at=timezone.now(),
         )
@@ -215,7 +273,8 @@ def connection_mark_revoked(*, connection: Connection, actor: Actor, provider_re
     provider revocation still needs (`kept`: "refresh_token", "access_token" or "")."""
     with transaction.atomic():
         connection.status = Status.REVOKED
-        connection.id_token_enc = connection.pkce_verifier_enc = ""
+        connection.id_token_enc = connection.pkce_verifier_enc = connection.device_code_enc = ""
+        connection.device_next_poll_at = None
         if kept != "refresh_token":
             connection.refresh_token_enc = ""
         if kept != "access_token":

@@ -123,6 +123,12 @@ const configuration = {
     // client with error=access_denied.
     devInteractions: { enabled: true },
     revocation: { enabled: true },
+    // RFC 8628 device authorization grant: /device/auth for the client, /device for the
+    // person (type the user code, confirm, then log in and consent as above). A client
+    // uses it when its grant_types include urn:ietf:params:oauth:grant-type:device_code.
+    deviceFlow: { enabled: true },
+    // RFC 6749 §4.4 for clients whose grant_types include client_credentials.
+    clientCredentials: { enabled: true },
     userinfo: { enabled: true },
     // The RFC 9207 `iss` authorization response parameter is always on in
     // oidc-provider 9.x (no feature flag any more); discovery advertises
@@ -141,6 +147,7 @@ const configuration = {
   ttl: {
     AccessToken: ACCESS_TOKEN_TTL,
     AuthorizationCode: 60,
+    DeviceCode: intFromEnv('DEVICE_CODE_TTL', 600),
     IdToken: 3600,
     RefreshToken: 14 * 24 * 60 * 60,
     Grant: 14 * 24 * 60 * 60,

@@ -176,7 +176,7 @@ def test_python_request_body_matches_the_schema(schema):
 def _go_calls() -> set[tuple[str, str]]:
     source = GO_CLIENT.read_text()
     calls = set()
-    pattern = r'c\.do\(ctx, http\.Method(\w+), "(/v1/[^"]*)"(\+url\.PathEscape\(\w+\))?(?:\+"(/[^"]*)")?'
+    pattern = r'c\.do\(ctx, http\.Method(\w+), "(/v1/[^"]*)"(\+url\.PathEscape\(\w+\))?(?:\+"([^"]*)")?'
     for method, path, tail, suffix in re.findall(pattern, source):
         calls.add((method.upper(), path + ("{id}" if tail else "") + suffix))
     return calls

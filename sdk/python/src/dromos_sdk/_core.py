@@ -40,6 +40,7 @@ from .models import (
     ConnectionStatus,
     ConnectSession,
     ConnectSessionCreated,
+    DeviceConnectionRequest,
     Provider,
     ReconnectRequest,
     Token,
@@ -176,20 +177,47 @@ def request_connection_call(
     user_id: str,
     provider_name: str,
     scopes: Sequence[str] | str,
-    return_url: str,
+    return_url: str | None,
     params: Mapping[str, str] | None,
-) -> Call[ConnectionRequest]:
+    flow: str | None = None,
+) -> Call[Any]:
     body: dict[str, Any] = {
         "user_id": user_id,
         "provider_name": provider_name,
         "scopes": _scope_list(scopes),
         "return_url": return_url,
     }
+    if return_url is None:  # the device flow has no return URL
+        del body["return_url"]
     if params:
         body["params"] = {str(k): str(v) for k, v in params.items()}
-    return Call(
-        RequestSpec("POST", "/v1/request-connection", json=body), ConnectionRequest.from_dict
-    )
+    if flow:
+        body["flow"] = flow
+    parse = DeviceConnectionRequest.from_dict if flow == "device" else ConnectionRequest.from_dict
+    return Call(RequestSpec("POST", "/v1/request-connection", json=body), parse)
+
+
+def _credentials(credentials: Mapping[str, str]) -> dict[str, str]:
+    if not isinstance(credentials, Mapping) or credentials.get("type") not in ("api_key", "basic"):
+        raise ValueError('credentials must be {"type": "api_key", "api_key": …} or {"type": "basic", …}')
+    return {str(k): str(v) for k, v in credentials.items()}
+
+
+def create_static_connection_call(
+    user_id: str, provider_name: str, credentials: Mapping[str, str], params: Mapping[str, str] | None
+) -> Call[Connection]:
+    payload: dict[str, Any] = {
+        "user_id": user_id,
+        "provider_name": provider_name,
+        "credentials": _credentials(credentials),
+        **({"params": {str(k): str(v) for k, v in params.items()}} if params else {}),
+    }
+    return Call(RequestSpec("POST", "/v1/connections", json=payload), Connection.from_dict)
+
+
+def replace_credentials_call(connection_id: str, credentials: Mapping[str, str]) -> Call[Connection]:
+    path = f"/v1/connections/{_segment(connection_id)}/credentials"
+    return Call(RequestSpec("PUT", path, json={"credentials": _credentials(credentials)}), Connection.from_dict)
 
 
 def check_connection_call(connection_id: str) -> Call[Connection]:

@@ -17,6 +17,7 @@ from .models import (
     ConnectionRequest,
     ConnectSession,
     ConnectSessionCreated,
+    DeviceConnectionRequest,
     Provider,
     ReconnectRequest,
     Token,
@@ -132,6 +133,36 @@ class DromosClient:
         """Start a connection: returns the ``auth_url`` to send the user's browser to and
         the new ``connection_id`` (status ``pending`` until the user consents)."""
         call = _core.request_connection_call(user_id, provider_name, scopes, return_url, params)
+        return self._run(_core.execute(call, self._settings))
+
+    def request_device_connection(
+        self,
+        user_id: str,
+        provider_name: str,
+        scopes: Sequence[str] | str = (),
+        params: Mapping[str, str] | None = None,
+    ) -> DeviceConnectionRequest:
+        """Start a device-flow connection (RFC 8628) for an agent with no browser redirect:
+        show the user ``user_code`` at ``verification_uri``, then ``wait_for_active``."""
+        call = _core.request_connection_call(user_id, provider_name, scopes, None, params, flow="device")
+        return self._run(_core.execute(call, self._settings))
+
+    def create_static_connection(
+        self,
+        user_id: str,
+        provider_name: str,
+        credentials: Mapping[str, str],
+        params: Mapping[str, str] | None = None,
+    ) -> Connection:
+        """Store an API key (``{"type": "api_key", "api_key": …}``) or a Basic login
+        (``{"type": "basic", "username": …, "password": …}``), verified by the provider
+        first; a refused one raises InvalidRequestError with code ``invalid_credentials``."""
+        call = _core.create_static_connection_call(user_id, provider_name, credentials, params)
+        return self._run(_core.execute(call, self._settings))
+
+    def replace_credentials(self, connection_id: str, credentials: Mapping[str, str]) -> Connection:
+        """Replace a static connection's credential in place (verified first)."""
+        call = _core.replace_credentials_call(connection_id, credentials)
         return self._run(_core.execute(call, self._settings))
 
     def check_connection(self, connection_id: str) -> Connection:

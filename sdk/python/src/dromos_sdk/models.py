@@ -19,6 +19,7 @@ __all__ = [
     "ConnectionPage",
     "ConnectionRequest",
     "ConnectionStatus",
+    "DeviceConnectionRequest",
     "ParamFormat",
     "Provider",
     "Token",
@@ -118,6 +119,35 @@ class ConnectionRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceConnectionRequest:
+    """The answer to ``request_device_connection`` (RFC 8628): show the user ``user_code``
+    and ``verification_uri`` (or ``verification_uri_complete``), then wait for the
+    connection to turn ``active``; it fails with ``access_denied`` or ``expired_token``."""
+
+    connection_id: str
+    provider_id: str
+    scopes: tuple[str, ...]
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str | None
+    expires_at: datetime | None
+    interval: int
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DeviceConnectionRequest:
+        return cls(
+            connection_id=_str(data, "connection_id"),
+            provider_id=str(data.get("provider_id") or ""),
+            scopes=_strs(data, "scopes"),
+            user_code=_str(data, "user_code"),
+            verification_uri=_str(data, "verification_uri"),
+            verification_uri_complete=_opt_str(data, "verification_uri_complete"),
+            expires_at=parse_timestamp(data.get("expires_at")),
+            interval=_opt_int(data, "interval") or 5,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Connection:
     """One user's link to one provider. Holds no token."""
 
@@ -192,6 +222,10 @@ class Token:
     scopes: tuple[str, ...] = ()
     provider_name: str = ""
     connection_id: str = ""
+    #: ``token_type == "basic"`` (a static login): its parts; ``access_token`` is then
+    #: base64(username:password), the value after ``Authorization: Basic``.
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
     #: ``("min_ttl_not_met",)`` when auto_refresh gave a token living less than ``min_ttl``
     #: (refreshed moments ago, or a refresh is in progress or unavailable); valid until expires_at.
     warnings: tuple[str, ...] = ()
@@ -218,6 +252,8 @@ class Token:
             scopes=_strs(data, "scopes"),
             provider_name=_opt_str(data, "provider_name") or "",
             connection_id=_opt_str(data, "connection_id") or "",
+            username=_opt_str(data, "username"),
+            password=_opt_str(data, "password"),
             warnings=_strs(data, "warnings"),
         )
 
