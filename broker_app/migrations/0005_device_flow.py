@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('broker_app', '0003_refresh_in_flight'),
+        ('broker_app', '0004_connect_sessions_reconnect_tags'),
     ]
 
     operations = [
