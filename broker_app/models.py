@@ -85,6 +85,11 @@ class Connection(models.Model):
     last_refreshed_at = models.DateTimeField(null=True, blank=True)
     refresh_failures = models.PositiveIntegerField(default=0)
     next_refresh_attempt_at = models.DateTimeField(null=True, blank=True)
+    # When a token was last served (written at most once an hour, and on the first read of
+    # each new token): the usage-aware sweep's input.
+    last_read_at = models.DateTimeField(null=True, blank=True)
+    # When connection.expiring was sent for the current refresh_expires_at (reset when it moves).
+    expiry_warned_at = models.DateTimeField(null=True, blank=True)
 
     account = models.JSONField(default=dict, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
@@ -109,6 +114,12 @@ class Connection(models.Model):
                 condition=Q(status="active", expires_at__isnull=False),
             ),
             models.Index(fields=["created_at"], name="conn_pending_created", condition=Q(status="pending")),
+            # The grant-expiry task reads only active rows whose refresh token has an end.
+            models.Index(
+                fields=["refresh_expires_at"],
+                name="conn_active_grant_end",
+                condition=Q(status="active", refresh_expires_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -178,6 +189,8 @@ class WebhookEndpoint(models.Model):
         FAILED = "connection.failed"
         REFRESHED_AFTER_FAILURE = "connection.refreshed_after_failure"
         REVOKED = "connection.revoked"
+        EXPIRING = "connection.expiring"
+        EXPIRED = "connection.expired"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     workspace = models.CharField(max_length=128, db_index=True)

@@ -49,13 +49,17 @@ def _clear_process_caches(settings):
     yield
 
 
-def age(connection_id: str, *, remaining: int = 30, lifetime: int = 3600) -> None:
+def age(connection_id: str, *, remaining: int = 30, lifetime: int = 3600, read: bool = True) -> None:
     """Make the stored token look `lifetime` seconds old with `remaining` seconds left
-    (as if time had passed): auto_refresh and the sweep then see it as due."""
+    (as if time had passed): auto_refresh and the sweep then see it as due. `read`: the
+    token was read meanwhile (a connection in use, which the usage-aware sweep refreshes
+    ahead of expiry); read=False: nobody read it (an idle connection)."""
     now = timezone.now()
+    issued = now + timedelta(seconds=remaining - lifetime)
     Connection.objects.filter(pk=connection_id).update(
         expires_at=now + timedelta(seconds=remaining),
-        last_refreshed_at=now + timedelta(seconds=remaining - lifetime),
+        last_refreshed_at=issued,
+        last_read_at=issued + timedelta(seconds=1) if read else None,
         next_refresh_attempt_at=None,
     )
 
