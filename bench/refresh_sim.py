@@ -163,7 +163,6 @@ def run(policy: str, n: int, days: int, seed: int) -> dict:
     from broker_app.audit import Actor
     from broker_app.models import AuditEvent, Connection, Provider
     from broker_app.providers import registry
-    from broker_app.services import refresh as refresh_service
     from broker_app.services.expiry import grant_expiry_check
     from broker_app.services.reads import token_read
     from broker_app.services.sweep import refresh_one, sweep_due
@@ -187,7 +186,7 @@ def run(policy: str, n: int, days: int, seed: int) -> dict:
         override_settings(REFRESH_USAGE_AWARE=policy == "usage-aware"),
     ]
     for p in patches:
-        p.start()
+        p.enable() if hasattr(p, "enable") else p.start()
     try:
         steps = days * 86400 // STEP
         for step in range(steps):
@@ -213,7 +212,7 @@ def run(policy: str, n: int, days: int, seed: int) -> dict:
                 grant_expiry_check()
     finally:
         for p in reversed(patches):
-            p.stop()
+            p.disable() if hasattr(p, "disable") else p.stop()
     end = start + timedelta(days=days)
     ended = [cid for cid, p in plan.items() if p["end"] <= end]
     warned = set(AuditEvent.objects.filter(action="connection.expiring").values_list("connection_id", flat=True))

@@ -21,6 +21,7 @@ from broker_app.services.refresh_policy import (
     just_refreshed,
     next_proactive_attempt,
     read_mark_due,
+    token_read_since_refresh,
 )
 from broker_app.services.token_view import TokenView, token_view
 from dromos.errors import ProviderUnavailable
@@ -68,8 +69,13 @@ def _mark_read(connection: Connection) -> None:
     if not read_mark_due(last_read_at=connection.last_read_at, refreshed_at=refreshed_at, now=now):
         return
     changes: dict = {"last_read_at": now}
-    first_read = not in_use(last_read_at=connection.last_read_at, refreshed_at=refreshed_at, now=now)
-    if first_read and not connection.refresh_failures and connection.expires_at is not None:
+    first_read = not token_read_since_refresh(last_read_at=connection.last_read_at, refreshed_at=refreshed_at)
+    if (
+        first_read
+        and not connection.refresh_failures
+        and connection.expires_at is not None
+        and in_use(last_read_at=now, refreshed_at=refreshed_at, expires_at=connection.expires_at, now=now)
+    ):
         changes["next_refresh_attempt_at"] = next_proactive_attempt(
             expires_at=connection.expires_at, refreshed_at=refreshed_at, usage_aware=False
         )

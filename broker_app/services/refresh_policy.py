@@ -6,11 +6,11 @@
   the token's lifetime when that is shorter, so a short-lived token is not refreshed again
   on every sweep. Tokens without an expiry are never due.
 - usage-aware (REFRESH_USAGE_AWARE, the default): that proactive refresh is only for a
-  connection *in use*: its current token has been read since it was stored
-  (last_read_at >= last_refreshed_at) and that read is within REFRESH_ACTIVE_WINDOW. Why
-  "read since stored" and not merely "read within 24 h": with 1-hour tokens a connection read
-  once a day would otherwise get ~24 refreshes for one read; under this rule it gets the one
-  refresh its read causes. A token nobody read is not replaced ahead of time: the next read
+  connection *in use* (`in_use`): its current token has been read since it was stored
+  (last_read_at >= last_refreshed_at), within REFRESH_ACTIVE_WINDOW, and, for a token living
+  2 h or less, in the first half of its life. Why not merely "read within 24 h": with 1-hour
+  tokens a connection read once a day would get ~24 refreshes for one read; under this rule
+  it gets the one refresh its read causes, and one read hourly gets one per read. A token nobody read is not replaced ahead of time: the next read
   refreshes it (reads.token_read refreshes a token expiring within READ_REFRESH_MIN_TTL on
   every read, auto_refresh or not), so no read is ever served an expired token.
 - keep-alive (idle connections): a refresh when the last one is `keepalive_interval` old —
@@ -57,16 +57,40 @@ READ_MARK_SECONDS = 3600
 IDLE_RECHECK = timedelta(days=1)
 
 
-def in_use(*, last_read_at: datetime | None, refreshed_at: datetime | None, now: datetime | None = None) -> bool:
-    """The current token has been read, within REFRESH_ACTIVE_WINDOW."""
-    if last_read_at is None or (refreshed_at is not None and last_read_at < refreshed_at):
+def token_read_since_refresh(*, last_read_at: datetime | None, refreshed_at: datetime | None) -> bool:
+    """The current token has been served at least once."""
+    return last_read_at is not None and (refreshed_at is None or last_read_at >= refreshed_at)
+
+
+def in_use(
+    *,
+    last_read_at: datetime | None,
+    refreshed_at: datetime | None,
+    expires_at: datetime | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Worth refreshing ahead of expiry: the current token has been read, within
+    REFRESH_ACTIVE_WINDOW, and — for a token living 2 h or less — in the first half of its
+    life. The last part is what separates a connection read more often than its tokens
+    live (a fresh token ready saves its next read a provider round trip) from one read
+    about as often or less (the next read would find the token expired anyway, so a
+    refresh ahead is a provider call nobody uses; its next read refreshes instead). For
+    longer tokens the hourly read mark cannot tell when in the token's life the first read
+    came, and any read of the current token counts."""
+    if not token_read_since_refresh(last_read_at=last_read_at, refreshed_at=refreshed_at):
         return False
-    return (now or timezone.now()) - last_read_at <= timedelta(seconds=settings.REFRESH_ACTIVE_WINDOW)
+    if (now or timezone.now()) - last_read_at > timedelta(seconds=settings.REFRESH_ACTIVE_WINDOW):
+        return False
+    if refreshed_at is not None and expires_at is not None and expires_at > refreshed_at:
+        lifetime = expires_at - refreshed_at
+        if lifetime <= timedelta(seconds=2 * READ_MARK_SECONDS):
+            return last_read_at - refreshed_at <= lifetime / 2
+    return True
 
 
 def read_mark_due(*, last_read_at: datetime | None, refreshed_at: datetime | None, now: datetime) -> bool:
     """Whether a read should write last_read_at: the first read of this token, or an hour on."""
-    if last_read_at is None or (refreshed_at is not None and last_read_at < refreshed_at):
+    if not token_read_since_refresh(last_read_at=last_read_at, refreshed_at=refreshed_at):
         return True
     return now - last_read_at >= timedelta(seconds=READ_MARK_SECONDS)
 
@@ -99,7 +123,7 @@ def next_proactive_attempt(
     if expires_at is not None:
         window = settings.REFRESH_SWEEP_WINDOW_SECONDS if window_seconds is None else window_seconds
         ahead = expires_at - refresh_lead(expires_at=expires_at, refreshed_at=refreshed_at, window_seconds=window)
-    if not usage_aware or in_use(last_read_at=last_read_at, refreshed_at=refreshed_at):
+    if not usage_aware or in_use(last_read_at=last_read_at, refreshed_at=refreshed_at, expires_at=expires_at):
         return ahead
     interval = keepalive_interval(idle_days)
     if interval is None:

@@ -47,6 +47,14 @@ def test_in_use_means_the_current_token_was_read_recently(settings):
     assert policy.in_use(last_read_at=issued + timedelta(minutes=1), refreshed_at=issued, now=now)
     assert not policy.in_use(last_read_at=issued - timedelta(seconds=1), refreshed_at=issued, now=now)
     assert not policy.in_use(last_read_at=None, refreshed_at=issued, now=now)
+    # A 1-hour token first read late in its life: the connection reads about as often as its
+    # tokens live, so its next read refreshes (no refresh ahead that nobody would use).
+    expires = issued + timedelta(hours=1)
+    assert policy.in_use(last_read_at=issued + timedelta(minutes=10), refreshed_at=issued, expires_at=expires, now=now)
+    late = issued + timedelta(minutes=31)
+    assert not policy.in_use(last_read_at=late, refreshed_at=issued, expires_at=expires, now=late)
+    # A day-long token: any read of it counts.
+    assert policy.in_use(last_read_at=late, refreshed_at=issued, expires_at=issued + timedelta(days=1), now=late)
     settings.REFRESH_ACTIVE_WINDOW = 600
     assert not policy.in_use(last_read_at=issued + timedelta(minutes=1), refreshed_at=issued, now=now)
 
