@@ -10,8 +10,8 @@
   (last_read_at >= last_refreshed_at), within REFRESH_ACTIVE_WINDOW, and, for a token living
   2 h or less, in the first half of its life. Why not merely "read within 24 h": with 1-hour
   tokens a connection read once a day would get ~24 refreshes for one read; under this rule
-  it gets the one refresh its read causes, and one read hourly gets one per read. A token nobody read is not replaced ahead of time: the next read
-  refreshes it (reads.token_read refreshes a token expiring within READ_REFRESH_MIN_TTL on
+  it gets the one refresh its read causes, and one read hourly gets one per read. A token
+  nobody read is not replaced ahead of time: the next read refreshes it (reads.token_read refreshes a token expiring within READ_REFRESH_MIN_TTL on
   every read, auto_refresh or not), so no read is ever served an expired token.
 - keep-alive (idle connections): a refresh when the last one is `keepalive_interval` old —
   the provider's idle lifetime (refresh_token_idle_days) less a margin of a fifth of it

@@ -21,8 +21,8 @@ def _run_grant_expiry(stack) -> None:
 def _set_end(stack, cid: str, sql_interval: str) -> None:
     with stack.db() as db:
         db.execute(
-            f"UPDATE broker_app_connection SET refresh_expires_at = now() + interval '{sql_interval}' WHERE id = %s",
-            [cid],
+            "UPDATE broker_app_connection SET refresh_expires_at = now() + %s::interval WHERE id = %s",
+            [sql_interval, cid],
         )
 
 
