@@ -11,8 +11,9 @@
   2 h or less, in the first half of its life. Why not merely "read within 24 h": with 1-hour
   tokens a connection read once a day would get ~24 refreshes for one read; under this rule
   it gets the one refresh its read causes, and one read hourly gets one per read. A token
-  nobody read is not replaced ahead of time: the next read refreshes it (reads.token_read refreshes a token expiring within READ_REFRESH_MIN_TTL on
-  every read, auto_refresh or not), so no read is ever served an expired token.
+  nobody read is not replaced ahead of time: the next read refreshes it (reads.token_read
+  refreshes a token expiring within READ_REFRESH_MIN_TTL on every read, auto_refresh or
+  not), so no read is ever served an expired token.
 - keep-alive (idle connections): a refresh when the last one is `keepalive_interval` old —
   the provider's idle lifetime (refresh_token_idle_days) less a margin of a fifth of it
   (at least a day), never shorter than REFRESH_KEEPALIVE_MIN_SECONDS (1 day); where the
