@@ -56,13 +56,14 @@ refresh_token_idle_days = {IDLE_DAYS}
 """
 
 
-def _setup(database_url: str) -> None:
+def _setup(database_url: str, suffix: str) -> None:
     base, _, name = database_url.rpartition("/")
-    os.environ["DATABASE_URL"] = f"{base}/{name}_sim"
+    os.environ["DATABASE_URL"] = f"{base}/{name}_sim{suffix}"
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dromos.settings.test")
     extra = Path(tempfile.mkdtemp()) / "sim_catalog.toml"
     extra.write_text(TEMPLATE)
     os.environ["PROVIDER_CATALOG_EXTRA"] = str(extra)
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
     os.environ["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", os.environ.get("REDIS_URL", ""))
     sys.path.insert(0, str(ROOT / "devtools"))
     from stack import reset_postgres_database
@@ -183,12 +184,15 @@ def run(policy: str, n: int, days: int, seed: int) -> dict:
     patches = [
         mock.patch("django.utils.timezone.now", clock),
         mock.patch("broker_app.oauth.client.refresh", fake.refresh),
+        # The crash marker is committed on a PostgreSQL session of its own per refresh: a new
+        # database connection each time, which would dominate a run of this many refreshes.
+        mock.patch("broker_app.services.refresh._mark_in_flight", lambda connection: None),
         override_settings(REFRESH_USAGE_AWARE=policy == "usage-aware"),
     ]
     for p in patches:
         p.enable() if hasattr(p, "enable") else p.start()
     try:
-        steps = days * 86400 // STEP
+        steps = int(days * 86400 // STEP)
         for step in range(steps):
             t0 = step * STEP
             clock.now = start + timedelta(seconds=t0)
@@ -241,16 +245,17 @@ def run(policy: str, n: int, days: int, seed: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=10_000)
-    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--days", type=float, default=30)
     parser.add_argument("--seed", type=int, default=21)
+    parser.add_argument("--db-suffix", default="", help="run several at once, each on its own database")
     parser.add_argument("--policy", choices=("both", "today", "usage-aware"), default="both")
     args = parser.parse_args()
-    _setup(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dromos"))
+    _setup(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dromos"), args.db_suffix)
     policies = ("today", "usage-aware") if args.policy == "both" else (args.policy,)
     results = [run(p, args.connections, args.days, args.seed) for p in policies]
     for r in results:
         print(json.dumps(r))
-    out = ROOT / "var" / "bench" / "refresh_sim.json"
+    out = ROOT / "var" / "bench" / f"refresh_sim{args.db_suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     bad = [r for r in results if r["policy"] == "usage-aware" and (r["served_expired"] or r["grants_lost_to_idleness"])]

@@ -7,7 +7,7 @@
   on every sweep. Tokens without an expiry are never due.
 - usage-aware (REFRESH_USAGE_AWARE, the default): that proactive refresh is only for a
   connection *in use* (`in_use`): its current token has been read since it was stored
-  (last_read_at >= last_refreshed_at), within REFRESH_ACTIVE_WINDOW, and, for a token living
+  (last_read_at > last_refreshed_at), within REFRESH_ACTIVE_WINDOW, and, for a token living
   2 h or less, in the first half of its life. Why not merely "read within 24 h": with 1-hour
   tokens a connection read once a day would get ~24 refreshes for one read; under this rule
   it gets the one refresh its read causes, and one read hourly gets one per read. A token
@@ -59,8 +59,9 @@ IDLE_RECHECK = timedelta(days=1)
 
 
 def token_read_since_refresh(*, last_read_at: datetime | None, refreshed_at: datetime | None) -> bool:
-    """The current token has been served at least once."""
-    return last_read_at is not None and (refreshed_at is None or last_read_at >= refreshed_at)
+    """The current token has been served at least once: a read after it was stored (the read
+    that caused a refresh came before the token it got, and does not count)."""
+    return last_read_at is not None and (refreshed_at is None or last_read_at > refreshed_at)
 
 
 def in_use(

@@ -182,12 +182,13 @@ class RefreshStack(EntrypointStack):
             return cursor.fetchall() if cursor.description else []
 
     def age(self, connection_id: str, *, remaining: int = 30, lifetime: int = 3600) -> None:
-        """As tests/refresh/conftest.py's age(), in the stack's database."""
+        """As tests/refresh/conftest.py's age() (read since: in use), in the stack's database."""
         self.sql(
             "UPDATE broker_app_connection SET expires_at = now() + make_interval(secs => %s), "
-            "last_refreshed_at = now() + make_interval(secs => %s), next_refresh_attempt_at = NULL "
+            "last_refreshed_at = now() + make_interval(secs => %s), "
+            "last_read_at = now() + make_interval(secs => %s), next_refresh_attempt_at = NULL "
             "WHERE id = %s",
-            [remaining, remaining - lifetime, connection_id],
+            [remaining, remaining - lifetime, remaining - lifetime + 1, connection_id],
         )
 
     def row(self, connection_id: str) -> dict:
@@ -294,10 +295,10 @@ class RefreshStack(EntrypointStack):
                 "INSERT INTO broker_app_connection (id, workspace, user_id, provider_id, status, scopes, "
                 "granted_scopes, params, return_url, nonce_digest, pkce_verifier_enc, access_token_enc, "
                 "refresh_token_enc, id_token_enc, token_type, token_version, refresh_failures, account, metadata, "
-                "error, error_description, revoke_pending, expires_at, last_refreshed_at, created_at, updated_at, "
-                "activated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                "%s, %s, %s, %s, now() + interval '60 seconds', now() - interval '3540 seconds', now(), now(), "
-                "now())",
+                "error, error_description, revoke_pending, expires_at, last_refreshed_at, last_read_at, created_at, "
+                "updated_at, activated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s, %s, %s, now() + interval '60 seconds', now() - interval '3540 seconds', "
+                "now() - interval '3500 seconds', now(), now(), now())",
                 rows,
             )
         return grants
