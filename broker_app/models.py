@@ -95,6 +95,11 @@ class Connection(models.Model):
     last_refreshed_at = models.DateTimeField(null=True, blank=True)
     refresh_failures = models.PositiveIntegerField(default=0)
     next_refresh_attempt_at = models.DateTimeField(null=True, blank=True)
+    # When a token was last served (written at most once an hour, and on the first read of
+    # each new token): the usage-aware sweep's input.
+    last_read_at = models.DateTimeField(null=True, blank=True)
+    # When connection.expiring was sent for the current refresh_expires_at (reset when it moves).
+    expiry_warned_at = models.DateTimeField(null=True, blank=True)
 
     account = models.JSONField(default=dict, blank=True)
     metadata = models.JSONField(default=dict, blank=True)
@@ -129,6 +134,12 @@ class Connection(models.Model):
                 fields=["device_next_poll_at"],
                 name="conn_device_poll_due",
                 condition=Q(status="pending", device_next_poll_at__isnull=False),
+            ),
+            # The grant-expiry task reads only active rows whose refresh token has an end.
+            models.Index(
+                fields=["refresh_expires_at"],
+                name="conn_active_grant_end",
+                condition=Q(status="active", refresh_expires_at__isnull=False),
             ),
         ]
 
@@ -201,6 +212,8 @@ class WebhookEndpoint(models.Model):
         REVOKED = "connection.revoked"
         RECONNECTED = "connection.reconnected"
         SESSION_COMPLETED = "connect_session.completed"
+        EXPIRING = "connection.expiring"
+        EXPIRED = "connection.expired"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     workspace = models.CharField(max_length=128, db_index=True)

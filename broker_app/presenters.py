@@ -5,15 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 
 from broker_app.models import Connection, Provider
 from broker_app.providers.registry import described
 from broker_app.providers.spec import ProviderSpec
 
-# How long before a refresh token's end check-connection starts saying so: two weeks
-# leaves time to ask the user to reconnect.
-REFRESH_EXPIRY_WARNING = timedelta(days=14)
 ACCOUNT_KEYS = ("sub", "email", "name", "tid", "team_id")
 
 
@@ -38,7 +36,7 @@ def connection_warnings(connection: Connection, *, missing_scopes: list[str]) ->
     if connection.refresh_expires_at and connection.refresh_token_enc:
         if connection.refresh_expires_at <= now:
             warnings.append("refresh_token_expired")
-        elif connection.refresh_expires_at - now <= REFRESH_EXPIRY_WARNING:
+        elif connection.refresh_expires_at - now <= timedelta(days=settings.EXPIRY_WARNING_DAYS):
             warnings.append("refresh_token_expires_soon")
     if connection.expires_at and not connection.refresh_token_enc:
         warnings.append("no_refresh_token")

@@ -60,6 +60,8 @@ _TOKEN_FIELDS = (
     "refresh_token_enc",
     "token_version",
     "last_refreshed_at",
+    "last_read_at",
+    "refresh_failures",
     "provider",
 )
 

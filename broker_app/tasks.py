@@ -9,6 +9,7 @@ from celery import shared_task
 
 from broker_app.services.device import device_poll_one
 from broker_app.services.device import device_poll_sweep as device_sweep
+from broker_app.services.expiry import grant_expiry_check
 from broker_app.services.housekeeping import pending_prune, revocations_retry
 from broker_app.services.sweep import refresh_one, sweep_due
 from broker_app.webhooks import webhook_deliver
@@ -30,6 +31,13 @@ def refresh_sweep() -> int:
 @shared_task(bind=True, acks_late=True, ignore_result=True, max_retries=100)
 def refresh_connection(self, connection_id: str) -> str:
     return refresh_one(task=self, connection_id=connection_id)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def grant_expiry() -> int:
+    """Beat: connection.expiring before a refresh token's end, connection.expired at it."""
+    result = grant_expiry_check()
+    return result.warned + result.expired
 
 
 @shared_task(acks_late=True, ignore_result=True)

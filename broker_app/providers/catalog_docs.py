@@ -38,6 +38,8 @@ def refresh_cell(entry: dict[str, Any]) -> str:
         parts.append("rotating")
     if entry.get("refresh_token_lifetime_days"):
         parts.append(f"{entry['refresh_token_lifetime_days']} d")
+    if entry.get("refresh_token_idle_days"):
+        parts.append(f"{entry['refresh_token_idle_days']} d idle")
     return ", ".join(parts)
 
 

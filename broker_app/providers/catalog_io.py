@@ -106,7 +106,7 @@ def write_atomically(target: Path, text: str) -> None:
 
 
 _BOOLS = {"oidc", "refresh", "refresh_token_rotation", "revocation_hint"}
-_INTS = {"refresh_token_lifetime_days"}
+_INTS = {"refresh_token_lifetime_days", "refresh_token_idle_days"}
 _LISTS = {"default_scopes", "transient_errors", "callback_params", "unreported_scopes", "id_token_algs", "api_hosts"}
 _TABLES = {
     "api_headers",

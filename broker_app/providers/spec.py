@@ -86,9 +86,10 @@ def entry_problems(key: str, entry: dict[str, Any]) -> list[str]:
             problems.append(f"{key}: {name} must be one of {', '.join(allowed)}")
     if entry.get("hook", "default") not in HOOKS:
         problems.append(f"{key}: hook {entry['hook']!r} is not in hooks.HOOKS")
-    lifetime = entry.get("refresh_token_lifetime_days")
-    if lifetime is not None and (not isinstance(lifetime, int) or lifetime <= 0):
-        problems.append(f"{key}: refresh_token_lifetime_days must be a positive integer")
+    for days_key in ("refresh_token_lifetime_days", "refresh_token_idle_days"):
+        lifetime = entry.get(days_key)
+        if lifetime is not None and (not isinstance(lifetime, int) or lifetime <= 0):
+            problems.append(f"{key}: {days_key} must be a positive integer")
     if entry.get("oidc") and not entry.get("discovery_url") and not (entry.get("issuer") and entry.get("jwks_uri")):
         if key != "oidc":
             problems.append(f"{key}: an OIDC template needs discovery_url, or issuer + jwks_uri")
@@ -307,6 +308,9 @@ class ProviderSpec:
     # A refresh token's documented lifetime, used when the token response does not state
     # one (drives refresh_token_expires_at and its warning).
     refresh_token_lifetime_days: int | None = None
+    # How long the provider keeps an unused refresh token (Microsoft 90 days of inactivity,
+    # Google 6 months unused): the sweep's keep-alive refreshes come often enough for it.
+    refresh_token_idle_days: int | None = None
     refresh_params: dict[str, str] = field(default_factory=dict)  # extra form fields on a refresh
     # revocation (RFC 7009 and its variants)
     revocation_method: str = field(default="POST", metadata=choices("POST", "DELETE"))  # GitHub: DELETE

@@ -5,6 +5,8 @@
                                                   device code expired or refused)
     active ──connection_fail──▶ failed           (refresh answered invalid_grant, id_token changed)
     active ──connection_store_refreshed──▶ active (new tokens after a refresh)
+    active ──connection_warn_expiring──▶ active  (connection.expiring: the refresh token ends soon)
+    active ──connection_expire──▶ failed         (connection.expired: the refresh token ended)
     any ──connection_mark_revoked──▶ revoked
     active|failed ──connection_reconnect_start──▶ unchanged (a pending ConnectAttempt holds the flow)
     active|failed ──connection_reconnect_complete──▶ active (same account: the new grant replaces the old)
@@ -80,7 +82,8 @@ def store_tokens(connection: Connection, tokens: TokenSet, *, keep_refresh_token
         changed.append("refresh_token_enc")
         if tokens.refresh_expires_in:
             connection.refresh_expires_at = now + timedelta(seconds=tokens.refresh_expires_in)
-            changed.append("refresh_expires_at")
+            connection.expiry_warned_at = None  # a new end: warn again before it
+            changed += ["refresh_expires_at", "expiry_warned_at"]
     elif not keep_refresh_token:
         connection.refresh_token_enc = ""
         changed.append("refresh_token_enc")
@@ -242,7 +245,9 @@ def connection_fail(
     return True
 
 
-def connection_store_refreshed(*, connection: Connection, tokens: TokenSet, actor: Actor) -> None:
+def connection_store_refreshed(
+    *, connection: Connection, tokens: TokenSet, actor: Actor, idle_days: int | None = None
+) -> None:
     """active → active with the tokens a refresh returned. The caller holds the row lock and
     has checked the status; the rotated refresh token is written in its transaction."""
     if connection.status != Status.ACTIVE:
@@ -253,7 +258,10 @@ def connection_store_refreshed(*, connection: Connection, tokens: TokenSet, acto
         connection.last_refreshed_at = timezone.now()
         connection.refresh_failures = 0
         connection.next_refresh_attempt_at = next_proactive_attempt(
-            expires_at=connection.expires_at, refreshed_at=connection.last_refreshed_at
+            expires_at=connection.expires_at,
+            refreshed_at=connection.last_refreshed_at,
+            last_read_at=connection.last_read_at,
+            idle_days=idle_days,
         )
         connection.save(update_fields=[*changed, "last_refreshed_at", "refresh_failures", "next_refresh_attempt_at"])
         audit_record(
@@ -396,3 +404,50 @@ def connection_reconnect_reject(*, attempt: ConnectAttempt, error: str) -> None:
     with transaction.atomic():
         _attempt_failed(attempt, attempt.connection, code)
     logger.info("reconnect refused", extra={"connection_id": attempt.connection_id, "reason": code})
+
+
+def connection_warn_expiring(*, connection: Connection) -> bool:
+    """Say once, per refresh-token end, that it is near (connection.expiring). False when
+    already said, or the row is no longer active."""
+    with transaction.atomic():
+        updated = Connection.objects.filter(
+            pk=connection.pk, status=Status.ACTIVE, expiry_warned_at__isnull=True, refresh_expires_at__isnull=False
+        ).update(expiry_warned_at=timezone.now())
+        if updated:
+            audit_record(
+                connection_id=connection.id,
+                workspace=connection.workspace,
+                actor=SYSTEM,
+                action="connection.expiring",
+                detail={"refresh_token_expires_at": connection.refresh_expires_at.isoformat()},
+            )
+            _emit_on_commit(connection.id, "connection.expiring")
+    return bool(updated)
+
+
+def connection_expire(*, connection: Connection) -> bool:
+    """active → failed (error grant_expired) once the refresh token's end has passed; the
+    event is connection.expired. False when the row was no longer active."""
+    with transaction.atomic():
+        updated = Connection.objects.filter(
+            pk=connection.pk, status=Status.ACTIVE, refresh_expires_at__lte=timezone.now()
+        ).update(
+            status=Status.FAILED,
+            error="grant_expired",
+            error_description="the provider's refresh token reached its end; the user must reconnect",
+            next_refresh_attempt_at=None,
+            updated_at=timezone.now(),
+        )
+        if updated:
+            audit_record(
+                connection_id=connection.id,
+                workspace=connection.workspace,
+                actor=SYSTEM,
+                action="connection.expired",
+                detail={"error": "grant_expired"},
+            )
+            _emit_on_commit(connection.id, "connection.expired")
+    if updated:
+        metrics.CONNECTIONS_FAILED.labels(provider=connection.provider.name, reason="grant_expired").inc()
+        logger.info("connection expired", extra={"connection_id": connection.id})
+    return bool(updated)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from broker_app import metrics
@@ -13,7 +14,15 @@ from broker_app.models import Connection
 from broker_app.selectors import connection_for_token
 from broker_app.services.lifecycle import not_active
 from broker_app.services.refresh import token_refresh_auto
-from broker_app.services.refresh_policy import fresh, just_refreshed
+from broker_app.services.refresh_policy import (
+    READ_REFRESH_MIN_TTL,
+    fresh,
+    in_use,
+    just_refreshed,
+    next_proactive_attempt,
+    read_mark_due,
+    token_read_since_refresh,
+)
 from broker_app.services.token_view import TokenView, token_view
 from dromos.errors import ProviderUnavailable
 
@@ -31,24 +40,53 @@ def token_read(
     connection = connection_for_token(connection_id=connection_id, workspace=workspace)
     if connection.status != Connection.Status.ACTIVE:
         raise not_active(connection)
-    if (
-        auto_refresh
-        and connection.refresh_token_enc
-        and not fresh(connection.expires_at, min_ttl)
-        and not just_refreshed(connection)
-    ):
+    _mark_read(connection)
+    # An idle connection's token is left to expire (refresh_policy): a plain read of one
+    # that expires within READ_REFRESH_MIN_TTL refreshes it first, as auto_refresh would.
+    threshold = min_ttl if auto_refresh else READ_REFRESH_MIN_TTL
+    if connection.refresh_token_enc and not fresh(connection.expires_at, threshold) and not just_refreshed(connection):
         try:
-            view = token_refresh_auto(connection_id=connection_id, workspace=workspace, actor=actor, min_ttl=min_ttl)
+            view = token_refresh_auto(connection_id=connection_id, workspace=workspace, actor=actor, min_ttl=threshold)
         except ProviderUnavailable:
             if connection.expires_at is None or connection.expires_at <= timezone.now():
                 raise
             logger.info("serving the current token: refresh unavailable", extra={"connection_id": connection_id})
         else:
-            return _flag_short(view, min_ttl)
+            return _flag_short(view, min_ttl) if auto_refresh else view
     audit_record(connection_id=connection.id, workspace=connection.workspace, actor=actor, action="token.read")
     metrics.TOKEN_READS.labels(provider=connection.provider.name).inc()
     view = token_view(connection)
     return _flag_short(view, min_ttl) if auto_refresh else view
+
+
+def _mark_read(connection: Connection) -> None:
+    """Record the read for the usage-aware sweep, from the values the read loaded: one UPDATE
+    on the first read of each new token and at most once an hour otherwise. The first read
+    of a token makes the connection in use: its next proactive refresh is moved ahead of
+    expiry (unless a backoff holds it)."""
+    now = timezone.now()
+    refreshed_at = connection.last_refreshed_at
+    if not read_mark_due(last_read_at=connection.last_read_at, refreshed_at=refreshed_at, now=now):
+        return
+    changes: dict = {"last_read_at": now}
+    first_read = not token_read_since_refresh(last_read_at=connection.last_read_at, refreshed_at=refreshed_at)
+    if (
+        first_read
+        and not connection.refresh_failures
+        and connection.expires_at is not None
+        and in_use(last_read_at=now, refreshed_at=refreshed_at, expires_at=connection.expires_at, now=now)
+    ):
+        changes["next_refresh_attempt_at"] = next_proactive_attempt(
+            expires_at=connection.expires_at, refreshed_at=refreshed_at, usage_aware=False
+        )
+    try:
+        with transaction.atomic():
+            # SKIP LOCKED: a refresh holding the row must not hold up the read either.
+            unlocked = Connection.objects.filter(pk=connection.pk).select_for_update(skip_locked=True)
+            Connection.objects.filter(pk__in=unlocked.values("pk")).update(**changes)
+    except DatabaseError:  # the read is served anyway; the mark is only the sweep's hint
+        logger.warning("could not record a token read", extra={"connection_id": connection.pk})
+    connection.last_read_at = now
 
 
 def _flag_short(view: TokenView, min_ttl: int) -> TokenView:

@@ -73,7 +73,8 @@ from broker_app.audit import SWEEP, Actor, audit_record
 from broker_app.models import Connection, RefreshInFlight
 from broker_app.oauth import client, oidc
 from broker_app.oauth.errors import IdTokenError, PermanentOAuthError, TransientOAuthError
-from broker_app.providers.registry import resolve
+from broker_app.providers.registry import described, resolve
+from broker_app.providers.spec import ProviderConfigError
 from broker_app.selectors import connection_get
 from broker_app.services import refresh_policy as policy
 from broker_app.services.lifecycle import connection_fail, connection_store_refreshed, not_active
@@ -183,6 +184,24 @@ def _served(attempted: _Attempted, actor: Actor) -> TokenView:
             detail={"refresh": attempted.outcome.value},
         )
     return token_view(connection)
+
+
+def idle_days(provider) -> int | None:
+    """The provider's refresh-token idle lifetime (the catalog's refresh_token_idle_days)."""
+    try:
+        return described(provider).refresh_token_idle_days
+    except ProviderConfigError:
+        return None
+
+
+def next_attempt(connection: Connection):
+    """When the sweep should next look at this connection (refresh_policy's rule)."""
+    return policy.next_proactive_attempt(
+        expires_at=connection.expires_at,
+        refreshed_at=connection.last_refreshed_at,
+        last_read_at=connection.last_read_at,
+        idle_days=idle_days(connection.provider),
+    )
 
 
 def _hold_seconds() -> int:
@@ -303,13 +322,14 @@ def _refresh(
                 # auto_refresh right after a refresh: never again because of min_ttl (a token
                 # shorter-lived than min_ttl would otherwise be refreshed on every read).
                 outcome, error = RefreshOutcome.COALESCED, None
-            elif not force and not policy.due(connection, min_ttl=min_ttl, window_seconds=window_seconds):
+            elif not force and not policy.due(
+                connection, min_ttl=min_ttl, window_seconds=window_seconds, idle_days=idle_days(connection.provider)
+            ):
                 outcome, error = RefreshOutcome.SKIPPED, None
                 if min_ttl is None and connection.expires_at is not None:
-                    # Not due yet (a duplicate task, a short-lived token): tell the sweep when.
-                    connection.next_refresh_attempt_at = policy.next_proactive_attempt(
-                        expires_at=connection.expires_at, refreshed_at=connection.last_refreshed_at
-                    )
+                    # Not due yet (a duplicate task, a short-lived token, an idle connection):
+                    # tell the sweep when.
+                    connection.next_refresh_attempt_at = next_attempt(connection)
                     connection.save(update_fields=["next_refresh_attempt_at"])
             elif force and policy.just_refreshed(connection):
                 outcome, error = RefreshOutcome.COALESCED, None
@@ -444,7 +464,9 @@ def _refresh_locked(
                 extra={"connection_id": connection.id, "reason": str(exc)},
             )
             return RefreshOutcome.INVALID_ID_TOKEN, not_active(connection)
-    connection_store_refreshed(connection=connection, tokens=tokens, actor=actor)
+    connection_store_refreshed(
+        connection=connection, tokens=tokens, actor=actor, idle_days=idle_days(connection.provider)
+    )
     return RefreshOutcome.SUCCESS, None
 
 

@@ -29,7 +29,7 @@ from django.utils import timezone
 from broker_app import metrics
 from broker_app.models import Connection
 from broker_app.queue import task
-from broker_app.services.refresh import RefreshOutcome, token_refresh_due
+from broker_app.services.refresh import RefreshOutcome, idle_days, next_attempt, token_refresh_due
 from broker_app.services.refresh_policy import proactive_due
 from dromos import redis as shared_redis
 
@@ -201,13 +201,31 @@ def refresh_one(*, task, connection_id: str) -> str:
     connection = (
         Connection.objects.filter(pk=connection_id)
         .select_related("provider")
-        .only("id", "status", "expires_at", "last_refreshed_at", "refresh_token_enc", "provider__name")
+        .only(
+            "id",
+            "status",
+            "expires_at",
+            "last_refreshed_at",
+            "last_read_at",
+            "refresh_failures",
+            "refresh_token_enc",
+            "provider",
+        )
         .first()
     )
     if connection is None or connection.status != Connection.Status.ACTIVE:
         return "not_active"
     provider = connection.provider.name
-    if not connection.refresh_token_enc or not proactive_due(connection):
+    if not connection.refresh_token_enc:
+        metrics.refresh_outcome(provider, "skipped")
+        return "skipped"
+    if not proactive_due(connection, idle_days=idle_days(connection.provider)):
+        # Not due (an idle connection's next keep-alive is later): park it until then, so
+        # the sweep does not select it again every time its claim lapses.
+        if not connection.refresh_failures:
+            Connection.objects.filter(pk=connection_id, status=Connection.Status.ACTIVE).update(
+                next_refresh_attempt_at=next_attempt(connection)
+            )
         metrics.refresh_outcome(provider, "skipped")
         return "skipped"
     lease = _lease_acquire(provider)

@@ -39,6 +39,7 @@ ROOT_URLCONF = "dromos.urls_broker"
 STARTUP_CHECKS = ["broker_app.checks.assert_keys_match_data"]
 METRICS_COLLECTORS = [
     "broker_app.collectors.ConnectionStatusCollector",
+    "broker_app.collectors.GrantEndCollector",
     "broker_app.metrics.refresh_outcomes_collector",
 ]
 METRICS_CONNECTIONS_CACHE_SECONDS = env_int("METRICS_CONNECTIONS_CACHE_SECONDS", 15)
@@ -91,6 +92,19 @@ DEVICE_MAX_INTERVAL = env_int("DEVICE_MAX_INTERVAL", 120)
 REFRESH_PROVIDER_CONCURRENCY = env_int("REFRESH_PROVIDER_CONCURRENCY", 8)
 # Per-provider values of REFRESH_PROVIDER_CONCURRENCY, by provider name (settings only).
 REFRESH_PROVIDER_CONCURRENCY_OVERRIDES: dict[str, int] = {}
+# Usage-aware proactive refresh (broker_app/services/refresh_policy.py): the sweep refreshes
+# ahead of expiry only a connection whose current token has been read and whose last read is
+# within REFRESH_ACTIVE_WINDOW seconds; idle ones get keep-alive refreshes only, as their
+# provider's idle policy needs, never more often than REFRESH_KEEPALIVE_MIN_SECONDS, and every
+# REFRESH_KEEPALIVE_DEFAULT_DAYS where the provider's idle policy is unknown (0: never).
+# REFRESH_USAGE_AWARE=false restores the old rule (every connection, before every expiry).
+REFRESH_USAGE_AWARE = env_bool("REFRESH_USAGE_AWARE", True)
+REFRESH_ACTIVE_WINDOW = env_int("REFRESH_ACTIVE_WINDOW", 24 * 3600)
+REFRESH_KEEPALIVE_MIN_SECONDS = env_int("REFRESH_KEEPALIVE_MIN_SECONDS", 24 * 3600)
+REFRESH_KEEPALIVE_DEFAULT_DAYS = env_int("REFRESH_KEEPALIVE_DEFAULT_DAYS", 0)
+# connection.expiring is sent (and check-connection warns) this many days before a refresh
+# token's absolute end; connection.expired when it ends (beat: grant-expiry).
+EXPIRY_WARNING_DAYS = env_int("EXPIRY_WARNING_DAYS", 14)
 
 
 def _every(minutes: str, task: str, expires: int) -> dict:
@@ -110,6 +124,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(DEVICE_POLL_SWEEP_SECONDS),
         "options": {"expires": max(1, DEVICE_POLL_SWEEP_SECONDS)},
     },
+    "grant-expiry": _every("*/5", "grant_expiry", expires=240),
 }
 
 # Connection-event webhooks (broker_app/webhooks.py)

@@ -245,6 +245,7 @@ def test_refresh_due_shows_progress_and_outcomes(stack, fake_provider, fake_prov
         expires_at=now + timedelta(seconds=30),
         next_refresh_attempt_at=None,
         last_refreshed_at=now - timedelta(seconds=3570),
+        last_read_at=now - timedelta(seconds=3560),  # read since: in use
     )
     Connection.objects.filter(pk=ids[2]).update(expires_at=now + timedelta(hours=5), next_refresh_attempt_at=None)
     out, _ = run("refresh_due", "--dry-run")

@@ -49,13 +49,17 @@ def _clear_process_caches(settings):
     yield
 
 
-def age(connection_id: str, *, remaining: int = 30, lifetime: int = 3600) -> None:
+def age(connection_id: str, *, remaining: int = 30, lifetime: int = 3600, read: bool = True) -> None:
     """Make the stored token look `lifetime` seconds old with `remaining` seconds left
-    (as if time had passed): auto_refresh and the sweep then see it as due."""
+    (as if time had passed): auto_refresh and the sweep then see it as due. `read`: the
+    token was read meanwhile (a connection in use, which the usage-aware sweep refreshes
+    ahead of expiry); read=False: nobody read it (an idle connection)."""
     now = timezone.now()
+    issued = now + timedelta(seconds=remaining - lifetime)
     Connection.objects.filter(pk=connection_id).update(
         expires_at=now + timedelta(seconds=remaining),
-        last_refreshed_at=now + timedelta(seconds=remaining - lifetime),
+        last_refreshed_at=issued,
+        last_read_at=issued + timedelta(seconds=1) if read else None,
         next_refresh_attempt_at=None,
     )
 
@@ -178,12 +182,13 @@ class RefreshStack(EntrypointStack):
             return cursor.fetchall() if cursor.description else []
 
     def age(self, connection_id: str, *, remaining: int = 30, lifetime: int = 3600) -> None:
-        """As tests/refresh/conftest.py's age(), in the stack's database."""
+        """As tests/refresh/conftest.py's age() (read since: in use), in the stack's database."""
         self.sql(
             "UPDATE broker_app_connection SET expires_at = now() + make_interval(secs => %s), "
-            "last_refreshed_at = now() + make_interval(secs => %s), next_refresh_attempt_at = NULL "
+            "last_refreshed_at = now() + make_interval(secs => %s), "
+            "last_read_at = now() + make_interval(secs => %s), next_refresh_attempt_at = NULL "
             "WHERE id = %s",
-            [remaining, remaining - lifetime, connection_id],
+            [remaining, remaining - lifetime, remaining - lifetime + 1, connection_id],
         )
 
     def row(self, connection_id: str) -> dict:
@@ -290,10 +295,10 @@ class RefreshStack(EntrypointStack):
                 "INSERT INTO broker_app_connection (id, workspace, user_id, provider_id, status, scopes, "
                 "granted_scopes, params, return_url, nonce_digest, pkce_verifier_enc, access_token_enc, "
                 "refresh_token_enc, id_token_enc, token_type, token_version, refresh_failures, account, metadata, "
-                "error, error_description, revoke_pending, expires_at, last_refreshed_at, created_at, updated_at, "
-                "activated_at, tags) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                "%s, %s, %s, %s, %s, now() + interval '60 seconds', now() - interval '3540 seconds', now(), now(), "
-                "now(), '{}')",
+                "error, error_description, revoke_pending, expires_at, last_refreshed_at, last_read_at, created_at, "
+                "updated_at, activated_at, tags) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s, %s, %s, %s, now() + interval '60 seconds', now() - interval '3540 seconds', "
+                "now() - interval '3500 seconds', now(), now(), now(), '{}')",
                 rows,
             )
         return grants

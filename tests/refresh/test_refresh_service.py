@@ -431,7 +431,10 @@ def test_response_missing_one_field_keeps_or_rotates_what_it_says(stack, fake_pr
     if expires_in:
         remaining = (row.expires_at - timezone.now()).total_seconds()
         assert expires_in - 30 < remaining <= expires_in
-        # The sweep picks it up again one window (600 s) before it expires.
+        # Once the new token is read (in use), the sweep picks it up again one window
+        # (600 s) before it expires.
+        assert stack.call("GET", f"/v1/token/{cid}", key).status_code == 200
+        row.refresh_from_db()
         assert row.next_refresh_attempt_at == row.expires_at - timedelta(seconds=600)
     else:
         assert row.expires_at is None and row.next_refresh_attempt_at is None

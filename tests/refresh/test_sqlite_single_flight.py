@@ -96,16 +96,18 @@ def _sql(stack, query: str, params=()) -> list[tuple]:
 
 
 def _age(stack, cid: str, *, remaining: int = 30, lifetime: int = 3600) -> None:
-    """The stored token is `lifetime` s old with `remaining` s left (as Django stores datetimes)."""
+    """The stored token is `lifetime` s old with `remaining` s left and was read since (a
+    connection in use: the usage-aware sweep refreshes it ahead), as Django stores datetimes."""
     now = datetime.now(UTC).replace(tzinfo=None)
     fmt = "%Y-%m-%d %H:%M:%S.%f"
     _sql(
         stack,
-        "UPDATE broker_app_connection SET expires_at = ?, last_refreshed_at = ?, next_refresh_attempt_at = NULL "
-        "WHERE id = ?",
+        "UPDATE broker_app_connection SET expires_at = ?, last_refreshed_at = ?, last_read_at = ?, "
+        "next_refresh_attempt_at = NULL WHERE id = ?",
         (
             (now + timedelta(seconds=remaining)).strftime(fmt),
             (now + timedelta(seconds=remaining - lifetime)).strftime(fmt),
+            (now + timedelta(seconds=remaining - lifetime + 1)).strftime(fmt),
             cid,
         ),
     )
@@ -114,9 +116,10 @@ def _age(stack, cid: str, *, remaining: int = 30, lifetime: int = 3600) -> None:
 def test_concurrent_refreshes_on_sqlite_make_one_provider_call(sqlite_stack, fake_provider):
     assert sqlite_stack.env.get("DATABASE_URL") is None and (sqlite_stack.workdir / "dromos.sqlite3").exists()
     cid = _connect(sqlite_stack, fake_provider)
+    # Read before ageing: a plain read of a token with under a minute left refreshes it.
+    before = _gw(sqlite_stack, "GET", f"/v1/token/{cid}").json()["access_token"]
     _age(sqlite_stack, cid)
     ((version_before,),) = _sql(sqlite_stack, "SELECT token_version FROM broker_app_connection WHERE id = ?", (cid,))
-    before = _gw(sqlite_stack, "GET", f"/v1/token/{cid}").json()["access_token"]
     fake_provider.refresh_delay = 1.0  # the refresh is in flight while the callers arrive
 
     kinds = ["refresh"] * 20 + ["auto"] * 20

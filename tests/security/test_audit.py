@@ -124,6 +124,7 @@ def test_background_refresh_is_recorded_as_the_sweep(stack, fake_provider, fake_
     Connection.objects.filter(pk=cid).update(
         expires_at=now + timedelta(seconds=30),
         last_refreshed_at=now - timedelta(seconds=3570),
+        last_read_at=now - timedelta(seconds=3560),  # read since: in use
         next_refresh_attempt_at=None,
     )
     assert refresh_one(task=_Task(), connection_id=cid) == "success"

@@ -184,6 +184,7 @@ def _age(cid: str) -> None:
     Connection.objects.filter(pk=cid).update(
         expires_at=now + timedelta(seconds=30),
         last_refreshed_at=now - timedelta(seconds=3570),
+        last_read_at=now - timedelta(seconds=3560),  # read since: in use
         next_refresh_attempt_at=None,
         refresh_failures=0,
     )

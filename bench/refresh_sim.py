@@ -1,0 +1,271 @@
+"""Usage-aware refresh, simulated (issue 21): provider calls per connection per day under
+the old proactive rule and the usage-aware one, over simulated days.
+
+    .venv/bin/python bench/refresh_sim.py --connections 10000 --days 30     # the issue's size
+    .venv/bin/python bench/refresh_sim.py --connections 300 --days 10       # what fits a busy box
+
+What is real: PostgreSQL (database `<DATABASE_URL's name>_sim`, reset), the broker's
+migrations, the sweep (`sweep_due`: keyset batches, claims), the refresh task's body
+(`refresh_one`, run in this process for each id the sweep queues, as the Celery worker would
+run it), the single-flight refresh service with its row locks, encryption and audit rows,
+the token read (`token_read`, as the broker's token route calls it, without auto_refresh),
+and the grant-expiry beat task's body (`grant_expiry_check`, hourly).
+
+What is simulated: the clock (`django.utils.timezone.now` patched in this process only,
+advanced in STEP-second steps; every rule and row timestamp reads it) and the provider
+(`broker_app.oauth.client.refresh` replaced by a counter: 1-hour access tokens, no rotation,
+and `invalid_grant` — counted as a grant lost to idleness — for a refresh token unused for
+longer than the template's refresh_token_idle_days, 7 days here: Google's testing apps).
+
+The mix: 10 % read hourly, 30 % daily, 60 % never; every grant has an absolute end drawn
+from 1-60 days after the start (refresh_token_expires_at), so warnings and expiries happen.
+
+Counted: provider calls / connection / day; reads served a token already expired (must be
+0); grants lost to idleness (must be 0); connection.expiring sent, and how many of the ends
+that fell in the run were warned first; connection.expired.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from unittest import mock
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+STEP = 300  # seconds of simulated time per step (the real sweep runs every 60 s)
+IDLE_DAYS = 7
+TOKEN_SECONDS = 3600
+TEMPLATE = f"""
+[simprovider]
+display_name = "Simulated provider"
+authorize_url = "http://127.0.0.1:9/authorize"
+token_url = "http://127.0.0.1:9/token"
+pkce = "S256"
+refresh = true
+refresh_token_idle_days = {IDLE_DAYS}
+"""
+
+
+def _setup(database_url: str, suffix: str) -> None:
+    base, _, name = database_url.rpartition("/")
+    os.environ["DATABASE_URL"] = f"{base}/{name}_sim{suffix}"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dromos.settings.test")
+    extra = Path(tempfile.mkdtemp()) / "sim_catalog.toml"
+    extra.write_text(TEMPLATE)
+    os.environ["PROVIDER_CATALOG_EXTRA"] = str(extra)
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+    os.environ["REDIS_URL"] = os.environ.get("BENCH_REDIS_URL", os.environ.get("REDIS_URL", ""))
+    sys.path.insert(0, str(ROOT / "devtools"))
+    from stack import reset_postgres_database
+
+    reset_postgres_database(os.environ["DATABASE_URL"])
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+class Clock:
+    def __init__(self, start: datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class FakeProvider:
+    """Counts refreshes; a refresh token unused for longer than IDLE_DAYS is refused."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock, self.calls, self.lost = clock, 0, 0
+        self.last_use: dict[str, datetime] = {}
+
+    def refresh(self, spec, hooks, *, refresh_token: str):
+        from broker_app.oauth.errors import PermanentOAuthError
+        from broker_app.oauth.tokens import TokenSet
+
+        self.calls += 1
+        now = self.clock()
+        if now - self.last_use[refresh_token] > timedelta(days=IDLE_DAYS):
+            self.lost += 1
+            raise PermanentOAuthError("invalid_grant", "refresh token unused for too long")
+        self.last_use[refresh_token] = now
+        return TokenSet(access_token=secrets.token_urlsafe(24), expires_in=TOKEN_SECONDS)
+
+
+def _seed(n: int, start: datetime, provider_obj, fake: FakeProvider, rng: random.Random) -> dict[str, dict]:
+    from broker_app import crypto
+    from broker_app.models import Connection
+
+    plan, rows = {}, []
+    for i in range(n):
+        kind = "hourly" if i % 10 == 0 else ("daily" if i % 10 <= 3 else "idle")
+        c = Connection(
+            workspace="sim",
+            user_id=f"u{i}",
+            provider=provider_obj,
+            status=Connection.Status.ACTIVE,
+            return_url="https://app.example.com/done",
+        )
+        issued = start - timedelta(seconds=rng.uniform(0, TOKEN_SECONDS))
+        refresh_token = secrets.token_urlsafe(24)
+        fake.last_use[refresh_token] = issued
+        c.access_token_enc = crypto.encrypt(secrets.token_urlsafe(24), aad=c.aad("access_token"))
+        c.refresh_token_enc = crypto.encrypt(refresh_token, aad=c.aad("refresh_token"))
+        c.token_type = "Bearer"
+        c.expires_at = issued + timedelta(seconds=TOKEN_SECONDS)
+        c.refresh_expires_at = start + timedelta(days=rng.uniform(1, 60))
+        c.token_version = 1
+        c.activated_at = c.last_refreshed_at = issued
+        rows.append(c)
+        phase = rng.uniform(0, 3600 if kind == "hourly" else 86400)
+        plan[c.id] = {"kind": kind, "phase": phase, "end": c.refresh_expires_at}
+    Connection.objects.bulk_create(rows, batch_size=1000)
+    return plan
+
+
+def _reads_in(plan: dict, t0: float, t1: float) -> list[str]:
+    """Connections whose read falls in [t0, t1) seconds since the start."""
+    out = []
+    for cid, p in plan.items():
+        period = 3600 if p["kind"] == "hourly" else 86400 if p["kind"] == "daily" else None
+        if period is None:
+            continue
+        k = max(0, int((t0 - p["phase"]) // period))
+        for j in (k, k + 1):
+            at = p["phase"] + j * period
+            if t0 <= at < t1:
+                out.append(cid)
+    return out
+
+
+class _Task:
+    def retry(self, **kwargs):
+        return RuntimeError("retry")
+
+
+def run(policy: str, n: int, days: int, seed: int) -> dict:
+    from django.conf import settings
+    from django.db import connection as db
+    from django.test.utils import override_settings
+
+    from broker_app.audit import Actor
+    from broker_app.models import AuditEvent, Connection, Provider
+    from broker_app.providers import registry
+    from broker_app.services.expiry import grant_expiry_check
+    from broker_app.services.reads import token_read
+    from broker_app.services.sweep import refresh_one, sweep_due
+    from dromos.errors import ApiError
+
+    with db.cursor() as cursor:
+        cursor.execute("TRUNCATE broker_app_connection, broker_app_auditevent, broker_app_provider CASCADE")
+    registry.cache_clear()
+    rng = random.Random(seed)
+    start = datetime(2026, 1, 5, tzinfo=UTC)
+    clock = Clock(start)
+    fake = FakeProvider(clock)
+    provider_obj = Provider.objects.create(name="sim", template="simprovider", client_id="sim-client")
+    plan = _seed(n, start, provider_obj, fake, rng)
+    served_expired = refused = reads = 0
+    actor = Actor("apikey:sim", workspace="sim")
+    began = time.monotonic()
+    patches = [
+        mock.patch("django.utils.timezone.now", clock),
+        mock.patch("broker_app.oauth.client.refresh", fake.refresh),
+        # The crash marker is committed on a PostgreSQL session of its own per refresh: a new
+        # database connection each time, which would dominate a run of this many refreshes.
+        mock.patch("broker_app.services.refresh._mark_in_flight", lambda connection: None),
+        override_settings(REFRESH_USAGE_AWARE=policy == "usage-aware"),
+    ]
+    for p in patches:
+        p.enable() if hasattr(p, "enable") else p.start()
+    try:
+        steps = int(days * 86400 // STEP)
+        for step in range(steps):
+            t0 = step * STEP
+            clock.now = start + timedelta(seconds=t0)
+            for cid in _reads_in(plan, t0, t0 + STEP):
+                clock.now = start + timedelta(seconds=t0 + rng.uniform(0, STEP - 1))
+                reads += 1
+                try:
+                    view = token_read(connection_id=cid, workspace="sim", actor=actor)
+                except ApiError:
+                    refused += 1  # the grant ended (connection.expired) or was lost
+                    continue
+                if view.expires_at is not None and view.expires_at <= clock.now:
+                    served_expired += 1
+            clock.now = start + timedelta(seconds=t0 + STEP - 1)
+            for cid in sweep_due(enqueue=False).connection_ids:
+                try:
+                    refresh_one(task=_Task(), connection_id=cid)
+                except RuntimeError:
+                    pass
+            if step % (3600 // STEP) == 0:
+                grant_expiry_check()
+    finally:
+        for p in reversed(patches):
+            p.disable() if hasattr(p, "disable") else p.stop()
+    end = start + timedelta(days=days)
+    ended = [cid for cid, p in plan.items() if p["end"] <= end]
+    warned = set(AuditEvent.objects.filter(action="connection.expiring").values_list("connection_id", flat=True))
+    expired = AuditEvent.objects.filter(action="connection.expired").count()
+    idle_failed = Connection.objects.filter(status="failed", error="invalid_grant").count()
+    return {
+        "policy": policy,
+        "connections": n,
+        "days": days,
+        "provider_calls": fake.calls,
+        "calls_per_connection_day": round(fake.calls / n / days, 3),
+        "reads": reads,
+        "served_expired": served_expired,
+        "reads_refused_grant_ended": refused,
+        "grants_lost_to_idleness": fake.lost,
+        "connections_failed_invalid_grant": idle_failed,
+        "expiring_sent": len(warned),
+        "ends_in_run": len(ended),
+        "ends_warned_first": len(warned & set(ended)),
+        "expired_sent": expired,
+        "wall_seconds": round(time.monotonic() - began, 1),
+        "warning_days": settings.EXPIRY_WARNING_DAYS,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument("--days", type=float, default=30)
+    parser.add_argument("--seed", type=int, default=21)
+    parser.add_argument("--db-suffix", default="", help="run several at once, each on its own database")
+    parser.add_argument("--policy", choices=("both", "today", "usage-aware"), default="both")
+    args = parser.parse_args()
+    _setup(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dromos"), args.db_suffix)
+    policies = ("today", "usage-aware") if args.policy == "both" else (args.policy,)
+    results = [run(p, args.connections, args.days, args.seed) for p in policies]
+    for r in results:
+        print(json.dumps(r))
+    out = ROOT / "var" / "bench" / f"refresh_sim{args.db_suffix}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    bad = [r for r in results if r["policy"] == "usage-aware" and (r["served_expired"] or r["grants_lost_to_idleness"])]
+    if len(results) == 2:
+        ratio = results[0]["provider_calls"] / max(results[1]["provider_calls"], 1)
+        print(f"reduction: {ratio:.1f}x")
+        if ratio < 10:
+            bad.append("target")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
