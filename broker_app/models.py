@@ -32,6 +32,9 @@ class Provider(models.Model):
     token_url = models.URLField(max_length=1024, blank=True)
     revocation_url = models.URLField(max_length=1024, blank=True)
     userinfo_url = models.URLField(max_length=1024, blank=True)
+    api_base_url = models.URLField(
+        max_length=1024, blank=True, help_text="Where the proxy sends API calls (overrides the catalog's)"
+    )
     default_scopes = models.JSONField(default=list, blank=True)
     authorize_params = models.JSONField(default=dict, blank=True)
     token_auth = models.CharField(max_length=32, choices=TokenAuth.choices, blank=True)
@@ -93,6 +96,9 @@ class Connection(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     activated_at = models.DateTimeField(null=True, blank=True)
     revoke_pending = models.BooleanField(default=False)
+    # Set when the provider refused a freshly refreshed token through the proxy (issue 15):
+    # the grant may lack a scope or be disabled; cleared by the next successful refresh.
+    attention = models.CharField(max_length=64, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -43,6 +43,8 @@ def connection_warnings(connection: Connection, *, missing_scopes: list[str]) ->
         warnings.append("no_refresh_token")
     if missing_scopes:
         warnings.append("scopes_narrowed")
+    if connection.attention:  # e.g. provider_rejected_token (the API proxy, issue 15)
+        warnings.append(connection.attention)
     return warnings
 
 
@@ -101,6 +103,7 @@ def provider_as_dict(provider: Provider) -> dict[str, Any]:
         "supports_revocation": _supports_revocation(provider, entry),
         "refresh_token_rotation": bool(entry.get("refresh_token_rotation", False)),
         "refresh_token_lifetime_days": entry.get("refresh_token_lifetime_days"),
+        "api_base_url": provider.api_base_url or entry.get("api_base_url", ""),
         "param_formats": {
             name: {
                 "pattern": specs[name].pattern,

@@ -10,4 +10,7 @@ urlpatterns = [
     path("internal/v1/connections/<str:connection_id>/token", apis.TokenReadApi.as_view()),
     path("internal/v1/connections/<str:connection_id>/refresh", apis.TokenRefreshApi.as_view()),
     path("internal/v1/providers", apis.ProviderListApi.as_view()),
+    path("internal/v1/connections/<str:connection_id>/proxy-credential", apis.ProxyCredentialApi.as_view()),
+    path("internal/v1/connections/<str:connection_id>/proxy-refresh", apis.ProxyRefreshApi.as_view()),
+    path("internal/v1/connections/<str:connection_id>/proxy-attention", apis.ProxyAttentionApi.as_view()),
 ]

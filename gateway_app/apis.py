@@ -21,6 +21,7 @@ from dromos.validators import validate_scope_token
 from gateway_app import schema as _schema  # noqa: F401  (registers the API-key security scheme)
 from gateway_app.authentication import ApiKeyAuthentication, ApiKeyThrottle, HasScope
 from gateway_app.broker_client import BrokerAnswer, broker
+from gateway_app.proxy import credential_forget
 
 CONNECTION_ID = r"[A-Za-z0-9_-]{1,64}"
 CONNECTION_STATUSES = ["pending", "active", "failed", "revoked"]
@@ -95,6 +96,7 @@ class ProviderSerializer(serializers.Serializer):
     supports_revocation = serializers.BooleanField(allow_null=True)
     refresh_token_rotation = serializers.BooleanField()
     refresh_token_lifetime_days = serializers.IntegerField(allow_null=True)
+    api_base_url = serializers.CharField(allow_blank=True, help_text="Where /v1/proxy sends calls; empty: no proxy")
     param_formats = serializers.DictField(child=ParamFormatSerializer())
 
 
@@ -344,6 +346,7 @@ class ConnectionDeleteApi(GatewayApi):
     )
     def delete(self, request, connection_id: str):
         _check_id(connection_id)
+        credential_forget(request.user.workspace, connection_id)  # the proxy's cached credential
         return _relay(
             broker().call(
                 "DELETE",

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from gateway_app import apis
+from gateway_app import apis, proxy_views
 
 urlpatterns = [
     path("v1/ping", apis.PingApi.as_view()),
@@ -11,4 +11,5 @@ urlpatterns = [
     path("v1/connections", apis.ConnectionListApi.as_view()),
     path("v1/connections/<str:connection_id>", apis.ConnectionDeleteApi.as_view()),
     path("v1/providers", apis.ProviderListApi.as_view()),
+    path("v1/proxy/<str:connection_id>/<path:path>", proxy_views.ProxyApi.as_view()),
 ]

@@ -28,8 +28,9 @@ _URL_FIELDS = (
     "userinfo_url",
     "jwks_uri",
     "refresh_url",
+    "api_base_url",
 )
-_ROW_URL_FIELDS = ("discovery_url", "authorize_url", "token_url", "revocation_url", "userinfo_url")
+_ROW_URL_FIELDS = ("discovery_url", "authorize_url", "token_url", "revocation_url", "userinfo_url", "api_base_url")
 
 
 def client_secret(provider) -> str | None:
@@ -159,5 +160,8 @@ def resolve(provider, params: dict[str, Any] | None = None) -> tuple[ProviderSpe
         callback_params=tuple(entry.get("callback_params", ())),
         scope_aliases=dict(entry.get("scope_aliases", {})),
         scope_strip_prefix=entry.get("scope_strip_prefix", ""),
+        api_base_url=urls["api_base_url"],
+        api_hosts=tuple(fill(host, url_values) for host in entry.get("api_hosts", ())),
+        api_auth=dict(entry.get("api_auth", {})),
     )
     return spec, HOOKS[spec.hook]

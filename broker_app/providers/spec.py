@@ -71,6 +71,11 @@ CATALOG_KEYS = frozenset(
         "hook",
         "id_token_algs",
         "params",
+        # The authenticated API proxy (issue 15): where the provider's API lives, extra
+        # hosts a proxied call may name (Dromos-Proxy-Host), how the credential is injected.
+        "api_base_url",
+        "api_hosts",
+        "api_auth",
     }
 )
 URL_KEYS = (
@@ -82,6 +87,7 @@ URL_KEYS = (
     "revocation_url",
     "userinfo_url",
     "jwks_uri",
+    "api_base_url",
 )
 _CHOICES = {
     "pkce": ("S256", "required", "none"),
@@ -238,6 +244,10 @@ class ProviderSpec:
     callback_params: tuple[str, ...] = ()  # callback query parameters kept as metadata (realmId)
     scope_aliases: dict[str, str] = field(default_factory=dict)  # granted spelling -> requested spelling
     scope_strip_prefix: str = ""  # Entra may answer "https://graph.microsoft.com/User.Read"
+    # -- the API proxy (issue 15) -------------------------------------------------------------
+    api_base_url: str = ""  # "https://gmail.googleapis.com"; "" = the provider cannot be proxied
+    api_hosts: tuple[str, ...] = ()  # further hosts a proxied call may name (Dromos-Proxy-Host)
+    api_auth: dict[str, str] = field(default_factory=dict)  # {"header", "format"}: how the token is sent
 
 
 def validate_params(entry: dict[str, Any], values: dict[str, Any], *, operator: bool = False) -> dict[str, str]:

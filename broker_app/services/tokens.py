@@ -208,14 +208,28 @@ def backoff_delay(failures: int, retry_after: int | None = None) -> timedelta:
 
 
 def token_refresh(
-    *, connection_id: str, workspace: str | None, actor: Actor, force: bool = True, min_ttl: int | None = None
+    *,
+    connection_id: str,
+    workspace: str | None,
+    actor: Actor,
+    force: bool = True,
+    min_ttl: int | None = None,
+    if_version: int | None = None,
 ) -> TokenView:
     """Refresh the connection's tokens at the provider, single-flight, and return them.
     With force=False it refreshes only when the token expires within `min_ttl` seconds
-    (auto_refresh). Raises ConnectionNotActive (409: failed, e.g. invalid_grant),
-    ProviderUnavailable (503 + Retry-After: transient, tokens unchanged), ProviderError (502)."""
+    (auto_refresh). With `if_version` (the token_version the caller saw rejected, e.g. by
+    the proxy) it refreshes only when the stored tokens are still that version: otherwise
+    another caller already refreshed and its tokens are returned. Raises ConnectionNotActive
+    (409: failed, e.g. invalid_grant), ProviderUnavailable (503 + Retry-After: transient,
+    tokens unchanged), ProviderError (502)."""
     outcome, connection, error = _refresh(
-        connection_id=connection_id, workspace=workspace, actor=actor, force=force, min_ttl=min_ttl
+        connection_id=connection_id,
+        workspace=workspace,
+        actor=actor,
+        force=force,
+        min_ttl=min_ttl,
+        if_version=if_version,
     )
     if error is not None:
         raise error
@@ -263,6 +277,7 @@ def _refresh(
     force: bool,
     min_ttl: int | None,
     window_seconds: int | None = None,
+    if_version: int | None = None,
 ) -> tuple[str, Connection, ApiError | None]:
     """The one refresh service. Returns the outcome, the row as committed, and the error
     to raise for it (raised only after commit: a failed status must be stored first)."""
@@ -276,7 +291,7 @@ def _refresh(
             connection = _lock_row(connection_id)
             if connection.status != Connection.Status.ACTIVE:
                 raise _not_active(connection)  # e.g. the caller we waited for got invalid_grant
-            if connection.token_version != seen.token_version:
+            if connection.token_version != (seen.token_version if if_version is None else if_version):
                 outcome, error = "coalesced", None
             elif not force and not _due(connection, min_ttl=min_ttl, window_seconds=window_seconds):
                 outcome, error = "skipped", None
@@ -284,7 +299,7 @@ def _refresh(
                     # Not due yet (a duplicate task, a short-lived token): tell the sweep when.
                     connection.next_refresh_attempt_at = _next_proactive_attempt(connection)
                     connection.save(update_fields=["next_refresh_attempt_at"])
-            elif force and _just_refreshed(connection):
+            elif force and if_version is None and _just_refreshed(connection):
                 outcome, error = "coalesced", None
             elif not connection.refresh_token_enc:
                 raise RefreshNotSupported(

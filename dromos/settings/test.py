@@ -14,6 +14,7 @@ os.environ.setdefault("ALLOWED_HOSTS", "*")
 os.environ.setdefault("ALLOWED_RETURN_DOMAINS", "app.example.com,.allowed.test,127.0.0.1,localhost")
 os.environ.setdefault("ALLOW_HTTP_PROVIDER_HOSTS", "127.0.0.1,localhost")
 os.environ.setdefault("WEBHOOK_ALLOW_HTTP_HOSTS", "127.0.0.1,localhost")
+os.environ.setdefault("PROXY_ALLOWED_PRIVATE_HOSTS", "127.0.0.1")
 
 from .broker import *  # noqa: E402,F403
 from .broker import INSTALLED_APPS  # noqa: E402
@@ -25,6 +26,7 @@ from .gateway import (  # noqa: E402,F401
     BROKER_POOL_SIZE,
     BROKER_READ_TIMEOUT,
 )
+from .proxy import *  # noqa: E402,F403
 
 DROMOS_ROLE = "test"
 INSTALLED_APPS = [*INSTALLED_APPS, "drf_spectacular", "drf_spectacular_sidecar", "gateway_app"]
