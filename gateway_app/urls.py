@@ -1,6 +1,23 @@
-from django.urls import path
+from django.urls import path, register_converter
 
 from gateway_app import apis, proxy_views
+
+
+
+class ProxyPathConverter:
+    """Any API path, CR/LF included, so the proxy itself refuses it (400) rather than the
+    resolver (404)."""
+
+    regex = "(?s:.+)"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(ProxyPathConverter, "proxypath")
 
 urlpatterns = [
     path("v1/ping", apis.PingApi.as_view()),
@@ -11,5 +28,5 @@ urlpatterns = [
     path("v1/connections", apis.ConnectionListApi.as_view()),
     path("v1/connections/<str:connection_id>", apis.ConnectionDeleteApi.as_view()),
     path("v1/providers", apis.ProviderListApi.as_view()),
-    path("v1/proxy/<str:connection_id>/<path:path>", proxy_views.ProxyApi.as_view()),
+    path("v1/proxy/<str:connection_id>/<proxypath:path>", proxy_views.ProxyApi.as_view()),
 ]
