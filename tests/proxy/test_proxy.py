@@ -293,6 +293,7 @@ def test_429_and_retry_after_pass_through_and_are_counted(proxied, fake_provider
     response = stack.call("GET", f"/v1/proxy/{cid}/users/me", key)
     assert response.status_code == 429 and response.headers["Retry-After"] == "30"
     assert response.json() == {"error": "slow down"}
+    audit_rows(cid)  # counted when the answer has been relayed
     metrics = stack.broker("GET", "/metrics").text
     assert 'dromos_proxy_rate_limited_total{provider="fake"}' in metrics
     assert 'dromos_proxy_requests_total{provider="fake",method="GET",status="429"}' in metrics
