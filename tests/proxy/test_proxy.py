@@ -296,7 +296,7 @@ def test_429_and_retry_after_pass_through_and_are_counted(proxied, fake_provider
     audit_rows(cid)  # counted when the answer has been relayed
     metrics = stack.broker("GET", "/metrics").text
     assert 'dromos_proxy_rate_limited_total{provider="fake"}' in metrics
-    assert 'dromos_proxy_requests_total{provider="fake",method="GET",status="429"}' in metrics
+    assert 'dromos_proxy_requests_total{method="GET",provider="fake",status="429"}' in metrics
     assert cid not in metrics
 
 
