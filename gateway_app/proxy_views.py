@@ -24,6 +24,7 @@ from urllib3.exceptions import HTTPError, ReadTimeoutError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
 from dromos.errors import ApiError, InvalidRequest, error_response
+from dromos.renderers import JSONOnlyNegotiation
 from gateway_app import proxy
 from gateway_app.apis import CONNECTION_ID_PARAMETER, ERRORS, GatewayApi, _check_id, _client_ip, _relay
 from gateway_app.egress import policy_for
@@ -215,6 +216,8 @@ class ProxyApi(GatewayApi):
     """Forward one API call to the connection's provider with its credential injected."""
 
     required_scope = "proxy"
+    # The agent's query string belongs to the provider: DRF's `?format=` must not act on it.
+    content_negotiation_class = JSONOnlyNegotiation
 
     @extend_schema(
         operation_id="proxy",
