@@ -50,7 +50,9 @@ def _point(api_provider, url: str) -> None:
         ["93.184.215.14", "10.0.0.7"],  # one private answer among public ones is enough
     ],
 )
-def test_an_api_host_resolving_to_a_private_address_is_refused(proxied, fake_provider, api_provider, resolver, addresses):
+def test_an_api_host_resolving_to_a_private_address_is_refused(
+    proxied, fake_provider, api_provider, resolver, addresses
+):
     stack, key, cid = proxied
     resolver["api.internal.test"] = addresses
     _point(api_provider, "https://api.internal.test/v1")
