@@ -13,6 +13,7 @@ from datetime import datetime
 from urllib.parse import urlsplit
 
 from django.db import transaction
+from django.utils import timezone
 
 from broker_app import metrics
 from broker_app.audit import Actor, audit_record
@@ -20,12 +21,14 @@ from broker_app.models import Connection
 from broker_app.providers.registry import resolve
 from broker_app.providers.spec import ProviderConfigError
 from broker_app.selectors import connection_get
-from broker_app.services.tokens import _not_active, _view, token_refresh
-from dromos.errors import ApiError
+from broker_app.services.tokens import _fresh, _not_active, _view, token_refresh
+from dromos.errors import ApiError, ProviderUnavailable
 
 DEFAULT_AUTH_HEADER = "Authorization"
 DEFAULT_AUTH_FORMAT = "Bearer {token}"
 ATTENTION_REJECTED = "provider_rejected_token"
+# A token this close to its expiry is refreshed before the proxy is given it.
+EXPIRY_MARGIN_SECONDS = 60
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
 
 
@@ -96,6 +99,16 @@ def proxy_credential_read(*, connection_id: str, workspace: str, actor: Actor) -
     connection = connection_get(connection_id=connection_id, workspace=workspace)
     if connection.status != Connection.Status.ACTIVE:
         raise _not_active(connection)
+    if connection.refresh_token_enc and not _fresh(connection, EXPIRY_MARGIN_SECONDS):
+        # Refreshed before it expires rather than after the provider's 401 (as auto_refresh).
+        try:
+            token_refresh(
+                connection_id=connection.id, workspace=workspace, actor=actor, force=False, min_ttl=EXPIRY_MARGIN_SECONDS
+            )
+        except ProviderUnavailable:
+            if connection.expires_at is not None and connection.expires_at <= timezone.now():
+                raise
+        connection = connection_get(connection_id=connection_id, workspace=workspace)
     credential = _credential(connection)
     audit_record(
         connection_id=connection.id,

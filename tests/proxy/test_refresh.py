@@ -87,3 +87,15 @@ def test_invalid_grant_on_the_refresh_fails_the_connection_and_relays_the_401(pr
     connection = Connection.objects.get(pk=cid)
     assert connection.status == "failed" and connection.error == "invalid_grant"
     assert stack.call("GET", f"/v1/proxy/{cid}/users/me", key).status_code == 409
+
+
+def test_a_token_about_to_expire_is_refreshed_before_the_call(proxied, fake_provider):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    stack, key, cid = proxied
+    Connection.objects.filter(pk=cid).update(expires_at=timezone.now() + timedelta(seconds=20))
+    response = stack.call("GET", f"/v1/proxy/{cid}/users/me", key)
+    assert response.status_code == 200 and fake_provider.refresh_calls == 1
+    assert [c["token_valid"] for c in fake_provider.api_calls] == [True]
