@@ -103,7 +103,11 @@ def proxy_credential_read(*, connection_id: str, workspace: str, actor: Actor) -
         # Refreshed before it expires rather than after the provider's 401 (as auto_refresh).
         try:
             token_refresh(
-                connection_id=connection.id, workspace=workspace, actor=actor, force=False, min_ttl=EXPIRY_MARGIN_SECONDS
+                connection_id=connection.id,
+                workspace=workspace,
+                actor=actor,
+                force=False,
+                min_ttl=EXPIRY_MARGIN_SECONDS,
             )
         except ProviderUnavailable:
             if connection.expires_at is not None and connection.expires_at <= timezone.now():
