@@ -3,7 +3,6 @@ from django.urls import path, register_converter
 from gateway_app import apis, proxy_views
 
 
-
 class ProxyPathConverter:
     """Any API path, CR/LF included, so the proxy itself refuses it (400) rather than the
     resolver (404)."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from fake_provider import CLIENT_ID, CLIENT_SECRET
 
 from tests.conftest import connect, make_provider
-from fake_provider import CLIENT_ID, CLIENT_SECRET
 
 
 @pytest.fixture(autouse=True)
