@@ -212,6 +212,34 @@ def _discard(upstream: urllib3.BaseHTTPResponse) -> None:
         upstream.release_conn()
 
 
+PROXY_SCHEMA = dict(
+    summary="Call the provider's API with the connection's credential",
+    description=(
+        "Any method (GET, HEAD, POST, PUT, PATCH, DELETE). Forwards to the provider's api_base_url + "
+        "/{path} with the query string, the body and the agent's headers minus Authorization, cookies, "
+        "hop-by-hop and Dromos-* headers. The answer is the provider's, streamed, plus "
+        "Dromos-Connection-Id. Options: Dromos-Proxy-Retry: true (retry a non-idempotent call once "
+        "after a refresh), Dromos-Proxy-Retries: N (retry 429/5xx), Dromos-Proxy-Host (another of the "
+        "provider's API hosts). See docs/api.md."
+    ),
+    parameters=[
+        CONNECTION_ID_PARAMETER,
+        OpenApiParameter("path", OpenApiTypes.STR, OpenApiParameter.PATH, description="The API path"),
+        OpenApiParameter("Dromos-Proxy-Retry", OpenApiTypes.BOOL, OpenApiParameter.HEADER),
+        OpenApiParameter("Dromos-Proxy-Retries", OpenApiTypes.INT, OpenApiParameter.HEADER),
+        OpenApiParameter("Dromos-Proxy-Host", OpenApiTypes.STR, OpenApiParameter.HEADER),
+    ],
+    request=OpenApiTypes.BINARY,
+    responses={
+        (200, "*/*"): OpenApiResponse(OpenApiTypes.BINARY, description="The provider's answer, as it is"),
+        **{k: v for k, v in ERRORS.items() if k in (400, 401, 403, 404, 409, 429, 503)},
+        413: OpenApiResponse(ERRORS[400].response, description="Body over PROXY_MAX_BODY_BYTES"),
+        502: OpenApiResponse(ERRORS[502].response, description="Provider unreachable or destination refused"),
+        504: OpenApiResponse(ERRORS[502].response, description="Provider did not answer in time"),
+    },
+)
+
+
 class ProxyApi(GatewayApi):
     """Forward one API call to the connection's provider with its credential injected."""
 
@@ -219,53 +247,27 @@ class ProxyApi(GatewayApi):
     # The agent's query string belongs to the provider: DRF's `?format=` must not act on it.
     content_negotiation_class = JSONOnlyNegotiation
 
-    @extend_schema(
-        operation_id="proxy",
-        summary="Call the provider's API with the connection's credential",
-        description=(
-            "Any method (GET, HEAD, POST, PUT, PATCH, DELETE). Forwards to the provider's api_base_url + "
-            "/{path} with the query string, the body and the agent's headers minus Authorization, cookies, "
-            "hop-by-hop and Dromos-* headers. The answer is the provider's, streamed, plus "
-            "Dromos-Connection-Id. Options: Dromos-Proxy-Retry: true (retry a non-idempotent call once "
-            "after a refresh), Dromos-Proxy-Retries: N (retry 429/5xx), Dromos-Proxy-Host (another of the "
-            "provider's API hosts). See docs/api.md."
-        ),
-        parameters=[
-            CONNECTION_ID_PARAMETER,
-            OpenApiParameter("path", OpenApiTypes.STR, OpenApiParameter.PATH, description="The API path"),
-            OpenApiParameter("Dromos-Proxy-Retry", OpenApiTypes.BOOL, OpenApiParameter.HEADER),
-            OpenApiParameter("Dromos-Proxy-Retries", OpenApiTypes.INT, OpenApiParameter.HEADER),
-            OpenApiParameter("Dromos-Proxy-Host", OpenApiTypes.STR, OpenApiParameter.HEADER),
-        ],
-        request=OpenApiTypes.BINARY,
-        responses={
-            (200, "*/*"): OpenApiResponse(OpenApiTypes.BINARY, description="The provider's answer, as it is"),
-            **{k: v for k, v in ERRORS.items() if k in (400, 401, 403, 404, 409, 429, 503)},
-            413: OpenApiResponse(ERRORS[400].response, description="Body over PROXY_MAX_BODY_BYTES"),
-            502: OpenApiResponse(ERRORS[502].response, description="Provider unreachable or destination refused"),
-            504: OpenApiResponse(ERRORS[502].response, description="Provider did not answer in time"),
-        },
-    )
+    @extend_schema(operation_id="proxy_get", **PROXY_SCHEMA)
     def get(self, request, connection_id: str, path: str = ""):
         return self._proxy(request, connection_id)
 
-    @extend_schema(exclude=True)
+    @extend_schema(operation_id="proxy_post", **PROXY_SCHEMA)
     def post(self, request, connection_id: str, path: str = ""):
         return self._proxy(request, connection_id)
 
-    @extend_schema(exclude=True)
+    @extend_schema(operation_id="proxy_put", **PROXY_SCHEMA)
     def put(self, request, connection_id: str, path: str = ""):
         return self._proxy(request, connection_id)
 
-    @extend_schema(exclude=True)
+    @extend_schema(operation_id="proxy_patch", **PROXY_SCHEMA)
     def patch(self, request, connection_id: str, path: str = ""):
         return self._proxy(request, connection_id)
 
-    @extend_schema(exclude=True)
+    @extend_schema(operation_id="proxy_delete", **PROXY_SCHEMA)
     def delete(self, request, connection_id: str, path: str = ""):
         return self._proxy(request, connection_id)
 
-    @extend_schema(exclude=True)
+    @extend_schema(operation_id="proxy_head", **PROXY_SCHEMA)
     def head(self, request, connection_id: str, path: str = ""):
         return self._proxy(request, connection_id)
 

@@ -239,6 +239,69 @@ def list_providers_call() -> Call[list[Provider]]:
     return Call(RequestSpec("GET", "/v1/providers"), _parse_providers)
 
 
+# --- the API proxy -----------------------------------------------------------------
+
+PROXY_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+
+
+def proxy_request(
+    http: httpx.Client | httpx.AsyncClient,
+    settings: Settings,
+    connection_id: str,
+    method: str,
+    path: str,
+    *,
+    params: Mapping[str, str] | None,
+    headers: Mapping[str, str] | None,
+    content: bytes | None,
+    json: Any,
+    retry: bool | None,
+    retries: int | None,
+    host: str | None,
+) -> httpx.Request:
+    """The request for ``/v1/proxy/{connection_id}/{path}`` (no I/O). The SDK's own
+    Authorization (the API key) is sent; the gateway injects the provider credential."""
+    verb = method.upper() if isinstance(method, str) else ""
+    if verb not in PROXY_METHODS:
+        raise ValueError(f"method must be one of {', '.join(sorted(PROXY_METHODS))}")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError(
+            "path must start with / (the provider API's path, e.g. /gmail/v1/users/me)"
+        )
+    if content is not None and json is not None:
+        raise ValueError("pass content or json, not both")
+    sent = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
+    sent.update(settings.headers)
+    sent.pop("Accept", None)  # the provider's media type is the caller's business
+    if headers and "accept" in {k.lower() for k in headers}:
+        sent["Accept"] = next(v for k, v in headers.items() if k.lower() == "accept")
+    if retry is not None:
+        sent["Dromos-Proxy-Retry"] = "true" if retry else "false"
+    if retries is not None:
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        sent["Dromos-Proxy-Retries"] = str(int(retries))
+    if host is not None:
+        sent["Dromos-Proxy-Host"] = host
+    return http.build_request(
+        verb,
+        f"{settings.base_url}/v1/proxy/{_segment(connection_id)}{path}",
+        params=dict(params) if params else None,
+        content=content,
+        json=json,
+        headers=sent,
+        timeout=settings.timeout if settings.timeout is not None else httpx.USE_CLIENT_DEFAULT,
+    )
+
+
+def proxy_error(response: httpx.Response) -> APIError | None:
+    """The gateway's own refusal (policy, unknown connection, timeout …) as a typed error, or
+    None when the answer is the provider's (it carries ``Dromos-Connection-Id``)."""
+    if response.is_success or "Dromos-Connection-Id" in response.headers:
+        return None
+    return error_from_response(response)
+
+
 # --- answers ------------------------------------------------------------------------
 
 
@@ -382,5 +445,7 @@ __all__ = [
     "error_from_response",
     "execute",
     "make_settings",
+    "proxy_error",
+    "proxy_request",
     "wait_for_active",
 ]

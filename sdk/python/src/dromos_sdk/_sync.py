@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
 from . import _core
+from .errors import TransportError
 from .models import Connection, ConnectionPage, ConnectionRequest, Provider, Token
 from .retry import RetryPolicy
 
@@ -160,6 +161,68 @@ class DromosClient:
     def list_providers(self) -> list[Provider]:
         """The providers configured on the broker."""
         return self._run(_core.execute(_core.list_providers_call(), self._settings))
+
+    def proxy(
+        self,
+        connection_id: str,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        json: Any = None,
+        retry: bool | None = None,
+        retries: int | None = None,
+        host: str | None = None,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """Call the provider's API through the gateway: ``method`` ``path`` (with ``params``,
+        ``headers`` and a ``content`` or ``json`` body) on the connection's provider, with its
+        credential injected by the gateway — the token never reaches this process.
+
+        Returns the provider's answer as it is, whatever its status (it carries the
+        ``Dromos-Connection-Id`` header). The gateway's own refusals raise the typed errors
+        (403 ``proxy_forbidden`` from the key's egress policy, 404, 409 connection not
+        active, 400 bad path, 413, 502/504 provider unreachable or too slow …).
+
+        ``retry=True`` lets the gateway repeat a non-idempotent call once after refreshing
+        on a 401; ``retries=N`` has it retry 429/5xx answers (honouring ``Retry-After``);
+        ``host`` picks another of the provider's API hosts. With ``stream=True`` the body
+        is not read: iterate ``response.iter_bytes()`` and close the response.
+        """
+        request = _core.proxy_request(
+            self._http,
+            self._settings,
+            connection_id,
+            method,
+            path,
+            params=params,
+            headers=headers,
+            content=content,
+            json=json,
+            retry=retry,
+            retries=retries,
+            host=host,
+        )
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise TransportError(
+                f"{request.method} {request.url.copy_with(query=None)} failed: "
+                f"{type(exc).__name__}: {exc}",
+                attempts=1,
+            ) from exc
+        gateway_refused = not response.is_success and "Dromos-Connection-Id" not in response.headers
+        if gateway_refused or not stream:
+            try:
+                response.read()
+            finally:
+                response.close()
+        error = _core.proxy_error(response)
+        if error is not None:
+            raise error
+        return response
 
     def wait_for_active(
         self,
