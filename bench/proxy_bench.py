@@ -12,7 +12,9 @@ this process, one call at a time over keep-alive connections, alternating the ca
 (direct, proxied, direct, proxied …, `--rounds` rounds of `--calls` calls each):
 
 - direct   GET {provider}/me with the access token (what an agent holding the token does);
-- proxied  GET {gateway}/v1/proxy/{connection_id}/me with the API key only.
+- proxied  GET {gateway}/v1/proxy/{connection_id}/me with the API key only;
+- floor    GET {gateway}/v1/ping: what any call through the gateway's web stack costs
+           (no key, no database), for reading the overhead.
 
 The upstream is the same process and endpoint for both, so the difference is the proxy's
 cost: the gateway's authentication, rate limit, egress policy, credential (from the
@@ -115,19 +117,24 @@ def main() -> int:
         token = requests.get(f"{stack.gateway_url}/v1/token/{cid}", headers=api, timeout=30).json()["access_token"]
         direct_url, direct_headers = f"{stack.oidc.issuer}/me", {"Authorization": f"Bearer {token}"}
         proxied_url = f"{stack.gateway_url}/v1/proxy/{cid}/me"
-        direct_session, proxied_session = requests.Session(), requests.Session()
+        direct_session, proxied_session, floor_session = requests.Session(), requests.Session(), requests.Session()
+        floor_url = f"{stack.gateway_url}/v1/ping"
         _timed(direct_session, direct_url, direct_headers, 100)  # warm-up: connections, caches, JIT
         _timed(proxied_session, proxied_url, api, 100)
+        _timed(floor_session, floor_url, {}, 100)
 
         gateway_pid, broker_pid = stack.processes["gateway"].pid, stack.processes["broker"].pid
         rounds = []
         for _ in range(args.rounds):
             direct = _timed(direct_session, direct_url, direct_headers, args.calls)
+            floor = _timed(floor_session, floor_url, {}, args.calls)
             before = {"gateway": _cpu_ticks(gateway_pid), "broker": _cpu_ticks(broker_pid)}
             proxied = _timed(proxied_session, proxied_url, api, args.calls)
             after = {"gateway": _cpu_ticks(gateway_pid), "broker": _cpu_ticks(broker_pid)}
             rounds.append(
                 {
+                    "floor_p50": statistics.median(floor),
+                    "floor_p99": _percentile(floor, 0.99),
                     "direct_p50": statistics.median(direct),
                     "direct_p99": _percentile(direct, 0.99),
                     "proxied_p50": statistics.median(proxied),
@@ -146,6 +153,8 @@ def main() -> int:
         "rounds": rounds,
         "calls_per_round": args.calls,
         "token_cache_seconds": args.token_cache_seconds,
+        "floor_p50_ms": med("floor_p50"),
+        "floor_p99_ms": med("floor_p99"),
         "direct_p50_ms": med("direct_p50"),
         "direct_p99_ms": med("direct_p99"),
         "proxied_p50_ms": med("proxied_p50"),
@@ -161,6 +170,7 @@ def main() -> int:
     print("| case | p50 ms | p99 ms |\n|---|---|---|")
     print(f"| direct GET {{provider}}/me | {result['direct_p50_ms']:.2f} | {result['direct_p99_ms']:.2f} |")
     print(f"| proxied GET /v1/proxy/{{id}}/me | {result['proxied_p50_ms']:.2f} | {result['proxied_p99_ms']:.2f} |")
+    print(f"| gateway floor: GET /v1/ping | {result['floor_p50_ms']:.2f} | {result['floor_p99_ms']:.2f} |")
     print(f"| overhead | {result['overhead_p50_ms']:.2f} | {result['overhead_p99_ms']:.2f} |")
     print(
         f"\nCPU per proxied call: gateway {result['gateway_cpu_ms_per_call']:.2f} ms, "

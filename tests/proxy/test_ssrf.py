@@ -156,3 +156,42 @@ def test_provider_upsert_api_base_url_is_checked_and_shown(db, fake_provider, ca
     with pytest.raises(CommandError, match="api_base_url must be an https URL"):
         call_command("provider", "upsert", "--name", "custom", "--api-base-url", "http://api.custom.example/v2")
     assert Provider.objects.get(name="custom").api_base_url == "https://api.custom.example/v2"
+
+
+def _credential(**overrides) -> proxy.Credential:
+    values = {
+        "connection_id": "c_1",
+        "provider_name": "salesforce",
+        "token_version": 1,
+        "access_token": "at-x",
+        "expires_at": None,
+        "api_base_url": "https://na1.example-api.test/services/data",
+        "api_hosts": ("na1.example-api.test", "files.example-api.test"),
+        "auth_header": "Authorization",
+        "auth_format": "Bearer {token}",
+    }
+    return proxy.Credential(**{**values, **overrides})
+
+
+def test_dromos_proxy_host_picks_only_one_of_the_providers_api_hosts():
+    base = proxy.target_of(_credential(), None)
+    assert (base.scheme, base.host, base.port, base.base_path) == (
+        "https",
+        "na1.example-api.test",
+        443,
+        "/services/data",
+    )
+    other = proxy.target_of(_credential(), "FILES.example-api.test")
+    assert (other.host, other.base_path) == ("files.example-api.test", "")
+    for bad in ("evil.test", "na1.example-api.test.evil.test", "169.254.169.254", ""):
+        with pytest.raises(proxy.InvalidProxyPath):
+            proxy.target_of(_credential(), bad)
+
+
+def test_the_credential_is_injected_as_the_template_says():
+    credential = _credential(auth_header="X-Api-Key", auth_format="Token {token}")
+    target = proxy.target_of(credential, None)
+    meta = {"HTTP_X_API_KEY": "agent-supplied", "HTTP_AUTHORIZATION": "Bearer dk_agent", "HTTP_ACCEPT": "*/*"}
+    headers = proxy.request_headers(meta, credential, target, length=None)
+    assert headers["X-Api-Key"] == "Token at-x" and "Authorization" not in headers
+    assert headers["Host"] == "na1.example-api.test" and headers["Accept"] == "*/*"
