@@ -33,7 +33,10 @@ class Provider(models.Model):
     revocation_url = models.URLField(max_length=1024, blank=True)
     userinfo_url = models.URLField(max_length=1024, blank=True)
     api_base_url = models.URLField(
-        max_length=1024, blank=True, help_text="Where the proxy sends API calls (overrides the catalog's)"
+        max_length=1024,
+        blank=True,
+        db_default="",
+        help_text="Where the proxy sends API calls (overrides the catalog's)",
     )
     default_scopes = models.JSONField(default=list, blank=True)
     authorize_params = models.JSONField(default=dict, blank=True)
@@ -98,7 +101,7 @@ class Connection(models.Model):
     revoke_pending = models.BooleanField(default=False)
     # Set when the provider refused a freshly refreshed token through the proxy (issue 15):
     # the grant may lack a scope or be disabled; cleared by the next successful refresh.
-    attention = models.CharField(max_length=64, blank=True)
+    attention = models.CharField(max_length=64, blank=True, db_default="")  # db_default: raw inserts (COPY) too
 
     class Meta:
         ordering = ["-created_at"]

@@ -60,7 +60,8 @@ PROXY_SECONDS = Histogram(
 )
 PROXY_OVERHEAD_SECONDS = Histogram(
     "dromos_proxy_overhead_seconds",
-    "Proxied API calls: the gateway's own time (authentication, policy, credential, connection set-up)",
+    "Proxied API calls: the gateway's own time (authentication, policy, credential, connection set-up), by provider",
+    ["provider"],
     buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
 PROXY_BYTES = Counter(

@@ -33,7 +33,7 @@ import orjson
 import urllib3
 from django.conf import settings
 
-from dromos.errors import ApiError
+from dromos.errors import ApiError, BrokerUnavailable
 from gateway_app.broker_client import BrokerAnswer, broker
 
 logger = logging.getLogger(__name__)
@@ -192,16 +192,14 @@ def credential_refresh(principal, credential: Credential, *, client_ip: str | No
     key = (principal.workspace, credential.connection_id, credential.token_version)
     credential_forget(principal.workspace, credential.connection_id)
     with _flights_lock:
-        flight = _flights.get(key)
-        leader = flight is None
-        if leader:
-            flight = _flights[key] = _Flight()
-    assert flight is not None
+        existing = _flights.get(key)
+        leader = existing is None
+        flight = _flights[key] = _Flight() if existing is None else existing
     if not leader:
         flight.done.wait(settings.BROKER_READ_TIMEOUT + 5)
         if flight.credential is not None:
             return flight.credential
-        raise flight.error or BrokerRefused(BrokerAnswer(503, b"{}", None))
+        raise flight.error or BrokerUnavailable("the refresh did not finish in time; retry shortly", retry_after=2)
     try:
         answer = broker().call(
             "POST",

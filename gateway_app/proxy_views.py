@@ -420,7 +420,8 @@ class ProxyApi(GatewayApi):
         status = upstream.status
         if status == 429:
             PROXY_RATE_LIMITED.labels(provider=credential.provider_name).inc()
-        PROXY_OVERHEAD_SECONDS.observe(max(0.0, time.perf_counter() - call.started - call.upstream_seconds))
+        own = time.perf_counter() - call.started - call.upstream_seconds
+        PROXY_OVERHEAD_SECONDS.labels(provider=credential.provider_name).observe(max(0.0, own))
         counter = [0]
         chunks = proxy.body_chunks(upstream, credential.access_token, counter)
 

@@ -101,7 +101,8 @@ def test_request_headers_are_filtered_and_the_body_forwarded(proxied, fake_provi
 
 def test_response_headers_are_filtered_and_an_echoed_token_masked(proxied, fake_provider):
     stack, key, cid = proxied
-    token = next(iter(fake_provider.valid_access_tokens))
+    assert stack.call("GET", f"/v1/proxy/{cid}/warm", key).status_code == 200
+    token = fake_provider.api_calls[0]["headers"]["authorization"].removeprefix("Bearer ")
 
     def echo(handler) -> bool:
         body = f'{{"you_sent": "{token}"}}'.encode()

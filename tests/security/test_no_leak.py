@@ -199,6 +199,12 @@ def _echo(status: int, error: str):
     return answer
 
 
+def _echo_presented_token(handler) -> bool:
+    """A tokeninfo-like API: answers with the token it was sent, in the body and a header."""
+    token = handler.headers.get("Authorization", "").removeprefix("Bearer ")
+    return api_raw(200, f'{{"token": "{token}"}}'.encode(), {"X-Token": token})(handler)
+
+
 def _admin_pages(evidence: Evidence, connection_ids: list[str]) -> int:
     admin = User.objects.create_superuser("leakcheck", "leakcheck@example.test", "pw-not-used")
     client = Client()
@@ -322,8 +328,7 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(
     proxied.append(("proxied after 401 + refresh", stack.call("GET", f"/v1/proxy/{cid}/users/me", key)))
     fake_provider.api_answer(api_status(401), api_status(401, {"error": "insufficient_scope"}))
     proxied.append(("proxied second 401", stack.call("GET", f"/v1/proxy/{cid}/users/me", key)))
-    echoed = sorted(fake_provider.valid_access_tokens)[-1]
-    fake_provider.api_answer(api_raw(200, f'{{"token": "{echoed}"}}'.encode(), {"X-Token": echoed}))
+    fake_provider.api_answer(_echo_presented_token)
     proxied.append(("proxied echo", stack.call("GET", f"/v1/proxy/{cid}/tokeninfo", key)))
     fake_provider.api_answer(api_hang(2))
     proxied.append(("proxied timeout", stack.call("GET", f"/v1/proxy/{cid}/slow", key)))

@@ -59,8 +59,8 @@ class Command(BaseCommand):
                 used = f"{key.last_used_at:%Y-%m-%dT%H:%M:%SZ}" if key.last_used_at else "never"
                 self.stdout.write(
                     f"{key.prefix}\t{key.workspace}\t{key.name}\t{status}\tlast_used={used}\t"
-                    f"scopes={','.join(key.scopes) or 'all'}\t"
-                    f"policy={'default' if key.egress_policy is None else len(key.egress_policy)}"
+                    f"scopes={','.join(key.scopes) or 'all'}"
+                    + ("" if key.egress_policy is None else f"\tpolicy={len(key.egress_policy)} rule(s)")
                 )
         elif action == "policy":
             key = ApiKey.objects.filter(prefix=options["prefix"]).first()
