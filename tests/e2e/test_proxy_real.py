@@ -11,7 +11,7 @@ import pytest
 import requests
 from fake_provider import CLIENT_ID as FAKE_CLIENT_ID
 from fake_provider import CLIENT_SECRET as FAKE_CLIENT_SECRET
-from fake_provider import FakeProvider
+from fake_provider import FakeProvider, api_chunked_cut
 from oidc_consent import complete_consent
 
 pytestmark = pytest.mark.e2e
@@ -66,6 +66,42 @@ def test_a_proxied_call_reaches_the_real_userinfo_endpoint_with_a_token_the_agen
     assert ("GET", "/me", 200, "local") in rows
 
 
+def _fake_connection(stack, fake: FakeProvider, name: str) -> str:
+    """A provider `name` on the fake provider (its /api/ as the API), and an active connection."""
+    stack.manage(
+        "broker",
+        "provider",
+        "upsert",
+        "--name",
+        name,
+        "--template",
+        "oidc",
+        "--discovery-url",
+        fake.discovery_url,
+        "--client-id",
+        FAKE_CLIENT_ID,
+        f"--client-secret={FAKE_CLIENT_SECRET}",
+        "--api-base-url",
+        f"{fake.url}/api",
+    )
+    started = _gw(
+        stack,
+        "POST",
+        "/v1/request-connection",
+        json={"user_id": "frank", "provider_name": name, "scopes": ["openid"], "return_url": RETURN_URL},
+    ).json()
+    params = {k: v[0] for k, v in parse_qs(urlsplit(started["authUrl"]).query).items()}
+    code = fake.issue_code(code_challenge=params["code_challenge"], nonce=params["nonce"])
+    callback = requests.get(
+        f"{stack.broker_url}/auth/callback",
+        params={"code": code, "state": params["state"], "iss": fake.issuer},
+        allow_redirects=False,
+        timeout=30,
+    )
+    assert "status=success" in callback.headers["Location"], callback.headers
+    return started["connection_id"]
+
+
 def test_twenty_concurrent_401s_across_gateway_processes_cause_one_refresh_of_a_rotating_grant(real_stack):
     """The 401 path against a provider that rotates refresh tokens and revokes the grant when
     an old one is presented again (the fake provider: the npm one offers no way to make the
@@ -73,38 +109,7 @@ def test_twenty_concurrent_401s_across_gateway_processes_cause_one_refresh_of_a_
     fake = FakeProvider().start()
     name = "rotating"
     try:
-        real_stack.manage(
-            "broker",
-            "provider",
-            "upsert",
-            "--name",
-            name,
-            "--template",
-            "oidc",
-            "--discovery-url",
-            fake.discovery_url,
-            "--client-id",
-            FAKE_CLIENT_ID,
-            f"--client-secret={FAKE_CLIENT_SECRET}",
-            "--api-base-url",
-            f"{fake.url}/api",
-        )
-        started = _gw(
-            real_stack,
-            "POST",
-            "/v1/request-connection",
-            json={"user_id": "frank", "provider_name": name, "scopes": ["openid"], "return_url": RETURN_URL},
-        ).json()
-        params = {k: v[0] for k, v in parse_qs(urlsplit(started["authUrl"]).query).items()}
-        code = fake.issue_code(code_challenge=params["code_challenge"], nonce=params["nonce"])
-        callback = requests.get(
-            f"{real_stack.broker_url}/auth/callback",
-            params={"code": code, "state": params["state"], "iss": fake.issuer},
-            allow_redirects=False,
-            timeout=30,
-        )
-        assert "status=success" in callback.headers["Location"], callback.headers
-        cid = started["connection_id"]
+        cid = _fake_connection(real_stack, fake, name)
         # Both gateway processes hold the token, then the provider stops accepting it.
         for _ in range(8):
             assert _gw(real_stack, "GET", f"/v1/proxy/{cid}/warm").status_code == 200
@@ -123,4 +128,31 @@ def test_twenty_concurrent_401s_across_gateway_processes_cause_one_refresh_of_a_
         assert fake.refresh_calls == 2
     finally:
         real_stack.manage("broker", "provider", "remove", "--name", name, check=False)  # disabled: it has connections
+        fake.stop()
+
+
+def test_under_gunicorn_a_chunked_answer_cut_short_breaks_and_a_chunked_upload_is_capped(real_stack):
+    """What only a real server shows: the agent's answer is chunked when the provider's is, so
+    a provider hanging up mid-body must end it without its last chunk (never a clean end);
+    and a chunked upload (no Content-Length) is counted as it arrives."""
+    fake = FakeProvider().start()
+    name = "chunky"
+    try:
+        cid = _fake_connection(real_stack, fake, name)
+        fake.api_answer(api_chunked_cut())
+        response = _gw(real_stack, "GET", f"/v1/proxy/{cid}/stream", stream=True)
+        assert response.status_code == 200 and response.headers.get("Transfer-Encoding") == "chunked"
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            response.content  # noqa: B018  (reading it is the test)
+
+        def upload(size: int):
+            yield b"z" * size
+
+        limit = 10 * 1024 * 1024  # PROXY_MAX_BODY_BYTES' default
+        small = _gw(real_stack, "POST", f"/v1/proxy/{cid}/upload", data=upload(1000))
+        assert small.status_code == 200 and small.json()["received"] == 1000, small.text
+        big = _gw(real_stack, "POST", f"/v1/proxy/{cid}/upload", data=upload(limit + 1))
+        assert big.status_code == 413 and big.json()["error"] == "request_too_large"
+    finally:
+        real_stack.manage("broker", "provider", "remove", "--name", name, check=False)
         fake.stop()

@@ -261,8 +261,14 @@ class FakeProvider:
 
     def _api(self, handler) -> None:
         path, _, query = handler.path.partition("?")
-        length = int(handler.headers.get("Content-Length") or 0)
-        body = handler.rfile.read(length) if length else b""
+        if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
+            body = _read_chunked(handler.rfile)
+            if body is None:  # the sender gave up mid-body
+                handler.close_connection = True
+                return
+        else:
+            length = int(handler.headers.get("Content-Length") or 0)
+            body = handler.rfile.read(length) if length else b""
         auth = handler.headers.get("Authorization", "")
         token = auth[7:] if auth.startswith("Bearer ") else ""
         with self.lock:
@@ -371,6 +377,23 @@ class FakeProvider:
         return Handler
 
 
+def _read_chunked(stream) -> bytes | None:
+    """A chunked request body, or None when it ends before its last chunk."""
+    parts = []
+    while True:
+        line = stream.readline()
+        if not line.endswith(b"\n"):
+            return None
+        size = int(line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            stream.readline()
+            return b"".join(parts)
+        data = stream.read(size + 2)
+        if len(data) < size + 2:
+            return None
+        parts.append(data[:size])
+
+
 class _Drop:
     pass
 
@@ -440,6 +463,20 @@ def api_raw(status: int, body: bytes, headers: dict | None = None):
             handler.send_header(name, value)
         handler.end_headers()
         handler.wfile.write(body)
+        return True
+
+    return answer
+
+
+def api_chunked_cut(chunks: int = 3):
+    """An HTTP/1.1 chunked answer that hangs up before its last chunk."""
+
+    def answer(handler) -> bool:
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(chunks):
+            handler.wfile.write(b"400\r\n" + b"y" * 0x400 + b"\r\n")
+        handler.wfile.flush()
+        handler.close_connection = True
         return True
 
     return answer
