@@ -137,3 +137,24 @@ def test_provider_upsert_api_base_url(db):
         [sys.executable, "manage.py", "provider", "upsert", "--help"], capture_output=True, text=True, check=True
     )
     assert "--api-base-url" in result.stdout
+
+
+def test_the_catalog_accepts_the_proxy_keys_and_checks_the_base_url():
+    from broker_app.providers.spec import entry_problems
+
+    entry = {
+        "display_name": "Shop",
+        "authorize_url": "https://{shop}.shop.example/oauth/authorize",
+        "token_url": "https://{shop}.shop.example/oauth/token",
+        "api_base_url": "https://{shop}.shop.example/admin/api",
+        "api_hosts": ["{shop}.files.shop.example"],
+        "api_auth": {"header": "X-Shop-Token", "format": "{token}"},
+        "params": {"shop": {"pattern": "^[a-z0-9-]{1,60}$", "example": "acme"}},
+    }
+    assert entry_problems("shop", entry) == []
+    assert entry_problems("shop", {**entry, "api_base_url": "http://{shop}.shop.example"}) == [
+        "shop: api_base_url is not an https URL"
+    ]
+    assert entry_problems("shop", {**entry, "api_base_url": "https://{region}.x.example"}) == [
+        "shop: api_base_url uses {region} but no params.region is declared"
+    ]

@@ -288,7 +288,7 @@ def _pg_dump() -> str:
 
 
 def test_no_secret_in_logs_errors_tasks_admin_or_database(
-    stack, fake_provider, fake_provider_row, evidence, published_tasks, caplog
+    stack, fake_provider, fake_provider_row, evidence, published_tasks, caplog, monkeypatch
 ):
     for name in DEBUG_LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)
@@ -319,7 +319,7 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(
     # 401, a provider echoing the token in its body and a header, timeouts, refusals.
     fake_provider_row.api_base_url = f"{fake_provider.url}/api"
     fake_provider_row.save()
-    settings.PROXY_READ_TIMEOUT = 0.5
+    monkeypatch.setattr(settings, "PROXY_READ_TIMEOUT", 0.5)
     proxied = [
         ("proxied GET", stack.call("GET", f"/v1/proxy/{cid}/users/me?q=1", key)),
         ("proxied POST", stack.call("POST", f"/v1/proxy/{cid}/items", key, data=b"{}")),
