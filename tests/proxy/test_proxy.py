@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from fake_provider import api_cut_short, api_hang, api_raw, api_status
+from fake_provider import api_cut_short, api_hang, api_large, api_raw, api_status
 
 from broker_app.models import AuditEvent, Connection
 from gateway_app.models import ProxyCall
@@ -347,3 +347,24 @@ def test_a_key_without_the_proxy_scope_is_403(proxied, fake_provider):
     narrow = stack.key(scopes=["tokens:read"])
     response = stack.call("GET", f"/v1/proxy/{cid}/users/me", narrow)
     assert response.status_code == 403 and fake_provider.api_calls == []
+
+
+def test_a_large_download_streams_through_without_sitting_in_memory(proxied, fake_provider):
+    import tracemalloc
+
+    stack, key, cid = proxied
+    fake_provider.api_answer(api_large(64))
+    tracemalloc.start()
+    try:
+        response = requests.get(
+            f"{stack.url}/v1/proxy/{cid}/download", headers={"Authorization": f"Bearer {key}"}, stream=True, timeout=60
+        )
+        assert response.headers["Content-Length"] == str(64 * 1024 * 1024)
+        received = sum(len(chunk) for chunk in response.iter_content(64 * 1024))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert received == 64 * 1024 * 1024
+    # Gateway, fake provider and this client share the process: all of them together held
+    # a few MiB at most while 64 MiB went through.
+    assert peak < 8 * 1024 * 1024, peak

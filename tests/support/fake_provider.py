@@ -480,3 +480,19 @@ def api_chunked_cut(chunks: int = 3):
         return True
 
     return answer
+
+
+def api_large(megabytes: int):
+    """A `megabytes` MiB download, written 1 MiB at a time (the fake holds one MiB)."""
+
+    def answer(handler) -> bool:
+        block = b"d" * (1024 * 1024)
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.send_header("Content-Length", str(megabytes * len(block)))
+        handler.end_headers()
+        for _ in range(megabytes):
+            handler.wfile.write(block)
+        return True
+
+    return answer
