@@ -35,7 +35,8 @@ class Provider(models.Model):
     api_base_url = models.URLField(
         max_length=1024,
         blank=True,
-        db_default="",
+        default="",
+        db_default="",  # raw inserts (COPY) too
         help_text="Where the proxy sends API calls (overrides the catalog's)",
     )
     default_scopes = models.JSONField(default=list, blank=True)
@@ -101,7 +102,7 @@ class Connection(models.Model):
     revoke_pending = models.BooleanField(default=False)
     # Set when the provider refused a freshly refreshed token through the proxy (issue 15):
     # the grant may lack a scope or be disabled; cleared by the next successful refresh.
-    attention = models.CharField(max_length=64, blank=True, db_default="")  # db_default: raw inserts (COPY) too
+    attention = models.CharField(max_length=64, blank=True, default="", db_default="")  # db_default: raw inserts too
 
     class Meta:
         ordering = ["-created_at"]
