@@ -10,6 +10,9 @@ from dromos.wire import (
     CONNECTION_TOKEN,
     CONNECTIONS,
     PROVIDERS,
+    PROXY_ATTENTION,
+    PROXY_CREDENTIAL,
+    PROXY_REFRESH,
     internal_route,
 )
 
@@ -25,4 +28,7 @@ urlpatterns = [
     path(internal_route(CONNECT_SESSIONS), connect_apis.ConnectSessionCreateApi.as_view()),
     path(internal_route(CONNECT_SESSION), connect_apis.ConnectSessionDetailApi.as_view()),
     path(internal_route(CONNECTION_RECONNECT), connect_apis.ConnectionReconnectApi.as_view()),
+    path(internal_route(PROXY_CREDENTIAL), apis.ProxyCredentialApi.as_view()),
+    path(internal_route(PROXY_REFRESH), apis.ProxyRefreshApi.as_view()),
+    path(internal_route(PROXY_ATTENTION), apis.ProxyAttentionApi.as_view()),
 ]
