@@ -17,6 +17,8 @@ from broker_app.audit import Actor
 from broker_app.presenters import connection_as_dict, provider_as_dict
 from broker_app.services.connect import connection_start
 from broker_app.services.device import device_start
+from broker_app.services.lifecycle import connection_flag_attention
+from broker_app.services.proxy import proxy_credential_read, proxy_token_refresh
 from broker_app.services.reads import token_read
 from broker_app.services.refresh import token_refresh
 from broker_app.services.revocation import connection_revoke
@@ -194,3 +196,51 @@ class BrokerRefreshApi(APIView):
 class ProviderListApi(APIView):
     def get(self, request):
         return Response({"providers": [provider_as_dict(p) for p in selectors.provider_list()]})
+
+
+# -- the gateway's API proxy (issue 15) ---------------------------------------------------------
+
+
+def _version(request) -> int:
+    raw = request.data.get("token_version") if isinstance(request.data, dict) else None
+    if not isinstance(raw, int) or isinstance(raw, bool) or raw < 0:
+        raise InvalidRequest("token_version (a non-negative integer) is required")
+    return raw
+
+
+class ProxyCredentialApi(APIView):
+    """The credential and API target the proxy injects: an audited token read."""
+
+    content_negotiation_class = JSONOnlyNegotiation
+
+    def get(self, request, connection_id: str):
+        credential = proxy_credential_read(
+            connection_id=connection_id, workspace=_required_workspace(request), actor=_actor(request)
+        )
+        return _token_response(credential)
+
+
+class ProxyRefreshApi(APIView):
+    """`{"token_version": V}`: refresh only if V is still the stored token's version."""
+
+    def post(self, request, connection_id: str):
+        credential = proxy_token_refresh(
+            connection_id=connection_id,
+            workspace=_required_workspace(request),
+            actor=_actor(request),
+            stale_version=_version(request),
+        )
+        return _token_response(credential)
+
+
+class ProxyAttentionApi(APIView):
+    """`{"token_version": V}`: the provider refused version V even after a refresh."""
+
+    def post(self, request, connection_id: str):
+        connection = connection_flag_attention(
+            connection_id=connection_id,
+            workspace=_required_workspace(request),
+            actor=_actor(request),
+            token_version=_version(request),
+        )
+        return Response(connection_as_dict(connection))

@@ -34,6 +34,13 @@ class Provider(models.Model):
     token_url = models.URLField(max_length=1024, blank=True)
     revocation_url = models.URLField(max_length=1024, blank=True)
     userinfo_url = models.URLField(max_length=1024, blank=True)
+    api_base_url = models.URLField(
+        max_length=1024,
+        blank=True,
+        default="",
+        db_default="",  # raw inserts (COPY) too
+        help_text="Where the proxy sends API calls (overrides the catalog's)",
+    )
     default_scopes = models.JSONField(default=list, blank=True)
     authorize_params = models.JSONField(default=dict, blank=True)
     token_auth = models.CharField(max_length=32, choices=TokenAuth.choices, blank=True)
@@ -116,6 +123,9 @@ class Connection(models.Model):
     connect_session = models.ForeignKey(
         "ConnectSession", null=True, blank=True, on_delete=models.SET_NULL, related_name="connections"
     )
+    # Set when the provider refused a freshly refreshed token through the proxy (issue 15):
+    # the grant may lack a scope or be disabled; cleared by the next successful refresh.
+    attention = models.CharField(max_length=64, blank=True, default="", db_default="")  # db_default: raw inserts too
 
     class Meta:
         ordering = ["-created_at"]

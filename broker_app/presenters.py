@@ -42,6 +42,8 @@ def connection_warnings(connection: Connection, *, missing_scopes: list[str]) ->
         warnings.append("no_refresh_token")
     if missing_scopes:
         warnings.append("scopes_narrowed")
+    if connection.attention:  # e.g. provider_rejected_token (the API proxy, issue 15)
+        warnings.append(connection.attention)
     return warnings
 
 
@@ -100,6 +102,7 @@ def provider_as_dict(provider: Provider) -> dict[str, Any]:
         "supports_revocation": _supports_revocation(spec),
         "refresh_token_rotation": spec.refresh_token_rotation,
         "refresh_token_lifetime_days": spec.refresh_token_lifetime_days,
+        "api_base_url": spec.api_base_url,
         "param_formats": {
             name: {
                 "pattern": spec.params[name].pattern,

@@ -11,6 +11,9 @@ from dromos.wire import (
     CONNECTION_TOKEN,
     CONNECTIONS,
     PROVIDERS,
+    PROXY_ATTENTION,
+    PROXY_CREDENTIAL,
+    PROXY_REFRESH,
     STATIC_CONNECTIONS,
     internal_route,
 )
@@ -29,4 +32,7 @@ urlpatterns = [
     path(internal_route(CONNECTION_RECONNECT), connect_apis.ConnectionReconnectApi.as_view()),
     path(internal_route(STATIC_CONNECTIONS), apis.StaticConnectionApi.as_view()),
     path(internal_route(CONNECTION_CREDENTIALS), apis.CredentialsReplaceApi.as_view()),
+    path(internal_route(PROXY_CREDENTIAL), apis.ProxyCredentialApi.as_view()),
+    path(internal_route(PROXY_REFRESH), apis.ProxyRefreshApi.as_view()),
+    path(internal_route(PROXY_ATTENTION), apis.ProxyAttentionApi.as_view()),
 ]

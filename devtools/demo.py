@@ -52,6 +52,12 @@ def walkthrough(stack) -> None:
         requests.post(f"{gw}/v1/refresh/{cid}", headers=headers),
         hide=("access_token", "id_token"),
     )
+    proxied = requests.get(f"{gw}/v1/proxy/{cid}/me", headers=headers)
+    print(
+        "\nStep 6 — the agent calls the provider's API through the gateway, never holding the token\n"
+        f"  GET {gw}/v1/proxy/{cid}/me  (the local provider's userinfo endpoint)\n"
+        f"  HTTP {proxied.status_code} {proxied.text}"
+    )
     print(
         f"\nYour API key (workspace 'demo'): {stack.api_key}\nTry: curl -H 'Authorization: Bearer "
         f"{stack.api_key}' {gw}/v1/connections\nGateway API docs: {gw}/docs   Ctrl-C stops everything."

@@ -101,6 +101,8 @@ class Stack:
             "BROKER_INTERNAL_URL": self.broker_url,
             "ALLOWED_RETURN_DOMAINS": "127.0.0.1:*,localhost:*,app.example.com",
             "ALLOW_HTTP_PROVIDER_HOSTS": "127.0.0.1,localhost",
+            # The local OIDC provider's API (its userinfo endpoint) is on this machine.
+            "PROXY_ALLOWED_PRIVATE_HOSTS": "127.0.0.1,localhost",
             "DROMOS_VAR_DIR": str(self.workdir),
             "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO"),
         }
@@ -223,6 +225,9 @@ class Stack:
                     "openid email profile offline_access",
                     "--authorize-param",
                     "prompt=consent",
+                    # The API proxy's target: the provider's own base (userinfo at /me).
+                    "--api-base-url",
+                    self.oidc.issuer,
                 )
             created = self.manage("gateway", "apikey", "create", "--workspace", "demo", "--name", "stack")
             self.api_key = created.stdout.strip().splitlines()[-1]

@@ -74,6 +74,9 @@ class ChunkedBodyMiddleware:
             environ.get("wsgi.input_terminated")
             and not environ.get("CONTENT_LENGTH")
             and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+            # Views that stream the body themselves, with their own cap (the gateway's API
+            # proxy): buffering here would cut a larger body short without telling them.
+            and not environ.get("PATH_INFO", "").startswith(tuple(settings.CHUNKED_BODY_STREAMED_PATHS))
         ):
             limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
             body = _read_at_most(environ["wsgi.input"], limit + 1 if limit is not None else None)

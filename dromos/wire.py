@@ -40,6 +40,11 @@ CONNECT_SESSIONS = "internal/v1/connect-sessions"
 CONNECT_SESSION = "internal/v1/connect-sessions/{session_id}"
 STATIC_CONNECTIONS = "internal/v1/static-connections"
 CONNECTION_CREDENTIALS = "internal/v1/connections/{connection_id}/credentials"
+# the API proxy (issue 15): the credential it injects (an audited token read), a refresh
+# only if the rejected token is still the stored one, the "needs attention" flag
+PROXY_CREDENTIAL = "internal/v1/connections/{connection_id}/proxy-credential"
+PROXY_REFRESH = "internal/v1/connections/{connection_id}/proxy-refresh"
+PROXY_ATTENTION = "internal/v1/connections/{connection_id}/proxy-attention"
 
 
 def internal_path(template: str, connection_id: str | None = None, *, session_id: str | None = None) -> str:
@@ -357,6 +362,7 @@ class ProviderSerializer(serializers.Serializer):
     supports_revocation = serializers.BooleanField(allow_null=True)
     refresh_token_rotation = serializers.BooleanField()
     refresh_token_lifetime_days = serializers.IntegerField(allow_null=True)
+    api_base_url = serializers.CharField(allow_blank=True, help_text="Where /v1/proxy sends calls; empty: no proxy")
     param_formats = serializers.DictField(child=ParamFormatSerializer())
 
 

@@ -30,6 +30,7 @@ from gateway_app import schema as _schema  # noqa: F401  (registers the API-key 
 from gateway_app.authentication import ApiKeyAuthentication, ApiKeyThrottle, HasScope
 from gateway_app.broker_client import BrokerAnswer, broker
 from gateway_app.bulkhead import slow_call_slot
+from gateway_app.proxy import credential_forget
 
 CONNECTION_ID = r"[A-Za-z0-9_-]{1,64}"
 CONNECTION_ID_PARAMETER = OpenApiParameter(
@@ -69,18 +70,18 @@ ERRORS = {
 }
 
 
-def _client_ip(request) -> str | None:
+def request_client_ip(request) -> str | None:
     return request.META.get("REMOTE_ADDR")
 
 
-def _relay(answer: BrokerAnswer, *, cacheable: bool = True) -> HttpResponse:
+def relay_answer(answer: BrokerAnswer, *, cacheable: bool = True) -> HttpResponse:
     response = HttpResponse(answer.body, status=answer.status, content_type="application/json")
     if answer.retry_after:
         response["Retry-After"] = answer.retry_after
     return response if cacheable else no_store(response)
 
 
-def _check_id(connection_id: str) -> None:
+def check_connection_id(connection_id: str) -> None:
     import re
 
     if not re.fullmatch(CONNECTION_ID, connection_id):
@@ -130,10 +131,10 @@ class RequestConnectionApi(GatewayApi):
             "POST",
             wire.internal_path(wire.CONNECTIONS),
             principal=request.user,
-            client_ip=_client_ip(request),
+            client_ip=request_client_ip(request),
             json=serializer.validated_data,
         )
-        return _relay(answer, cacheable=False)
+        return relay_answer(answer, cacheable=False)
 
 
 class CheckConnectionApi(GatewayApi):
@@ -145,13 +146,13 @@ class CheckConnectionApi(GatewayApi):
         responses={200: wire.ConnectionSerializer, **ERRORS},
     )
     def get(self, request, connection_id: str):
-        _check_id(connection_id)
-        return _relay(
+        check_connection_id(connection_id)
+        return relay_answer(
             broker().call(
                 "GET",
                 wire.internal_path(wire.CONNECTION, connection_id),
                 principal=request.user,
-                client_ip=_client_ip(request),
+                client_ip=request_client_ip(request),
             )
         )
 
@@ -166,7 +167,7 @@ class TokenApi(GatewayApi):
         responses={200: wire.TokenSerializer, **ERRORS},
     )
     def get(self, request, connection_id: str):
-        _check_id(connection_id)
+        check_connection_id(connection_id)
         # The hot path: most calls carry no query string, and validating none costs CPU (issue 7).
         params = _query(wire.TokenQuerySerializer, request) if request.query_params else {}
         with slow_call_slot(request.user) if params.get("auto_refresh") in ("true", "1") else nullcontext():
@@ -174,10 +175,10 @@ class TokenApi(GatewayApi):
                 "GET",
                 wire.internal_path(wire.CONNECTION_TOKEN, connection_id),
                 principal=request.user,
-                client_ip=_client_ip(request),
+                client_ip=request_client_ip(request),
                 params=params,
             )
-        return _relay(answer, cacheable=False)
+        return relay_answer(answer, cacheable=False)
 
 
 class RefreshApi(GatewayApi):
@@ -190,15 +191,15 @@ class RefreshApi(GatewayApi):
         responses={200: wire.TokenSerializer, **ERRORS},
     )
     def post(self, request, connection_id: str):
-        _check_id(connection_id)
+        check_connection_id(connection_id)
         with slow_call_slot(request.user):
             answer = broker().call(
                 "POST",
                 wire.internal_path(wire.CONNECTION_REFRESH, connection_id),
                 principal=request.user,
-                client_ip=_client_ip(request),
+                client_ip=request_client_ip(request),
             )
-        return _relay(answer, cacheable=False)
+        return relay_answer(answer, cacheable=False)
 
 
 class ConnectionListApi(GatewayApi):
@@ -218,10 +219,10 @@ class ConnectionListApi(GatewayApi):
             "POST",
             wire.internal_path(wire.STATIC_CONNECTIONS),
             principal=request.user,
-            client_ip=_client_ip(request),
+            client_ip=request_client_ip(request),
             json=serializer.validated_data,
         )
-        return _relay(answer, cacheable=False)
+        return relay_answer(answer, cacheable=False)
 
     @extend_schema(
         operation_id="list_connections",
@@ -237,11 +238,11 @@ class ConnectionListApi(GatewayApi):
             "GET",
             wire.internal_path(wire.CONNECTIONS),
             principal=request.user,
-            client_ip=_client_ip(request),
+            client_ip=request_client_ip(request),
             params=params,
         )
         if answer.status != 200:
-            return _relay(answer)
+            return relay_answer(answer)
         body = orjson.loads(answer.body)
         # The broker knows page numbers; links are the gateway's own URLs.
         for number, link in wire.PAGE_LINKS.items():
@@ -263,13 +264,14 @@ class ConnectionDeleteApi(GatewayApi):
         responses={200: wire.ConnectionSerializer, **ERRORS},
     )
     def delete(self, request, connection_id: str):
-        _check_id(connection_id)
-        return _relay(
+        check_connection_id(connection_id)
+        credential_forget(request.user.workspace, connection_id)  # the proxy's cached credential
+        return relay_answer(
             broker().call(
                 "DELETE",
                 wire.internal_path(wire.CONNECTION, connection_id),
                 principal=request.user,
-                client_ip=_client_ip(request),
+                client_ip=request_client_ip(request),
             )
         )
 
@@ -284,17 +286,17 @@ class CredentialsReplaceApi(GatewayApi):
         responses={200: wire.ConnectionSerializer, **ERRORS},
     )
     def put(self, request, connection_id: str):
-        _check_id(connection_id)
+        check_connection_id(connection_id)
         serializer = wire.CredentialsReplaceInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         answer = broker().call(
             "PUT",
             wire.internal_path(wire.CONNECTION_CREDENTIALS, connection_id),
             principal=request.user,
-            client_ip=_client_ip(request),
+            client_ip=request_client_ip(request),
             json=serializer.validated_data,
         )
-        return _relay(answer, cacheable=False)
+        return relay_answer(answer, cacheable=False)
 
 
 class ProviderListApi(GatewayApi):
@@ -308,8 +310,8 @@ class ProviderListApi(GatewayApi):
         },
     )
     def get(self, request):
-        return _relay(
+        return relay_answer(
             broker().call(
-                "GET", wire.internal_path(wire.PROVIDERS), principal=request.user, client_ip=_client_ip(request)
+                "GET", wire.internal_path(wire.PROVIDERS), principal=request.user, client_ip=request_client_ip(request)
             )
         )

@@ -84,10 +84,11 @@ class BrokerClient:
         client_ip: str | None = None,
         json: dict | None = None,
         params: dict | None = None,
+        actor: str | None = None,
     ) -> BrokerAnswer:
         headers = {
             "X-Dromos-Workspace": principal.workspace,
-            "X-Dromos-Actor": f"apikey:{principal.prefix}",
+            "X-Dromos-Actor": actor or f"apikey:{principal.prefix}",
             "X-Request-ID": request_id_var.get(),
         }
         if client_ip:

@@ -10,7 +10,14 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 
 from dromos import wire
 from dromos.errors import InvalidRequest
-from gateway_app.apis import CONNECTION_ID_PARAMETER, ERRORS, GatewayApi, _check_id, _client_ip, _relay
+from gateway_app.apis import (
+    CONNECTION_ID_PARAMETER,
+    ERRORS,
+    GatewayApi,
+    check_connection_id,
+    relay_answer,
+    request_client_ip,
+)
 from gateway_app.broker_client import broker
 
 SESSION_ID = r"cs_[A-Za-z0-9_-]{1,61}"
@@ -41,10 +48,10 @@ class ConnectSessionCreateApi(GatewayApi):
             "POST",
             wire.internal_path(wire.CONNECT_SESSIONS),
             principal=request.user,
-            client_ip=_client_ip(request),
+            client_ip=request_client_ip(request),
             json=serializer.validated_data,
         )
-        return _relay(answer, cacheable=False)
+        return relay_answer(answer, cacheable=False)
 
 
 class ConnectSessionDetailApi(GatewayApi):
@@ -58,12 +65,12 @@ class ConnectSessionDetailApi(GatewayApi):
     def get(self, request, session_id: str):
         if not re.fullmatch(SESSION_ID, session_id):
             raise InvalidRequest("session_id is malformed")
-        return _relay(
+        return relay_answer(
             broker().call(
                 "GET",
                 wire.internal_path(wire.CONNECT_SESSION, session_id=session_id),
                 principal=request.user,
-                client_ip=_client_ip(request),
+                client_ip=request_client_ip(request),
             )
         )
 
@@ -78,14 +85,14 @@ class ReconnectApi(GatewayApi):
         responses={201: wire.ReconnectRequestSerializer, **ERRORS},
     )
     def post(self, request, connection_id: str):
-        _check_id(connection_id)
+        check_connection_id(connection_id)
         serializer = wire.ReconnectInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         answer = broker().call(
             "POST",
             wire.internal_path(wire.CONNECTION_RECONNECT, connection_id),
             principal=request.user,
-            client_ip=_client_ip(request),
+            client_ip=request_client_ip(request),
             json=serializer.validated_data,
         )
-        return _relay(answer, cacheable=False)
+        return relay_answer(answer, cacheable=False)

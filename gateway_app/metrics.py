@@ -73,3 +73,37 @@ AUTH_THROTTLED = Counter(
     "often, API_KEY_AUTH_FAILURE_LIMIT)",
     ["reason"],
 )
+
+
+# -- the API proxy (issue 15): labelled by provider name, method and status, never by a
+# connection, a path or anything a caller chooses freely.
+PROXY_REQUESTS = Counter(
+    "dromos_proxy_requests_total",
+    "Proxied API calls by provider, method and the status the agent received",
+    ["provider", "method", "status"],
+)
+PROXY_SECONDS = Histogram(
+    "dromos_proxy_request_seconds",
+    "Proxied API calls: time until the provider's answer headers reached the gateway, by provider",
+    ["provider"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+PROXY_OVERHEAD_SECONDS = Histogram(
+    "dromos_proxy_overhead_seconds",
+    "Proxied API calls: the gateway's own time (authentication, policy, credential, connection set-up), by provider",
+    ["provider"],
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+PROXY_BYTES = Counter(
+    "dromos_proxy_bytes_total",
+    "Proxied body bytes by provider and direction (sent, received)",
+    ["provider", "direction"],
+)
+PROXY_RATE_LIMITED = Counter(
+    "dromos_proxy_rate_limited_total", "Provider answers 429 passed to agents, by provider", ["provider"]
+)
+PROXY_REFRESHES = Counter(
+    "dromos_proxy_refreshes_total",
+    "Refreshes the proxy asked for after a provider's 401, by provider and outcome",
+    ["provider", "outcome"],
+)

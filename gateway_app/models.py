@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from django.db import models
 
-ALL_SCOPES = ("connections:write", "connections:read", "connections:delete", "tokens:read", "tokens:refresh")
+ALL_SCOPES = (
+    "connections:write",
+    "connections:read",
+    "connections:delete",
+    "tokens:read",
+    "tokens:refresh",
+    "proxy",
+)
 
 
 class ApiKey(models.Model):
@@ -17,9 +24,42 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    egress_policy = models.JSONField(
+        null=True,
+        blank=True,
+        help_text='Proxy rules [{"provider", "methods", "path"}]; null: PROXY_DEFAULT_POLICY (gateway_app.egress)',
+    )
 
     class Meta:
         ordering = ["workspace", "name"]
 
     def __str__(self) -> str:
         return f"{self.workspace}/{self.name} ({self.prefix})"
+
+
+class ProxyCall(models.Model):
+    """One proxied API call (issue 15): who, which connection, what (method, host, path
+    without its query string), how it ended, how much and how long. Never a body, a query
+    string, a header or a token."""
+
+    workspace = models.CharField(max_length=128)
+    key_prefix = models.CharField(max_length=16)
+    connection_id = models.CharField(max_length=64, db_index=True)
+    provider = models.CharField(max_length=64, blank=True)
+    method = models.CharField(max_length=8)
+    host = models.CharField(max_length=255, blank=True)
+    path = models.CharField(max_length=2048)
+    status = models.PositiveSmallIntegerField(help_text="What the agent received")
+    error = models.CharField(max_length=64, blank=True, help_text="Our error code when the gateway answered")
+    bytes_sent = models.BigIntegerField(default=0, help_text="Request body bytes sent to the provider")
+    bytes_received = models.BigIntegerField(default=0, help_text="Response body bytes passed to the agent")
+    duration_ms = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["workspace", "created_at"], name="proxycall_ws_created")]
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.host}{self.path} → {self.status}"

@@ -1,6 +1,22 @@
-from django.urls import path
+from django.urls import path, register_converter
 
-from gateway_app import apis, connect_apis
+from gateway_app import apis, connect_apis, proxy_views
+
+
+class ProxyPathConverter:
+    """Any API path, CR/LF included, so the proxy itself refuses it (400) rather than the
+    resolver (404)."""
+
+    regex = "(?s:.+)"
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(ProxyPathConverter, "proxypath")
 
 urlpatterns = [
     path("v1/ping", apis.PingApi.as_view()),
@@ -15,4 +31,5 @@ urlpatterns = [
     path("v1/connect-sessions", connect_apis.ConnectSessionCreateApi.as_view()),
     path("v1/connect-sessions/<str:session_id>", connect_apis.ConnectSessionDetailApi.as_view()),
     path("v1/connections/<str:connection_id>/reconnect", connect_apis.ReconnectApi.as_view()),
+    path("v1/proxy/<str:connection_id>/<proxypath:path>", proxy_views.ProxyApi.as_view()),
 ]

@@ -46,6 +46,15 @@ const (
 	// CodeServiceUnavailable (503): the gateway's or the broker's database is
 	// unavailable; retried like any 503.
 	CodeServiceUnavailable = "service_unavailable"
+	// CodeProxyForbidden (403): the API key's egress policy has no rule for
+	// the proxied call (see APIError.Message for the missing rule).
+	CodeProxyForbidden = "proxy_forbidden"
+	// CodeInvalidProxyPath (400): a proxied path that could change the host.
+	CodeInvalidProxyPath = "invalid_proxy_path"
+	// CodeProviderUnreachable (502): the proxy could not reach the provider.
+	CodeProviderUnreachable = "provider_unreachable"
+	// CodeProviderTimeout (504): the provider did not answer in time.
+	CodeProviderTimeout = "provider_timeout"
 	// CodeServerError (500): an unexpected error in the gateway.
 	CodeServerError = "server_error"
 )

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
@@ -148,6 +149,20 @@ func TestIntegrationFlow(t *testing.T) {
 	}
 	if auto.AccessToken == "" || auto.ConnectionID != id {
 		t.Fatalf("GetToken with AutoRefresh answered %v", auto)
+	}
+
+	// 7b. A provider API call through the gateway's proxy (the local OIDC provider's
+	// userinfo endpoint, /me, when the provider has an API base URL): no token here.
+	if provider.APIBaseURL != "" && provider.Template == "oidc" {
+		resp, err := client.Proxy(ctx, id, oauthsdk.ProxyRequest{Method: "GET", Path: "/me"})
+		if err != nil {
+			t.Fatalf("Proxy: %v", err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("Dromos-Connection-Id") != id || !strings.Contains(string(body), `"sub"`) {
+			t.Fatalf("Proxy answered %d %s", resp.StatusCode, body)
+		}
 	}
 
 	// 8. The connection is listed.

@@ -237,6 +237,9 @@ type Provider struct {
 	// ParamFormats describes each of Params: the pattern a value must match,
 	// an example, and whether it is required.
 	ParamFormats map[string]ParamFormat `json:"param_formats"`
+	// APIBaseURL is where [Client.Proxy] calls go; empty when the provider
+	// is not configured for the proxy.
+	APIBaseURL string `json:"api_base_url"`
 }
 
 // ParamFormat describes one provider parameter (see [Provider.ParamFormats]).

@@ -76,6 +76,8 @@ def resolve(provider, params: dict[str, Any] | None = None) -> tuple[ProviderSpe
     spec = _discovered(spec, template(provider.template))
     for field in ENDPOINT_KEYS:
         _check_endpoint(getattr(spec, field), field)
+    if not spec.api_base_url.startswith("{metadata."):  # a connection's metadata: checked by the proxy
+        _check_endpoint(spec.api_base_url, "api_base_url")
     if not spec.authorize_url or not spec.token_url:
         raise ProviderConfigError(f"{provider.name} has no authorize/token endpoint configured")
     return spec, HOOKS[spec.hook]

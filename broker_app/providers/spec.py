@@ -148,6 +148,9 @@ def _proxy_and_account_problems(key: str, entry: dict[str, Any], specs: dict[str
     hosts = entry.get("api_hosts", [])
     if not isinstance(hosts, list) or not all(isinstance(h, str) and _HOST_PATTERN.match(h) for h in hosts):
         problems.append(f"{key}: api_hosts must be a list of host names (a leading '*.' allows subdomains)")
+    auth = entry.get("api_auth", {})
+    if not isinstance(auth, dict) or set(auth) - {"header", "format"} or "{token}" not in auth.get("format", "{token}"):
+        problems.append(f'{key}: api_auth must be {{header = "NAME", format = "... {{token}} ..."}}')
     field_path = entry.get("account_id_field")
     if field_path is None:
         problems.append(f'{key}: account_id_field is missing ("" when the provider documents no stable id)')
@@ -337,8 +340,12 @@ class ProviderSpec:
     unreported_scopes: tuple[str, ...] = ()  # requested scopes the provider never echoes back in `scope`
     # the proxy and reconnect (issue 22; every entry states them; lint: _proxy_and_account_problems)
     # the proxy's upstream, template values filled; "{metadata.instance_url}" reads the connection
-    api_base_url: str = field(default="", metadata={"fill": True})
+    # (a non-empty Provider.api_base_url wins: `manage.py provider upsert --api-base-url`)
+    api_base_url: str = field(default="", metadata={"fill": True, **OVERRIDE})
     api_hosts: tuple[str, ...] = ()  # further hosts the proxy may reach ("*.my.salesforce.com")
+    # how the proxy injects the access token: {header = "X-Shopify-Access-Token", format = "{token}"};
+    # default Authorization: Bearer {token} (issue 15)
+    api_auth: dict[str, str] = field(default_factory=dict)
     # who the account is at the provider (reconnect): "id_token.CLAIM", "token.PATH",
     # "userinfo.PATH", "callback.NAME" or "param.NAME"; "" when the provider documents no stable id
     account_id_field: str = ""

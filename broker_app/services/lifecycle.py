@@ -35,7 +35,7 @@ from broker_app.models import ConnectAttempt, Connection, ConnectSession
 from broker_app.oauth.errors import safe_code
 from broker_app.oauth.tokens import TokenSet
 from broker_app.services.refresh_policy import next_proactive_attempt
-from dromos.errors import ConnectionNotActive
+from dromos.errors import ConnectionNotActive, NotFound
 
 logger = logging.getLogger(__name__)
 Status = Connection.Status
@@ -263,7 +263,10 @@ def connection_store_refreshed(
             last_read_at=connection.last_read_at,
             idle_days=idle_days,
         )
-        connection.save(update_fields=[*changed, "last_refreshed_at", "refresh_failures", "next_refresh_attempt_at"])
+        connection.attention = ""  # newer tokens: the proxy's flag (if any) no longer applies
+        connection.save(
+            update_fields=[*changed, "last_refreshed_at", "refresh_failures", "next_refresh_attempt_at", "attention"]
+        )
         audit_record(
             connection_id=connection.id,
             workspace=connection.workspace,
@@ -274,6 +277,35 @@ def connection_store_refreshed(
         if recovered:
             _emit_on_commit(connection.id, "connection.refreshed_after_failure")
     logger.info("refreshed", extra={"connection_id": connection.id})
+
+
+ATTENTION_REJECTED = "provider_rejected_token"
+
+
+def connection_flag_attention(*, connection_id: str, workspace: str, actor: Actor, token_version: int) -> Connection:
+    """active → active, flagged: the provider refused the token of `token_version` through
+    the API proxy even after a refresh (a missing scope, a disabled account …). Not a
+    failure; check-connection shows the warning until a refresh stores newer tokens (which
+    clears it). A flag for an older version than the stored one is ignored."""
+    with transaction.atomic():
+        connection = Connection.objects.select_for_update().filter(id=connection_id, workspace=workspace).first()
+        if connection is None:
+            raise NotFound("connection not found")
+        if (
+            connection.status == Status.ACTIVE
+            and connection.token_version == token_version
+            and connection.attention != ATTENTION_REJECTED
+        ):
+            connection.attention = ATTENTION_REJECTED
+            connection.save(update_fields=["attention", "updated_at"])
+            audit_record(
+                connection_id=connection.id,
+                workspace=connection.workspace,
+                actor=actor,
+                action="connection.attention",
+                detail={"reason": ATTENTION_REJECTED},
+            )
+    return connection
 
 
 def connection_mark_revoked(*, connection: Connection, actor: Actor, provider_revoked: bool, kept: str) -> None:

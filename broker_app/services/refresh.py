@@ -147,6 +147,25 @@ def token_refresh_auto(*, connection_id: str, workspace: str | None, actor: Acto
     )
 
 
+def token_refresh_if_version(*, connection_id: str, workspace: str, actor: Actor, token_version: int) -> TokenView:
+    """The API proxy's refresh after a provider's 401 (issue 15): refresh only while the
+    stored tokens are still `token_version` (the one the provider rejected); when another
+    caller already replaced them, theirs are served. Single flight as token_refresh, and
+    not coalesced with a refresh that "just finished" for the same version: that token was
+    rejected. Raises as token_refresh does."""
+    return _served(
+        _refresh(
+            connection_id=connection_id,
+            workspace=workspace,
+            actor=actor,
+            force=True,
+            min_ttl=None,
+            if_version=token_version,
+        ),
+        actor,
+    )
+
+
 def token_refresh_due(*, connection_id: str, window_seconds: int | None = None, actor: Actor = SWEEP) -> RefreshResult:
     """The proactive path: refresh when still due by the sweep's rule, re-checked under the
     row lock. Returns the outcome; never raises for an expected one."""
@@ -304,8 +323,10 @@ def _refresh(
     force: bool,
     min_ttl: int | None,
     window_seconds: int | None = None,
+    if_version: int | None = None,
 ) -> _Attempted:
-    """The one refresh service: decide under the row lock, call the provider at most once."""
+    """The one refresh service: decide under the row lock, call the provider at most once.
+    `if_version`: the version the caller saw rejected, instead of the one read here."""
     seen = connection_get(connection_id=connection_id, workspace=workspace)
     if seen.status != Connection.Status.ACTIVE:
         raise not_active(seen)
@@ -316,7 +337,7 @@ def _refresh(
             connection = _lock_for_refresh(connection_id)
             if connection.status != Connection.Status.ACTIVE:
                 raise not_active(connection)  # e.g. the caller we waited for got invalid_grant
-            if connection.token_version != seen.token_version:
+            if connection.token_version != (seen.token_version if if_version is None else if_version):
                 outcome, error = RefreshOutcome.COALESCED, None
             elif min_ttl is not None and policy.just_refreshed(connection):
                 # auto_refresh right after a refresh: never again because of min_ttl (a token
@@ -331,7 +352,7 @@ def _refresh(
                     # tell the sweep when.
                     connection.next_refresh_attempt_at = next_attempt(connection)
                     connection.save(update_fields=["next_refresh_attempt_at"])
-            elif force and policy.just_refreshed(connection):
+            elif force and if_version is None and policy.just_refreshed(connection):
                 outcome, error = RefreshOutcome.COALESCED, None
             elif not connection.refresh_token_enc:
                 raise RefreshNotSupported(

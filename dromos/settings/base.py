@@ -109,6 +109,9 @@ USE_TZ = True
 
 # Request size limit: no legitimate API body comes near this.
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MAX_REQUEST_BYTES", 64 * 1024)
+# Paths whose views read a chunked body themselves (dromos.parsers.ChunkedBodyMiddleware
+# skips them): the gateway's API proxy sets its own (settings/proxy.py).
+CHUNKED_BODY_STREAMED_PATHS: list[str] = []
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "no-referrer"

@@ -4,6 +4,7 @@ from dromos.env import env_float, env_int, env_str
 
 from .base import *  # noqa: F403
 from .base import INSTALLED_APPS, MIDDLEWARE
+from .proxy import *  # noqa: F403
 
 DROMOS_ROLE = "gateway"
 MIDDLEWARE = [*MIDDLEWARE, "django.middleware.clickjacking.XFrameOptionsMiddleware"]

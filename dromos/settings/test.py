@@ -15,6 +15,7 @@ env_default("ALLOWED_RETURN_DOMAINS", "app.example.com,.allowed.test,127.0.0.1,l
 env_default("ALLOW_HTTP_PROVIDER_HOSTS", "127.0.0.1,localhost")
 env_default("WEBHOOK_ALLOW_HTTP_HOSTS", "127.0.0.1,localhost")
 env_default("GATEWAY_OPS_TOKEN", "test-ops-token")
+env_default("PROXY_ALLOWED_PRIVATE_HOSTS", "127.0.0.1")
 
 from .broker import *  # noqa: E402,F403
 from .broker import INSTALLED_APPS  # noqa: E402
@@ -31,6 +32,7 @@ from .gateway import (  # noqa: E402,F401
     GATEWAY_SLOW_CALLS_PER_KEY,
     GATEWAY_SLOW_CALLS_PER_WORKSPACE,
 )
+from .proxy import *  # noqa: E402,F403
 
 DROMOS_ROLE = "test"
 INSTALLED_APPS = [*INSTALLED_APPS, "drf_spectacular", "drf_spectacular_sidecar", "gateway_app"]

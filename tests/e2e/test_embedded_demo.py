@@ -42,6 +42,9 @@ def test_make_run_command_walks_the_flow_without_external_services(tmp_path):
         assert "status=success&connection_id=c_" in output
         assert "userinfo endpoint accepts the token: HTTP 200" in output
         assert "Step 5 — refresh through the gateway (POST /v1/refresh): HTTP 200" in output
+        # Step 6: a proxied call reaches the provider's userinfo endpoint (the embedded
+        # default: SQLite, no Redis) and the agent sees the user's claims, not a token.
+        assert "never holding the token" in output and '"sub":"demo-user"' in output.replace(" ", "")
         assert (tmp_path / "var" / "dromos.sqlite3").exists()
         gateway = f"http://127.0.0.1:{ports['--gateway-port']}"
         assert requests.get(f"{gateway}/healthz", timeout=5).status_code == 200

@@ -136,7 +136,7 @@ def test_help_works_in_each_role_process():
         ("broker", ["provider", "upsert", "--name", "x", "--token-auth", "magic"], "invalid choice: 'magic'"),
         ("broker", ["refresh_due", "--window", "soon"], "invalid int value: 'soon'"),
         ("broker", ["rotate_token_keys", "--batch-size", "many"], "invalid int value: 'many'"),
-        ("gateway", ["apikey"], "the following arguments are required: {create,list,revoke}"),
+        ("gateway", ["apikey"], "the following arguments are required: {create,list,revoke,policy}"),
         ("gateway", ["apikey", "create", "--workspace", "ws"], "the following arguments are required: --name"),
         (
             "gateway",

@@ -52,6 +52,12 @@ GO_KINDS = {  # Go field type → OpenAPI (type, format or item type)
     "[]Connection": ("array", None),
 }
 UNEXPOSED_OPERATIONS = {("GET", "/v1/ping")}  # a liveness probe for humans, not an SDK method
+# The API proxy (issue 15): one SDK method (Go Client.Proxy, Python client.proxy) takes the
+# method as an argument, so it covers every method the schema lists for the proxy path.
+PROXY_PATH = "/v1/proxy/{id}/{id}"
+PROXY_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+GO_PROXY = ROOT / "oauth-sdk" / "proxy.go"
+PY_CLIENTS = [ROOT / "sdk" / "python" / "src" / "dromos_sdk" / name for name in ("_sync.py", "_async.py")]
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +185,9 @@ def _go_calls() -> set[tuple[str, str]]:
     pattern = r'c\.do\(ctx, http\.Method(\w+), "(/v1/[^"]*)"(\+url\.PathEscape\(\w+\))?(?:\+"([^"]*)")?'
     for method, path, tail, suffix in re.findall(pattern, source):
         calls.add((method.upper(), path + ("{id}" if tail else "") + suffix))
+    proxy = GO_PROXY.read_text()
+    if "func (c *Client) Proxy(" in proxy and '"/v1/proxy/"' in proxy:
+        calls |= {(method, PROXY_PATH) for method in PROXY_METHODS}
     return calls
 
 
@@ -189,6 +198,8 @@ def _python_calls() -> set[tuple[str, str]]:
         calls.add((method, _template(path)))
     for path, method in re.findall(r'path = f"(/v1/[^"]*)"\n\s+return Call\(RequestSpec\("(\w+)", path', source):
         calls.add((method, _template(path)))
+    if "/v1/proxy/{_segment(connection_id)}" in source and all("def proxy(" in p.read_text() for p in PY_CLIENTS):
+        calls |= {(method, PROXY_PATH) for method in PROXY_METHODS}
     return calls
 
 

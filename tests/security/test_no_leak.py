@@ -40,7 +40,7 @@ from django.contrib.auth.models import User
 from django.db import connection as db_connection
 from django.test import Client
 from django.utils import timezone
-from fake_provider import CLIENT_ID, CLIENT_SECRET
+from fake_provider import CLIENT_ID, CLIENT_SECRET, api_cut_short, api_hang, api_raw, api_status
 
 from broker_app.models import AuditEvent, CachedDocument, Connection, Provider, WebhookDelivery, WebhookEndpoint
 from broker_app.providers.spec import builtin_catalog
@@ -204,6 +204,12 @@ def _echo(status: int, error: str):
     return answer
 
 
+def _echo_presented_token(handler) -> bool:
+    """A tokeninfo-like API: answers with the token it was sent, in the body and a header."""
+    token = handler.headers.get("Authorization", "").removeprefix("Bearer ")
+    return api_raw(200, f'{{"token": "{token}"}}'.encode(), {"X-Token": token})(handler)
+
+
 def _admin_pages(evidence: Evidence, connection_ids: list[str]) -> int:
     admin = User.objects.create_superuser("leakcheck", "leakcheck@example.test", "pw-not-used")
     client = Client()
@@ -314,6 +320,36 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(
         ("providers", "/v1/providers"),
     ):
         responses.append((what, stack.call("GET", path, key)))
+
+    # 1b. The API proxy (issue 15): ordinary calls, a 401 that refreshes and retries, a second
+    # 401, a provider echoing the token in its body and a header, timeouts, refusals.
+    fake_provider_row.api_base_url = f"{fake_provider.url}/api"
+    fake_provider_row.save()
+    monkeypatch.setattr(settings, "PROXY_READ_TIMEOUT", 0.5)
+    proxied = [
+        ("proxied GET", stack.call("GET", f"/v1/proxy/{cid}/users/me?q=1", key)),
+        ("proxied POST", stack.call("POST", f"/v1/proxy/{cid}/items", key, data=b"{}")),
+    ]
+    fake_provider.expire_access_tokens()
+    proxied.append(("proxied after 401 + refresh", stack.call("GET", f"/v1/proxy/{cid}/users/me", key)))
+    fake_provider.api_answer(api_status(401), api_status(401, {"error": "insufficient_scope"}))
+    proxied.append(("proxied second 401", stack.call("GET", f"/v1/proxy/{cid}/users/me", key)))
+    fake_provider.api_answer(_echo_presented_token)
+    proxied.append(("proxied echo", stack.call("GET", f"/v1/proxy/{cid}/tokeninfo", key)))
+    fake_provider.api_answer(api_hang(2))
+    proxied.append(("proxied timeout", stack.call("GET", f"/v1/proxy/{cid}/slow", key)))
+    proxied.append(("proxied bad path", stack.call("GET", f"/v1/proxy/{cid}/a/%2e%2e/b", key)))
+    proxied.append(("proxied unknown", stack.call("GET", "/v1/proxy/c_" + "x" * 32 + "/users/me", key)))
+    assert [r.status_code for _, r in proxied] == [200, 200, 200, 401, 200, 504, 400, 404], [r.text for _, r in proxied]
+    fake_provider.api_answer(api_cut_short())
+    cut = requests.get(
+        f"{stack.url}/v1/proxy/{cid}/download", headers={"Authorization": f"Bearer {key}"}, timeout=10, stream=True
+    )
+    assert cut.status_code == 200
+    with pytest.raises(requests.RequestException):
+        cut.content  # noqa: B018  (the answer breaks off, as the provider's did)
+    responses.extend(proxied)
+    assert any(c["token_valid"] for c in fake_provider.api_calls)
 
     # 2. The provider fails transiently and echoes the refresh token and our secret.
     _age(cid)  # (a forced refresh right after another one returns that one's result)
@@ -498,6 +534,9 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(
     assert published_tasks, "no Celery task was published: the task-argument check saw nothing"
     for index, message in enumerate(published_tasks):
         evidence.place("Celery task message", str(index), message)
+    evidence.place("metrics", "/metrics", stack.broker("GET", "/metrics").text)
+    for response in (cut,):
+        evidence.place("HTTP answer", "proxied answer cut short", f"{response.headers}")
     redis_keys = _redis_dump(evidence)
     admin_pages = _admin_pages(evidence, [cid, failed_cid, bad_cid, second, *device_ids, *static_ids])
     evidence.place("pg_dump", "database", _pg_dump())

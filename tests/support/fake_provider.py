@@ -89,6 +89,10 @@ class FakeProvider:
         self.valid_credentials: set[str] = set()
         self.verify_status: int | None = None
         self.verify_requests: list[dict] = []
+        # The protected API under /api/ (the proxy's upstream, issue 15).
+        self.valid_access_tokens: set[str] = set()
+        self.api_calls: list[dict[str, Any]] = []
+        self.api_script: deque[Callable[[Any], bool]] = deque()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -145,6 +149,9 @@ class FakeProvider:
             self.valid_credentials = set()
             self.verify_status = None
             self.verify_requests = []
+            self.valid_access_tokens.clear()
+            self.api_calls.clear()
+            self.api_script.clear()
 
     # -- test helpers ------------------------------------------------------------------------
     def id_token(
@@ -215,6 +222,7 @@ class FakeProvider:
     # -- token endpoint ----------------------------------------------------------------------
     def _tokens(self, sub: str, *, id_token: str | None, scope: str | None) -> dict:
         body: dict[str, Any] = {"access_token": "at-" + secrets.token_urlsafe(24), "token_type": "bearer"}
+        self.valid_access_tokens.add(body["access_token"])
         if self.access_token_ttl:
             body["expires_in"] = self.access_token_ttl
         if id_token:
@@ -335,6 +343,48 @@ class FakeProvider:
             self.grants[body["refresh_token"]] = Grant(refresh_token=body["refresh_token"], sub=entry["sub"])
         return 200, body, {}
 
+    def expire_access_tokens(self) -> None:
+        """Every access token issued so far is refused by the API from now on (401)."""
+        with self.lock:
+            self.valid_access_tokens.clear()
+
+    def api_answer(self, *answers: Callable[[Any], bool]) -> None:
+        """Queue handlers for the next /api/ calls: each gets the request handler and
+        returns True when it answered (see api_* helpers below)."""
+        self.api_script.extend(answers)
+
+    def _api(self, handler) -> None:
+        path, _, query = handler.path.partition("?")
+        if "chunked" in handler.headers.get("Transfer-Encoding", "").lower():
+            body = _read_chunked(handler.rfile)
+            if body is None:  # the sender gave up mid-body
+                handler.close_connection = True
+                return
+        else:
+            length = int(handler.headers.get("Content-Length") or 0)
+            body = handler.rfile.read(length) if length else b""
+        auth = handler.headers.get("Authorization", "")
+        token = auth[7:] if auth.startswith("Bearer ") else ""
+        with self.lock:
+            valid = token in self.valid_access_tokens
+            self.api_calls.append(
+                {
+                    "method": handler.command,
+                    "path": path,
+                    "query": query,
+                    "headers": {k.lower(): v for k, v in handler.headers.items()},
+                    "body": body,
+                    "token_valid": valid,
+                }
+            )
+            scripted = self.api_script.popleft() if self.api_script else None
+        if scripted is not None and scripted(handler):
+            return
+        if not valid:
+            handler._send(401, {"error": "invalid_token"}, {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            return
+        handler._send(200, {"method": handler.command, "path": path, "query": query, "received": len(body)})
+
     def is_live(self, refresh_token: str) -> bool:
         grant = self.grants.get(refresh_token)
         return bool(grant and not grant.revoked and refresh_token not in grant.used_refresh_tokens)
@@ -358,7 +408,9 @@ class FakeProvider:
 
             def do_GET(self):
                 path = self.path.split("?")[0]
-                if path == "/.well-known/openid-configuration":
+                if path.startswith("/api/"):
+                    provider._api(self)
+                elif path == "/.well-known/openid-configuration":
                     with provider.lock:
                         provider.discovery_calls += 1
                     self._send(
@@ -393,7 +445,15 @@ class FakeProvider:
                 else:
                     self._send(404, {"error": "not_found"})
 
+            def do_PUT(self):
+                provider._api(self)
+
+            do_PATCH = do_DELETE = do_HEAD = do_PUT
+
             def do_POST(self):
+                if self.path.startswith("/api/"):
+                    provider._api(self)
+                    return
                 length = int(self.headers.get("Content-Length", "0"))
                 form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
                 path = self.path.split("?")[0]
@@ -423,6 +483,23 @@ class FakeProvider:
         return Handler
 
 
+def _read_chunked(stream) -> bytes | None:
+    """A chunked request body, or None when it ends before its last chunk."""
+    parts = []
+    while True:
+        line = stream.readline()
+        if not line.endswith(b"\n"):
+            return None
+        size = int(line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            stream.readline()
+            return b"".join(parts)
+        data = stream.read(size + 2)
+        if len(data) < size + 2:
+            return None
+        parts.append(data[:size])
+
+
 class _Drop:
     pass
 
@@ -442,5 +519,86 @@ def hang(seconds: float):
     def answer(form):
         time.sleep(seconds)
         return 504, {"error": "late"}, {}
+
+    return answer
+
+
+def api_status(status: int, body: dict | None = None, headers: dict | None = None):
+    """A scripted API answer."""
+
+    def answer(handler) -> bool:
+        handler._send(status, body or {}, headers or {})
+        return True
+
+    return answer
+
+
+def api_hang(seconds: float):
+    """A scripted API answer that arrives after `seconds`."""
+
+    def answer(handler) -> bool:
+        time.sleep(seconds)
+        handler._send(200, {"late": True})
+        return True
+
+    return answer
+
+
+def api_cut_short(declared: int = 100_000, sent: int = 1000):
+    """Declare a body of `declared` bytes, send `sent`, hang up."""
+
+    def answer(handler) -> bool:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.send_header("Content-Length", str(declared))
+        handler.end_headers()
+        handler.wfile.write(b"x" * sent)
+        handler.wfile.flush()
+        handler.close_connection = True
+        return True
+
+    return answer
+
+
+def api_raw(status: int, body: bytes, headers: dict | None = None):
+    """A scripted API answer with any bytes and headers."""
+
+    def answer(handler) -> bool:
+        handler.send_response(status)
+        for name, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(body)
+        return True
+
+    return answer
+
+
+def api_chunked_cut(chunks: int = 3):
+    """An HTTP/1.1 chunked answer that hangs up before its last chunk."""
+
+    def answer(handler) -> bool:
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(chunks):
+            handler.wfile.write(b"400\r\n" + b"y" * 0x400 + b"\r\n")
+        handler.wfile.flush()
+        handler.close_connection = True
+        return True
+
+    return answer
+
+
+def api_large(megabytes: int):
+    """A `megabytes` MiB download, written 1 MiB at a time (the fake holds one MiB)."""
+
+    def answer(handler) -> bool:
+        block = b"d" * (1024 * 1024)
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.send_header("Content-Length", str(megabytes * len(block)))
+        handler.end_headers()
+        for _ in range(megabytes):
+            handler.wfile.write(block)
+        return True
 
     return answer

@@ -49,6 +49,7 @@ class Command(BaseCommand):
         upsert.add_argument("--token-url")
         upsert.add_argument("--revocation-url")
         upsert.add_argument("--userinfo-url")
+        upsert.add_argument("--api-base-url", help="Where the API proxy sends calls (overrides the catalog's)")
         upsert.add_argument("--client-id")
         upsert.add_argument("--client-secret")
         upsert.add_argument("--default-scopes", help='Space-separated, e.g. "openid email profile"')
@@ -134,6 +135,7 @@ class Command(BaseCommand):
             ("token_url", "token_url"),
             ("revocation_url", "revocation_url"),
             ("userinfo_url", "userinfo_url"),
+            ("api_base_url", "api_base_url"),
             ("client_id", "client_id"),
             ("token_auth", "token_auth"),
         ):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
+from gateway_app.egress import PolicyError, apikey_set_policy, policy_load, rule_parse
 from gateway_app.keys import apikey_create, apikey_revoke
 from gateway_app.models import ALL_SCOPES, ApiKey
 
@@ -12,7 +14,7 @@ class Command(BaseCommand):
     help = "Create, list or revoke agent API keys. A new key is printed once, alone, as the last line."
 
     def add_arguments(self, parser):
-        sub = parser.add_subparsers(dest="action", required=True, metavar="{create,list,revoke}")
+        sub = parser.add_subparsers(dest="action", required=True, metavar="{create,list,revoke,policy}")
         create = sub.add_parser("create", help="Create a key (printed once)")
         create.add_argument("--workspace", required=True)
         create.add_argument("--name", required=True)
@@ -23,6 +25,11 @@ class Command(BaseCommand):
             choices=ALL_SCOPES,
             help="Limit the key to these scopes (repeatable); default: all",
         )
+        _policy_arguments(create)
+        policy = sub.add_parser("policy", help="Set or clear a key's proxy egress policy")
+        policy.add_argument("--prefix", required=True)
+        _policy_arguments(policy)
+        policy.add_argument("--default", action="store_true", help="Clear the rules: PROXY_DEFAULT_POLICY applies")
         listing = sub.add_parser("list", help="List keys (prefixes only)")
         listing.add_argument("--workspace")
         revoke = sub.add_parser("revoke", help="Revoke a key by prefix")
@@ -31,10 +38,14 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         action = options["action"]
         if action == "create":
+            rules = _rules(options)
             try:
-                key, plaintext = apikey_create(
-                    workspace=options["workspace"], name=options["name"], scopes=options["scope"] or None
-                )
+                with transaction.atomic():
+                    key, plaintext = apikey_create(
+                        workspace=options["workspace"], name=options["name"], scopes=options["scope"] or None
+                    )
+                    if rules is not None:
+                        apikey_set_policy(key=key, rules=rules)
             except ValueError as exc:
                 raise CommandError(str(exc)) from None
             self.stderr.write(f"created key {key.prefix} for workspace {key.workspace}; it is shown once:")
@@ -49,10 +60,46 @@ class Command(BaseCommand):
                 self.stdout.write(
                     f"{key.prefix}\t{key.workspace}\t{key.name}\t{status}\tlast_used={used}\t"
                     f"scopes={','.join(key.scopes) or 'all'}"
+                    + ("" if key.egress_policy is None else f"\tpolicy={len(key.egress_policy)} rule(s)")
                 )
+        elif action == "policy":
+            key = ApiKey.objects.filter(prefix=options["prefix"]).first()
+            if key is None:
+                raise CommandError(f"no key with prefix {options['prefix']!r}")
+            rules = None if options["default"] else _rules(options)
+            if rules is None and not options["default"]:
+                raise CommandError("give --allow rules, --policy FILE or --default")
+            apikey_set_policy(key=key, rules=rules)
+            for rule in rules or []:
+                self.stdout.write(f"allow {rule}")
+            self.stdout.write(f"policy of {key.prefix}: {'default' if rules is None else f'{len(rules)} rule(s)'}")
         elif action == "revoke":
             try:
                 key = apikey_revoke(prefix=options["prefix"])
             except ApiKey.DoesNotExist:
                 raise CommandError(f"no key with prefix {options['prefix']!r}") from None
             self.stdout.write(f"revoked {key.prefix}")
+
+
+def _policy_arguments(parser) -> None:
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar='"PROVIDER METHODS PATH_GLOB"',
+        help='Proxy egress rule (repeatable), e.g. "google GET /gmail/v1/users/me/messages*", "github * /repos/acme/*"',
+    )
+    parser.add_argument("--policy", metavar="FILE.json", help='Rules from a file: {"allow": [rules]}')
+
+
+def _rules(options) -> list | None:
+    """The rules given (None when neither --allow nor --policy was)."""
+    if not options["allow"] and not options["policy"]:
+        return None
+    try:
+        rules = [rule_parse(text) for text in options["allow"]]
+        if options["policy"]:
+            rules += policy_load(options["policy"])
+    except PolicyError as exc:
+        raise CommandError(f"policy not saved: {exc}") from None
+    return rules

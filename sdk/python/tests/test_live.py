@@ -132,6 +132,12 @@ def test_live_flow_sync(live: LiveEnv) -> None:
             auto = dromos.get_token(connection_id, auto_refresh=True)
             assert auto.access_token
 
+            if provider.api_base_url and provider.template == "oidc":
+                # The local OIDC provider's userinfo endpoint through the proxy: no token here.
+                me = dromos.proxy(connection_id, "GET", "/me")
+                assert me.status_code == 200 and "sub" in me.json()
+                assert me.headers["Dromos-Connection-Id"] == connection_id
+
             page = dromos.list_connections(user_id=user_id, provider_name=live.provider)
             assert connection_id in [c.connection_id for c in page.results]
             assert page.count >= 1
@@ -177,6 +183,10 @@ async def test_live_flow_async(live: LiveEnv) -> None:
                 assert (await dromos.refresh(connection_id)).access_token
 
             assert (await dromos.get_token(connection_id, auto_refresh=True)).access_token
+
+            if provider.api_base_url and provider.template == "oidc":
+                me = await dromos.proxy(connection_id, "GET", "/me")
+                assert me.status_code == 200 and "sub" in me.json()
 
             page = await dromos.list_connections(user_id=user_id)
             assert connection_id in [c.connection_id for c in page.results]

@@ -294,6 +294,7 @@ class Provider:
     refresh_token_rotation: bool = False
     refresh_token_lifetime_days: int | None = None
     param_formats: Mapping[str, ParamFormat] = field(default_factory=dict)
+    api_base_url: str | None = None  # where client.proxy() calls go; None: not proxied
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Provider:
@@ -313,6 +314,7 @@ class Provider:
             supports_revocation=_opt_bool(data, "supports_revocation"),
             refresh_token_rotation=bool(data.get("refresh_token_rotation", False)),
             refresh_token_lifetime_days=_opt_int(data, "refresh_token_lifetime_days"),
+            api_base_url=_opt_str(data, "api_base_url") or None,
             param_formats={
                 str(name): ParamFormat.from_dict(spec)
                 for name, spec in _mapping(data, "param_formats").items()

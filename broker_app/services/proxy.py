@@ -1,0 +1,158 @@
+"""The broker's side of the gateway's API proxy (issue 15): a credential read that also says
+where the provider's API lives and how the token is injected, a refresh that happens only
+when the rejected token is still the stored one, and the "needs attention" flag.
+
+Every credential read is a token read in the audit trail (actor `proxy:apikey:<prefix>`);
+the gateway never reads token tables."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from django.utils import timezone
+
+from broker_app import metrics
+from broker_app.audit import Actor, audit_record
+from broker_app.models import Connection
+from broker_app.providers.registry import resolve
+from broker_app.providers.spec import ProviderConfigError
+from broker_app.selectors import connection_get
+from broker_app.services.lifecycle import not_active
+from broker_app.services.refresh import token_refresh_auto, token_refresh_if_version
+from broker_app.services.refresh_policy import fresh
+from broker_app.services.token_view import token_view
+from dromos.errors import ApiError, ProviderUnavailable
+
+DEFAULT_AUTH_HEADER = "Authorization"
+DEFAULT_AUTH_FORMAT = "Bearer {token}"
+# A token this close to its expiry is refreshed before the proxy is given it.
+EXPIRY_MARGIN_SECONDS = 60
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_METADATA = re.compile(r"^\{metadata\.([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ProxyNotConfigured(ApiError):
+    status_code, code = 409, "proxy_not_configured"
+
+
+@dataclass(frozen=True)
+class ProxyCredential:
+    connection_id: str
+    provider_name: str
+    token_version: int
+    access_token: str = field(repr=False)
+    expires_at: datetime | None
+    api_base_url: str
+    api_hosts: list[str]
+    auth_header: str
+    auth_format: str
+
+    def as_dict(self) -> dict:
+        return {
+            "connection_id": self.connection_id,
+            "provider_name": self.provider_name,
+            "token_version": self.token_version,
+            "access_token": self.access_token,
+            "expires_at": self.expires_at,
+            "api_base_url": self.api_base_url,
+            "api_hosts": self.api_hosts,
+            "auth_header": self.auth_header,
+            "auth_format": self.auth_format,
+        }
+
+
+def _credential(connection: Connection) -> ProxyCredential:
+    try:
+        spec, _hooks = resolve(connection.provider, connection.params)
+    except ProviderConfigError as exc:
+        raise ProxyNotConfigured(f"provider {connection.provider.name} is not usable: {exc}") from None
+    base = _base_url(spec.api_base_url, connection)
+    if not base:
+        raise ProxyNotConfigured(
+            f"provider {spec.name} has no api_base_url; set it with "
+            "`manage.py provider upsert --name NAME --api-base-url URL`"
+        )
+    header = spec.api_auth.get("header", DEFAULT_AUTH_HEADER)
+    template = spec.api_auth.get("format", DEFAULT_AUTH_FORMAT)
+    if not _HEADER_NAME.fullmatch(header) or "{token}" not in template:
+        raise ProxyNotConfigured(f"provider {spec.name} has an invalid api_auth")
+    hosts = [(urlsplit(base).hostname or "").lower()]
+    if not _host_allowed(hosts[0], spec.api_hosts, spec.api_base_url):
+        raise ProxyNotConfigured(f"provider {spec.name}: the connection's API host is not among its api_hosts")
+    # Dromos-Proxy-Host names one of these exactly; a "*." pattern pins only the base URL's host.
+    hosts += [host.lower() for host in spec.api_hosts if host and "*" not in host and host.lower() not in hosts]
+    view = token_view(connection)
+    return ProxyCredential(
+        connection_id=connection.id,
+        provider_name=spec.name,
+        token_version=connection.token_version,
+        access_token=view.access_token,
+        expires_at=connection.expires_at,
+        api_base_url=base,
+        api_hosts=hosts,
+        auth_header=header,
+        auth_format=template,
+    )
+
+
+def _base_url(template: str, connection: Connection) -> str:
+    """The catalog's api_base_url with a `{metadata.KEY}` prefix read from the connection
+    (Salesforce's instance_url); "" when the connection has no such value."""
+    match = _METADATA.match(template)
+    if match is None:
+        return template
+    value = (connection.metadata or {}).get(match.group(1))
+    if not isinstance(value, str) or not value.startswith("https://"):
+        return ""
+    return value.rstrip("/") + template[match.end() :]
+
+
+def _host_allowed(host: str, patterns: tuple[str, ...], template: str) -> bool:
+    """A base URL taken from metadata must name one of api_hosts ("*." allows subdomains)."""
+    if not _METADATA.match(template):
+        return True
+    for pattern in patterns:
+        pattern = pattern.lower()
+        if host == pattern or (pattern.startswith("*.") and host.endswith(pattern[1:])):
+            return True
+    return False
+
+
+def proxy_credential_read(*, connection_id: str, workspace: str, actor: Actor) -> ProxyCredential:
+    """The token the proxy injects and where it may send it; an audited token read. Raises
+    NotFound (unknown or another workspace's), ConnectionNotActive (409),
+    ProxyNotConfigured (409: the provider has no API base URL)."""
+    connection = connection_get(connection_id=connection_id, workspace=workspace)
+    if connection.status != Connection.Status.ACTIVE:
+        raise not_active(connection)
+    if connection.refresh_token_enc and not fresh(connection.expires_at, EXPIRY_MARGIN_SECONDS):
+        # Refreshed before it expires rather than after the provider's 401 (as auto_refresh).
+        try:
+            token_refresh_auto(
+                connection_id=connection.id, workspace=workspace, actor=actor, min_ttl=EXPIRY_MARGIN_SECONDS
+            )
+        except ProviderUnavailable:
+            if connection.expires_at is not None and connection.expires_at <= timezone.now():
+                raise
+        connection = connection_get(connection_id=connection_id, workspace=workspace)
+    credential = _credential(connection)
+    audit_record(
+        connection_id=connection.id,
+        workspace=connection.workspace,
+        actor=actor,
+        action="token.read",
+        detail={"via": "proxy"},
+    )
+    metrics.TOKEN_READS.labels(provider=connection.provider.name).inc()
+    return credential
+
+
+def proxy_token_refresh(*, connection_id: str, workspace: str, actor: Actor, stale_version: int) -> ProxyCredential:
+    """The provider answered 401 to the token of `stale_version`: refresh unless another
+    caller already did (single flight, refresh.token_refresh_if_version), and return the
+    current credential. Errors as token_refresh (409 after invalid_grant, 503 transient)."""
+    token_refresh_if_version(connection_id=connection_id, workspace=workspace, actor=actor, token_version=stale_version)
+    return _credential(connection_get(connection_id=connection_id, workspace=workspace))
