@@ -35,6 +35,9 @@ OPERATIONS = {
     ("POST", "/v1/connect-sessions"),
     ("GET", "/v1/connect-sessions/{session_id}"),
     ("POST", "/v1/connections/{connection_id}/reconnect"),
+    # Static credentials (issue 18)
+    ("POST", "/v1/connections"),
+    ("PUT", "/v1/connections/{connection_id}/credentials"),
     # The API proxy (issue 15): every method but HEAD, which OpenAPI generators leave out.
     *((method, "/v1/proxy/{connection_id}/{path}") for method in ("GET", "POST", "PUT", "PATCH", "DELETE")),
 }
@@ -97,7 +100,7 @@ def test_the_served_schema_is_json_openapi_3_with_every_operation(ops_stack):
 def test_gateway_answers_match_its_schema(ops_stack, tmp_path):
     key = ops_stack.new_key(random_id("ws-fuzz"))  # a key per run: the per-key rate limit stays out of the way
     output, generated = run_schemathesis(ops_stack, tmp_path, key)
-    assert re.search(r"Selected: 16/16\s+Tested: 16", output), output[-3000:]
+    assert re.search(r"Selected: 18/18\s+Tested: 18", output), output[-3000:]
     assert generated >= 200
 
 
@@ -130,8 +133,9 @@ parameters = {{ "path.connection_id" = "{revocable}" }}
         "examples,coverage,fuzzing",
         config=config,
     )
-    # token, check, refresh, delete, and reconnect (409 on the revoked one, 201 before)
-    assert re.search(r"Selected: 5/\d+\s+Tested: 5", output), output[-3000:]
+    # token, check, refresh, delete, reconnect (409 on the revoked one, 201 before) and
+    # replacing static credentials (400: an OAuth connection has none)
+    assert re.search(r"Selected: 6/\d+\s+Tested: 6", output), output[-3000:]
     assert generated >= 50
     assert ops_stack.gw("GET", f"/v1/check-connection/{live}", key).json()["status"] == "active"
     assert ops_stack.gw("GET", f"/v1/check-connection/{revocable}", key).json()["status"] == "revoked"
