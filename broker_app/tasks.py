@@ -7,6 +7,8 @@ import logging
 
 from celery import shared_task
 
+from broker_app.services.audit_chain import audit_seal
+from broker_app.services.audit_partitions import audit_partitions_maintain
 from broker_app.services.housekeeping import pending_prune, revocations_retry
 from broker_app.services.sweep import refresh_one, sweep_due
 from broker_app.webhooks import webhook_deliver
@@ -53,3 +55,16 @@ def deliver_webhook(self, delivery_id: str) -> str:
 @shared_task(acks_late=True, ignore_result=True)
 def webhook_requeue_stale() -> int:
     return requeue()
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def audit_partitions() -> int:
+    """Create the audit table's partitions ahead, drop those past AUDIT_RETENTION_DAYS."""
+    report = audit_partitions_maintain()
+    return len(report.created) + len(report.dropped)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def audit_seal_chain() -> int:
+    """Hash-chain the audit rows written since the last run (one sealer at a time)."""
+    return audit_seal().sealed
