@@ -81,6 +81,12 @@ class SealResult:
 
 def _store(updates: list[tuple[str, int | None, int, datetime]]) -> None:
     table = connection.ops.quote_name(AuditEvent._meta.db_table)
+    if connection.vendor != "postgresql":  # a plain table: the id is the key
+        updates = [(chain_hash, prev_id, row_id) for chain_hash, prev_id, row_id, _ in updates]
+        with connection.cursor() as cursor:
+            cursor.executemany(f"UPDATE {table} SET chain_hash = %s, prev_id = %s WHERE id = %s", updates)  # noqa: S608
+        return
+    # created_at too: the partition is found from the key, not searched for.
     with connection.cursor() as cursor:
         cursor.executemany(
             f"UPDATE {table} SET chain_hash = %s, prev_id = %s WHERE id = %s AND created_at = %s",  # noqa: S608 - table name from the model
