@@ -86,12 +86,17 @@ def _store(updates: list[tuple[str, int | None, int, datetime]]) -> None:
         with connection.cursor() as cursor:
             cursor.executemany(f"UPDATE {table} SET chain_hash = %s, prev_id = %s WHERE id = %s", updates)  # noqa: S608
         return
-    # created_at too: the partition is found from the key, not searched for.
+    # One statement per batch; created_at bounds the partitions the planner looks at.
+    hashes, prev_ids, ids, moments = (list(column) for column in zip(*updates, strict=True))
     with connection.cursor() as cursor:
-        cursor.executemany(
-            f"UPDATE {table} SET chain_hash = %s, prev_id = %s WHERE id = %s AND created_at = %s",  # noqa: S608 - table name from the model
-            updates,
+        cursor.execute(
+            f"UPDATE {table} t SET chain_hash = v.h, prev_id = v.p "  # noqa: S608 - table name from the model
+            "FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::timestamptz[]) AS v(h, p, id, at) "
+            "WHERE t.id = v.id AND t.created_at = v.at AND t.created_at >= %s AND t.created_at <= %s",
+            [hashes, prev_ids, ids, moments, min(moments), max(moments)],
         )
+        if cursor.rowcount != len(updates):  # a row deleted meanwhile: roll the batch back
+            raise RuntimeError(f"audit seal updated {cursor.rowcount} of {len(updates)} rows")
 
 
 def audit_seal(*, batch: int = 5000, limit: int | None = None) -> SealResult:
