@@ -212,7 +212,8 @@ class ConnectionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Audit trail (latest 50)")
     def audit_trail(self, obj):
-        rows = AuditEvent.objects.filter(connection_id=obj.id).order_by("-id")[:50]
+        # Newest first along the (connection_id, created_at) index, one partition after another.
+        rows = AuditEvent.objects.filter(connection_id=obj.id).order_by("-created_at", "-id")[:50]
         body = format_html_join(
             "\n",
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -318,7 +319,12 @@ class AuditEventAdmin(admin.ModelAdmin):
     list_display = ("created_at", "action", "connection_id", "workspace", "actor", "ip")
     list_filter = ("action", "workspace")
     search_fields = ("=connection_id", "actor")
-    readonly_fields = ("connection_id", "workspace", "actor", "action", "ip", "detail", "created_at")
+    # Newest first by time: with a workspace or connection filter the (…, created_at) index
+    # serves the page (the table is partitioned by created_at on PostgreSQL).
+    ordering = ("-created_at", "-id")
+    readonly_fields = (
+        "connection_id", "workspace", "actor", "action", "ip", "detail", "created_at", "chain_hash", "prev_id",
+    )  # fmt: skip
     show_full_result_count = False
 
     def has_add_permission(self, request):

@@ -81,6 +81,7 @@ def run(*args: str) -> tuple[str, str]:
         ("broker", "provider"),
         ("broker", "prune_pending"),
         ("broker", "webhook"),
+        ("broker", "audit"),
         ("broker", "refresh_due"),
         ("broker", "rotate_token_keys"),
         ("broker", "check"),
