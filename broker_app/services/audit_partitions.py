@@ -48,6 +48,26 @@ def partitioned() -> bool:
     return bool(row) and row[0] == "p"
 
 
+# Below this many rows an exact COUNT(*) is cheap enough for the admin's pages.
+ESTIMATE_ABOVE = 1_000_000
+
+
+def audit_rows_estimate() -> int | None:
+    """PostgreSQL's estimate of the audit table's rows (the planner's statistics, summed
+    over the partitions), or None where there is none (SQLite, never analysed)."""
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        # A partitioned table's rows are its partitions' (its own reltuples repeats their sum).
+        cursor.execute(
+            "SELECT sum(greatest(c.reltuples, 0)), max(c.reltuples) FROM pg_class c WHERE c.relkind <> 'p' AND "
+            "(c.oid = %s::regclass OR c.oid IN (SELECT inhrelid FROM pg_inherits WHERE inhparent = %s::regclass))",
+            [TABLE, TABLE],
+        )
+        total, most = cursor.fetchone()
+    return int(total) if most is not None and most >= 0 else None
+
+
 def partition_name(day: date) -> str:
     return f"{TABLE}_p{day:%Y%m%d}"
 

@@ -367,3 +367,27 @@ def test_sqlite_keeps_a_plain_table_and_the_chain_works(tmp_path):
     assert verified.returncode == 0 and "3 sealed row(s) in 1 day(s)" in verified.stdout, verified.stderr
     exported = manage("audit", "export", "--since", "2000-01-01")
     assert [json.loads(line)["connection_id"] for line in exported.stdout.splitlines()] == ["c", "c", "c"]
+
+
+def test_admin_counts_the_unfiltered_list_from_the_estimate_and_filtered_lists_exactly(transactional_db, monkeypatch):
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    from broker_app.services import audit_partitions
+
+    written(30, workspace="ws-a")
+    written(20, workspace="ws-b")
+    with connection.cursor() as cursor:
+        cursor.execute(f"ANALYZE {TABLE}")
+    by_hand("DELETE FROM broker_app_auditevent WHERE workspace = 'ws-b'")  # the statistics still say 50
+    monkeypatch.setattr(audit_partitions, "ESTIMATE_ABOVE", 10)
+    admin = User.objects.create_superuser("auditor", "auditor@example.test", "pw-not-used")
+    client = Client()
+    client.force_login(admin)
+    url = "/admin/broker_app/auditevent/"
+    unfiltered = client.get(url)
+    assert unfiltered.status_code == 200 and unfiltered.context["cl"].result_count == 50  # estimated
+    filtered = client.get(url, {"workspace": "ws-a"})
+    assert filtered.status_code == 200 and filtered.context["cl"].result_count == 30  # counted
+    monkeypatch.setattr(audit_partitions, "ESTIMATE_ABOVE", 1_000_000)
+    assert client.get(url).context["cl"].result_count == 30  # a small table is counted exactly
