@@ -84,13 +84,13 @@ def _store(updates: list[tuple[str, int | None, int, datetime]]) -> None:
     if connection.vendor != "postgresql":  # a plain table: the id is the key
         updates = [(chain_hash, prev_id, row_id) for chain_hash, prev_id, row_id, _ in updates]
         with connection.cursor() as cursor:
-            cursor.executemany(f"UPDATE {table} SET chain_hash = %s, prev_id = %s WHERE id = %s", updates)  # noqa: S608
+            cursor.executemany(f"UPDATE {table} SET chain_hash = %s, prev_id = %s WHERE id = %s", updates)  # noqa: S608  # nosec B608
         return
     # One statement per batch; created_at bounds the partitions the planner looks at.
     hashes, prev_ids, ids, moments = (list(column) for column in zip(*updates, strict=True))
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} t SET chain_hash = v.h, prev_id = v.p "  # noqa: S608 - table name from the model
+            f"UPDATE {table} t SET chain_hash = v.h, prev_id = v.p "  # noqa: S608  # nosec B608 - table name from the model
             "FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::timestamptz[]) AS v(h, p, id, at) "
             "WHERE t.id = v.id AND t.created_at = v.at AND t.created_at >= %s AND t.created_at <= %s",
             [hashes, prev_ids, ids, moments, min(moments), max(moments)],
