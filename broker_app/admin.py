@@ -40,6 +40,8 @@ SECRET_FIELDS = (
     "refresh_token_enc",
     "id_token_enc",
     "pkce_verifier_enc",
+    "device_code_enc",
+    "device_code_digest",
     "state_digest",
     "nonce_digest",
     "client_secret_enc",
@@ -117,6 +119,7 @@ class ConnectionAdmin(admin.ModelAdmin):
         "expires_at",
         "last_refreshed_at",
         "failure",
+        "tag_list",
         "created_at",
     )
     list_filter = ("status", "provider", WorkspaceFilter)
@@ -149,6 +152,7 @@ class ConnectionAdmin(admin.ModelAdmin):
         ),
         ("Failure", {"fields": ("error", "error_description", "revoke_pending")}),
         ("Account", {"fields": ("account", "metadata", "params", "return_url")}),
+        ("Tags", {"fields": ("tags", "connect_session")}),
         ("Timestamps", {"fields": ("created", "updated", "activated", "consent_window_closes")}),
         ("Audit trail", {"fields": ("audit_trail",)}),
         ("Webhook deliveries", {"fields": ("webhook_deliveries",)}),
@@ -170,6 +174,10 @@ class ConnectionAdmin(admin.ModelAdmin):
 
     def has_operate_permission(self, request) -> bool:
         return request.user.has_perm("broker_app.change_connection")
+
+    @admin.display(description="Tags")
+    def tag_list(self, obj):
+        return ", ".join(f"{key}:{value}" for key, value in sorted((obj.tags or {}).items())) or "-"
 
     # Times to the second, in UTC: an operator compares them with logs and provider consoles.
     @admin.display(description="Access token expires")

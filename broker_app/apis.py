@@ -16,9 +16,11 @@ from broker_app import selectors
 from broker_app.audit import Actor
 from broker_app.presenters import connection_as_dict, provider_as_dict
 from broker_app.services.connect import connection_start
+from broker_app.services.device import device_start
 from broker_app.services.reads import token_read
 from broker_app.services.refresh import token_refresh
 from broker_app.services.revocation import connection_revoke
+from broker_app.services.static_credentials import static_connection_create, static_credentials_replace
 from dromos import wire
 from dromos.errors import InvalidRequest
 from dromos.http import no_store
@@ -56,6 +58,16 @@ class ConnectionStartApi(APIView):
         serializer = wire.RequestConnectionInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        if data.get("flow") == wire.FLOW_DEVICE:
+            started = device_start(
+                workspace=_required_workspace(request),
+                user_id=data["user_id"],
+                provider_name=data["provider_name"],
+                scopes=data.get("scopes"),
+                params=data.get("params") or {},
+                actor=_actor(request),
+            )
+            return no_store(Response(started.as_dict(), status=201))
         result = connection_start(
             workspace=_required_workspace(request),
             user_id=data["user_id"],
@@ -84,6 +96,7 @@ class ConnectionStartApi(APIView):
             user_id=query.get("user_id"),
             provider_name=query.get("provider_name"),
             status=query.get("status"),
+            tags=wire.tag_pairs(query.get("tag", [])),
         )
         paginator = Paginator(queryset, page_size)
         try:
@@ -102,6 +115,35 @@ class ConnectionStartApi(APIView):
                 "results": results,
             }
         )
+
+
+class StaticConnectionApi(APIView):
+    def post(self, request):
+        serializer = wire.StaticConnectionInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        connection = static_connection_create(
+            workspace=_required_workspace(request),
+            user_id=data["user_id"],
+            provider_name=data["provider_name"],
+            params=data.get("params") or {},
+            credentials=data["credentials"],
+            actor=_actor(request),
+        )
+        return no_store(Response(connection_as_dict(connection), status=201))
+
+
+class CredentialsReplaceApi(APIView):
+    def put(self, request, connection_id: str):
+        serializer = wire.CredentialsReplaceInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        connection = static_credentials_replace(
+            connection_id=connection_id,
+            workspace=_required_workspace(request),
+            credentials=serializer.validated_data["credentials"],
+            actor=_actor(request),
+        )
+        return no_store(Response(connection_as_dict(connection)))
 
 
 class ConnectionDetailApi(APIView):

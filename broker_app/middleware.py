@@ -1,7 +1,7 @@
-"""The broker is private. Every route except the provider callback (and the liveness
-probe) needs the X-API-Key header; when BROKER_ALLOWED_CIDRS is set the client address
-must also lie inside it. The admin uses Django's login instead of the API key but is
-still held to the CIDR allowlist.
+"""The broker is private. Every route except the provider callback, the hosted connect page
+(with its static files) and the liveness probe needs the X-API-Key header; when
+BROKER_ALLOWED_CIDRS is set the client address must also lie inside it. The admin uses
+Django's login instead of the API key but is still held to the CIDR allowlist.
 
 The client address is REMOTE_ADDR: the broker sits on a private network, so the peer is
 the gateway, a worker or an operator's proxy, never a forwarded-for header a client wrote.
@@ -19,6 +19,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.http import JsonResponse
 
 PUBLIC_PATHS = ("/auth/callback", "/healthz")
+# The hosted connect page (issue 16) and its own stylesheet and logos, for end users' browsers.
+PUBLIC_PREFIXES = ("/connect/", "/static/connect/")
 LOGIN_PATHS = ("/admin", "/static")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -69,7 +71,7 @@ class BrokerAccessMiddleware:
 
     def __call__(self, request):
         path = request.path_info
-        if path in PUBLIC_PATHS or path.startswith(tuple(settings.BROKER_ACCESS_EXEMPT)):
+        if path in PUBLIC_PATHS or path.startswith((*PUBLIC_PREFIXES, *settings.BROKER_ACCESS_EXEMPT)):
             return self.get_response(request)
         if not ip_allowed(client_ip(request)):
             return JsonResponse({"error": "forbidden", "message": "client address not allowed"}, status=403)

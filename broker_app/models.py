@@ -74,6 +74,16 @@ class Connection(models.Model):
     nonce_digest = models.CharField(max_length=64, blank=True)
     pkce_verifier_enc = models.TextField(blank=True)
 
+    # Device authorization grant (RFC 8628), pending only: the device code (encrypted; its
+    # digest is unique, so one device code never serves two connections), the polling
+    # interval the provider asked for and when the next poll is due (the beat scan's key).
+    # `state_expires_at` holds the device code's expiry.
+    flow = models.CharField(max_length=24, default="code")
+    device_code_enc = models.TextField(blank=True)
+    device_code_digest = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    device_interval = models.PositiveIntegerField(null=True, blank=True)
+    device_next_poll_at = models.DateTimeField(null=True, blank=True)
+
     # Tokens, encrypted and bound to this row.
     access_token_enc = models.TextField(blank=True)
     refresh_token_enc = models.TextField(blank=True)
@@ -95,6 +105,12 @@ class Connection(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     activated_at = models.DateTimeField(null=True, blank=True)
     revoke_pending = models.BooleanField(default=False)
+    # Issue 16: labels an agent filters by (dromos/tags.py bounds them), and the connect
+    # session that produced the connection.
+    tags = models.JSONField(default=dict, blank=True)
+    connect_session = models.ForeignKey(
+        "ConnectSession", null=True, blank=True, on_delete=models.SET_NULL, related_name="connections"
+    )
 
     class Meta:
         ordering = ["-created_at"]
@@ -109,6 +125,11 @@ class Connection(models.Model):
                 condition=Q(status="active", expires_at__isnull=False),
             ),
             models.Index(fields=["created_at"], name="conn_pending_created", condition=Q(status="pending")),
+            models.Index(
+                fields=["device_next_poll_at"],
+                name="conn_device_poll_due",
+                condition=Q(status="pending", device_next_poll_at__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:
@@ -135,7 +156,7 @@ class AuditEvent(models.Model):
 
     class Meta:
         ordering = ["-id"]
-        # On PostgreSQL the table is partitioned by day on created_at (migration 0004):
+        # On PostgreSQL the table is partitioned by day on created_at (migration 0006):
         # its primary key is (id, created_at), these are partitioned indexes.
         indexes = [
             models.Index(fields=["connection_id", "created_at"], name="auditevent_connection_at"),
@@ -204,6 +225,8 @@ class WebhookEndpoint(models.Model):
         FAILED = "connection.failed"
         REFRESHED_AFTER_FAILURE = "connection.refreshed_after_failure"
         REVOKED = "connection.revoked"
+        RECONNECTED = "connection.reconnected"
+        SESSION_COMPLETED = "connect_session.completed"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     workspace = models.CharField(max_length=128, db_index=True)
@@ -255,3 +278,97 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} {self.connection_id} → {self.status}"
+
+
+def new_connect_session_id() -> str:
+    return "cs_" + secrets.token_urlsafe(18)
+
+
+class ConnectSession(models.Model):
+    """A short-lived invitation to connect (issue 16): the hosted page at /connect/{token}
+    shows it to the end user. The token is single-use and stored only as its digest; the
+    session id is what the agent reads the outcome by."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"  # link not used yet
+        STARTED = "started"  # the page started a consent flow (the token is spent)
+        COMPLETED = "completed"  # the flow produced (or reconnected) a connection
+        FAILED = "failed"  # the flow ended in an error (denied, account_mismatch …)
+
+    id = models.CharField(primary_key=True, max_length=64, default=new_connect_session_id, editable=False)
+    workspace = models.CharField(max_length=128)
+    user_id = models.CharField(max_length=255)
+    token_digest = models.CharField(max_length=64, unique=True, editable=False)
+    allowed_providers = models.JSONField(default=list, blank=True, help_text="Provider names; empty means all")
+    scopes = models.JSONField(default=dict, blank=True, help_text="provider name -> scopes")
+    return_url = models.TextField()
+    tags = models.JSONField(default=dict, blank=True)
+    reconnect = models.ForeignKey(
+        "Connection", null=True, blank=True, on_delete=models.CASCADE, related_name="reconnect_sessions"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    error = models.CharField(max_length=64, blank=True)
+    expires_at = models.DateTimeField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["workspace", "created_at"], name="connect_session_ws")]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class ConnectAttempt(models.Model):
+    """A pending reconnect of an existing connection (issue 16). The consent flow's secrets
+    live here, not on the connection, so the connection keeps its status and its tokens keep
+    working until a callback proves the same account consented again."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        COMPLETED = "completed"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="connect_attempts")
+    connect_session = models.ForeignKey(
+        ConnectSession, null=True, blank=True, on_delete=models.SET_NULL, related_name="attempts"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    scopes = models.JSONField(default=list)
+    return_url = models.TextField()
+    state_digest = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    state_expires_at = models.DateTimeField()
+    nonce_digest = models.CharField(max_length=64, blank=True)
+    pkce_verifier_enc = models.TextField(blank=True)
+    error = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"reconnect {self.connection_id} ({self.status})"
+
+    def aad(self, field: str) -> str:
+        return f"attempt:{self.pk}:{field}"
+
+
+class WorkspaceBranding(models.Model):
+    """How the hosted connect page presents a workspace: name, logo, accent colour."""
+
+    workspace = models.CharField(max_length=128, primary_key=True)
+    display_name = models.CharField(max_length=128, blank=True)
+    accent_color = models.CharField(max_length=7, blank=True, help_text="#RRGGBB")
+    logo = models.BinaryField(blank=True, default=b"", editable=False)
+    logo_content_type = models.CharField(max_length=32, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "workspace brandings"
+
+    def __str__(self) -> str:
+        return self.workspace

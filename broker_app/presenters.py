@@ -71,6 +71,8 @@ def connection_as_dict(connection: Connection) -> dict[str, Any]:
         "updated_at": connection.updated_at,
         "activated_at": connection.activated_at,
         "last_refreshed_at": connection.last_refreshed_at,
+        "tags": connection.tags or {},
+        "connect_session_id": connection.connect_session_id,
     }
 
 

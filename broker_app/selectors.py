@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from django.db import connection as db_connection
 from django.db.models import QuerySet
+from django.db.models.fields.json import KeyTextTransform
 
 from broker_app.models import Connection, Provider
 from dromos.db import execute_fixed
@@ -113,7 +114,12 @@ def connection_for_token(*, connection_id: str, workspace: str | None) -> Connec
 
 
 def connection_list(
-    *, workspace: str, user_id: str | None = None, provider_name: str | None = None, status: str | None = None
+    *,
+    workspace: str,
+    user_id: str | None = None,
+    provider_name: str | None = None,
+    status: str | None = None,
+    tags: list[tuple[str, str]] | None = None,
 ) -> QuerySet[Connection]:
     queryset = Connection.objects.filter(workspace=workspace).select_related("provider").order_by("-created_at", "id")
     if user_id:
@@ -122,4 +128,7 @@ def connection_list(
         queryset = queryset.filter(provider__name__iexact=provider_name)
     if status:
         queryset = queryset.filter(status=status)
+    for index, (key, value) in enumerate(tags or []):
+        # KeyTextTransform, never `tags__<key>`: a key is data, not a lookup name.
+        queryset = queryset.alias(**{f"_tag{index}": KeyTextTransform(key, "tags")}).filter(**{f"_tag{index}": value})
     return queryset

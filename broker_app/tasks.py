@@ -9,6 +9,8 @@ from celery import shared_task
 
 from broker_app.services.audit_chain import audit_seal
 from broker_app.services.audit_partitions import audit_partitions_maintain
+from broker_app.services.device import device_poll_one
+from broker_app.services.device import device_poll_sweep as device_sweep
 from broker_app.services.housekeeping import pending_prune, revocations_retry
 from broker_app.services.sweep import refresh_one, sweep_due
 from broker_app.webhooks import webhook_deliver
@@ -68,3 +70,14 @@ def audit_partitions() -> int:
 def audit_seal_chain() -> int:
     """Hash-chain the audit rows written since the last run (one sealer at a time)."""
     return audit_seal().sealed
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def device_poll_sweep() -> int:
+    """Beat's scan of pending device connections whose poll is due (RFC 8628)."""
+    return len(device_sweep())
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def device_poll(connection_id: str) -> str:
+    return device_poll_one(connection_id=connection_id)

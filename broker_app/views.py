@@ -8,7 +8,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
-from broker_app.services.connect import connection_complete
+from broker_app.services.reconnect import callback_complete
 
 PAGE_MESSAGES = {
     "missing_state": "This sign-in link is incomplete: the state parameter is missing.",
@@ -23,7 +23,7 @@ PAGE_MESSAGES = {
 @require_GET
 def auth_callback(request):
     params = request.GET
-    outcome = connection_complete(
+    outcome = callback_complete(
         state=params.get("state"),
         code=params.get("code"),
         iss=params.get("iss"),

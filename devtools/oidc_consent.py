@@ -39,7 +39,7 @@ from urllib.parse import urljoin
 
 import requests
 
-__all__ = ["ConsentError", "complete_consent", "main"]
+__all__ = ["ConsentError", "complete_consent", "confirm_device_code", "main"]
 
 MAX_STEPS = 40
 
@@ -185,6 +185,47 @@ def complete_consent(
                 method, data, url = "POST", dict(form["fields"]), action
 
     raise ConsentError(f"gave up after {MAX_STEPS} steps, last at {url}", url=url)
+
+
+def _form(http: requests.Session, method: str, url: str, form_id: str, timeout: float, data=None):
+    resp = http.request(method, url, data=data, allow_redirects=False, timeout=timeout)
+    if resp.status_code >= 400:
+        raise ConsentError(
+            f"{resp.status_code} from {url}: {_page_summary(resp.text)}", url=url, status=resp.status_code
+        )
+    match = re.search(r'<form id="' + re.escape(form_id) + r'"[^>]*action="([^"]*)"', resp.text)
+    if match is None:
+        raise ConsentError(f"no form {form_id} at {url}: {_page_summary(resp.text)}", url=url, body=resp.text)
+    page = _parse(resp.text)
+    fields = next(f["fields"] for f in page.forms if f["action"] == match.group(1))
+    return urljoin(url, match.group(1)), dict(fields)
+
+
+def confirm_device_code(
+    verification_uri: str,
+    user_code: str,
+    login: str = "alice",
+    deny: bool = False,
+    *,
+    timeout: float = 10.0,
+) -> str:
+    """RFC 8628 at the local oidc-provider, like a person on a phone: open
+    ``verification_uri``, type ``user_code``, confirm it (or abort with ``deny``), then log
+    in and consent. Returns the URL of the page reached (the provider's success page)."""
+    http = requests.Session()
+    http.trust_env = False
+    action, fields = _form(http, "GET", verification_uri, "op.deviceInputForm", timeout)
+    fields["user_code"] = user_code
+    action, fields = _form(http, "POST", action, "op.deviceConfirmForm", timeout, data=fields)
+    if deny:
+        fields.pop("confirm", None)
+        fields["abort"] = "yes"
+    resp = http.post(action, data=fields, allow_redirects=False, timeout=timeout)
+    if resp.status_code >= 400:
+        raise ConsentError(f"{resp.status_code} from {action}: {_page_summary(resp.text)}", url=action)
+    if not resp.is_redirect:
+        return action  # aborted: the provider shows its result page
+    return complete_consent(urljoin(action, resp.headers["location"]), login=login, session=http, timeout=timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

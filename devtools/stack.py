@@ -61,6 +61,7 @@ class Stack:
     broker_workers: int = 2
     access_token_ttl: int = 3600
     extra_env: dict[str, str] = field(default_factory=dict)
+    oidc_env: dict[str, str] = field(default_factory=dict)  # the oidc-provider's (DEVICE_CODE_TTL …)
     quiet: bool = True
     # Also register the local provider as "google", so that the integration guide's snippet
     # (ProviderName: "Google"; names match case-insensitively) runs unchanged against the stack.
@@ -187,9 +188,15 @@ class Stack:
                         "client_secret": self.client_secret,
                         "redirect_uris": [f"{self.broker_url}/auth/callback"],
                         "token_endpoint_auth_method": "client_secret_basic",
+                        "grant_types": [
+                            "authorization_code",
+                            "refresh_token",
+                            "urn:ietf:params:oauth:grant-type:device_code",
+                        ],
                     }
                 ],
                 access_token_ttl=self.access_token_ttl,
+                extra_env=self.oidc_env,
             )
             self.manage("broker", "migrate", "--noinput", "-v0")
             self.manage("gateway", "migrate", "--noinput", "-v0")
@@ -229,6 +236,9 @@ class Stack:
                 # path only (%(U)s): a query string can hold the callback's code and state
                 "--access-logformat",
                 '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(M)sms',
+                # …and the connect page's token masked in it (issue 16)
+                "--logger-class",
+                "devtools.access_log.AccessLogger",
                 "--timeout",
                 "60",
                 "--graceful-timeout",

@@ -37,6 +37,10 @@ class InvalidRequest(ApiError):
     status_code, code = 400, "invalid_request"
 
 
+class InvalidCredentials(ApiError):
+    status_code, code = 400, "invalid_credentials"
+
+
 class Unauthorized(ApiError):
     status_code, code = 401, "unauthorized"
 

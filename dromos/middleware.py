@@ -72,16 +72,18 @@ class RequestMetricsMiddleware:
         method = request.method if request.method in _METHODS else "OTHER"
         REQUEST_SECONDS.labels(route=route, method=method, status=str(response.status_code)).observe(elapsed)
         level = logging.DEBUG if request.path.startswith(_QUIET_PATHS) else logging.INFO
+        # A path holding a credential (the hosted connect page's /connect/{token}) is logged as its route.
+        path = route if "token" in (getattr(request.resolver_match, "kwargs", None) or {}) else request.path
         if access_logger.isEnabledFor(level):
             access_logger.log(
                 level,
                 "%s %s %s",
                 request.method,
-                request.path,
+                path,
                 response.status_code,
                 extra={
                     "method": request.method,
-                    "path": request.path,
+                    "path": path,
                     "route": route,
                     "status": response.status_code,
                     "duration_ms": round(elapsed * 1000, 2),

@@ -13,13 +13,18 @@ Shared layer: imports neither `gateway_app` nor `broker_app`."""
 
 from __future__ import annotations
 
+import re
+
 from drf_spectacular.utils import extend_schema_serializer
 from rest_framework import serializers
 
+from dromos.tags import MAX_TAGS, TagError, parse_tag_filter, validate_tags
 from dromos.validators import validate_scope_token
 
 # -- connection statuses ------------------------------------------------------------------
 PENDING, ACTIVE, FAILED, REVOKED = CONNECTION_STATUSES = ("pending", "active", "failed", "revoked")
+# -- how a connection is made (request-connection `flow`) --------------------------------
+FLOW_CODE, FLOW_DEVICE = CONNECTION_FLOWS = ("code", "device")
 
 # -- the broker's internal paths ------------------------------------------------------------
 # `{connection_id}` is the only parameter. `internal_path` fills one for the gateway's
@@ -29,16 +34,26 @@ CONNECTION = "internal/v1/connections/{connection_id}"
 CONNECTION_TOKEN = "internal/v1/connections/{connection_id}/token"
 CONNECTION_REFRESH = "internal/v1/connections/{connection_id}/refresh"
 PROVIDERS = "internal/v1/providers"
+# connect sessions and reconnect in place (issue 16); `{session_id}` names a session
+CONNECTION_RECONNECT = "internal/v1/connections/{connection_id}/reconnect"
+CONNECT_SESSIONS = "internal/v1/connect-sessions"
+CONNECT_SESSION = "internal/v1/connect-sessions/{session_id}"
+STATIC_CONNECTIONS = "internal/v1/static-connections"
+CONNECTION_CREDENTIALS = "internal/v1/connections/{connection_id}/credentials"
 
 
-def internal_path(template: str, connection_id: str | None = None) -> str:
+def internal_path(template: str, connection_id: str | None = None, *, session_id: str | None = None) -> str:
     """The absolute path the gateway calls, e.g. `/internal/v1/connections/abc/token`."""
-    return "/" + (template if connection_id is None else template.format(connection_id=connection_id))
+    if connection_id is not None:
+        template = template.replace("{connection_id}", connection_id)
+    if session_id is not None:
+        template = template.replace("{session_id}", session_id)
+    return "/" + template
 
 
 def internal_route(template: str) -> str:
     """The Django URL pattern the broker serves `template` at."""
-    return template.replace("{connection_id}", "<str:connection_id>")
+    return template.replace("{connection_id}", "<str:connection_id>").replace("{session_id}", "<str:session_id>")
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -58,8 +73,75 @@ class RequestConnectionInputSerializer(serializers.Serializer):
         allow_empty=True,
         max_length=100,
     )
-    return_url = serializers.CharField(max_length=2048, trim_whitespace=False)
+    return_url = serializers.CharField(
+        max_length=2048, trim_whitespace=False, required=False, help_text="Required for the code flow"
+    )
     params = serializers.DictField(child=serializers.CharField(max_length=256), required=False, allow_empty=True)
+    flow = serializers.ChoiceField(
+        choices=CONNECTION_FLOWS,
+        required=False,
+        help_text="code (default): consent at authUrl; device (RFC 8628): the user enters user_code at "
+        "verification_uri, the broker polls",
+    )
+
+    def validate(self, attrs):
+        if attrs.get("flow", FLOW_CODE) == FLOW_CODE and not attrs.get("return_url"):
+            raise serializers.ValidationError({"return_url": ["This field is required."]})
+        return attrs
+
+
+_API_KEY = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no space, no CR/LF
+
+
+def _printable(value: str, what: str) -> str:
+    if not value.isprintable():
+        raise serializers.ValidationError(f"{what} has a control or non-printable character")
+    return value
+
+
+class CredentialsSerializer(serializers.Serializer):
+    """A static credential. Messages never echo a value."""
+
+    type = serializers.ChoiceField(choices=("api_key", "basic"))
+    api_key = serializers.CharField(required=False, max_length=4096, trim_whitespace=False)
+    username = serializers.CharField(required=False, max_length=256, trim_whitespace=False)
+    password = serializers.CharField(required=False, max_length=1024, trim_whitespace=False)
+
+    def to_internal_value(self, data):
+        attrs = super().to_internal_value(data)
+        fields = {"api_key": ("api_key",), "basic": ("username", "password")}[attrs["type"]]
+        extra = set(data) - {"type", *fields}
+        if extra:
+            raise serializers.ValidationError(
+                {str(name)[:32]: ["not part of this credential type"] for name in sorted(extra, key=str)}
+            )
+        return attrs
+
+    def validate(self, attrs):
+        fields = {"api_key": ("api_key",), "basic": ("username", "password")}[attrs["type"]]
+        missing = [name for name in fields if not attrs.get(name)]
+        if missing:
+            raise serializers.ValidationError({name: ["This field is required."] for name in missing})
+        if attrs["type"] == "api_key":
+            if not _API_KEY.match(attrs["api_key"]):
+                raise serializers.ValidationError({"api_key": ["only printable ASCII without spaces"]})
+            return {"type": "api_key", "api_key": attrs["api_key"]}
+        _printable(attrs["username"], "username")
+        _printable(attrs["password"], "password")
+        if ":" in attrs["username"]:
+            raise serializers.ValidationError({"username": ["a Basic-auth username cannot contain ':'"]})
+        return {"type": "basic", "username": attrs["username"], "password": attrs["password"]}
+
+
+class StaticConnectionInputSerializer(serializers.Serializer):
+    user_id = serializers.CharField(max_length=255)
+    provider_name = serializers.CharField(max_length=64)
+    params = serializers.DictField(child=serializers.CharField(max_length=256), required=False, allow_empty=True)
+    credentials = CredentialsSerializer()
+
+
+class CredentialsReplaceInputSerializer(serializers.Serializer):
+    credentials = CredentialsSerializer()
 
 
 class TokenQuerySerializer(serializers.Serializer):
@@ -79,6 +161,24 @@ class ConnectionListQuerySerializer(serializers.Serializer):
     page_size = serializers.IntegerField(
         required=False, min_value=1, max_value=PAGE_SIZE_MAX, help_text=f"Default {PAGE_SIZE_DEFAULT}"
     )
+    tag = serializers.ListField(
+        child=serializers.CharField(max_length=330),
+        required=False,
+        max_length=MAX_TAGS,
+        help_text="key:value, repeatable (all must match); a connection carries its connect session's tags",
+    )
+
+    def validate_tag(self, value):
+        try:
+            return [":".join(parse_tag_filter(raw)) for raw in value]
+        except TagError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+def tag_pairs(tags: list[str]) -> list[tuple[str, str]]:
+    """`ConnectionListQuerySerializer`'s validated `tag` values as (key, value) pairs (a key
+    holds no ':')."""
+    return [tuple(raw.split(":", 1)) for raw in tags]  # type: ignore[misc]
 
 
 def parse_query(serializer_class: type[serializers.Serializer], query_params) -> dict:
@@ -91,6 +191,59 @@ def parse_query(serializer_class: type[serializers.Serializer], query_params) ->
         for name, value in serializer.validated_data.items()
         if name in query_params and value not in ("", None)
     }
+
+
+SESSION_EXPIRES_DEFAULT, SESSION_EXPIRES_MIN, SESSION_EXPIRES_MAX = 1800, 60, 86400
+SESSION_STATUSES = ("pending", "started", "completed", "failed", "expired")
+
+
+def _scope_list(**kwargs) -> serializers.ListField:
+    return serializers.ListField(
+        child=serializers.CharField(max_length=256, validators=[validate_scope_token]), max_length=100, **kwargs
+    )
+
+
+class ConnectSessionInputSerializer(serializers.Serializer):
+    user_id = serializers.CharField(max_length=255, required=False, help_text="Required unless reconnect is set")
+    allowed_providers = serializers.ListField(
+        child=serializers.CharField(max_length=64),
+        required=False,
+        allow_empty=True,
+        max_length=50,
+        help_text="Provider names the page offers (default: every configured provider)",
+    )
+    scopes = serializers.DictField(child=_scope_list(), required=False, help_text="provider name -> scopes")
+    return_url = serializers.CharField(max_length=2048, trim_whitespace=False)
+    tags = serializers.DictField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=256),
+        required=False,
+        help_text=f"Copied onto the connection; at most {MAX_TAGS}, keys [A-Za-z0-9_.-]{{1,64}}, values <= 256",
+    )
+    expires_in = serializers.IntegerField(
+        required=False,
+        min_value=SESSION_EXPIRES_MIN,
+        max_value=SESSION_EXPIRES_MAX,
+        help_text=f"Seconds the link lives (default {SESSION_EXPIRES_DEFAULT})",
+    )
+    reconnect = serializers.RegexField(
+        r"^[A-Za-z0-9_-]{1,64}$", required=False, help_text="A connection id: the page reconnects it in place"
+    )
+
+    def validate_tags(self, value):
+        try:
+            return validate_tags(value)
+        except TagError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+@extend_schema_serializer(component_name="ReconnectInput")
+class ReconnectInputSerializer(serializers.Serializer):
+    scopes = _scope_list(
+        required=False, allow_empty=True, help_text="Added to the connection's scopes (incremental consent)"
+    )
+    return_url = serializers.CharField(
+        max_length=2048, trim_whitespace=False, required=False, help_text="Default: the connection's"
+    )
 
 
 # -- bodies ---------------------------------------------------------------------------------
@@ -107,11 +260,28 @@ class ConnectionRequestSerializer(serializers.Serializer):
     connection_id = serializers.CharField()
 
 
+class DeviceConnectionRequestSerializer(serializers.Serializer):
+    connection_id = serializers.CharField()
+    provider_id = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())
+    user_code = serializers.CharField(help_text="What the user types at verification_uri")
+    verification_uri = serializers.CharField()
+    verification_uri_complete = serializers.CharField(
+        required=False, help_text="verification_uri with the code filled in, when the provider offers one"
+    )
+    expires_at = serializers.DateTimeField(help_text="The connection fails with expired_token after this")
+    interval = serializers.IntegerField(help_text="Seconds between the broker's polls of the provider")
+
+
 class TokenSerializer(serializers.Serializer):
-    access_token = serializers.CharField()
-    token_type = serializers.CharField()
+    access_token = serializers.CharField(
+        help_text="token_type api_key: the key; basic: base64(username:password), the Basic header's value"
+    )
+    token_type = serializers.CharField(help_text="Bearer (OAuth), api_key or basic (static credentials)")
     expires_at = serializers.DateTimeField(allow_null=True)
     id_token = serializers.CharField(required=False)
+    username = serializers.CharField(required=False, help_text="token_type basic: the login")
+    password = serializers.CharField(required=False, help_text="token_type basic: the password")
     scopes = serializers.ListField(child=serializers.CharField())
     provider_name = serializers.CharField()
     connection_id = serializers.CharField()
@@ -147,6 +317,8 @@ class ConnectionSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
     activated_at = serializers.DateTimeField(allow_null=True)
     last_refreshed_at = serializers.DateTimeField(allow_null=True)
+    tags = serializers.DictField(child=serializers.CharField())
+    connect_session_id = serializers.CharField(allow_null=True)
 
 
 # The gateway's page. The broker answers `next_page` / `previous_page` (page numbers); the
@@ -190,3 +362,32 @@ class ProviderSerializer(serializers.Serializer):
 
 class ProviderListSerializer(serializers.Serializer):
     providers = ProviderSerializer(many=True)
+
+
+class ConnectSessionCreatedSerializer(serializers.Serializer):
+    connect_url = serializers.URLField()
+    session_id = serializers.CharField()
+    expires_at = serializers.DateTimeField()
+
+
+class ConnectSessionSerializer(serializers.Serializer):
+    session_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=SESSION_STATUSES)
+    user_id = serializers.CharField()
+    allowed_providers = serializers.ListField(child=serializers.CharField())
+    scopes = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+    return_url = serializers.CharField()
+    tags = serializers.DictField(child=serializers.CharField())
+    reconnect = serializers.CharField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    expires_at = serializers.DateTimeField()
+    created_at = serializers.DateTimeField()
+    used_at = serializers.DateTimeField(allow_null=True)
+    completed_at = serializers.DateTimeField(allow_null=True)
+    connections = ConnectionSerializer(many=True)
+
+
+class ReconnectRequestSerializer(serializers.Serializer):
+    authUrl = serializers.URLField()  # noqa: N815 (the contract's spelling)
+    connection_id = serializers.CharField()
+    scopes = serializers.ListField(child=serializers.CharField())

@@ -11,7 +11,13 @@ from urllib.parse import urlencode
 import orjson
 from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -35,11 +41,15 @@ CONNECTION_ID_PARAMETER = OpenApiParameter(
 )
 
 
-def _query(serializer_class: type[serializers.Serializer], request) -> dict[str, str]:
+def _query(serializer_class: type[serializers.Serializer], request) -> dict[str, str | list[str]]:
     """Validated query parameters as the broker reads them (blank ones dropped): bad values
-    are answered 400 here, before any broker call."""
+    are answered 400 here, before any broker call. A repeatable one (tag=…&tag=…) stays a list."""
     return {
-        name: ("true" if value else "false") if isinstance(value, bool) else str(value)
+        name: value
+        if isinstance(value, list)
+        else ("true" if value else "false")
+        if isinstance(value, bool)
+        else str(value)
         for name, value in wire.parse_query(serializer_class, request.query_params).items()
     }
 
@@ -105,7 +115,11 @@ class RequestConnectionApi(GatewayApi):
         operation_id="request_connection",
         request=wire.RequestConnectionInputSerializer,
         responses={
-            201: wire.ConnectionRequestSerializer,
+            201: PolymorphicProxySerializer(
+                component_name="ConnectionRequestOrDevice",
+                serializers=[wire.ConnectionRequestSerializer, wire.DeviceConnectionRequestSerializer],
+                resource_type_field_name=None,
+            ),
             **{k: v for k, v in ERRORS.items() if k in (400, 401, 403, 429, 502, 503)},
         },
     )
@@ -188,7 +202,26 @@ class RefreshApi(GatewayApi):
 
 
 class ConnectionListApi(GatewayApi):
-    required_scope = "connections:read"
+    @property
+    def required_scope(self) -> str:
+        return "connections:write" if self.request.method == "POST" else "connections:read"
+
+    @extend_schema(
+        operation_id="create_static_connection",
+        request=wire.StaticConnectionInputSerializer,
+        responses={201: wire.ConnectionSerializer, **ERRORS},
+    )
+    def post(self, request):
+        serializer = wire.StaticConnectionInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        answer = broker().call(
+            "POST",
+            wire.internal_path(wire.STATIC_CONNECTIONS),
+            principal=request.user,
+            client_ip=_client_ip(request),
+            json=serializer.validated_data,
+        )
+        return _relay(answer, cacheable=False)
 
     @extend_schema(
         operation_id="list_connections",
@@ -239,6 +272,29 @@ class ConnectionDeleteApi(GatewayApi):
                 client_ip=_client_ip(request),
             )
         )
+
+
+class CredentialsReplaceApi(GatewayApi):
+    required_scope = "connections:write"
+
+    @extend_schema(
+        operation_id="replace_credentials",
+        parameters=[CONNECTION_ID_PARAMETER],
+        request=wire.CredentialsReplaceInputSerializer,
+        responses={200: wire.ConnectionSerializer, **ERRORS},
+    )
+    def put(self, request, connection_id: str):
+        _check_id(connection_id)
+        serializer = wire.CredentialsReplaceInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        answer = broker().call(
+            "PUT",
+            wire.internal_path(wire.CONNECTION_CREDENTIALS, connection_id),
+            principal=request.user,
+            client_ip=_client_ip(request),
+            json=serializer.validated_data,
+        )
+        return _relay(answer, cacheable=False)
 
 
 class ProviderListApi(GatewayApi):

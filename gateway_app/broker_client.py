@@ -96,7 +96,7 @@ class BrokerClient:
         if json is not None:
             body = orjson.dumps(json)
             headers["Content-Type"] = "application/json"
-        target = f"{path}?{urlencode(params)}" if params else path
+        target = f"{path}?{urlencode(params, doseq=True)}" if params else path
         started = time.perf_counter()
         try:
             response = self._request(method, target, headers, body)

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"sort"
 	"strings"
 	"time"
 )
@@ -136,6 +137,46 @@ func (c *Client) RequestConnection(ctx context.Context, in RequestConnectionInpu
 	return &out, nil
 }
 
+// RequestDeviceConnection starts a device-flow connection (RFC 8628): POST
+// /v1/request-connection with flow "device". Show the user UserCode at
+// VerificationURI, then [Client.WaitForActive].
+func (c *Client) RequestDeviceConnection(ctx context.Context, in RequestConnectionInput) (*DeviceConnectionOutput, error) {
+	in.Flow = "device"
+	in.ReturnURL = ""
+	var out DeviceConnectionOutput
+	if err := c.do(ctx, http.MethodPost, "/v1/request-connection", nil, in, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// CreateStaticConnection stores an API key or a Basic login (verified by the
+// provider first): POST /v1/connections. A refused credential is a 400 with
+// code invalid_credentials.
+func (c *Client) CreateStaticConnection(ctx context.Context, in CreateStaticConnectionInput) (*Connection, error) {
+	var out Connection
+	if err := c.do(ctx, http.MethodPost, "/v1/connections", nil, in, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ReplaceCredentials replaces a static connection's credential in place: PUT
+// /v1/connections/{id}/credentials.
+func (c *Client) ReplaceCredentials(ctx context.Context, connectionID string, creds Credentials) (*Connection, error) {
+	if connectionID == "" {
+		return nil, ErrEmptyConnectionID
+	}
+	body := struct {
+		Credentials Credentials `json:"credentials"`
+	}{creds}
+	var out Connection
+	if err := c.do(ctx, http.MethodPut, "/v1/connections/"+url.PathEscape(connectionID)+"/credentials", nil, body, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // CheckConnection returns a connection's state: GET
 // /v1/check-connection/{id}.
 func (c *Client) CheckConnection(ctx context.Context, connectionID string) (*Connection, error) {
@@ -218,6 +259,9 @@ func (c *Client) ListConnections(ctx context.Context, in ListConnectionsInput) (
 	if in.PageSize > 0 {
 		q.Set("page_size", fmt.Sprint(in.PageSize))
 	}
+	for _, key := range sortedKeys(in.Tags) {
+		q.Add("tag", key+":"+in.Tags[key])
+	}
 	var out ConnectionList
 	if err := c.do(ctx, http.MethodGet, "/v1/connections", q, nil, &out); err != nil {
 		return nil, err
@@ -237,6 +281,52 @@ func (c *Client) DeleteConnection(ctx context.Context, connectionID string) (*Co
 		return nil, err
 	}
 	return &out, nil
+}
+
+// CreateConnectSession makes a short-lived, single-use link to the hosted
+// connect page: POST /v1/connect-sessions.
+func (c *Client) CreateConnectSession(ctx context.Context, in CreateConnectSessionInput) (*ConnectSessionCreated, error) {
+	var out ConnectSessionCreated
+	if err := c.do(ctx, http.MethodPost, "/v1/connect-sessions", nil, in, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// GetConnectSession returns a session's state and the connections it
+// produced: GET /v1/connect-sessions/{id}.
+func (c *Client) GetConnectSession(ctx context.Context, sessionID string) (*ConnectSession, error) {
+	if sessionID == "" {
+		return nil, errors.New("oauthsdk: session id is empty")
+	}
+	var out ConnectSession
+	if err := c.do(ctx, http.MethodGet, "/v1/connect-sessions/"+url.PathEscape(sessionID), nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Reconnect returns a fresh consent URL for the same connection id: POST
+// /v1/connections/{id}/reconnect. The old tokens keep working until the
+// user consents again with the same account.
+func (c *Client) Reconnect(ctx context.Context, connectionID string, in ReconnectInput) (*ReconnectOutput, error) {
+	if connectionID == "" {
+		return nil, ErrEmptyConnectionID
+	}
+	var out ReconnectOutput
+	if err := c.do(ctx, http.MethodPost, "/v1/connections/"+url.PathEscape(connectionID)+"/reconnect", nil, in, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for key := range m {
+		keys = append(keys, key)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // ListProviders returns the configured providers: GET /v1/providers.

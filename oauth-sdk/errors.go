@@ -29,6 +29,9 @@ const (
 	CodeRequestTooLarge = "request_too_large"
 	// CodeRateLimited (429): the API key is throttled.
 	CodeRateLimited = "rate_limited"
+	// CodeConcurrencyLimited (429): too many of the API key's or its
+	// workspace's calls are already waiting on providers; retried like any 429.
+	CodeConcurrencyLimited = "concurrency_limited"
 	// CodeProviderError (502): the provider answered badly.
 	CodeProviderError = "provider_error"
 	// CodeBadGateway (502): the broker answered badly.
@@ -37,6 +40,9 @@ const (
 	CodeBrokerUnavailable = "broker_unavailable"
 	// CodeProviderUnavailable (503): the provider is temporarily down.
 	CodeProviderUnavailable = "provider_unavailable"
+	// CodeRefreshInProgress (503): another caller is refreshing the
+	// connection and enough callers already wait for it; retried like any 503.
+	CodeRefreshInProgress = "refresh_in_progress"
 	// CodeServiceUnavailable (503): the gateway's or the broker's database is
 	// unavailable; retried like any 503.
 	CodeServiceUnavailable = "service_unavailable"

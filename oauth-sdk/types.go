@@ -32,10 +32,49 @@ type RequestConnectionInput struct {
 	Scopes []string `json:"scopes,omitempty"`
 	// ReturnURL is where the user's browser lands after consent, with
 	// status=success&connection_id=… (or status=error&error=…) appended.
-	ReturnURL string `json:"return_url"`
+	// Not sent for the device flow.
+	ReturnURL string `json:"return_url,omitempty"`
 	// Params holds extra provider parameters (see [Provider.Params]), such
 	// as a Microsoft tenant. Optional.
 	Params map[string]string `json:"params,omitempty"`
+	// Flow is "code" (the default: consent at AuthURL) or "device" (RFC 8628;
+	// use [Client.RequestDeviceConnection]).
+	Flow string `json:"flow,omitempty"`
+}
+
+// DeviceConnectionOutput is the answer of POST /v1/request-connection with
+// flow "device" (RFC 8628): show the user UserCode and VerificationURI (or
+// VerificationURIComplete); the broker polls the provider, and the connection
+// turns active (or failed with access_denied / expired_token).
+type DeviceConnectionOutput struct {
+	ConnectionID            string    `json:"connection_id"`
+	ProviderID              string    `json:"provider_id"`
+	Scopes                  []string  `json:"scopes"`
+	UserCode                string    `json:"user_code"`
+	VerificationURI         string    `json:"verification_uri"`
+	VerificationURIComplete string    `json:"verification_uri_complete,omitempty"`
+	ExpiresAt               time.Time `json:"expires_at"`
+	Interval                int       `json:"interval"`
+}
+
+// Credentials is a static credential: Type "api_key" with APIKey, or Type
+// "basic" with Username and Password.
+type Credentials struct {
+	Type     string `json:"type"`
+	APIKey   string `json:"api_key,omitempty"`
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+}
+
+// String never reveals the secret parts.
+func (c Credentials) String() string { return "oauthsdk.Credentials{type=" + c.Type + " [redacted]}" }
+
+// CreateStaticConnectionInput is the body of POST /v1/connections.
+type CreateStaticConnectionInput struct {
+	UserID       string            `json:"user_id"`
+	ProviderName string            `json:"provider_name"`
+	Params       map[string]string `json:"params,omitempty"`
+	Credentials  Credentials       `json:"credentials"`
 }
 
 // RequestConnectionOutput is the answer of POST /v1/request-connection.
@@ -103,6 +142,11 @@ type Connection struct {
 	ActivatedAt *time.Time `json:"activated_at"`
 	// LastRefreshedAt is when the tokens were last refreshed; nil if never.
 	LastRefreshedAt *time.Time `json:"last_refreshed_at"`
+	// Tags are the labels the connect session gave the connection.
+	Tags map[string]string `json:"tags"`
+	// ConnectSessionID is the connect session that produced the connection;
+	// empty when it was requested directly.
+	ConnectSessionID string `json:"connect_session_id"`
 }
 
 // Token is an access token fetched through the gateway. Its String and
@@ -123,6 +167,10 @@ type Token struct {
 	Scopes []string `json:"scopes"`
 	// ProviderName is the provider's name.
 	ProviderName string `json:"provider_name"`
+	// Username and Password are set for TokenType "basic" (a static login;
+	// AccessToken is then base64(username:password)).
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
 	// ConnectionID is the connection the token belongs to.
 	ConnectionID string `json:"connection_id"`
 	// Warnings holds "min_ttl_not_met" when auto_refresh gave a token living
@@ -215,6 +263,9 @@ type ListConnectionsInput struct {
 	// PageSize is the page length; 0 means the gateway default (50). The
 	// gateway caps it at 200.
 	PageSize int
+	// Tags keeps only connections carrying every one of these tags
+	// (sent as ?tag=key:value, repeated).
+	Tags map[string]string
 }
 
 // ConnectionList is one page of GET /v1/connections.
@@ -249,4 +300,69 @@ type WaitOptions struct {
 	MinInterval time.Duration
 	// MaxInterval caps the delay between two checks (default 5s).
 	MaxInterval time.Duration
+}
+
+// CreateConnectSessionInput is the body of POST /v1/connect-sessions.
+type CreateConnectSessionInput struct {
+	// UserID is the end user the connection is for (required unless
+	// Reconnect is set).
+	UserID string `json:"user_id,omitempty"`
+	// AllowedProviders are the provider names the hosted page offers; empty
+	// means every configured provider.
+	AllowedProviders []string `json:"allowed_providers,omitempty"`
+	// Scopes maps a provider name to the scopes to request from it.
+	Scopes map[string][]string `json:"scopes,omitempty"`
+	// ReturnURL is where the browser lands with status and connection_id.
+	ReturnURL string `json:"return_url"`
+	// Tags are copied onto the connection (at most 20).
+	Tags map[string]string `json:"tags,omitempty"`
+	// ExpiresIn is the link's lifetime in seconds (default 1800, max 86400).
+	ExpiresIn int `json:"expires_in,omitempty"`
+	// Reconnect names a connection the page reconnects in place.
+	Reconnect string `json:"reconnect,omitempty"`
+}
+
+// ConnectSessionCreated is the answer of POST /v1/connect-sessions: send the
+// end user's browser to ConnectURL (single use, expires at ExpiresAt).
+type ConnectSessionCreated struct {
+	ConnectURL string     `json:"connect_url"`
+	SessionID  string     `json:"session_id"`
+	ExpiresAt  *time.Time `json:"expires_at"`
+}
+
+// ConnectSession is GET /v1/connect-sessions/{id}: its state ("pending",
+// "started", "completed", "failed", "expired") and the connections it
+// produced.
+type ConnectSession struct {
+	SessionID        string              `json:"session_id"`
+	Status           string              `json:"status"`
+	UserID           string              `json:"user_id"`
+	AllowedProviders []string            `json:"allowed_providers"`
+	Scopes           map[string][]string `json:"scopes"`
+	ReturnURL        string              `json:"return_url"`
+	Tags             map[string]string   `json:"tags"`
+	Reconnect        string              `json:"reconnect"`
+	Error            string              `json:"error"`
+	ExpiresAt        *time.Time          `json:"expires_at"`
+	CreatedAt        *time.Time          `json:"created_at"`
+	UsedAt           *time.Time          `json:"used_at"`
+	CompletedAt      *time.Time          `json:"completed_at"`
+	Connections      []Connection        `json:"connections"`
+}
+
+// ReconnectInput is the body of POST /v1/connections/{id}/reconnect.
+type ReconnectInput struct {
+	// Scopes are added to the connection's scopes (incremental consent).
+	Scopes []string `json:"scopes,omitempty"`
+	// ReturnURL defaults to the connection's own.
+	ReturnURL string `json:"return_url,omitempty"`
+}
+
+// ReconnectOutput carries the consent URL for the same connection id. A
+// consent by another account ends in status=error&error=account_mismatch and
+// changes nothing.
+type ReconnectOutput struct {
+	AuthURL      string   `json:"authUrl"`
+	ConnectionID string   `json:"connection_id"`
+	Scopes       []string `json:"scopes"`
 }

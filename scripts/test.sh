@@ -33,7 +33,7 @@ step "Python SDK (own venv, mypy --strict, pytest)"
 SDK_VENV=$ROOT/.venv-sdk
 test -x "$SDK_VENV/bin/python" || python3 -m venv "$SDK_VENV"
 if [ ! -f "$SDK_VENV/.installed" ] || [ sdk/python/pyproject.toml -nt "$SDK_VENV/.installed" ]; then
-  "$SDK_VENV/bin/pip" install -q -e 'sdk/python[test]' && touch "$SDK_VENV/.installed"
+  "$SDK_VENV/bin/pip" install -q -e 'sdk/python[test,mcp]' && touch "$SDK_VENV/.installed"
 fi
 (cd sdk/python && "$SDK_VENV/bin/ruff" check . && "$SDK_VENV/bin/mypy" --strict src tests \
    && "$SDK_VENV/bin/python" -m pytest -q)

@@ -224,3 +224,88 @@ def revoke(spec, *, token: str, token_type_hint: str) -> bool:
     if body.get("error") == "unsupported_token_type":
         return False
     raise PermanentOAuthError(str(body.get("error") or f"http_{response.status_code}"), status=response.status_code)
+
+
+# -- RFC 8628: device authorization grant ---------------------------------------------------
+DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+DEVICE_DEFAULT_INTERVAL = 5  # RFC 8628 §3.2: "If no value is provided, clients MUST use 5"
+_DEVICE_MAX_EXPIRES_IN = 86400
+
+
+def _positive_int(value: Any, default: int | None) -> int | None:
+    if isinstance(value, bool):
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return default
+    return number if number > 0 else default
+
+
+def device_authorize(spec, *, scopes: list[str]) -> dict[str, Any]:
+    """RFC 8628 §3.1–3.2: ask for a device code and a user code. Returns device_code,
+    user_code, verification_uri, verification_uri_complete (or None), expires_in, interval;
+    a response lacking any required member is a PermanentOAuthError (`bad_response`)."""
+    form: dict[str, str] = {}
+    if scopes:
+        form[spec.scope_param] = spec.scope_separator.join(scopes)
+    body = token_request(spec, form, url=spec.device_authorization_url)
+    # Google answers `verification_url` (its pre-RFC spelling).
+    uri = body.get("verification_uri") or body.get("verification_url")
+    complete = body.get("verification_uri_complete")
+    expires_in = _positive_int(body.get("expires_in"), None)
+    device_code, user_code = body.get("device_code"), body.get("user_code")
+    if not (isinstance(device_code, str) and device_code and isinstance(user_code, str) and user_code):
+        raise PermanentOAuthError("bad_response", "the device authorization response lacks a code")
+    if not (isinstance(uri, str) and uri.startswith(("https://", "http://")) and expires_in):
+        raise PermanentOAuthError("bad_response", "the device authorization response lacks verification_uri")
+    return {
+        "device_code": device_code,
+        "user_code": user_code[:64],
+        "verification_uri": uri,
+        "verification_uri_complete": complete if isinstance(complete, str) and complete.startswith(uri) else None,
+        "expires_in": min(expires_in, _DEVICE_MAX_EXPIRES_IN),
+        "interval": min(_positive_int(body.get("interval"), DEVICE_DEFAULT_INTERVAL), 300),
+    }
+
+
+def device_token(spec, hooks, *, device_code: str) -> TokenSet:
+    """RFC 8628 §3.4: one poll of the token endpoint. authorization_pending, slow_down,
+    access_denied and expired_token arrive as PermanentOAuthError codes (§3.5)."""
+    form = {"grant_type": DEVICE_CODE_GRANT, "device_code": device_code}
+    return hooks.parse_token_response(spec, token_request(spec, form))
+
+
+# -- static credentials (issue 18) ------------------------------------------------------------
+def credential_headers(spec, credential: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The headers and query parameters that carry a static credential ({"type": "api_key",
+    "api_key"} or {"type": "basic", "username", "password"}) as the template says."""
+    headers = dict(spec.api_headers)
+    if credential["type"] == "basic":
+        raw = f"{credential['username']}:{credential['password']}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(raw).decode("ascii")
+        return headers, {}
+    if spec.credential_query_param:
+        return headers, {spec.credential_query_param: credential["api_key"]}
+    headers[spec.credential_header] = spec.credential_format.replace("{api_key}", credential["api_key"])
+    return headers, {}
+
+
+def verify_credential(spec, credential: dict[str, str]) -> bool:
+    """GET the template's verify_url with the credential: True on 2xx, False on 401/403.
+    Raises TransientOAuthError when the answer says nothing about the credential (outage,
+    timeout, another status)."""
+    headers, params = credential_headers(spec, credential)
+    try:
+        response = _session.get(
+            spec.verify_url, headers=headers, params=params, timeout=_timeout(), allow_redirects=False
+        )
+    except requests.RequestException:
+        raise TransientOAuthError("connection_error", "the verification endpoint could not be reached") from None
+    if 200 <= response.status_code < 300:
+        return True
+    if response.status_code in (401, 403):
+        return False
+    raise TransientOAuthError(
+        "server_error", f"the verification endpoint answered {response.status_code}", status=response.status_code
+    )

@@ -50,7 +50,13 @@ def revocation_cell(key: str, entry: dict[str, Any]) -> str:
     return "yes" if method == "POST" else f"yes ({method})"
 
 
+def _static(entry: dict[str, Any]) -> bool:
+    return entry.get("auth_mode", "oauth2") != "oauth2"
+
+
 def pkce_cell(entry: dict[str, Any]) -> str:
+    if _static(entry):
+        return "—"
     return {"S256": "S256", "required": "required", "none": "no"}[entry.get("pkce", "S256")]
 
 
@@ -64,13 +70,28 @@ def params_cell(entry: dict[str, Any]) -> str:
 
 
 def auth_cell(entry: dict[str, Any]) -> str:
-    return "OAuth 2.0 + OIDC" if entry.get("oidc") else "OAuth 2.0"
+    if _static(entry):
+        return {"api_key": "API key", "basic": "Basic (login)"}[entry["auth_mode"]]
+    auth = "OAuth 2.0 + OIDC" if entry.get("oidc") else "OAuth 2.0"
+    return auth + (", device flow" if entry.get("device_authorization_url") else "")
+
+
+def injection(entry: dict[str, Any]) -> str:
+    """How a static credential is sent (the proxy's rule), in words."""
+    if entry["auth_mode"] == "basic":
+        return "`Authorization: Basic base64(username:password)`"
+    if entry.get("credential_query_param"):
+        return f"query parameter `{entry['credential_query_param']}`"
+    value = entry.get("credential_format", "Bearer {api_key}")
+    return f"`{entry.get('credential_header', 'Authorization')}: {value}`"
 
 
 def table(catalog: dict[str, dict[str, Any]]) -> str:
     rows = [
         f"{len(catalog)} templates. *Auth*: the authorization-code grant, with id_token verification where it"
-        " says OIDC. *Refresh*: whether the provider issues refresh tokens (and what it takes to get one).",
+        " says OIDC and the device flow (RFC 8628) where it says so; *API key* / *Basic*: a static credential"
+        " the user supplies (`POST /v1/connections`). *Refresh*: whether the provider issues refresh tokens"
+        " (and what it takes to get one).",
         "",
         "| template | provider | auth | refresh | revocation | PKCE | parameters | docs |",
         "|---|---|---|---|---|---|---|---|",
@@ -103,7 +124,29 @@ def upsert_example(key: str, entry: dict[str, Any]) -> str:
     return " ".join(args)
 
 
+def static_section(key: str, entry: dict[str, Any]) -> str:
+    kind = "an API key" if entry["auth_mode"] == "api_key" else "a username and password (HTTP Basic)"
+    facts = [f"The user supplies {kind}: get one at <{entry.get('setup_url') or entry['docs_url']}>."]
+    facts.append(f"Written from <{entry['docs_url']}>.")
+    facts.append(f"Sent as {injection(entry)}.")
+    if entry.get("api_headers"):
+        facts.append("Also sent: " + ", ".join(f"`{k}: {v}`" for k, v in entry["api_headers"].items()) + ".")
+    if entry.get("verify_url"):
+        facts.append(f"Verified before it is stored with `GET {entry['verify_url']}`.")
+    else:
+        facts.append("No cheap verification request: stored unverified.")
+    if entry.get("params"):
+        facts.append(f"Parameters: {params_cell(entry)}.")
+    facts.append(f"API base: `{entry['api_base_url']}`.")
+    name = key.replace("_", "-")
+    lines = [f"### {entry.get('display_name', key)} (`{key}`)", "", *_wrap(" ".join(facts)), ""]
+    lines += ["```sh", f"python manage.py provider upsert --name {name} --template {key}", "```"]
+    return "\n".join(lines)
+
+
 def section(key: str, entry: dict[str, Any]) -> str:
+    if _static(entry):
+        return static_section(key, entry)
     facts = [f"Register the OAuth app at <{entry['setup_url']}> with redirect URI `{{BASE_URL}}/auth/callback`."]
     facts.append(f"Written from <{entry['docs_url']}>.")
     if entry.get("scopes_url"):

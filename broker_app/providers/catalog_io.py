@@ -109,6 +109,7 @@ _BOOLS = {"oidc", "refresh", "refresh_token_rotation", "revocation_hint"}
 _INTS = {"refresh_token_lifetime_days"}
 _LISTS = {"default_scopes", "transient_errors", "callback_params", "unreported_scopes", "id_token_algs", "api_hosts"}
 _TABLES = {
+    "api_headers",
     "authorize_params",
     "token_headers",
     "refresh_params",

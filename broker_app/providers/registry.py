@@ -30,6 +30,7 @@ _DISCOVERED = (  # spec field <- discovery document key (OpenID Connect Discover
     ("revocation_url", "revocation_endpoint"),
     ("userinfo_url", "userinfo_endpoint"),
     ("jwks_uri", "jwks_uri"),
+    ("device_authorization_url", "device_authorization_endpoint"),  # RFC 8628 §4
 )
 
 
@@ -78,6 +79,14 @@ def resolve(provider, params: dict[str, Any] | None = None) -> tuple[ProviderSpe
     if not spec.authorize_url or not spec.token_url:
         raise ProviderConfigError(f"{provider.name} has no authorize/token endpoint configured")
     return spec, HOOKS[spec.hook]
+
+
+def resolve_static(provider, params: dict[str, Any] | None = None) -> ProviderSpec:
+    """The spec of a static-credential provider (no OAuth endpoints, no client secret)."""
+    spec = _cached(provider, params or {}, with_secret=False)
+    for field in ENDPOINT_KEYS:
+        _check_endpoint(getattr(spec, field), field)
+    return spec
 
 
 def described(provider) -> ProviderSpec:

@@ -75,7 +75,10 @@ def entry_problems(key: str, entry: dict[str, Any]) -> list[str]:
     problems = [f"{key}: unknown key {name!r}" for name in sorted(set(entry) - CATALOG_KEYS)]
     if not entry.get("display_name"):
         problems.append(f"{key}: display_name is missing")
-    if not entry.get("discovery_url") and not (entry.get("authorize_url") and entry.get("token_url")):
+    static = entry.get("auth_mode", "oauth2") != "oauth2"
+    if static:
+        problems += _static_problems(key, entry)
+    elif not entry.get("discovery_url") and not (entry.get("authorize_url") and entry.get("token_url")):
         if key != "oidc":  # the generic template gets its discovery URL from the operator
             problems.append(f"{key}: needs discovery_url or authorize_url + token_url")
     for name, allowed in _CHOICES.items():
@@ -176,6 +179,18 @@ def _proxy_and_account_problems(key: str, entry: dict[str, Any], specs: dict[str
     return problems
 
 
+def _static_problems(key: str, entry: dict[str, Any]) -> list[str]:
+    problems = []
+    if entry.get("refresh", True) or entry.get("offline_access") != "none":
+        problems.append(f"{key}: a static-credential template states refresh = false and offline_access = 'none'")
+    if entry.get("auth_mode") == "api_key" and not entry.get("credential_query_param"):
+        if "{api_key}" not in entry.get("credential_format", "Bearer {api_key}"):
+            problems.append(f"{key}: credential_format must contain {{api_key}}")
+    if not entry.get("docs_url"):
+        problems.append(f"{key}: a static-credential template needs docs_url (where the user gets the key)")
+    return problems
+
+
 def catalog_problems() -> list[str]:
     """Lint of the built-in catalog (imported templates are checked when imported)."""
     return [problem for key, entry in builtin_catalog().items() for problem in entry_problems(key, entry)]
@@ -266,6 +281,9 @@ class ProviderSpec:
     revocation_url: str = field(default="", metadata={**ENDPOINT, **OVERRIDE})
     userinfo_url: str = field(default="", metadata={**ENDPOINT, **OVERRIDE})
     jwks_uri: str = field(default="", metadata=ENDPOINT)
+    # RFC 8628 device authorization endpoint: set, the provider offers `"flow": "device"`
+    # (generic OIDC takes discovery's device_authorization_endpoint)
+    device_authorization_url: str = field(default="", metadata=ENDPOINT)
     refresh_url: str = field(default="", metadata=ENDPOINT)  # a refresh endpoint of its own (Figma)
     issuer: str = field(default="", metadata={**URL, "keep": ("tenantid",)})  # Entra's {tenantid}: per token
     # protocol
@@ -320,8 +338,23 @@ class ProviderSpec:
     # who the account is at the provider (reconnect): "id_token.CLAIM", "token.PATH",
     # "userinfo.PATH", "callback.NAME" or "param.NAME"; "" when the provider documents no stable id
     account_id_field: str = ""
+    # sent on a reconnect's authorize URL only (issue 16: incremental consent where the
+    # provider needs more than authorize_params already asks, e.g. prompt=consent)
+    reconnect_authorize_params: dict[str, str] = field(default_factory=dict)
     # how a refresh token is obtained: "scope:NAME", "param:NAME=VALUE", "always", "app_setting", "none"
     offline_access: str = ""
+    # -- static credentials (issue 18): a key or a login the user supplies instead of consent
+    auth_mode: str = field(default="oauth2", metadata=choices("oauth2", "api_key", "basic"))
+    # How the proxy injects an api_key: header `credential_header` with value
+    # `credential_format` ({api_key} filled), or, when set, the query parameter
+    # `credential_query_param`. A basic credential is always `Authorization: Basic …`.
+    credential_header: str = "Authorization"
+    credential_format: str = "Bearer {api_key}"
+    credential_query_param: str = ""
+    api_headers: dict[str, str] = field(default_factory=dict)  # sent on every API call (anthropic-version)
+    # A cheap authenticated GET made before a static credential is stored: 2xx = good,
+    # 401/403 = invalid_credentials (nothing stored); "" = not verified.
+    verify_url: str = field(default="", metadata=ENDPOINT)
 
     def open_params(self) -> list[str]:
         """Parameters an agent may (or must) pass per connection: not operator-only, not fixed."""

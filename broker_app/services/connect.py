@@ -60,8 +60,11 @@ def connection_start(
     return_url: str,
     params: dict[str, Any] | None,
     actor: Actor,
+    tags: dict[str, str] | None = None,
+    connect_session_id: str | None = None,
 ) -> StartResult:
-    """Create a pending connection and the authorization URL the user must visit."""
+    """Create a pending connection and the authorization URL the user must visit.
+    `tags` and `connect_session_id` come from a connect session (issue 16)."""
     provider = provider_get_by_name(provider_name)
     try:
         validate_return_url(return_url)
@@ -86,6 +89,8 @@ def connection_start(
         state_digest=crypto.digest(state),
         state_expires_at=timezone.now() + timedelta(seconds=settings.OAUTH_STATE_TTL_SECONDS),
         nonce_digest=crypto.digest(nonce) if nonce else "",
+        tags=tags or {},
+        connect_session_id=connect_session_id,
     )
     connection.pkce_verifier_enc = crypto.encrypt(verifier, aad=connection.aad("pkce_verifier"))
     auth_url = client.authorize_url(
@@ -136,7 +141,7 @@ def _error_redirect(connection: Connection, error: str) -> CallbackOutcome:
 _CALLBACK_VALUE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
-def _callback_metadata(spec, callback_params: Mapping[str, str] | None) -> dict[str, str]:
+def callback_metadata(spec, callback_params: Mapping[str, str] | None) -> dict[str, str]:
     """The callback query parameters the catalog names (QuickBooks' realmId), when plain."""
     if not callback_params:
         return {}
@@ -203,7 +208,7 @@ def connection_complete(
             connection=connection, error="missing_id_token", description="the provider returned no id_token"
         )
         return _error_redirect(connection, "missing_id_token")
-    extra_metadata = _callback_metadata(spec, callback_params)
+    extra_metadata = callback_metadata(spec, callback_params)
     if extra_metadata:
         tokens = replace(tokens, metadata={**tokens.metadata, **extra_metadata})
     if not connection_activate(

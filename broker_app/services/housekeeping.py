@@ -14,7 +14,10 @@ from broker_app.services.revocation import revocation_retry
 def pending_prune(*, older_than_seconds: int = 0, dry_run: bool = False) -> int:
     """Mark pending connections whose consent window has closed as failed (state_expired)."""
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
-    stale = Connection.objects.filter(status=Connection.Status.PENDING, state_expires_at__lt=cutoff)
+    # Device connections expire in their own poll (failed `expired_token`, services/device.py).
+    stale = Connection.objects.filter(status=Connection.Status.PENDING, state_expires_at__lt=cutoff).exclude(
+        flow="device"
+    )
     count = 0
     for connection in stale.select_related("provider").iterator():
         count += 1

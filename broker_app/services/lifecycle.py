@@ -1,10 +1,17 @@
 """Every transition of a connection, in one place (Zulip's `do_*` shape).
 
     (new) ──connection_create──▶ pending ──connection_activate──▶ active
-    pending ──connection_fail──▶ failed          (denied, bad callback, state expired)
+    pending ──connection_fail──▶ failed          (denied, bad callback, state expired,
+                                                  device code expired or refused)
     active ──connection_fail──▶ failed           (refresh answered invalid_grant, id_token changed)
     active ──connection_store_refreshed──▶ active (new tokens after a refresh)
     any ──connection_mark_revoked──▶ revoked
+    active|failed ──connection_reconnect_start──▶ unchanged (a pending ConnectAttempt holds the flow)
+    active|failed ──connection_reconnect_complete──▶ active (same account: the new grant replaces the old)
+    active|failed ──connection_reconnect_reject──▶ unchanged (account_mismatch, denied …: audited only)
+
+A connection made through a connect session finishes its session in the same transaction
+(`connect_session.completed` when it activates or reconnects, failed otherwise).
 
 Each function is atomic, guards the status it expects (a row no longer in that status is
 left alone and the function says so), writes its audit row and emits its event after
@@ -22,7 +29,7 @@ from django.utils import timezone
 
 from broker_app import crypto, events, metrics
 from broker_app.audit import SYSTEM, Actor, audit_record
-from broker_app.models import Connection
+from broker_app.models import ConnectAttempt, Connection, ConnectSession
 from broker_app.oauth.errors import safe_code
 from broker_app.oauth.tokens import TokenSet
 from broker_app.services.refresh_policy import next_proactive_attempt
@@ -34,6 +41,18 @@ Status = Connection.Status
 
 def _emit_on_commit(connection_id: str, event: str) -> None:
     transaction.on_commit(lambda: events.connection_event(connection_id=connection_id, event=event))
+
+
+def _finish_session(session_id: str | None, *, connection_id: str, error: str = "") -> None:
+    """started → completed (no error) or failed; inside the caller's transaction."""
+    if not session_id:
+        return
+    status = ConnectSession.Status.FAILED if error else ConnectSession.Status.COMPLETED
+    finished = ConnectSession.objects.filter(pk=session_id, status=ConnectSession.Status.STARTED).update(
+        status=status, error=error, completed_at=timezone.now()
+    )
+    if finished and not error:
+        _emit_on_commit(connection_id, "connect_session.completed")
 
 
 def not_active(connection: Connection) -> ConnectionNotActive:
@@ -95,6 +114,60 @@ def connection_create(*, connection: Connection, actor: Actor) -> None:
     logger.info("connection requested", extra={"connection_id": connection.id, "provider": connection.provider.name})
 
 
+def connection_create_static(*, connection: Connection, credential: str, actor: Actor) -> None:
+    """(new) → active: a connection made with a static credential (an API key, or a login
+    as JSON), stored encrypted like a token; `connection.token_type` says which kind."""
+    with transaction.atomic():
+        connection.status = Status.ACTIVE
+        connection.access_token_enc = crypto.encrypt(credential, aad=connection.aad("access_token"))
+        connection.token_version = 1
+        connection.activated_at = connection.last_refreshed_at = timezone.now()
+        connection.save(force_insert=True)
+        audit_record(
+            connection_id=connection.id,
+            workspace=connection.workspace,
+            actor=actor,
+            action="connection.requested",
+            detail={"provider": connection.provider.name, "credential": connection.token_type},
+        )
+        audit_record(
+            connection_id=connection.id,
+            workspace=connection.workspace,
+            actor=actor,
+            action="connection.activated",
+            detail={"credential": connection.token_type},
+        )
+        _emit_on_commit(connection.id, "connection.activated")
+    metrics.CONNECTIONS_ACTIVATED.labels(provider=connection.provider.name).inc()
+    logger.info("static connection created", extra={"connection_id": connection.id})
+
+
+def connection_replace_credential(*, connection: Connection, credential: str, token_type: str, actor: Actor) -> None:
+    """active (or failed) → active with a new static credential, in place. The caller holds
+    the row lock."""
+    if connection.status not in (Status.ACTIVE, Status.FAILED):
+        raise not_active(connection)
+    reactivated = connection.status == Status.FAILED
+    with transaction.atomic():
+        connection.access_token_enc = crypto.encrypt(credential, aad=connection.aad("access_token"))
+        connection.token_type = token_type
+        connection.token_version += 1
+        connection.status = Status.ACTIVE
+        connection.error = connection.error_description = ""
+        connection.last_refreshed_at = timezone.now()
+        connection.save()
+        audit_record(
+            connection_id=connection.id,
+            workspace=connection.workspace,
+            actor=actor,
+            action="credentials.replaced",
+            detail={"credential": token_type},
+        )
+        if reactivated:
+            _emit_on_commit(connection.id, "connection.activated")
+    logger.info("credentials replaced", extra={"connection_id": connection.id})
+
+
 def connection_activate(*, connection: Connection, tokens: TokenSet, account: dict[str, Any]) -> bool:
     """pending → active with the tokens of a completed consent. False when the row is no
     longer pending (another callback won)."""
@@ -109,7 +182,8 @@ def connection_activate(*, connection: Connection, tokens: TokenSet, account: di
         connection.account = account
         connection.status = Status.ACTIVE
         connection.activated_at = connection.last_refreshed_at = timezone.now()
-        connection.pkce_verifier_enc = ""
+        connection.pkce_verifier_enc = connection.device_code_enc = ""
+        connection.device_next_poll_at = None
         connection.nonce_digest = ""
         connection.error = connection.error_description = ""
         connection.save()
@@ -121,6 +195,7 @@ def connection_activate(*, connection: Connection, tokens: TokenSet, account: di
             detail={"granted_scopes": connection.granted_scopes},
         )
         _emit_on_commit(connection.id, "connection.activated")
+        _finish_session(connection.connect_session_id, connection_id=connection.id)
     metrics.CONNECTIONS_ACTIVATED.labels(provider=connection.provider.name).inc()
     logger.info("connection activated", extra={"connection_id": connection.id})
     return True
@@ -143,6 +218,8 @@ def connection_fail(
             error=code,
             error_description=description[:512],
             pkce_verifier_enc="",
+            device_code_enc="",
+            device_next_poll_at=None,
             next_refresh_attempt_at=None,
             updated_at=timezone.now(),
         )
@@ -155,6 +232,7 @@ def connection_fail(
                 detail={"error": code},
             )
             _emit_on_commit(connection.id, "connection.failed")
+            _finish_session(connection.connect_session_id, connection_id=connection.id, error=code)
     if not updated:
         return False
     connection.status, connection.error, connection.error_description = Status.FAILED, code, description[:512]
@@ -195,7 +273,8 @@ def connection_mark_revoked(*, connection: Connection, actor: Actor, provider_re
     provider revocation still needs (`kept`: "refresh_token", "access_token" or "")."""
     with transaction.atomic():
         connection.status = Status.REVOKED
-        connection.id_token_enc = connection.pkce_verifier_enc = ""
+        connection.id_token_enc = connection.pkce_verifier_enc = connection.device_code_enc = ""
+        connection.device_next_poll_at = None
         if kept != "refresh_token":
             connection.refresh_token_enc = ""
         if kept != "access_token":
@@ -213,3 +292,107 @@ def connection_mark_revoked(*, connection: Connection, actor: Actor, provider_re
         )
         _emit_on_commit(connection.id, "connection.revoked")
     metrics.CONNECTIONS_REVOKED.labels(provider=connection.provider.name).inc()
+
+
+RECONNECTABLE = (Status.ACTIVE, Status.FAILED)
+
+
+def connection_reconnect_start(*, attempt: ConnectAttempt, actor: Actor) -> None:
+    """Record a pending reconnect of an active or failed connection. The connection itself
+    is not touched: its status and tokens stay as they are until the callback."""
+    connection = attempt.connection
+    with transaction.atomic():
+        locked = Connection.objects.select_for_update().get(pk=connection.pk)
+        if locked.status not in RECONNECTABLE:
+            raise not_active(locked)
+        attempt.save(force_insert=True)
+        audit_record(
+            connection_id=connection.id,
+            workspace=connection.workspace,
+            actor=actor,
+            action="connection.reconnect_requested",
+            detail={"scopes": attempt.scopes, "connect_session": attempt.connect_session_id},
+        )
+    logger.info("reconnect requested", extra={"connection_id": connection.id})
+
+
+def connection_reconnect_complete(*, attempt: ConnectAttempt, tokens: TokenSet, account: dict[str, Any]) -> bool:
+    """active|failed → active with the new grant of the same account (the caller has
+    checked the account). The requested scopes become the connection's; a response without
+    a refresh token keeps the stored one. False when the connection can no longer be
+    reconnected (revoked meanwhile): nothing is written but the attempt's failure."""
+    with transaction.atomic():
+        connection = Connection.objects.select_for_update().select_related("provider").get(pk=attempt.connection_id)
+        if connection.status not in RECONNECTABLE:
+            _attempt_failed(attempt, connection, "connection_not_reconnectable")
+            return False
+        previous = connection.status
+        changed = store_tokens(connection, tokens, keep_refresh_token=True)
+        connection.scopes = list(attempt.scopes)
+        if tokens.scope is None:
+            connection.granted_scopes = list(dict.fromkeys([*connection.granted_scopes, *attempt.scopes]))
+        connection.account = {**connection.account, **account}
+        connection.status = Status.ACTIVE
+        connection.last_refreshed_at = timezone.now()
+        connection.activated_at = connection.activated_at or connection.last_refreshed_at
+        connection.error = connection.error_description = ""
+        connection.refresh_failures = 0
+        connection.next_refresh_attempt_at = next_proactive_attempt(
+            expires_at=connection.expires_at, refreshed_at=connection.last_refreshed_at
+        )
+        connection.save(
+            update_fields=[
+                *changed,
+                "scopes",
+                "granted_scopes",
+                "account",
+                "status",
+                "last_refreshed_at",
+                "activated_at",
+                "error",
+                "error_description",
+                "refresh_failures",
+                "next_refresh_attempt_at",
+            ]
+        )
+        ConnectAttempt.objects.filter(pk=attempt.pk).update(
+            status=ConnectAttempt.Status.COMPLETED, pkce_verifier_enc="", nonce_digest="", finished_at=timezone.now()
+        )
+        audit_record(
+            connection_id=connection.id,
+            workspace=connection.workspace,
+            actor=SYSTEM,
+            action="connection.reconnected",
+            detail={"previous_status": previous, "granted_scopes": connection.granted_scopes},
+        )
+        _emit_on_commit(connection.id, "connection.reconnected")
+        _finish_session(attempt.connect_session_id, connection_id=connection.id)
+    logger.info("connection reconnected", extra={"connection_id": connection.id})
+    return True
+
+
+def _attempt_failed(attempt: ConnectAttempt, connection: Connection, code: str) -> None:
+    ConnectAttempt.objects.filter(pk=attempt.pk).update(
+        status=ConnectAttempt.Status.FAILED,
+        error=code,
+        pkce_verifier_enc="",
+        nonce_digest="",
+        finished_at=timezone.now(),
+    )
+    audit_record(
+        connection_id=connection.id,
+        workspace=connection.workspace,
+        actor=SYSTEM,
+        action="connection.reconnect_failed",
+        detail={"error": code},
+    )
+    _finish_session(attempt.connect_session_id, connection_id=connection.id, error=code)
+
+
+def connection_reconnect_reject(*, attempt: ConnectAttempt, error: str) -> None:
+    """A reconnect that must change nothing (another account, denied consent, bad callback):
+    the attempt fails and the audit log says why; the connection and its tokens are untouched."""
+    code = safe_code(error)
+    with transaction.atomic():
+        _attempt_failed(attempt, attempt.connection, code)
+    logger.info("reconnect refused", extra={"connection_id": attempt.connection_id, "reason": code})

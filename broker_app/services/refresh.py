@@ -467,13 +467,19 @@ def _safe_after_interruption(connection: Connection, spec) -> bool:
 
 def _mark_in_flight(connection: Connection) -> None:
     """Commit the marker on a session of its own, so it survives this process (PostgreSQL;
-    on SQLite a second writer would wait for our own transaction, so there is none)."""
+    on SQLite a second writer would wait for our own transaction, so there is none).
+
+    A marker left for the same token_version (a retry inside the reuse grace) keeps its
+    started_at: the grace runs from the first presentation of that refresh token, so a retry
+    that dies too must not extend it."""
     if db_connection.vendor != "postgresql":
         return
     sql = (
         "INSERT INTO broker_app_refreshinflight (connection_id, token_version, started_at) VALUES (%s, %s, %s) "
-        "ON CONFLICT (connection_id) DO UPDATE SET token_version = EXCLUDED.token_version, "
-        "started_at = EXCLUDED.started_at"
+        "ON CONFLICT (connection_id) DO UPDATE SET started_at = CASE "
+        "WHEN broker_app_refreshinflight.token_version = EXCLUDED.token_version "
+        "THEN broker_app_refreshinflight.started_at ELSE EXCLUDED.started_at END, "
+        "token_version = EXCLUDED.token_version"
     )
     session = connections.create_connection(DEFAULT_DB_ALIAS)
     try:

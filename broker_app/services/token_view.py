@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -18,6 +20,8 @@ class TokenView:
     expires_at: datetime | None
     scopes: list[str]
     id_token: str | None = field(default=None, repr=False)
+    username: str | None = field(default=None, repr=False)  # a basic credential's login
+    password: str | None = field(default=None, repr=False)
     # "min_ttl_not_met": auto_refresh could not (or, just after a refresh, would not) give a
     # token living min_ttl seconds; it is valid until expires_at.
     warnings: tuple[str, ...] = ()
@@ -33,6 +37,8 @@ class TokenView:
         }
         if self.id_token:
             body["id_token"] = self.id_token
+        if self.username is not None:
+            body["username"], body["password"] = self.username, self.password
         if self.warnings:
             body["warnings"] = list(self.warnings)
         return body
@@ -40,6 +46,19 @@ class TokenView:
 
 def token_view(connection: Connection) -> TokenView:
     """Decrypt the row's tokens (the only place a served token is decrypted)."""
+    if connection.token_type == "basic":  # a static login, stored as JSON
+        login = json.loads(crypto.decrypt(connection.access_token_enc, aad=connection.aad("access_token")) or "{}")
+        raw = f"{login.get('username', '')}:{login.get('password', '')}".encode()
+        return TokenView(
+            connection_id=connection.id,
+            provider_name=connection.provider.name,
+            access_token=base64.b64encode(raw).decode("ascii"),
+            token_type="basic",
+            expires_at=None,
+            scopes=[],
+            username=login.get("username", ""),
+            password=login.get("password", ""),
+        )
     return TokenView(
         connection_id=connection.id,
         provider_name=connection.provider.name,

@@ -7,6 +7,8 @@
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 
 import Provider from 'oidc-provider';
+import MemoryAdapter from 'oidc-provider/lib/adapters/memory_adapter.js';
+import LRU from 'oidc-provider/lib/helpers/lru.js';
 
 function fail(message) {
   console.error(`oidc-provider: ${message}`);
@@ -36,6 +38,9 @@ const HOST = '127.0.0.1';
 const ISSUER = `http://${HOST}:${PORT}`;
 const ACCESS_TOKEN_TTL = intFromEnv('ACCESS_TOKEN_TTL', 3600);
 if (ACCESS_TOKEN_TTL < 1) fail('ACCESS_TOKEN_TTL must be at least 1 second');
+// The in-memory store is an LRU of 1000 entries by default: past a few hundred grants it
+// forgets the oldest (their refresh tokens then answer invalid_grant). Soaks raise it.
+const STORE_SIZE = intFromEnv('OIDC_STORE_SIZE', 0);
 
 const DEFAULT_CLIENTS = [{
   client_id: 'dromos-demo',
@@ -118,6 +123,12 @@ const configuration = {
     // client with error=access_denied.
     devInteractions: { enabled: true },
     revocation: { enabled: true },
+    // RFC 8628 device authorization grant: /device/auth for the client, /device for the
+    // person (type the user code, confirm, then log in and consent as above). A client
+    // uses it when its grant_types include urn:ietf:params:oauth:grant-type:device_code.
+    deviceFlow: { enabled: true },
+    // RFC 6749 §4.4 for clients whose grant_types include client_credentials.
+    clientCredentials: { enabled: true },
     userinfo: { enabled: true },
     // The RFC 9207 `iss` authorization response parameter is always on in
     // oidc-provider 9.x (no feature flag any more); discovery advertises
@@ -136,6 +147,7 @@ const configuration = {
   ttl: {
     AccessToken: ACCESS_TOKEN_TTL,
     AuthorizationCode: 60,
+    DeviceCode: intFromEnv('DEVICE_CODE_TTL', 600),
     IdToken: 3600,
     RefreshToken: 14 * 24 * 60 * 60,
     Grant: 14 * 24 * 60 * 60,
@@ -143,6 +155,13 @@ const configuration = {
     Session: 14 * 24 * 60 * 60,
   },
 };
+
+if (STORE_SIZE) {
+  // oidc-provider's own memory adapter over a store of that size (its default store is
+  // created per provider with 1000 entries).
+  const store = new LRU({ maxSize: STORE_SIZE });
+  configuration.adapter = (model) => new MemoryAdapter(model, store);
+}
 
 const provider = new Provider(ISSUER, configuration);
 

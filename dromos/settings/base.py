@@ -180,4 +180,9 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Two `status` enums (a connection's, a connect session's): each keeps a stable name.
+    "ENUM_NAME_OVERRIDES": {
+        "StatusEnum": "dromos.wire.CONNECTION_STATUSES",
+        "ConnectSessionStatusEnum": "dromos.wire.SESSION_STATUSES",
+    },
 }

@@ -84,6 +84,10 @@ REFRESH_HOLD_SECONDS = env_int("REFRESH_HOLD_SECONDS", 0)
 REFRESH_MAX_WAITERS = env_int("REFRESH_MAX_WAITERS", 2)
 REFRESH_SWEEP_WINDOW_SECONDS = env_int("REFRESH_SWEEP_WINDOW_SECONDS", 600)
 REFRESH_SWEEP_BATCH = env_int("REFRESH_SWEEP_BATCH", 500)
+# Device flow (RFC 8628): how often beat looks for due polls, and the ceiling slow_down may
+# raise a connection's polling interval to.
+DEVICE_POLL_SWEEP_SECONDS = env_int("DEVICE_POLL_SWEEP_SECONDS", 2)
+DEVICE_MAX_INTERVAL = env_int("DEVICE_MAX_INTERVAL", 120)
 REFRESH_PROVIDER_CONCURRENCY = env_int("REFRESH_PROVIDER_CONCURRENCY", 8)
 # Per-provider values of REFRESH_PROVIDER_CONCURRENCY, by provider name (settings only).
 REFRESH_PROVIDER_CONCURRENCY_OVERRIDES: dict[str, int] = {}
@@ -102,6 +106,12 @@ CELERY_BEAT_SCHEDULE = {
     "webhook-requeue-stale": _every("*/5", "webhook_requeue_stale", expires=240),
     "audit-partitions": _every("7", "audit_partitions", expires=3000),
     "audit-seal": _every("*", "audit_seal_chain", expires=50),
+    # RFC 8628 polling: the rows say when each poll is due; this only looks.
+    "device-poll-sweep": {
+        "task": "broker_app.tasks.device_poll_sweep",
+        "schedule": float(DEVICE_POLL_SWEEP_SECONDS),
+        "options": {"expires": max(1, DEVICE_POLL_SWEEP_SECONDS)},
+    },
 }
 
 # Audit log (broker_app/services/audit_partitions.py, audit_chain.py; docs/operations.md#audit-log).
@@ -124,3 +134,5 @@ WEBHOOK_RETRY_MAX_SECONDS = env_int("WEBHOOK_RETRY_MAX_SECONDS", 3600)
 # Paths the broker access middleware lets through besides the callback; only the test
 # settings (one process serving both apps' routes) use it.
 BROKER_ACCESS_EXEMPT: tuple[str, ...] = ()
+# The hosted connect page answers a CSRF failure with its own page, without logging its path.
+CSRF_FAILURE_VIEW = "broker_app.connect_views.csrf_failure"

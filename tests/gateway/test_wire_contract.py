@@ -10,6 +10,7 @@ import pytest
 from drf_spectacular.generators import SchemaGenerator
 
 from broker_app.models import Connection, Provider
+from broker_app.providers.spec import builtin_catalog
 from dromos import wire
 from tests.conftest import connect, start_connection
 
@@ -39,6 +40,15 @@ class Walk:
     def body(self, value, name: str, where: str) -> None:
         component = self.components[name]
         assert isinstance(value, dict), where
+        if "oneOf" in component:  # one of several bodies (request-connection: code or device flow)
+            fitting = [
+                ref_name(option)
+                for option in component["oneOf"]
+                if set(value) <= set(self.components[ref_name(option)]["properties"])
+                and set(self.components[ref_name(option)].get("required", ())) <= set(value)
+            ]
+            assert len(fitting) == 1, f"{where}: fits {fitting} of schema {name}"
+            return self.body(value, fitting[0], where)
         declared, required = set(component["properties"]), set(component.get("required", ()))
         assert set(value) <= declared, f"{where}: not in schema {name}: {sorted(set(value) - declared)}"
         assert required <= set(value), f"{where}: schema {name} requires {sorted(required - set(value))}"
@@ -66,7 +76,9 @@ def operation_body(schema: dict, method: str, path: str) -> str:
     return ref_name(ok["content"]["application/json"]["schema"])
 
 
-def test_every_body_has_exactly_the_fields_the_schema_declares(stack, fake_provider, fake_provider_row, schema):
+def test_every_body_has_exactly_the_fields_the_schema_declares(
+    stack, fake_provider, fake_provider_row, schema, monkeypatch
+):
     # A provider whose agents pass a parameter, so /v1/providers carries a ParamFormat.
     Provider.objects.create(name="zendesk", template="zendesk", client_id="zd-client")
     key = stack.key()
@@ -81,6 +93,8 @@ def test_every_body_has_exactly_the_fields_the_schema_declares(stack, fake_provi
     request_body = {"user_id": "u", "provider_name": "fake", "return_url": "https://app.example.com/r"}
     pending = check("POST", "/v1/request-connection", "/v1/request-connection", 201, json=request_body)
     check("GET", "/v1/check-connection/{connection_id}", f"/v1/check-connection/{pending['connection_id']}")
+    device_body = {"user_id": "u", "provider_name": "fake", "flow": "device"}
+    check("POST", "/v1/request-connection", "/v1/request-connection", 201, json=device_body)
     cid = connect(stack, fake_provider, key)
     assert start_connection(stack, key)  # a third connection: the list has a next and a previous page
     check("GET", "/v1/check-connection/{connection_id}", f"/v1/check-connection/{cid}")
@@ -93,8 +107,49 @@ def test_every_body_has_exactly_the_fields_the_schema_declares(stack, fake_provi
     providers = check("GET", "/v1/providers", "/v1/providers")
     assert any(provider["param_formats"] for provider in providers["providers"])
     check("DELETE", "/v1/connections/{connection_id}", f"/v1/connections/{cid}")
+    # A static login: the token body's username and password.
+    Provider.objects.create(name="linear-key", template="linear_api_key")
+    Provider.objects.create(name="twilio", template="twilio")
+    static = check(
+        "POST",
+        "/v1/connections",
+        "/v1/connections",
+        201,
+        json={
+            "user_id": "u",
+            "provider_name": "linear-key",
+            "credentials": {"type": "api_key", "api_key": "lin_x_123"},
+        },
+    )
+    check(
+        "PUT",
+        "/v1/connections/{connection_id}/credentials",
+        f"/v1/connections/{static['connection_id']}/credentials",
+        json={"credentials": {"type": "api_key", "api_key": "lin_y_456"}},
+    )
+    monkeypatch.setitem(builtin_catalog()["twilio"], "verify_url", "")
+    login = check(
+        "POST",
+        "/v1/connections",
+        "/v1/connections",
+        201,
+        json={
+            "user_id": "u",
+            "provider_name": "twilio",
+            "credentials": {"type": "basic", "username": "AC1", "password": "pw"},
+        },
+    )
+    check("GET", "/v1/token/{connection_id}", f"/v1/token/{login['connection_id']}")
 
-    for name in ("ConnectionRequest", "Connection", "Token", "ConnectionPage", "ProviderList", "Provider"):
+    for name in (
+        "ConnectionRequest",
+        "DeviceConnectionRequest",
+        "Connection",
+        "Token",
+        "ConnectionPage",
+        "ProviderList",
+        "Provider",
+    ):
         declared = set(walk.components[name]["properties"])
         assert walk.seen[name] == declared, f"schema {name} declares fields no body had: {declared - walk.seen[name]}"
     assert walk.seen["ParamFormat"] == set(walk.components["ParamFormat"]["properties"])

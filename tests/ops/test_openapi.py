@@ -32,6 +32,9 @@ OPERATIONS = {
     ("GET", "/v1/connections"),
     ("DELETE", "/v1/connections/{connection_id}"),
     ("GET", "/v1/providers"),
+    ("POST", "/v1/connect-sessions"),
+    ("GET", "/v1/connect-sessions/{session_id}"),
+    ("POST", "/v1/connections/{connection_id}/reconnect"),
 }
 
 
@@ -92,7 +95,7 @@ def test_the_served_schema_is_json_openapi_3_with_every_operation(ops_stack):
 def test_gateway_answers_match_its_schema(ops_stack, tmp_path):
     key = ops_stack.new_key(random_id("ws-fuzz"))  # a key per run: the per-key rate limit stays out of the way
     output, generated = run_schemathesis(ops_stack, tmp_path, key)
-    assert re.search(r"Selected: 8/8\s+Tested: 8", output), output[-3000:]
+    assert re.search(r"Selected: 11/11\s+Tested: 11", output), output[-3000:]
     assert generated >= 200
 
 
@@ -121,7 +124,8 @@ parameters = {{ "path.connection_id" = "{revocable}" }}
         "examples,coverage,fuzzing",
         config=config,
     )
-    assert re.search(r"Selected: 4/\d+\s+Tested: 4", output), output[-3000:]
+    # token, check, refresh, delete, and reconnect (409 on the revoked one, 201 before)
+    assert re.search(r"Selected: 5/\d+\s+Tested: 5", output), output[-3000:]
     assert generated >= 50
     assert ops_stack.gw("GET", f"/v1/check-connection/{live}", key).json()["status"] == "active"
     assert ops_stack.gw("GET", f"/v1/check-connection/{revocable}", key).json()["status"] == "revoked"

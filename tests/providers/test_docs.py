@@ -14,7 +14,7 @@ from django.core.management.base import CommandError
 
 from broker_app.models import Provider
 from broker_app.providers import catalog_docs
-from broker_app.providers.registry import resolve
+from broker_app.providers.registry import resolve, resolve_static
 from broker_app.providers.spec import catalog, missing_params, resolve_values, template
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "providers.md"
@@ -52,7 +52,11 @@ def test_every_upsert_example_works():
         if "--discovery-url" not in args and not missing_params(
             entry, resolve_values(entry, fixed=provider.settings, given={})
         ):
-            resolve(provider)  # usable as configured, without per-connection parameters
+            # usable as configured, without per-connection parameters
+            if entry.get("auth_mode", "oauth2") == "oauth2":
+                resolve(provider)
+            else:
+                resolve_static(provider)
 
 
 # -- the generated parts (broker_app/providers/catalog_docs.py) -------------------------------

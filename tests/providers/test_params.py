@@ -13,7 +13,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from broker_app.models import Connection
-from broker_app.providers.registry import resolve
+from broker_app.providers.registry import resolve, resolve_static
 from broker_app.providers.spec import ProviderConfigError, catalog, param_specs
 from tests.providers.contract import provider_row
 
@@ -65,6 +65,9 @@ RULES = {
     ("salesforce", "login_host"): lambda url, value: (
         urlsplit(url).hostname == value and value.endswith(".salesforce.com")
     ),
+    ("jira_api_token", "site"): lambda url, value: (
+        urlsplit(url).hostname == f"{value}.atlassian.net" and "." not in value
+    ),
     ("zendesk", "subdomain"): lambda url, value: urlsplit(url).hostname == f"{value}.zendesk.com" and "." not in value,
     ("shopify", "shop"): lambda url, value: (
         urlsplit(url).hostname == value and value.endswith(".myshopify.com") and len(_labels(value)) == 3
@@ -102,6 +105,7 @@ URL_FIELDS = (
     "discovery_url",
     "refresh_url",
     "api_base_url",  # the proxy sends the connection's token there
+    "verify_url",  # a static credential is sent there before it is stored
 )
 
 
@@ -117,7 +121,10 @@ def test_every_agent_parameter_in_the_catalog_has_a_host_rule():
 
 def resolve_with(key: str, name: str, value: str):
     params = {**FIXED.get(key, {}), name: value}
-    return resolve(provider_row(key, {"settings": SETTINGS.get(key, {})}), params)
+    row = provider_row(key, {"settings": SETTINGS.get(key, {})})
+    if catalog()[key].get("auth_mode", "oauth2") != "oauth2":  # static credentials: no OAuth endpoints
+        return resolve_static(row, params), None
+    return resolve(row, params)
 
 
 def check_urls(key: str, name: str, value: str, spec) -> None:

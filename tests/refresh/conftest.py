@@ -291,9 +291,9 @@ class RefreshStack(EntrypointStack):
                 "granted_scopes, params, return_url, nonce_digest, pkce_verifier_enc, access_token_enc, "
                 "refresh_token_enc, id_token_enc, token_type, token_version, refresh_failures, account, metadata, "
                 "error, error_description, revoke_pending, expires_at, last_refreshed_at, created_at, updated_at, "
-                "activated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                "%s, %s, %s, %s, now() + interval '60 seconds', now() - interval '3540 seconds', now(), now(), "
-                "now())",
+                "activated_at, tags) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s, %s, now() + interval '60 seconds', now() - interval '3540 seconds', now(), now(), "
+                "now(), '{}')",
                 rows,
             )
         return grants

@@ -176,8 +176,9 @@ def test_python_request_body_matches_the_schema(schema):
 def _go_calls() -> set[tuple[str, str]]:
     source = GO_CLIENT.read_text()
     calls = set()
-    for method, path, tail in re.findall(r'c\.do\(ctx, http\.Method(\w+), "(/v1/[^"]*)"(\+url\.PathEscape)?', source):
-        calls.add((method.upper(), path + ("{id}" if tail else "")))
+    pattern = r'c\.do\(ctx, http\.Method(\w+), "(/v1/[^"]*)"(\+url\.PathEscape\(\w+\))?(?:\+"([^"]*)")?'
+    for method, path, tail, suffix in re.findall(pattern, source):
+        calls.add((method.upper(), path + ("{id}" if tail else "") + suffix))
     return calls
 
 

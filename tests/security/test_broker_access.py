@@ -13,6 +13,8 @@ from django.urls import URLPattern, URLResolver
 pytestmark = pytest.mark.django_db(transaction=True)
 
 PUBLIC = {"/auth/callback", "/healthz"}
+# The hosted connect page (issue 16): public, its token is the credential (tests/connect).
+PUBLIC_PAGES = {"/connect/c_sample"}
 
 
 def _broker_paths() -> list[str]:
@@ -50,7 +52,7 @@ def test_route_list_is_complete():
     } <= set(BROKER_PATHS)
 
 
-@pytest.mark.parametrize("path", [p for p in BROKER_PATHS if p not in PUBLIC])
+@pytest.mark.parametrize("path", [p for p in BROKER_PATHS if p not in PUBLIC | PUBLIC_PAGES])
 @pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
 def test_every_private_route_needs_the_api_key(stack, path, method):
     for headers in (
@@ -70,6 +72,12 @@ def test_every_private_route_needs_the_api_key(stack, path, method):
 @pytest.mark.parametrize("path", sorted(PUBLIC))
 def test_callback_and_liveness_need_no_key(stack, path):
     assert stack.call("GET", path).status_code in (200, 400)
+
+
+def test_connect_page_needs_no_key_but_a_valid_token(stack):
+    response = stack.call("GET", "/connect/c_sample")
+    assert response.status_code == 404 and 'data-error="unknown"' in response.text
+    assert stack.call("GET", "/static/connect/connect.css").status_code == 200
 
 
 def test_near_miss_paths_are_not_public(stack):

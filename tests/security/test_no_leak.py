@@ -6,7 +6,8 @@ including a provider that echoes the refresh token, the authorization code and o
 secret back in its error descriptions. Then it searches, for every secret value it saw
 (the provider's access, refresh and id tokens, authorization codes, PKCE verifiers, state
 and nonce, our client secret and its Basic-auth form, TOKEN_ENCRYPTION_KEYS, BROKER_API_KEY,
-the Django secret key, the agent's API key, the webhook signing secret):
+the Django secret key, the agent's API key, the webhook signing secret, RFC 8628 device
+codes, static API keys, Basic passwords and their Basic header value):
 
 - every captured log record (formatted as the JSON log line, and its raw attributes);
 - every error body, redirect and non-token answer the agent or the browser got;
@@ -23,6 +24,7 @@ from __future__ import annotations
 import base64
 import http.client
 import logging
+import secrets
 import shutil
 import subprocess
 from datetime import timedelta
@@ -40,7 +42,9 @@ from django.test import Client
 from django.utils import timezone
 from fake_provider import CLIENT_ID, CLIENT_SECRET
 
-from broker_app.models import AuditEvent, CachedDocument, Connection, WebhookDelivery, WebhookEndpoint
+from broker_app.models import AuditEvent, CachedDocument, Connection, Provider, WebhookDelivery, WebhookEndpoint
+from broker_app.providers.spec import builtin_catalog
+from broker_app.services.device import device_poll_one, device_poll_sweep
 from broker_app.services.sweep import refresh_one, sweep_due
 from broker_app.tasks import retry_revocations
 from broker_app.webhooks import webhook_deliver, webhook_endpoint_create
@@ -191,7 +195,7 @@ def _echo(status: int, error: str):
     def answer(form):
         echoed = " ".join(
             f"{name}={form.get(name)}"
-            for name in ("refresh_token", "code", "code_verifier", "client_secret")
+            for name in ("refresh_token", "code", "code_verifier", "client_secret", "device_code")
             if form.get(name)
         )
         return status, {"error": error, "error_description": f"rejected: {echoed}", "received": form}, {}
@@ -282,7 +286,7 @@ def _pg_dump() -> str:
 
 
 def test_no_secret_in_logs_errors_tasks_admin_or_database(
-    stack, fake_provider, fake_provider_row, evidence, published_tasks, caplog
+    stack, fake_provider, fake_provider_row, evidence, published_tasks, caplog, monkeypatch
 ):
     for name in DEBUG_LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)
@@ -388,6 +392,80 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(
     for delivery_id in deliveries:
         webhook_deliver(delivery_id=str(delivery_id))
 
+    # 11. Device flow (RFC 8628): one code polled by a published task and approved, one
+    # refused by a provider that echoes the device code and our secret.
+    device_ids = []
+    for outcome in ("approved", "refused"):
+        started = stack.call(
+            "POST", "/v1/request-connection", key, json={"user_id": "d", "provider_name": "fake", "flow": "device"}
+        )
+        assert started.status_code == 201, started.text
+        responses.append(("device start", started))
+        device_ids.append(started.json()["connection_id"])
+        device_code = next(c for c, e in fake_provider.devices.items() if e["user_code"] == started.json()["user_code"])
+        evidence.secret("device code", device_code)
+        Connection.objects.filter(pk=device_ids[-1]).update(device_next_poll_at=timezone.now())
+        assert device_poll_sweep() == [device_ids[-1]]  # publishes a device_poll task
+        if outcome == "approved":
+            fake_provider.device_set(started.json()["user_code"], "approved")
+        else:
+            fake_provider.script(_echo(400, "access_denied"))
+        device_poll_one(connection_id=device_ids[-1])
+        responses.append(("device check", stack.call("GET", f"/v1/check-connection/{device_ids[-1]}", key)))
+    assert [Connection.objects.get(pk=c).status for c in device_ids] == ["active", "failed"]
+
+    # 12. Static credentials: an API key and a Basic login verified and stored, a wrong key
+    # refused, a verification endpoint down, a key replaced, each served once.
+    for template in ("openai", "twilio"):
+        monkeypatch.setitem(builtin_catalog()[template], "verify_url", f"{fake_provider.url}/verify")
+        Provider.objects.create(name=template, template=template)
+    api_key, new_key, wrong_key = (f"sk-{what}-" + secrets.token_urlsafe(24) for what in ("live", "next", "wrong"))
+    password = "pw-" + secrets.token_urlsafe(24)
+    basic = base64.b64encode(f"AC0123456789:{password}".encode()).decode()
+    for name, value in (("API key", api_key), ("API key", new_key), ("API key", wrong_key), ("password", password)):
+        evidence.secret(name, value)
+    evidence.secret("Basic credential", basic)
+    fake_provider.valid_credentials = {f"Bearer {api_key}", f"Bearer {new_key}", f"Basic {basic}"}
+    static_ids = []
+    for credentials in (
+        {"type": "api_key", "api_key": api_key},
+        {"type": "api_key", "api_key": wrong_key},
+        {"type": "basic", "username": "AC0123456789", "password": password},
+    ):
+        provider_name = "twilio" if credentials["type"] == "basic" else "openai"
+        made = stack.call(
+            "POST",
+            "/v1/connections",
+            key,
+            json={"user_id": "s", "provider_name": provider_name, "credentials": credentials},
+        )
+        responses.append((f"static {credentials['type']} ({made.status_code})", made))
+        if made.status_code == 201:
+            static_ids.append(made.json()["connection_id"])
+    assert len(static_ids) == 2
+    fake_provider.verify_status = 503
+    down = stack.call(
+        "POST",
+        "/v1/connections",
+        key,
+        json={"user_id": "s", "provider_name": "openai", "credentials": {"type": "api_key", "api_key": wrong_key}},
+    )
+    assert down.status_code == 503
+    responses.append(("static verification down", down))
+    fake_provider.verify_status = None
+    replaced = stack.call(
+        "PUT",
+        f"/v1/connections/{static_ids[0]}/credentials",
+        key,
+        json={"credentials": {"type": "api_key", "api_key": new_key}},
+    )
+    assert replaced.status_code == 200, replaced.text
+    responses.append(("credentials replaced", replaced))
+    for cid_static in static_ids:
+        served.append(stack.call("GET", f"/v1/token/{cid_static}", key))
+        responses.append(("static check", stack.call("GET", f"/v1/check-connection/{cid_static}", key)))
+    assert served[-2].json()["access_token"] == new_key and served[-1].json()["password"] == password
+
     # Every token the provider issued was seen, and some were really served.
     assert sum(name == "access_token" for name in evidence.secrets.values()) >= 6
     assert any(r.json().get("access_token") in evidence.secrets for r in served)
@@ -420,7 +498,7 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(
     for index, message in enumerate(published_tasks):
         evidence.place("Celery task message", str(index), message)
     redis_keys = _redis_dump(evidence)
-    admin_pages = _admin_pages(evidence, [cid, failed_cid, bad_cid, second])
+    admin_pages = _admin_pages(evidence, [cid, failed_cid, bad_cid, second, *device_ids, *static_ids])
     evidence.place("pg_dump", "database", _pg_dump())
 
     leaks = evidence.leaks()

@@ -351,3 +351,12 @@ def test_wrong_key_ring_for_the_stored_data_refuses_to_start(fake_provider, fake
         assert checked.returncode != 0
         assert "dromos.E004" in checked.stderr and "dromos.E002" in checked.stderr, checked.stderr[-2000:]
         assert STRANGER not in booted.stderr + checked.stderr
+
+
+def test_every_encrypted_connection_column_is_rotated():
+    """A new ciphertext column (the device flow's device_code_enc) is re-encrypted by
+    rotate_token_keys, or a key rotation would strand it."""
+    from broker_app.management.commands.rotate_token_keys import TARGETS
+
+    encrypted = {f.name for f in Connection._meta.concrete_fields if f.name.endswith("_enc")}
+    assert encrypted == set(next(t for t in TARGETS if t.model is Connection).fields)

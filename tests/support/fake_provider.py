@@ -40,6 +40,7 @@ class Grant:
     revoked: bool = False
     used_refresh_tokens: set = field(default_factory=set)
     sub: str = "user-1"
+    rotated_at: dict = field(default_factory=dict)  # rotated-out refresh token -> time.monotonic()
 
 
 class FakeProvider:
@@ -58,6 +59,12 @@ class FakeProvider:
         self.refresh_delay = 0.0
         self.access_token_ttl: int | None = 3600
         self.rotate = True
+        # Crash tests: after rotating, wait this long before answering (the answer is then
+        # lost when the caller dies meanwhile); a rotated-out refresh token is still accepted
+        # for `reuse_grace` seconds (Okta's grace period, Auth0's reuse interval).
+        self.answer_delay = 0.0
+        self.reuse_grace = 0.0
+        self.rotations = 0
         self.jwks_status = 200
         self.issuer_override: str | None = None
         # Security suite knobs: what discovery advertises and how long documents may be cached.
@@ -69,6 +76,19 @@ class FakeProvider:
         self.last_token_form: dict[str, str] = {}
         self.last_token_auth: str | None = None
         self.last_revocation_auth: str | None = None
+        # RFC 8628: device codes -> {"state": pending|approved|denied, "sub", "polls": [times]}
+        self.devices: dict[str, dict[str, Any]] = {}
+        self.device_interval: int | None = 5
+        self.device_expires_in = 600
+        self.device_code_override: str | None = None  # answer this device code (reuse test)
+        self.device_slow_down_always = False
+        self.device_down = False  # the token endpoint answers 503 to device polls
+        self.device_authorizations = 0
+        # Static credentials: /verify answers 200 when a header or query value is in
+        # `valid_credentials`, else 401; `verify_status` forces an answer (503: down).
+        self.valid_credentials: set[str] = set()
+        self.verify_status: int | None = None
+        self.verify_requests: list[dict] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -105,6 +125,8 @@ class FakeProvider:
             self.refresh_delay = 0.0
             self.access_token_ttl = 3600
             self.rotate = True
+            self.answer_delay = self.reuse_grace = 0.0
+            self.rotations = 0
             self.jwks_status = 200
             self.issuer_override = None
             self.extra_jwks = []
@@ -113,6 +135,16 @@ class FakeProvider:
             self.discovery_cache_control = "max-age=300"
             self.publish_primary_key = True
             self.discovery_calls = 0
+            self.devices.clear()
+            self.device_interval = 5
+            self.device_expires_in = 600
+            self.device_code_override = None
+            self.device_slow_down_always = False
+            self.device_down = False
+            self.device_authorizations = 0
+            self.valid_credentials = set()
+            self.verify_status = None
+            self.verify_requests = []
 
     # -- test helpers ------------------------------------------------------------------------
     def id_token(
@@ -221,6 +253,8 @@ class FakeProvider:
             with self.lock:
                 self.grants[body["refresh_token"]] = Grant(refresh_token=body["refresh_token"], sub=entry["sub"])
             return 200, body, {}
+        if grant_type == "urn:ietf:params:oauth:grant-type:device_code":
+            return self._device_token(form)
         if grant_type == "refresh_token":
             if self.refresh_delay:
                 time.sleep(self.refresh_delay)
@@ -230,16 +264,76 @@ class FakeProvider:
                 if grant is None or grant.revoked:
                     return 400, {"error": "invalid_grant", "error_description": "unknown or revoked"}, {}
                 if presented in grant.used_refresh_tokens:
-                    grant.revoked = True  # reuse detected: the whole grant dies (RFC 9700 §4.14.2)
-                    return 400, {"error": "invalid_grant", "error_description": "refresh token reused"}, {}
+                    within_grace = time.monotonic() - grant.rotated_at.get(presented, 0) <= self.reuse_grace
+                    if not within_grace:
+                        grant.revoked = True  # reuse detected: the whole grant dies (RFC 9700 §4.14.2)
+                        return 400, {"error": "invalid_grant", "error_description": "refresh token reused"}, {}
                 body = self._tokens(grant.sub, id_token=None, scope=None)
                 if self.rotate:
-                    grant.used_refresh_tokens.add(presented)
+                    if presented not in grant.used_refresh_tokens:
+                        grant.used_refresh_tokens.add(presented)
+                        grant.rotated_at[presented] = time.monotonic()
                     body["refresh_token"] = "rt-" + secrets.token_urlsafe(24)
                     grant.refresh_token = body["refresh_token"]
                     self.grants[body["refresh_token"]] = grant
+                    self.rotations += 1
+            if self.answer_delay:
+                time.sleep(self.answer_delay)  # rotated already: a caller dying now loses the new token
             return 200, body, {}
         return 400, {"error": "unsupported_grant_type"}, {}
+
+    # -- RFC 8628 ---------------------------------------------------------------------------
+    def device_authorization(self, form: dict[str, str]) -> tuple[int, dict]:
+        with self.lock:
+            self.device_authorizations += 1
+            device_code = self.device_code_override or "dc-" + secrets.token_urlsafe(24)
+            user_code = secrets.token_hex(4).upper()
+            self.devices[device_code] = {"state": "pending", "sub": "user-1", "polls": [], "user_code": user_code}
+        body: dict[str, Any] = {
+            "device_code": device_code,
+            "user_code": user_code,
+            "verification_uri": f"{self.url}/device",
+            "verification_uri_complete": f"{self.url}/device?user_code={user_code}",
+            "expires_in": self.device_expires_in,
+        }
+        if self.device_interval is not None:
+            body["interval"] = self.device_interval
+        return 200, body
+
+    def device_set(self, user_code: str, state: str, sub: str = "user-1") -> None:
+        """The person at the provider approves (or denies) the user code."""
+        with self.lock:
+            for entry in self.devices.values():
+                if entry["user_code"] == user_code:
+                    entry["state"], entry["sub"] = state, sub
+
+    def device_polls(self) -> list[float]:
+        with self.lock:
+            return [t for entry in self.devices.values() for t in entry["polls"]]
+
+    def _device_token(self, form: dict[str, str]) -> tuple[int, dict, dict]:
+        with self.lock:
+            entry = self.devices.get(form.get("device_code", ""))
+            if entry is not None:
+                entry["polls"].append(time.time())
+            if self.device_down:
+                return 503, {"error": "temporarily_unavailable"}, {}
+        if entry is None:
+            return 400, {"error": "invalid_grant", "error_description": "unknown device code"}, {}
+        if self.device_slow_down_always:
+            return 400, {"error": "slow_down"}, {}
+        if entry["state"] == "pending":
+            return 400, {"error": "authorization_pending"}, {}
+        if entry["state"] in ("denied", "expired"):
+            return 400, {"error": "access_denied" if entry["state"] == "denied" else "expired_token"}, {}
+        if entry["state"] == "used":
+            return 400, {"error": "invalid_grant"}, {}
+        entry["state"] = "used"
+        body = self._tokens(entry["sub"], id_token=self.id_token(sub=entry["sub"]), scope=None)
+        body["refresh_token"] = "rt-" + secrets.token_urlsafe(24)
+        with self.lock:
+            self.grants[body["refresh_token"]] = Grant(refresh_token=body["refresh_token"], sub=entry["sub"])
+        return 200, body, {}
 
     def is_live(self, refresh_token: str) -> bool:
         grant = self.grants.get(refresh_token)
@@ -276,11 +370,19 @@ class FakeProvider:
                             "revocation_endpoint": f"{provider.url}/revoke",
                             "userinfo_endpoint": f"{provider.url}/userinfo",
                             "jwks_uri": f"{provider.url}/jwks",
+                            "device_authorization_endpoint": f"{provider.url}/device_authorization",
                             "id_token_signing_alg_values_supported": list(provider.advertised_algs),
                             "authorization_response_iss_parameter_supported": True,
                         },
                         {"Cache-Control": provider.discovery_cache_control},
                     )
+                elif path == "/verify":
+                    query = {k: v[0] for k, v in parse_qs(self.path.partition("?")[2]).items()}
+                    with provider.lock:
+                        provider.verify_requests.append({"headers": dict(self.headers), "query": query})
+                        given = {*self.headers.values(), *query.values()}
+                        status = provider.verify_status or (200 if given & provider.valid_credentials else 401)
+                    self._send(status, {} if status == 200 else {"error": "unauthorized"})
                 elif path == "/jwks":
                     with provider.lock:
                         provider.jwks_calls += 1
@@ -302,6 +404,10 @@ class FakeProvider:
                         self.close_connection = True
                         return
                     self._send(status, body, headers)
+                elif path == "/device_authorization":
+                    provider.last_token_auth = self.headers.get("Authorization")
+                    status, body = provider.device_authorization(form)
+                    self._send(status, body)
                 elif path == "/revoke":
                     with provider.lock:
                         provider.revocations.append(form)

@@ -12,7 +12,7 @@ from django.db import transaction
 from broker_app.models import Provider
 from broker_app.oauth import oidc
 from broker_app.providers import catalog_docs, catalog_io
-from broker_app.providers.registry import resolve, set_client_secret
+from broker_app.providers.registry import resolve, resolve_static, set_client_secret
 from broker_app.providers.spec import (
     ProviderConfigError,
     builtin_catalog,
@@ -177,7 +177,10 @@ class Command(BaseCommand):
             oidc.cache_clear()
             if not missing_params(entry, fixed):
                 try:
-                    resolve(provider)
+                    if entry.get("auth_mode", "oauth2") == "oauth2":
+                        resolve(provider)
+                    else:
+                        resolve_static(provider)
                 except ProviderConfigError as exc:
                     # Raised inside the transaction: nothing is saved.
                     raise CommandError(

@@ -41,7 +41,7 @@ TARGETS = (
     Target(
         "connections",
         Connection,
-        ("access_token_enc", "refresh_token_enc", "id_token_enc", "pkce_verifier_enc"),
+        ("access_token_enc", "refresh_token_enc", "id_token_enc", "pkce_verifier_enc", "device_code_enc"),
         lambda row, name: row.aad(name.removesuffix("_enc")),
     ),
     Target("providers", Provider, ("client_secret_enc",), lambda row, name: crypto.client_secret_aad(row.pk)),

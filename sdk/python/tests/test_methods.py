@@ -199,3 +199,62 @@ def test_list_providers(make_harness: MakeHarness) -> None:
     assert providers[1].params == ("tenant",)
     assert h.gateway.last.method == "GET"
     assert h.gateway.last.url.path == "/v1/providers"
+
+
+DEVICE_ANSWER = {
+    "connection_id": "c_dev",
+    "provider_id": "p_1",
+    "scopes": ["openid"],
+    "user_code": "WDJB-MJHT",
+    "verification_uri": "https://accounts.example/device",
+    "verification_uri_complete": "https://accounts.example/device?user_code=WDJB-MJHT",
+    "expires_at": "2026-11-26T21:10:00Z",
+    "interval": 5,
+}
+
+
+def test_request_device_connection(make_harness: MakeHarness) -> None:
+    from dromos_sdk import DeviceConnectionRequest
+
+    h = make_harness(httpx.Response(201, json=DEVICE_ANSWER))
+    result = h.call("request_device_connection", "user-42", "google", ["openid"])
+    assert isinstance(result, DeviceConnectionRequest)
+    assert (result.connection_id, result.user_code, result.interval) == ("c_dev", "WDJB-MJHT", 5)
+    assert result.verification_uri_complete.endswith("WDJB-MJHT")
+    assert result.expires_at == datetime(2026, 11, 26, 21, 10, tzinfo=UTC)
+    assert h.gateway.body() == {
+        "user_id": "user-42",
+        "provider_name": "google",
+        "scopes": ["openid"],
+        "flow": "device",
+    }
+
+
+def test_create_static_connection_and_replace_credentials(make_harness: MakeHarness) -> None:
+    h = make_harness(
+        httpx.Response(201, json=connection_json(connection_id="c_key", expires_at=None)),
+        httpx.Response(200, json=connection_json(connection_id="c_key", expires_at=None)),
+        httpx.Response(
+            200,
+            json=token_json(
+                access_token="dXNlcjpwdw==", token_type="basic", username="user", password="pw", id_token=None
+            ),
+        ),
+    )
+    created = h.call("create_static_connection", "user-42", "openai", {"type": "api_key", "api_key": "sk-1"})
+    assert isinstance(created, Connection) and created.connection_id == "c_key"
+    assert h.gateway.last.method == "POST" and str(h.gateway.last.url) == f"{BASE_URL}/v1/connections"
+    assert h.gateway.body() == {
+        "user_id": "user-42",
+        "provider_name": "openai",
+        "credentials": {"type": "api_key", "api_key": "sk-1"},
+    }
+    h.call("replace_credentials", "c_key", {"type": "basic", "username": "user", "password": "pw"})
+    assert h.gateway.last.method == "PUT"
+    assert str(h.gateway.last.url) == f"{BASE_URL}/v1/connections/c_key/credentials"
+    assert h.gateway.body() == {"credentials": {"type": "basic", "username": "user", "password": "pw"}}
+    token = h.call("get_token", "c_key")
+    assert (token.token_type, token.username, token.password) == ("basic", "user", "pw")
+    assert "pw" not in repr(token).replace("password", "")
+    with pytest.raises(ValueError):
+        h.call("create_static_connection", "u", "openai", {"type": "token", "value": "x"})

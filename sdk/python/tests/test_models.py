@@ -107,6 +107,11 @@ class TestToken:
             assert "c_abc123" in text  # still useful in a log line
         assert "access_token" not in repr(token)
 
+    def test_warnings_are_read_and_default_to_none(self) -> None:
+        assert Token.from_dict(token_json()).warnings == ()
+        shorter = Token.from_dict(token_json(warnings=["min_ttl_not_met"]))
+        assert shorter.warnings == ("min_ttl_not_met",)
+
     def test_id_token_absent_and_null_expiry(self) -> None:
         data = token_json(expires_at=None)
         del data["id_token"]

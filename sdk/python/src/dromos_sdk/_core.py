@@ -38,7 +38,11 @@ from .models import (
     ConnectionPage,
     ConnectionRequest,
     ConnectionStatus,
+    ConnectSession,
+    ConnectSessionCreated,
+    DeviceConnectionRequest,
     Provider,
+    ReconnectRequest,
     Token,
 )
 from .retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
@@ -70,7 +74,7 @@ class RequestSpec:
 
     method: str
     path: str
-    params: Mapping[str, str] | None = None
+    params: Mapping[str, str | Sequence[str]] | None = None
     json: Mapping[str, Any] | None = None
 
 
@@ -173,20 +177,47 @@ def request_connection_call(
     user_id: str,
     provider_name: str,
     scopes: Sequence[str] | str,
-    return_url: str,
+    return_url: str | None,
     params: Mapping[str, str] | None,
-) -> Call[ConnectionRequest]:
+    flow: str | None = None,
+) -> Call[Any]:
     body: dict[str, Any] = {
         "user_id": user_id,
         "provider_name": provider_name,
         "scopes": _scope_list(scopes),
         "return_url": return_url,
     }
+    if return_url is None:  # the device flow has no return URL
+        del body["return_url"]
     if params:
         body["params"] = {str(k): str(v) for k, v in params.items()}
-    return Call(
-        RequestSpec("POST", "/v1/request-connection", json=body), ConnectionRequest.from_dict
-    )
+    if flow:
+        body["flow"] = flow
+    parse = DeviceConnectionRequest.from_dict if flow == "device" else ConnectionRequest.from_dict
+    return Call(RequestSpec("POST", "/v1/request-connection", json=body), parse)
+
+
+def _credentials(credentials: Mapping[str, str]) -> dict[str, str]:
+    if not isinstance(credentials, Mapping) or credentials.get("type") not in ("api_key", "basic"):
+        raise ValueError('credentials must be {"type": "api_key", "api_key": …} or {"type": "basic", …}')
+    return {str(k): str(v) for k, v in credentials.items()}
+
+
+def create_static_connection_call(
+    user_id: str, provider_name: str, credentials: Mapping[str, str], params: Mapping[str, str] | None
+) -> Call[Connection]:
+    payload: dict[str, Any] = {
+        "user_id": user_id,
+        "provider_name": provider_name,
+        "credentials": _credentials(credentials),
+        **({"params": {str(k): str(v) for k, v in params.items()}} if params else {}),
+    }
+    return Call(RequestSpec("POST", "/v1/connections", json=payload), Connection.from_dict)
+
+
+def replace_credentials_call(connection_id: str, credentials: Mapping[str, str]) -> Call[Connection]:
+    path = f"/v1/connections/{_segment(connection_id)}/credentials"
+    return Call(RequestSpec("PUT", path, json={"credentials": _credentials(credentials)}), Connection.from_dict)
 
 
 def check_connection_call(connection_id: str) -> Call[Connection]:
@@ -216,13 +247,15 @@ def list_connections_call(
     status: str | None,
     page: int | None,
     page_size: int | None,
+    tags: Mapping[str, str] | None = None,
 ) -> Call[ConnectionPage]:
-    query = {
+    query: dict[str, str | list[str] | None] = {
         "user_id": user_id,
         "provider_name": provider_name,
         "status": str(status) if status is not None else None,
         "page": str(page) if page is not None else None,
         "page_size": str(page_size) if page_size is not None else None,
+        "tag": [f"{key}:{value}" for key, value in sorted(tags.items())] if tags else None,
     }
     params = {key: value for key, value in query.items() if value is not None}
     return Call(
@@ -235,8 +268,115 @@ def delete_connection_call(connection_id: str) -> Call[Connection]:
     return Call(RequestSpec("DELETE", path), Connection.from_dict)
 
 
+def create_connect_session_call(
+    user_id: str | None,
+    return_url: str,
+    allowed_providers: Sequence[str] | None,
+    scopes: Mapping[str, Sequence[str]] | None,
+    tags: Mapping[str, str] | None,
+    expires_in: int | None,
+    reconnect: str | None,
+) -> Call[ConnectSessionCreated]:
+    session: dict[str, Any] = {"return_url": return_url}
+    if user_id is not None:
+        session["user_id"] = user_id
+    if allowed_providers is not None:
+        session["allowed_providers"] = list(allowed_providers)
+    if scopes is not None:
+        session["scopes"] = {str(k): _scope_list(v) for k, v in scopes.items()}
+    if tags is not None:
+        session["tags"] = {str(k): str(v) for k, v in tags.items()}
+    if expires_in is not None:
+        session["expires_in"] = int(expires_in)
+    if reconnect is not None:
+        session["reconnect"] = reconnect
+    return Call(
+        RequestSpec("POST", "/v1/connect-sessions", json=session), ConnectSessionCreated.from_dict
+    )
+
+
+def get_connect_session_call(session_id: str) -> Call[ConnectSession]:
+    path = f"/v1/connect-sessions/{_segment(session_id)}"
+    return Call(RequestSpec("GET", path), ConnectSession.from_dict)
+
+
+def reconnect_call(
+    connection_id: str, scopes: Sequence[str] | str | None, return_url: str | None
+) -> Call[ReconnectRequest]:
+    wanted: dict[str, Any] = {}
+    if scopes is not None:
+        wanted["scopes"] = _scope_list(scopes)
+    if return_url is not None:
+        wanted["return_url"] = return_url
+    path = f"/v1/connections/{_segment(connection_id)}/reconnect"
+    return Call(RequestSpec("POST", path, json=wanted), ReconnectRequest.from_dict)
+
+
 def list_providers_call() -> Call[list[Provider]]:
     return Call(RequestSpec("GET", "/v1/providers"), _parse_providers)
+
+
+# --- the API proxy -----------------------------------------------------------------
+
+PROXY_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
+
+
+def proxy_request(
+    http: httpx.Client | httpx.AsyncClient,
+    settings: Settings,
+    connection_id: str,
+    method: str,
+    path: str,
+    *,
+    params: Mapping[str, str] | None,
+    headers: Mapping[str, str] | None,
+    content: bytes | None,
+    json: Any,
+    retry: bool | None,
+    retries: int | None,
+    host: str | None,
+) -> httpx.Request:
+    """The request for ``/v1/proxy/{connection_id}/{path}`` (no I/O). The SDK's own
+    Authorization (the API key) is sent; the gateway injects the provider credential."""
+    verb = method.upper() if isinstance(method, str) else ""
+    if verb not in PROXY_METHODS:
+        raise ValueError(f"method must be one of {', '.join(sorted(PROXY_METHODS))}")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise ValueError(
+            "path must start with / (the provider API's path, e.g. /gmail/v1/users/me)"
+        )
+    if content is not None and json is not None:
+        raise ValueError("pass content or json, not both")
+    sent = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
+    sent.update(settings.headers)
+    sent.pop("Accept", None)  # the provider's media type is the caller's business
+    if headers and "accept" in {k.lower() for k in headers}:
+        sent["Accept"] = next(v for k, v in headers.items() if k.lower() == "accept")
+    if retry is not None:
+        sent["Dromos-Proxy-Retry"] = "true" if retry else "false"
+    if retries is not None:
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
+        sent["Dromos-Proxy-Retries"] = str(int(retries))
+    if host is not None:
+        sent["Dromos-Proxy-Host"] = host
+    return http.build_request(
+        verb,
+        f"{settings.base_url}/v1/proxy/{_segment(connection_id)}{path}",
+        params=dict(params) if params else None,
+        content=content,
+        json=json,
+        headers=sent,
+        timeout=settings.timeout if settings.timeout is not None else httpx.USE_CLIENT_DEFAULT,
+    )
+
+
+def proxy_error(response: httpx.Response) -> APIError | None:
+    """The gateway's own refusal (policy, unknown connection, timeout …) as a typed error, or
+    None when the answer is the provider's (it carries ``Dromos-Connection-Id``)."""
+    if response.is_success or "Dromos-Connection-Id" in response.headers:
+        return None
+    return error_from_response(response)
 
 
 # --- answers ------------------------------------------------------------------------
@@ -382,5 +522,7 @@ __all__ = [
     "error_from_response",
     "execute",
     "make_settings",
+    "proxy_error",
+    "proxy_request",
     "wait_for_active",
 ]

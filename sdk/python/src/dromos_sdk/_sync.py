@@ -5,12 +5,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 
 from . import _core
-from .models import Connection, ConnectionPage, ConnectionRequest, Provider, Token
+from .errors import TransportError
+from .models import (
+    Connection,
+    ConnectionPage,
+    ConnectionRequest,
+    ConnectSession,
+    ConnectSessionCreated,
+    DeviceConnectionRequest,
+    Provider,
+    ReconnectRequest,
+    Token,
+)
 from .retry import RetryPolicy
 
 T = TypeVar("T")
@@ -124,6 +135,36 @@ class DromosClient:
         call = _core.request_connection_call(user_id, provider_name, scopes, return_url, params)
         return self._run(_core.execute(call, self._settings))
 
+    def request_device_connection(
+        self,
+        user_id: str,
+        provider_name: str,
+        scopes: Sequence[str] | str = (),
+        params: Mapping[str, str] | None = None,
+    ) -> DeviceConnectionRequest:
+        """Start a device-flow connection (RFC 8628) for an agent with no browser redirect:
+        show the user ``user_code`` at ``verification_uri``, then ``wait_for_active``."""
+        call = _core.request_connection_call(user_id, provider_name, scopes, None, params, flow="device")
+        return self._run(_core.execute(call, self._settings))
+
+    def create_static_connection(
+        self,
+        user_id: str,
+        provider_name: str,
+        credentials: Mapping[str, str],
+        params: Mapping[str, str] | None = None,
+    ) -> Connection:
+        """Store an API key (``{"type": "api_key", "api_key": …}``) or a Basic login
+        (``{"type": "basic", "username": …, "password": …}``), verified by the provider
+        first; a refused one raises InvalidRequestError with code ``invalid_credentials``."""
+        call = _core.create_static_connection_call(user_id, provider_name, credentials, params)
+        return self._run(_core.execute(call, self._settings))
+
+    def replace_credentials(self, connection_id: str, credentials: Mapping[str, str]) -> Connection:
+        """Replace a static connection's credential in place (verified first)."""
+        call = _core.replace_credentials_call(connection_id, credentials)
+        return self._run(_core.execute(call, self._settings))
+
     def check_connection(self, connection_id: str) -> Connection:
         """The connection's current state (no token)."""
         return self._run(_core.execute(_core.check_connection_call(connection_id), self._settings))
@@ -147,9 +188,11 @@ class DromosClient:
         status: str | None = None,
         page: int | None = None,
         page_size: int | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> ConnectionPage:
-        """One page (1-based ``page``) of the workspace's connections, filtered."""
-        call = _core.list_connections_call(user_id, provider_name, status, page, page_size)
+        """One page (1-based ``page``) of the workspace's connections, filtered (``tags``:
+        every one must match)."""
+        call = _core.list_connections_call(user_id, provider_name, status, page, page_size, tags)
         return self._run(_core.execute(call, self._settings))
 
     def delete_connection(self, connection_id: str) -> Connection:
@@ -157,9 +200,104 @@ class DromosClient:
         call = _core.delete_connection_call(connection_id)
         return self._run(_core.execute(call, self._settings))
 
+    def create_connect_session(
+        self,
+        return_url: str,
+        user_id: str | None = None,
+        allowed_providers: Sequence[str] | None = None,
+        scopes: Mapping[str, Sequence[str]] | None = None,
+        tags: Mapping[str, str] | None = None,
+        expires_in: int | None = None,
+        reconnect: str | None = None,
+    ) -> ConnectSessionCreated:
+        """A single-use, short-lived link to the hosted connect page (``connect_url``);
+        with ``reconnect`` the page reconnects that connection in place."""
+        call = _core.create_connect_session_call(
+            user_id, return_url, allowed_providers, scopes, tags, expires_in, reconnect
+        )
+        return self._run(_core.execute(call, self._settings))
+
+    def get_connect_session(self, session_id: str) -> ConnectSession:
+        """The session's state and the connections it produced."""
+        call = _core.get_connect_session_call(session_id)
+        return self._run(_core.execute(call, self._settings))
+
+    def reconnect(
+        self,
+        connection_id: str,
+        scopes: Sequence[str] | str | None = None,
+        return_url: str | None = None,
+    ) -> ReconnectRequest:
+        """A fresh ``auth_url`` for the same connection id; ``scopes`` add to its scopes.
+        Another account's consent ends in ``error=account_mismatch`` and changes nothing."""
+        call = _core.reconnect_call(connection_id, scopes, return_url)
+        return self._run(_core.execute(call, self._settings))
+
     def list_providers(self) -> list[Provider]:
         """The providers configured on the broker."""
         return self._run(_core.execute(_core.list_providers_call(), self._settings))
+
+    def proxy(
+        self,
+        connection_id: str,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        json: Any = None,
+        retry: bool | None = None,
+        retries: int | None = None,
+        host: str | None = None,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """Call the provider's API through the gateway: ``method`` ``path`` (with ``params``,
+        ``headers`` and a ``content`` or ``json`` body) on the connection's provider, with its
+        credential injected by the gateway — the token never reaches this process.
+
+        Returns the provider's answer as it is, whatever its status (it carries the
+        ``Dromos-Connection-Id`` header). The gateway's own refusals raise the typed errors
+        (403 ``proxy_forbidden`` from the key's egress policy, 404, 409 connection not
+        active, 400 bad path, 413, 502/504 provider unreachable or too slow …).
+
+        ``retry=True`` lets the gateway repeat a non-idempotent call once after refreshing
+        on a 401; ``retries=N`` has it retry 429/5xx answers (honouring ``Retry-After``);
+        ``host`` picks another of the provider's API hosts. With ``stream=True`` the body
+        is not read: iterate ``response.iter_bytes()`` and close the response.
+        """
+        request = _core.proxy_request(
+            self._http,
+            self._settings,
+            connection_id,
+            method,
+            path,
+            params=params,
+            headers=headers,
+            content=content,
+            json=json,
+            retry=retry,
+            retries=retries,
+            host=host,
+        )
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise TransportError(
+                f"{request.method} {request.url.copy_with(query=None)} failed: "
+                f"{type(exc).__name__}: {exc}",
+                attempts=1,
+            ) from exc
+        gateway_refused = not response.is_success and "Dromos-Connection-Id" not in response.headers
+        if gateway_refused or not stream:
+            try:
+                response.read()
+            finally:
+                response.close()
+        error = _core.proxy_error(response)
+        if error is not None:
+            raise error
+        return response
 
     def wait_for_active(
         self,

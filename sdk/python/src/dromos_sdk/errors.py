@@ -119,7 +119,9 @@ class ConnectionNotActiveError(APIError):
 
 
 class RateLimitedError(APIError):
-    """429: the API key is throttled; ``retry_after`` says for how long."""
+    """429: the API key is throttled (``code`` ``rate_limited``), or too many of its or its
+    workspace's calls are already waiting on providers (``concurrency_limited``);
+    ``retry_after`` says for how long. Retried like every 429."""
 
 
 class UpstreamError(APIError):
@@ -127,8 +129,9 @@ class UpstreamError(APIError):
 
 
 class UnavailableError(APIError):
-    """503: the broker is unreachable, the provider is temporarily down, or the service's
-    database is (``code`` ``service_unavailable``); retried like every 503."""
+    """503: the broker is unreachable, the provider is temporarily down, another caller's
+    refresh of the connection is in progress (``code`` ``refresh_in_progress``), or the
+    service's database is (``service_unavailable``); retried like every 503."""
 
 
 class TransportError(DromosError):

@@ -19,6 +19,7 @@ __all__ = [
     "ConnectionPage",
     "ConnectionRequest",
     "ConnectionStatus",
+    "DeviceConnectionRequest",
     "ParamFormat",
     "Provider",
     "Token",
@@ -118,6 +119,35 @@ class ConnectionRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceConnectionRequest:
+    """The answer to ``request_device_connection`` (RFC 8628): show the user ``user_code``
+    and ``verification_uri`` (or ``verification_uri_complete``), then wait for the
+    connection to turn ``active``; it fails with ``access_denied`` or ``expired_token``."""
+
+    connection_id: str
+    provider_id: str
+    scopes: tuple[str, ...]
+    user_code: str
+    verification_uri: str
+    verification_uri_complete: str | None
+    expires_at: datetime | None
+    interval: int
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DeviceConnectionRequest:
+        return cls(
+            connection_id=_str(data, "connection_id"),
+            provider_id=str(data.get("provider_id") or ""),
+            scopes=_strs(data, "scopes"),
+            user_code=_str(data, "user_code"),
+            verification_uri=_str(data, "verification_uri"),
+            verification_uri_complete=_opt_str(data, "verification_uri_complete"),
+            expires_at=parse_timestamp(data.get("expires_at")),
+            interval=_opt_int(data, "interval") or 5,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Connection:
     """One user's link to one provider. Holds no token."""
 
@@ -141,6 +171,8 @@ class Connection:
     updated_at: datetime | None = None
     activated_at: datetime | None = None
     last_refreshed_at: datetime | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    connect_session_id: str | None = None
 
     @property
     def is_active(self) -> bool:
@@ -169,6 +201,8 @@ class Connection:
             updated_at=parse_timestamp(data.get("updated_at")),
             activated_at=parse_timestamp(data.get("activated_at")),
             last_refreshed_at=parse_timestamp(data.get("last_refreshed_at")),
+            tags={str(k): str(v) for k, v in _mapping(data, "tags").items()},
+            connect_session_id=_opt_str(data, "connect_session_id"),
         )
 
 
@@ -188,6 +222,10 @@ class Token:
     scopes: tuple[str, ...] = ()
     provider_name: str = ""
     connection_id: str = ""
+    #: ``token_type == "basic"`` (a static login): its parts; ``access_token`` is then
+    #: base64(username:password), the value after ``Authorization: Basic``.
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
     #: ``("min_ttl_not_met",)`` when auto_refresh gave a token living less than ``min_ttl``
     #: (refreshed moments ago, or a refresh is in progress or unavailable); valid until expires_at.
     warnings: tuple[str, ...] = ()
@@ -214,6 +252,8 @@ class Token:
             scopes=_strs(data, "scopes"),
             provider_name=_opt_str(data, "provider_name") or "",
             connection_id=_opt_str(data, "connection_id") or "",
+            username=_opt_str(data, "username"),
+            password=_opt_str(data, "password"),
             warnings=_strs(data, "warnings"),
         )
 
@@ -304,4 +344,82 @@ class ConnectionPage:
             results=tuple(Connection.from_dict(item) for item in results),
             page=int(data.get("page") or 1),
             page_size=int(data.get("page_size") or len(results)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectSessionCreated:
+    """The answer to ``create_connect_session``: send the end user's browser to
+    ``connect_url`` (single use; it expires at ``expires_at``)."""
+
+    connect_url: str
+    session_id: str
+    expires_at: datetime | None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConnectSessionCreated:
+        return cls(
+            connect_url=_str(data, "connect_url"),
+            session_id=_str(data, "session_id"),
+            expires_at=parse_timestamp(data.get("expires_at")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectSession:
+    """A connect session's state (pending, started, completed, failed, expired) and the
+    connections it produced."""
+
+    session_id: str
+    status: str
+    user_id: str = ""
+    allowed_providers: tuple[str, ...] = ()
+    scopes: Mapping[str, Any] = field(default_factory=dict)
+    return_url: str = ""
+    tags: Mapping[str, Any] = field(default_factory=dict)
+    reconnect: str | None = None
+    error: str | None = None
+    expires_at: datetime | None = None
+    created_at: datetime | None = None
+    used_at: datetime | None = None
+    completed_at: datetime | None = None
+    connections: tuple[Connection, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConnectSession:
+        connections = data.get("connections") or []
+        if not isinstance(connections, list):
+            raise TypeError("'connections' must be a list")
+        return cls(
+            session_id=_str(data, "session_id"),
+            status=_str(data, "status"),
+            user_id=_opt_str(data, "user_id") or "",
+            allowed_providers=_strs(data, "allowed_providers"),
+            scopes=_mapping(data, "scopes"),
+            return_url=_opt_str(data, "return_url") or "",
+            tags=_mapping(data, "tags"),
+            reconnect=_opt_str(data, "reconnect"),
+            error=_opt_str(data, "error"),
+            expires_at=parse_timestamp(data.get("expires_at")),
+            created_at=parse_timestamp(data.get("created_at")),
+            used_at=parse_timestamp(data.get("used_at")),
+            completed_at=parse_timestamp(data.get("completed_at")),
+            connections=tuple(Connection.from_dict(item) for item in connections),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectRequest:
+    """The answer to ``reconnect``: a consent URL for the *same* connection id."""
+
+    auth_url: str
+    connection_id: str
+    scopes: tuple[str, ...]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ReconnectRequest:
+        return cls(
+            auth_url=_str(data, "authUrl"),
+            connection_id=_str(data, "connection_id"),
+            scopes=_strs(data, "scopes"),
         )

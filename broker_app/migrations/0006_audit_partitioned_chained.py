@@ -92,7 +92,7 @@ def unpartition(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("broker_app", "0003_refresh_in_flight"),
+        ("broker_app", "0005_device_flow"),
     ]
 
     operations = [

@@ -1,0 +1,91 @@
+"""Connect sessions and reconnect in place (issue 16), forwarded to the broker. Inputs and
+bodies: dromos/wire.py."""
+
+from __future__ import annotations
+
+import re
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+
+from dromos import wire
+from dromos.errors import InvalidRequest
+from gateway_app.apis import CONNECTION_ID_PARAMETER, ERRORS, GatewayApi, _check_id, _client_ip, _relay
+from gateway_app.broker_client import broker
+
+SESSION_ID = r"cs_[A-Za-z0-9_-]{1,61}"
+SESSION_ID_PARAMETER = OpenApiParameter(
+    "session_id",
+    OpenApiTypes.STR,
+    OpenApiParameter.PATH,
+    pattern=f"^{SESSION_ID}$",
+    description="From connect-sessions",
+)
+
+
+class ConnectSessionCreateApi(GatewayApi):
+    required_scope = "connections:write"
+
+    @extend_schema(
+        operation_id="create_connect_session",
+        request=wire.ConnectSessionInputSerializer,
+        responses={
+            201: wire.ConnectSessionCreatedSerializer,
+            **{k: v for k, v in ERRORS.items() if k in (400, 401, 403, 404, 409, 429, 502, 503)},
+        },
+    )
+    def post(self, request):
+        serializer = wire.ConnectSessionInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        answer = broker().call(
+            "POST",
+            wire.internal_path(wire.CONNECT_SESSIONS),
+            principal=request.user,
+            client_ip=_client_ip(request),
+            json=serializer.validated_data,
+        )
+        return _relay(answer, cacheable=False)
+
+
+class ConnectSessionDetailApi(GatewayApi):
+    required_scope = "connections:read"
+
+    @extend_schema(
+        operation_id="get_connect_session",
+        parameters=[SESSION_ID_PARAMETER],
+        responses={200: wire.ConnectSessionSerializer, **ERRORS},
+    )
+    def get(self, request, session_id: str):
+        if not re.fullmatch(SESSION_ID, session_id):
+            raise InvalidRequest("session_id is malformed")
+        return _relay(
+            broker().call(
+                "GET",
+                wire.internal_path(wire.CONNECT_SESSION, session_id=session_id),
+                principal=request.user,
+                client_ip=_client_ip(request),
+            )
+        )
+
+
+class ReconnectApi(GatewayApi):
+    required_scope = "connections:write"
+
+    @extend_schema(
+        operation_id="reconnect_connection",
+        request=wire.ReconnectInputSerializer,
+        parameters=[CONNECTION_ID_PARAMETER],
+        responses={201: wire.ReconnectRequestSerializer, **ERRORS},
+    )
+    def post(self, request, connection_id: str):
+        _check_id(connection_id)
+        serializer = wire.ReconnectInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        answer = broker().call(
+            "POST",
+            wire.internal_path(wire.CONNECTION_RECONNECT, connection_id),
+            principal=request.user,
+            client_ip=_client_ip(request),
+            json=serializer.validated_data,
+        )
+        return _relay(answer, cacheable=False)
