@@ -163,19 +163,45 @@ class Connection(models.Model):
 class AuditEvent(models.Model):
     """Who did what to which connection, when, from where. Never holds a token."""
 
-    connection_id = models.CharField(max_length=64, db_index=True)
+    connection_id = models.CharField(max_length=64)
     workspace = models.CharField(max_length=128, blank=True)
     actor = models.CharField(max_length=128, help_text="apikey:<prefix>, admin:<username>, system")
     action = models.CharField(max_length=64)
     ip = models.GenericIPAddressField(null=True, blank=True)
     detail = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Tamper evidence (broker_app/services/audit_chain.py), written by the sealing step off
+    # the hot path: database defaults, so the token read's INSERT does not name them.
+    chain_hash = models.CharField(max_length=64, blank=True, db_default="", editable=False)
+    prev_id = models.BigIntegerField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-id"]
+        # On PostgreSQL the table is partitioned by day on created_at (migration 0006):
+        # its primary key is (id, created_at), these are partitioned indexes.
+        indexes = [
+            models.Index(fields=["connection_id", "created_at"], name="auditevent_connection_at"),
+            models.Index(fields=["workspace", "created_at"], name="auditevent_workspace_at"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.action} {self.connection_id}"
+
+
+class AuditSeal(models.Model):
+    """The head of one day's audit hash chain (broker_app/services/audit_chain.py): the last
+    sealed row, its hash and how many rows the chain holds, so deleting the last rows of a
+    day is detected too."""
+
+    day = models.DateField(primary_key=True)
+    head_id = models.BigIntegerField()
+    head_at = models.DateTimeField()
+    head_hash = models.CharField(max_length=64)
+    rows = models.BigIntegerField()
+    sealed_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"audit seal {self.day}"
 
 
 class RefreshInFlight(models.Model):

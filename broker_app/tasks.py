@@ -7,6 +7,8 @@ import logging
 
 from celery import shared_task
 
+from broker_app.services.audit_chain import audit_seal
+from broker_app.services.audit_partitions import audit_partitions_maintain
 from broker_app.services.device import device_poll_one
 from broker_app.services.device import device_poll_sweep as device_sweep
 from broker_app.services.expiry import grant_expiry_check
@@ -63,6 +65,19 @@ def deliver_webhook(self, delivery_id: str) -> str:
 @shared_task(acks_late=True, ignore_result=True)
 def webhook_requeue_stale() -> int:
     return requeue()
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def audit_partitions() -> int:
+    """Create the audit table's partitions ahead, drop those past AUDIT_RETENTION_DAYS."""
+    report = audit_partitions_maintain()
+    return len(report.created) + len(report.dropped)
+
+
+@shared_task(acks_late=True, ignore_result=True)
+def audit_seal_chain() -> int:
+    """Hash-chain the audit rows written since the last run (one sealer at a time)."""
+    return audit_seal().sealed
 
 
 @shared_task(acks_late=True, ignore_result=True)

@@ -118,6 +118,8 @@ CELERY_BEAT_SCHEDULE = {
     "prune-pending": _every("*/5", "prune_pending", expires=240),
     "retry-revocations": _every("*/10", "retry_revocations", expires=500),
     "webhook-requeue-stale": _every("*/5", "webhook_requeue_stale", expires=240),
+    "audit-partitions": _every("7", "audit_partitions", expires=3000),
+    "audit-seal": _every("*", "audit_seal_chain", expires=50),
     # RFC 8628 polling: the rows say when each poll is due; this only looks.
     "device-poll-sweep": {
         "task": "broker_app.tasks.device_poll_sweep",
@@ -126,6 +128,16 @@ CELERY_BEAT_SCHEDULE = {
     },
     "grant-expiry": _every("*/5", "grant_expiry", expires=240),
 }
+
+# Audit log (broker_app/services/audit_partitions.py, audit_chain.py; docs/operations.md#audit-log).
+# Days of audit rows kept: on PostgreSQL, daily partitions wholly older are dropped (0: keep all).
+AUDIT_RETENTION_DAYS = env_int("AUDIT_RETENTION_DAYS", 90)
+AUDIT_PARTITIONS_AHEAD_DAYS = 7
+# The longest the partition maintenance waits for a lock on the audit table (token reads
+# queue behind a waiting DETACH for at most this long); retried on the next run.
+AUDIT_PARTITION_LOCK_TIMEOUT_MS = env_int("AUDIT_PARTITION_LOCK_TIMEOUT_MS", 2000)
+# Rows are sealed into the hash chain once at least this old (covers clock skew).
+AUDIT_SEAL_DELAY_SECONDS = env_int("AUDIT_SEAL_DELAY_SECONDS", 10)
 
 # Connection-event webhooks (broker_app/webhooks.py)
 WEBHOOK_ALLOW_HTTP_HOSTS = env_list("WEBHOOK_ALLOW_HTTP_HOSTS", ["localhost", "127.0.0.1"] if DEBUG else [])
