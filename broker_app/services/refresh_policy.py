@@ -115,6 +115,7 @@ def next_proactive_attempt(
     last_read_at: datetime | None = None,
     idle_days: int | None = None,
     usage_aware: bool | None = None,
+    now: datetime | None = None,
 ) -> datetime | None:
     """When the sweep should next refresh this connection (None: never): ahead of expiry
     while in use (or with REFRESH_USAGE_AWARE off), else at its next keep-alive — except
@@ -125,13 +126,14 @@ def next_proactive_attempt(
     if expires_at is not None:
         window = settings.REFRESH_SWEEP_WINDOW_SECONDS if window_seconds is None else window_seconds
         ahead = expires_at - refresh_lead(expires_at=expires_at, refreshed_at=refreshed_at, window_seconds=window)
-    if not usage_aware or in_use(last_read_at=last_read_at, refreshed_at=refreshed_at, expires_at=expires_at):
+    now = now or timezone.now()
+    if not usage_aware or in_use(last_read_at=last_read_at, refreshed_at=refreshed_at, expires_at=expires_at, now=now):
         return ahead
     interval = keepalive_interval(idle_days)
     if interval is None:
         # Nothing to keep alive: looked at again in a day (a read makes it due before).
-        return None if expires_at is None else timezone.now() + IDLE_RECHECK
-    return (refreshed_at or timezone.now()) + interval
+        return None if expires_at is None else now + IDLE_RECHECK
+    return (refreshed_at or now) + interval
 
 
 def proactive_due(
@@ -144,6 +146,7 @@ def proactive_due(
         window_seconds=window_seconds,
         last_read_at=connection.last_read_at,
         idle_days=idle_days,
+        now=now,
     )
     return at is not None and (now or timezone.now()) >= at
 

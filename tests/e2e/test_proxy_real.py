@@ -51,7 +51,8 @@ def _audit(stack, cid: str, action: str) -> list[tuple]:
 
 def test_a_proxied_call_reaches_the_real_userinfo_endpoint_with_a_token_the_agent_never_saw(real_stack):
     cid = _connect(real_stack, "dora")
-    assert _gw(real_stack, "GET", "/v1/providers").json()["providers"][0]["api_base_url"] == real_stack.oidc.issuer
+    providers = {p["name"]: p for p in _gw(real_stack, "GET", "/v1/providers").json()["providers"]}
+    assert providers["local"]["api_base_url"] == real_stack.oidc.issuer
     response = _gw(real_stack, "GET", f"/v1/proxy/{cid}/me")
     assert response.status_code == 200, response.text
     assert response.json()["sub"] == "dora" and response.json()["email"] == "dora@example.test"

@@ -296,9 +296,9 @@ class RefreshStack(EntrypointStack):
                 "granted_scopes, params, return_url, nonce_digest, pkce_verifier_enc, access_token_enc, "
                 "refresh_token_enc, id_token_enc, token_type, token_version, refresh_failures, account, metadata, "
                 "error, error_description, revoke_pending, expires_at, last_refreshed_at, last_read_at, created_at, "
-                "updated_at, activated_at, tags) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                "%s, %s, %s, %s, %s, %s, %s, now() + interval '60 seconds', now() - interval '3540 seconds', "
-                "now() - interval '3500 seconds', now(), now(), now(), '{}')",
+                "updated_at, activated_at, tags, flow, device_code_enc) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() + interval '60 seconds', "
+                "now() - interval '3540 seconds', now() - interval '3500 seconds', now(), now(), now(), '{}', 'code', '')",
                 rows,
             )
         return grants

@@ -137,7 +137,12 @@ def bulkhead_stack(tmp_path_factory, _redis_database_per_worker, _fake_provider_
         celery=True,
         beat=False,
         # Only what the test needs to observe; every reliability setting keeps its default.
-        extra_env={"WEBHOOK_ALLOW_HTTP_HOSTS": "127.0.0.1", "METRICS_CONNECTIONS_CACHE_SECONDS": "0"},
+        # (A webhook attempt that fails is retried after 1 s, not 30: the events are waited for.)
+        extra_env={
+            "WEBHOOK_ALLOW_HTTP_HOSTS": "127.0.0.1",
+            "METRICS_CONNECTIONS_CACHE_SECONDS": "0",
+            "WEBHOOK_RETRY_BASE_SECONDS": "1",
+        },
     )
     stack.start()
     try:
@@ -322,7 +327,7 @@ def test_crash_after_rotation_without_reuse_grace_fails_the_connection_without_p
         )
         assert [detail["error"] for (detail,) in audit] == ["refresh_interrupted"]
         assert bh.outcomes("rot").get("interrupted") == 1
-        failed = receiver.wait_for("/hook", "connection.failed", cid)
+        failed = receiver.wait_for("/hook", "connection.failed", cid, timeout=60)
         assert failed.json()["data"]["connection_id"] == cid
         check = bh.gw("GET", f"/v1/check-connection/{cid}", key).json()
         assert check["status"] == "failed"

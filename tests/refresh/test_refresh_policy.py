@@ -20,7 +20,11 @@ def row(*, expires_in: float | None, lifetime: float = 3600, token_version: int 
         refreshed_at = NOW - timedelta(seconds=refreshed_ago)
     else:
         refreshed_at = None if expires_at is None else expires_at - timedelta(seconds=lifetime)
-    return SimpleNamespace(expires_at=expires_at, last_refreshed_at=refreshed_at, token_version=token_version)
+    # Read a second after it was stored: a connection in use (the usage-aware rule of issue 21).
+    read_at = None if refreshed_at is None else refreshed_at + timedelta(seconds=1)
+    return SimpleNamespace(
+        expires_at=expires_at, last_refreshed_at=refreshed_at, last_read_at=read_at, token_version=token_version
+    )
 
 
 @pytest.mark.parametrize(
@@ -58,7 +62,10 @@ def test_due_uses_min_ttl_when_given_else_the_sweeps_rule(settings):
     settings.REFRESH_SWEEP_WINDOW_SECONDS = 600
     now = timezone.now()  # due() reads the clock
     token = SimpleNamespace(
-        expires_at=now + timedelta(seconds=120), last_refreshed_at=now - timedelta(seconds=3480), token_version=2
+        expires_at=now + timedelta(seconds=120),
+        last_refreshed_at=now - timedelta(seconds=3480),
+        last_read_at=now - timedelta(seconds=3479),  # in use: read just after it was stored
+        token_version=2,
     )
     assert policy.due(token, min_ttl=300) and not policy.due(token, min_ttl=60)
     assert policy.due(token, min_ttl=None)  # 120 s left < the 600 s window
