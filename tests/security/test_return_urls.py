@@ -270,6 +270,9 @@ def test_property_lookalike_hosts_built_around_an_allowed_one(allowed, label, gl
     subdomain of a `.suffix` entry is ours."""
     for host in (f"{allowed}.{label}", f"{label}{glue}{allowed}"):
         assume(host != allowed)
+        # Punycode labels are refused unless listed exactly, a stricter rule than host matching
+        # (its own tests are above); this property is about how the allowed name is embedded.
+        assume(not host.startswith("xn--") and ".xn--" not in host)
         url = f"https://{host}/r"
         try:
             validate_return_url(url)
