@@ -220,6 +220,7 @@ def test_request_device_connection(make_harness: MakeHarness) -> None:
     result = h.call("request_device_connection", "user-42", "google", ["openid"])
     assert isinstance(result, DeviceConnectionRequest)
     assert (result.connection_id, result.user_code, result.interval) == ("c_dev", "WDJB-MJHT", 5)
+    assert result.verification_uri_complete is not None
     assert result.verification_uri_complete.endswith("WDJB-MJHT")
     assert result.expires_at == datetime(2026, 11, 26, 21, 10, tzinfo=UTC)
     assert h.gateway.body() == {
@@ -237,13 +238,21 @@ def test_create_static_connection_and_replace_credentials(make_harness: MakeHarn
         httpx.Response(
             200,
             json=token_json(
-                access_token="dXNlcjpwdw==", token_type="basic", username="user", password="pw", id_token=None
+                access_token="dXNlcjpwdw==",
+                token_type="basic",
+                username="user",
+                password="pw",
+                id_token=None,
             ),
         ),
     )
-    created = h.call("create_static_connection", "user-42", "openai", {"type": "api_key", "api_key": "sk-1"})
+    created = h.call(
+        "create_static_connection", "user-42", "openai", {"type": "api_key", "api_key": "sk-1"}
+    )
     assert isinstance(created, Connection) and created.connection_id == "c_key"
-    assert h.gateway.last.method == "POST" and str(h.gateway.last.url) == f"{BASE_URL}/v1/connections"
+    assert (
+        h.gateway.last.method == "POST" and str(h.gateway.last.url) == f"{BASE_URL}/v1/connections"
+    )
     assert h.gateway.body() == {
         "user_id": "user-42",
         "provider_name": "openai",
@@ -252,7 +261,9 @@ def test_create_static_connection_and_replace_credentials(make_harness: MakeHarn
     h.call("replace_credentials", "c_key", {"type": "basic", "username": "user", "password": "pw"})
     assert h.gateway.last.method == "PUT"
     assert str(h.gateway.last.url) == f"{BASE_URL}/v1/connections/c_key/credentials"
-    assert h.gateway.body() == {"credentials": {"type": "basic", "username": "user", "password": "pw"}}
+    assert h.gateway.body() == {
+        "credentials": {"type": "basic", "username": "user", "password": "pw"}
+    }
     token = h.call("get_token", "c_key")
     assert (token.token_type, token.username, token.password) == ("basic", "user", "pw")
     assert "pw" not in repr(token).replace("password", "")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import httpx
@@ -134,7 +134,7 @@ class AsyncDromosClient:
         """Start a connection: returns the ``auth_url`` to send the user's browser to and
         the new ``connection_id`` (status ``pending`` until the user consents)."""
         call = _core.request_connection_call(user_id, provider_name, scopes, return_url, params)
-        return await self._run(_core.execute(call, self._settings))
+        return cast(ConnectionRequest, await self._run(_core.execute(call, self._settings)))
 
     async def request_device_connection(
         self,
@@ -145,8 +145,10 @@ class AsyncDromosClient:
     ) -> DeviceConnectionRequest:
         """Start a device-flow connection (RFC 8628) for an agent with no browser redirect:
         show the user ``user_code`` at ``verification_uri``, then ``wait_for_active``."""
-        call = _core.request_connection_call(user_id, provider_name, scopes, None, params, flow="device")
-        return await self._run(_core.execute(call, self._settings))
+        call = _core.request_connection_call(
+            user_id, provider_name, scopes, None, params, flow="device"
+        )
+        return cast(DeviceConnectionRequest, await self._run(_core.execute(call, self._settings)))
 
     async def create_static_connection(
         self,
@@ -161,7 +163,9 @@ class AsyncDromosClient:
         call = _core.create_static_connection_call(user_id, provider_name, credentials, params)
         return await self._run(_core.execute(call, self._settings))
 
-    async def replace_credentials(self, connection_id: str, credentials: Mapping[str, str]) -> Connection:
+    async def replace_credentials(
+        self, connection_id: str, credentials: Mapping[str, str]
+    ) -> Connection:
         """Replace a static connection's credential in place (verified first)."""
         call = _core.replace_credentials_call(connection_id, credentials)
         return await self._run(_core.execute(call, self._settings))

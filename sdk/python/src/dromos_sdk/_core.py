@@ -199,12 +199,17 @@ def request_connection_call(
 
 def _credentials(credentials: Mapping[str, str]) -> dict[str, str]:
     if not isinstance(credentials, Mapping) or credentials.get("type") not in ("api_key", "basic"):
-        raise ValueError('credentials must be {"type": "api_key", "api_key": …} or {"type": "basic", …}')
+        raise ValueError(
+            'credentials must be {"type": "api_key", "api_key": …} or {"type": "basic", …}'
+        )
     return {str(k): str(v) for k, v in credentials.items()}
 
 
 def create_static_connection_call(
-    user_id: str, provider_name: str, credentials: Mapping[str, str], params: Mapping[str, str] | None
+    user_id: str,
+    provider_name: str,
+    credentials: Mapping[str, str],
+    params: Mapping[str, str] | None,
 ) -> Call[Connection]:
     payload: dict[str, Any] = {
         "user_id": user_id,
@@ -215,9 +220,14 @@ def create_static_connection_call(
     return Call(RequestSpec("POST", "/v1/connections", json=payload), Connection.from_dict)
 
 
-def replace_credentials_call(connection_id: str, credentials: Mapping[str, str]) -> Call[Connection]:
+def replace_credentials_call(
+    connection_id: str, credentials: Mapping[str, str]
+) -> Call[Connection]:
     path = f"/v1/connections/{_segment(connection_id)}/credentials"
-    return Call(RequestSpec("PUT", path, json={"credentials": _credentials(credentials)}), Connection.from_dict)
+    return Call(
+        RequestSpec("PUT", path, json={"credentials": _credentials(credentials)}),
+        Connection.from_dict,
+    )
 
 
 def check_connection_call(connection_id: str) -> Call[Connection]:

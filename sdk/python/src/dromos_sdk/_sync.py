@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 
@@ -133,7 +133,7 @@ class DromosClient:
         """Start a connection: returns the ``auth_url`` to send the user's browser to and
         the new ``connection_id`` (status ``pending`` until the user consents)."""
         call = _core.request_connection_call(user_id, provider_name, scopes, return_url, params)
-        return self._run(_core.execute(call, self._settings))
+        return cast(ConnectionRequest, self._run(_core.execute(call, self._settings)))
 
     def request_device_connection(
         self,
@@ -144,8 +144,10 @@ class DromosClient:
     ) -> DeviceConnectionRequest:
         """Start a device-flow connection (RFC 8628) for an agent with no browser redirect:
         show the user ``user_code`` at ``verification_uri``, then ``wait_for_active``."""
-        call = _core.request_connection_call(user_id, provider_name, scopes, None, params, flow="device")
-        return self._run(_core.execute(call, self._settings))
+        call = _core.request_connection_call(
+            user_id, provider_name, scopes, None, params, flow="device"
+        )
+        return cast(DeviceConnectionRequest, self._run(_core.execute(call, self._settings)))
 
     def create_static_connection(
         self,
