@@ -196,7 +196,7 @@ def _python_calls() -> set[tuple[str, str]]:
     calls = set()
     for method, path in re.findall(r'RequestSpec\("(\w+)", f?"(/v1/[^"]*)"', source):
         calls.add((method, _template(path)))
-    for path, method in re.findall(r'path = f"(/v1/[^"]*)"\n\s+return Call\(RequestSpec\("(\w+)", path', source):
+    for path, method in re.findall(r'path = f"(/v1/[^"]*)"\n\s+return Call\(\s*RequestSpec\("(\w+)", path', source):
         calls.add((method, _template(path)))
     if "/v1/proxy/{_segment(connection_id)}" in source and all("def proxy(" in p.read_text() for p in PY_CLIENTS):
         calls |= {(method, PROXY_PATH) for method in PROXY_METHODS}
