@@ -56,11 +56,20 @@ def django_db_setup(django_db_setup):
     def sql_flush(self, style, tables, *, reset_sequences=False, allow_cascade=False):
         if reset_sequences or not tables:
             return truncate(self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade)
-        deletes = (f"DELETE FROM {self.quote_name(table)}" for table in tables)  # noqa: S608 - Django's table names
+        kept = {"django_content_type", "auth_permission"}
+        deletes = (f"DELETE FROM {self.quote_name(table)}" for table in tables if table not in kept)  # noqa: S608 - Django's table names
         return ["SET CONSTRAINTS ALL DEFERRED", *deletes]
 
     DatabaseOperations.sql_flush = sql_flush
+    # The flush that ends a transactional test re-sends post_migrate, which re-creates every
+    # content type and permission it just deleted (dozens of queries and commits per test).
+    # Both tables are kept instead (the flush skips them), so the signal has nothing to do.
+    from django.core.management.commands import flush
+
+    emit = flush.emit_post_migrate_signal
+    flush.emit_post_migrate_signal = lambda *args, **kwargs: None
     yield
+    flush.emit_post_migrate_signal = emit
     DatabaseOperations.sql_flush = truncate
 
 

@@ -41,3 +41,8 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 BROKER_ACCESS_EXEMPT = ("/v1/", "/openapi.json", "/docs", "/redoc")
 PROVIDER_HTTP_TIMEOUT = 3.0
 STARTUP_CHECKS: list[str] = []  # as before: only a process on the broker settings runs them
+
+# Tests never need a commit to survive a PostgreSQL crash: without waiting for each commit's
+# WAL flush, the transactional tests' flushes and the per-test setup run several times faster.
+if DATABASES["default"]["ENGINE"] == "dromos.db":  # noqa: F405
+    DATABASES["default"]["OPTIONS"]["options"] = "-c synchronous_commit=off"  # noqa: F405
