@@ -73,7 +73,7 @@ def served() -> Iterator[tuple[FakeGateway, str]]:
 
 @pytest.mark.anyio
 async def test_stdio_session_elicits_completes_and_answers(
-    served: tuple[FakeGateway, str],
+    served: tuple[FakeGateway, str], tmp_path: Path
 ) -> None:
     gateway, url = served
     command = shutil.which("dromos-mcp", path=str(Path(sys.executable).parent))
@@ -81,7 +81,11 @@ async def test_stdio_session_elicits_completes_and_answers(
     params = StdioServerParameters(
         command=command,
         args=["--transport", "stdio", "--user-id", "alice", "--poll-interval", "0.1"],
-        env={"DROMOS_GATEWAY_URL": url, "DROMOS_API_KEY": "dk_test"},
+        env={
+            "DROMOS_GATEWAY_URL": url,
+            "DROMOS_API_KEY": "dk_test",
+            "DROMOS_MCP_STATE_FILE": str(tmp_path / "pending.json"),
+        },
     )
     received: list[Any] = []
 
@@ -116,7 +120,7 @@ async def test_stdio_session_elicits_completes_and_answers(
 
 
 @pytest.mark.anyio
-async def test_streamable_http_session(served: tuple[FakeGateway, str]) -> None:
+async def test_streamable_http_session(served: tuple[FakeGateway, str], tmp_path: Path) -> None:
     import socket
     import subprocess
 
@@ -140,7 +144,12 @@ async def test_streamable_http_session(served: tuple[FakeGateway, str]) -> None:
             "--poll-interval",
             "0.1",
         ],
-        env={"DROMOS_GATEWAY_URL": url, "DROMOS_API_KEY": "dk_test", "PATH": "/usr/bin"},
+        env={
+            "DROMOS_GATEWAY_URL": url,
+            "DROMOS_API_KEY": "dk_test",
+            "DROMOS_MCP_STATE_FILE": str(tmp_path / "pending.json"),
+            "PATH": "/usr/bin",
+        },
         stderr=subprocess.DEVNULL,
     )
     received: list[Any] = []
@@ -153,7 +162,7 @@ async def test_streamable_http_session(served: tuple[FakeGateway, str]) -> None:
 
     args = {"provider": "oidc", "method": "GET", "path": "/userinfo"}
     try:
-        with anyio.fail_after(10):
+        with anyio.fail_after(60):  # a cold start on a loaded 2-core machine takes 10 s+
             while True:
                 try:
                     httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=1)  # noqa: ASYNC210
