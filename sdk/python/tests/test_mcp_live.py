@@ -90,6 +90,7 @@ class Live:
     consent_cmd: str
     broker_url: str
     tokens: subprocess.Popen[str]
+    narrow: subprocess.Popen[str]
     dromos: DromosClient
     secrets: list[tuple[str, str]] = field(default_factory=list)  # every test's
 
@@ -103,6 +104,13 @@ class Live:
         assert line, "the token reader exited"
         tokens: dict[str, str] = json.loads(line)
         return tokens
+
+    def narrow_key(self) -> str:
+        """An API key of another workspace whose proxy policy allows only GET /me and
+        GET /.well-known/* on the provider."""
+        out, _ = self.narrow.communicate(timeout=120)
+        assert self.narrow.returncode == 0, "apikey create failed"
+        return out.strip().splitlines()[-1]
 
     def remember(self, name: str, value: str) -> None:
         assert value and len(value) >= 8, f"{name} is empty: nothing to look for"
@@ -125,16 +133,29 @@ def live() -> Iterator[Live]:
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    provider = os.environ["DROMOS_E2E_PROVIDER"]
+    narrow = subprocess.Popen(
+        [
+            *shlex.split(os.environ["DROMOS_E2E_MANAGE_CMD"]),
+            *("gateway", "apikey", "create", "--name", "mcp-e2e-narrow"),
+            *("--workspace", f"mcp-e2e-{uuid.uuid4().hex[:8]}"),
+            *("--allow", f"{provider} GET /me", "--allow", f"{provider} GET /.well-known/*"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     dromos = DromosClient(gateway_url, api_key=os.environ["DROMOS_API_KEY"])
     try:
         yield Live(
             gateway_url=gateway_url,
             api_key=os.environ["DROMOS_API_KEY"],
-            provider=os.environ["DROMOS_E2E_PROVIDER"],
+            provider=provider,
             return_url=os.environ["DROMOS_E2E_RETURN_URL"],
             consent_cmd=os.environ["DROMOS_E2E_CONSENT_CMD"],
             broker_url=os.environ["DROMOS_BROKER_URL"].rstrip("/"),
             tokens=reader,
+            narrow=narrow,
             dromos=dromos,
         )
     finally:
@@ -148,6 +169,9 @@ def live() -> Iterator[Live]:
             reader.wait()
         if reader.stdout:
             reader.stdout.close()
+        if narrow.poll() is None:
+            narrow.kill()
+        narrow.communicate()
 
 
 # -- the user's browser ------------------------------------------------------------------
@@ -260,11 +284,13 @@ async def mcp_client(transport: Any) -> AsyncIterator[Session]:
         yield Session(client, wire, notices)
 
 
-def server_env(live: Live, state_file: Path, **extra: str) -> dict[str, str]:
+def server_env(
+    live: Live, state_file: Path, api_key: str | None = None, **extra: str
+) -> dict[str, str]:
     return {
         "PATH": os.environ.get("PATH", "/usr/bin"),
         "DROMOS_GATEWAY_URL": live.gateway_url,
-        "DROMOS_API_KEY": live.api_key,
+        "DROMOS_API_KEY": api_key or live.api_key,
         "DROMOS_RETURN_URL": live.return_url,
         "DROMOS_MCP_STATE_FILE": str(state_file),
         **extra,
@@ -332,9 +358,11 @@ async def test_stdio_session_connects_calls_lists_and_disconnects(
 ) -> None:
     user, login = new_user("stdio"), "mcp-ada"
     state = tmp_path / "state" / "pending.json"
+    # Another user's connection, approved: it is not this user's.
     others = live.dromos.request_connection(
         new_user("other"), live.provider, ["openid"], live.return_url
     )
+    await consent_async(live, others.auth_url, "mcp-someone-else")
     with (tmp_path / "stderr.log").open("w+") as errlog:
         async with stdio_server(live, user, state, errlog) as s:
             tools = (await s.client.list_tools()).tools
@@ -355,9 +383,10 @@ async def test_stdio_session_connects_calls_lists_and_disconnects(
             ]:
                 bad = await s.call(tool, args)
                 assert bad.is_error and "not found" in bad.content[0].text
-            assert live.dromos.check_connection(others.connection_id).status == "pending"
+            assert live.dromos.check_connection(others.connection_id).status == "active"
 
-            # No connection: call_api elicits; the user consents; the client is told.
+            # No connection of this user's: call_api elicits; the user consents; the client
+            # is told.
             elicitation = await s.elicitation("call_api", userinfo_args(live))
             code = await consent_async(live, elicitation["url"], login)
             await s.completed(elicitation["elicitationId"])
@@ -398,16 +427,16 @@ def free_port() -> int:
 
 
 @pytest.mark.anyio
-async def test_streamable_http_session_other_users_consent_denial_then_approval(
-    live: Live, tmp_path: Path
-) -> None:
+async def test_streamable_http_session_in_a_narrow_workspace(live: Live, tmp_path: Path) -> None:
+    """Another workspace's key with a proxy policy: the first workspace's connections are
+    not found; consent denied, then approved; a path outside the policy is refused; a
+    large answer is truncated."""
     user = new_user("http")
-    # Someone else's approved connection (another user id) does not connect this user.
-    other = live.dromos.request_connection(
+    key = live.narrow_key()
+    live.remember("api_key", key)
+    theirs = live.dromos.request_connection(
         new_user("other"), live.provider, ["openid"], live.return_url
-    )
-    await consent_async(live, other.auth_url, "mcp-someone-else")
-    assert live.dromos.check_connection(other.connection_id).status == "active"
+    ).connection_id  # in the first workspace
 
     port = free_port()
     stderr = tmp_path / "stderr.log"
@@ -415,9 +444,9 @@ async def test_streamable_http_session_other_users_consent_denial_then_approval(
         process = subprocess.Popen(  # noqa: ASYNC220 (the server for the whole test)
             [
                 *(dromos_mcp(), "--transport", "http", "--port", str(port)),
-                *("--user-id", user, "--poll-interval", "0.2"),
+                *("--user-id", user, "--poll-interval", "0.2", "--max-result-bytes", "1000"),
             ],
-            env=server_env(live, tmp_path / "pending.json"),
+            env=server_env(live, tmp_path / "pending.json", api_key=key),
             stdout=errlog,
             stderr=subprocess.STDOUT,
         )
@@ -433,15 +462,21 @@ async def test_streamable_http_session_other_users_consent_denial_then_approval(
                         await anyio.sleep(0.1)
         async with mcp_client(streamable_http_client(f"http://127.0.0.1:{port}/mcp")) as s:
             assert {t.name for t in (await s.client.list_tools()).tools} == TOOLS
-            denied = await s.elicitation("call_api", userinfo_args(live))
+            for tool, args in [
+                ("call_api", {"connection_id": theirs, "method": "GET", "path": "/me"}),
+                ("disconnect", {"connection_id": theirs}),
+            ]:
+                bad = await s.call(tool, args)
+                assert bad.is_error and "not found" in bad.content[0].text
 
             # The user cancels at the provider: told once, no new consent on its own.
+            denied = await s.elicitation("call_api", userinfo_args(live))
             await consent_async(live, denied["url"], "mcp-bea", deny=True)
             await s.completed(denied["elicitationId"])
             answer = await s.call("call_api", userinfo_args(live))
             assert answer.is_error and "did not grant access" in answer.content[0].text
-            page = live.dromos.list_connections(user_id=user)
-            assert [c.status for c in page.results] == ["failed"]
+            listed = await s.call("list_connections", {})
+            assert [c["status"] for c in listed.structured_content["connections"]] == ["failed"]
 
             # Asked again (the user agreed to retry): a new link, approved this time.
             elicitation = await s.elicitation("call_api", userinfo_args(live))
@@ -453,12 +488,26 @@ async def test_streamable_http_session_other_users_consent_denial_then_approval(
             assert answer.structured_content["body"]["sub"] == "mcp-bea"
             connection_id = answer.structured_content["connection_id"]
             remember_secrets(live, connection_id, code)
+
+            # Outside the key's proxy policy: refused, naming the missing rule.
+            refused = await s.call("call_api", {**userinfo_args(live), "path": "/jwks"})
+            assert refused.is_error
+            assert "proxy policy" in refused.content[0].text
+            assert "no rule allows <provider> GET /jwks" in refused.content[0].text
+            # Allowed but large (the discovery document): cut at 1000 bytes, marked.
+            big = await s.call(
+                "call_api", {**userinfo_args(live), "path": "/.well-known/openid-configuration"}
+            )
+            data = big.structured_content
+            assert data["truncated"] is True and data["bytes"] > 1000
+            assert data["body"].endswith(f"[truncated: showing 1000 of {data['bytes']} bytes]")
+
             gone = await s.call("disconnect", {"connection_id": connection_id})
             assert gone.structured_content["connection"]["status"] == "revoked"
     finally:
         process.terminate()
         process.wait(10)
-    assert live.dromos.check_connection(other.connection_id).status == "active"
+    assert live.dromos.check_connection(theirs).status == "pending"
     assert_no_secret(live, "the JSON-RPC messages", "\n".join(s.wire))
     assert_no_secret(live, "the server's output", stderr.read_text())
 

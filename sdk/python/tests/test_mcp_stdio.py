@@ -1,6 +1,7 @@
 """`dromos-mcp --transport stdio` as a real process, driven by the official `mcp` client over
-stdio, against the fake gateway served over real HTTP. Every JSON-RPC message the client
-receives is recorded and scanned: the provider token the fake holds never appears."""
+stdio, against the fake gateway served over real HTTP (which can also drop every connection: the
+gateway down). Every JSON-RPC message the client receives is recorded and scanned: the
+provider token the fake holds never appears. The live end to end: test_mcp_live.py."""
 
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def served() -> Iterator[tuple[FakeGateway, str]]:
 
     class Handler(BaseHTTPRequestHandler):
         def _any(self) -> None:
+            if gateway.down:  # drop the connection without an answer
+                self.close_connection = True
+                return
             length = int(self.headers.get("content-length") or 0)
             request = httpx.Request(
                 self.command,
@@ -114,6 +118,14 @@ async def test_stdio_session_elicits_completes_and_answers(
         assert done.params.elicitation_id == elicitation["elicitationId"]
         result = await client.call_tool("call_api", args)
         received.append(result)
+
+        # The gateway goes down: a clear tool error, and the server keeps running.
+        gateway.down = True
+        failed = await client.call_tool("call_api", args)
+        assert failed.is_error and "cannot be reached" in failed.model_dump_json()
+        gateway.down = False
+        again = await client.call_tool("call_api", args)
+        assert again.structured_content["body"] == {"sub": "alice"}
     assert result.structured_content["body"] == {"sub": "alice"}
     transcript = json.dumps([repr(m) for m in received]) + repr(raised.value.data)
     assert SECRET_TOKEN not in transcript
