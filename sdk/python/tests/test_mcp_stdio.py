@@ -119,6 +119,15 @@ async def test_stdio_session_elicits_completes_and_answers(
         result = await client.call_tool("call_api", args)
         received.append(result)
 
+        # Huge and binary answers are bounded on the wire too.
+        big = await client.call_tool("call_api", {**args, "path": "/big"})
+        assert big.structured_content["body"].endswith("[truncated: showing 65536 of 200000 bytes]")
+        binary = await client.call_tool("call_api", {**args, "path": "/binary"})
+        assert binary.structured_content["body"].startswith(
+            "[binary body: 5006 bytes of image/png, sha256 "
+        )
+        received += [big, binary]
+
         # The gateway goes down: a clear tool error, and the server keeps running.
         gateway.down = True
         failed = await client.call_tool("call_api", args)
