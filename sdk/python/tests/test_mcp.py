@@ -426,3 +426,31 @@ def test_state_file_configuration(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     monkeypatch.setenv("DROMOS_MCP_STATE_FILE", "/somewhere/p.json")
     assert GateConfig.from_env().state_file == "/somewhere/p.json"
     assert GateConfig.from_env(state_file="off").state_file is None
+
+
+@pytest.mark.anyio
+async def test_an_old_consent_link_is_replaced(gateway: FakeGateway, tmp_path: Path) -> None:
+    """Past link_max_age (540 s: the broker's 600 s state lifetime ends an unused link) a
+    new link is made instead of showing a dead one again, in memory and after a restart."""
+    state = str(tmp_path / "pending.json")
+    gate = make_gate(gateway, state_file=state, link_max_age=0.2)
+    async with mcp_session(build_server(gate)) as s:
+        with pytest.raises(MCPError) as first:
+            await call(s, "call_api", USERINFO)
+        with pytest.raises(MCPError) as fresh:
+            await call(s, "call_api", USERINFO)
+        assert fresh.value.data == first.value.data
+        await anyio.sleep(0.3)
+        with pytest.raises(MCPError) as later:
+            await call(s, "call_api", USERINFO)
+    await gate.aclose()
+    assert later.value.data != first.value.data
+    assert len(gateway.connections) == 2
+    await anyio.sleep(0.3)
+    restarted_gate = make_gate(gateway, state_file=state, link_max_age=0.2)
+    async with mcp_session(build_server(restarted_gate)) as s:  # the saved link is too old
+        with pytest.raises(MCPError) as restarted:
+            await call(s, "call_api", USERINFO)
+    await restarted_gate.aclose()
+    assert restarted.value.data not in (first.value.data, later.value.data)
+    assert len(gateway.connections) == 3

@@ -72,6 +72,9 @@ class GateConfig:
     return_url: str
     poll_interval: float = 1.0
     consent_timeout: float = 900.0
+    #: A consent link is shown again while younger than this; then a new one is made
+    #: (the broker's OAUTH_STATE_TTL_SECONDS, 600 s by default, ends an unused link).
+    link_max_age: float = 540.0
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
     #: Where pending consents are kept across restarts (None: in memory only).
     state_file: str | None = None
@@ -303,7 +306,7 @@ class Gate:
         )
         self._pending: dict[tuple[str, str], Pending] = {}
         self._store = PendingStore(
-            config.state_file, config.gateway_url, max_age=config.consent_timeout
+            config.state_file, config.gateway_url, max_age=config.link_max_age
         )
         self._denied: dict[tuple[str, str], str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -376,6 +379,9 @@ class Gate:
             pending = self._store.load(user_id, provider)
             if pending is not None:
                 self._pending[key] = pending
+        if pending is not None and time.time() - pending.created_at > self.config.link_max_age:
+            self._forget(pending)  # its link has expired at the broker by now
+            pending = None
         if pending is not None and tuple(scopes) == pending.scopes:
             try:
                 current = await self.dromos.check_connection(pending.connection_id)
