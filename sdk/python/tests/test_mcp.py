@@ -342,6 +342,7 @@ async def test_a_restarted_server_shows_the_same_consent_and_completes_it(
             await call(s, "call_api", USERINFO)
     (elicitation,) = first.value.data["elicitations"]
     assert state.stat().st_mode & 0o777 == 0o600
+    assert state.parent.stat().st_mode & 0o777 == 0o700
     saved = state.read_text()
     assert elicitation["url"] in saved and "dk_test" not in saved
     assert SECRET_TOKEN not in saved
