@@ -389,7 +389,16 @@ async def test_consent_answered_while_the_server_was_down(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("content", ["{not json", '{"version": 99, "pending": [1]}', "[]"])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        "[]",
+        '{"version": 99, "pending": [1]}',
+        '{"version": 1, "pending": 5}',
+        '{"version": 1, "pending": [1, {"created_at": "soon"}]}',
+    ],
+)
 async def test_an_unreadable_state_file_is_ignored(
     gateway: FakeGateway, tmp_path: Path, content: str
 ) -> None:

@@ -146,20 +146,20 @@ class PendingStore:
     def _read(self) -> list[dict[str, Any]]:
         if self.path is None:
             return []
+        now = time.time()
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             entries = data["pending"] if data.get("version") == self.VERSION else []
+            return [
+                e
+                for e in entries
+                if isinstance(e, dict) and now - float(e.get("created_at", 0)) < self.max_age
+            ]
         except FileNotFoundError:
             return []
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             logger.warning("ignoring unreadable state file %s (%s)", self.path, type(exc).__name__)
             return []
-        now = time.time()
-        return [
-            e
-            for e in entries
-            if isinstance(e, dict) and now - float(e.get("created_at", 0)) < self.max_age
-        ]
 
     def _write(self, entries: list[dict[str, Any]]) -> None:
         if self.path is None:
