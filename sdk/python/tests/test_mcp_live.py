@@ -508,6 +508,8 @@ async def test_streamable_http_session_in_a_narrow_workspace(live: Live, tmp_pat
         process.terminate()
         process.wait(10)
     assert live.dromos.check_connection(theirs).status == "pending"
+    assert sum('"notifications/elicitation/complete"' in m for m in s.wire) == 2
+    assert any(m.startswith("<- ") and '"sub":"mcp-bea"' in m for m in s.wire)
     assert_no_secret(live, "the JSON-RPC messages", "\n".join(s.wire))
     assert_no_secret(live, "the server's output", stderr.read_text())
 
