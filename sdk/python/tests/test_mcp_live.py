@@ -402,6 +402,9 @@ async def test_stdio_session_connects_calls_lists_and_disconnects(
             assert [(c["connection_id"], c["status"]) for c in listed] == [
                 (connection_id, "active")
             ]
+            connected = await s.call("connect", {"provider": live.provider})
+            assert connected.structured_content["status"] == "connected"
+            assert connected.structured_content["connection"]["connection_id"] == connection_id
             gone = await s.call("disconnect", {"connection_id": connection_id})
             assert gone.structured_content["connection"]["status"] == "revoked"
             listed = await s.call("list_connections", {"status": "active"})
@@ -521,9 +524,10 @@ async def test_a_pending_consent_survives_a_restart(live: Live, tmp_path: Path) 
     errlog = (tmp_path / "stderr.log").open("w+")
     with errlog:
         async with stdio_server(live, user, state, errlog) as first:
-            elicitation = await first.elicitation("call_api", userinfo_args(live))
+            elicitation = await first.elicitation("connect", {"provider": live.provider})
         assert state.stat().st_mode & 0o777 == 0o600
-        # The server process is gone; a new one (same state file) shows the same link.
+        # The server process is gone; a new one (same state file) shows the same link, for
+        # call_api as for connect (the same user, provider and scopes).
         async with stdio_server(live, user, state, errlog) as second:
             assert await second.elicitation("call_api", userinfo_args(live)) == elicitation
             page = live.dromos.list_connections(user_id=user)
