@@ -45,7 +45,7 @@ export PATH="$GOBIN_DIR:$PATH" GOFLAGS=-mod=mod GOPROXY=off GOTOOLCHAIN=local
 export GOCACHE=${GOCACHE:-$ROOT/var/gocache} GOPATH=${GOPATH:-$ROOT/var/gopath}
 (cd oauth-sdk && test -z "$(gofmt -l .)" && go vet ./... && go test -count=1 ./...)
 
-step "SDK live flow against real gateway + broker + OIDC provider"
+step "SDK live flow and dromos-mcp end to end against real gateway + broker + OIDC provider"
 LIVE_DIR=$(mktemp -d)
 LIVE_DB=postgres://postgres@127.0.0.1:5432/dromos_sdk_live
 "$VPY" -c "import sys; sys.path.insert(0, 'devtools'); from stack import reset_postgres_database as r; r('$LIVE_DB')"
@@ -60,5 +60,8 @@ set -a
 . "$LIVE_DIR/env"
 set +a
 (cd oauth-sdk && go test -count=1 -run 'Integration|Live' -v ./... 2>&1 | tail -20)
-(cd sdk/python && "$SDK_VENV/bin/python" -m pytest -q tests/test_live.py)
+# dromos-mcp end to end (tests/test_mcp_live.py) reads the stored tokens it looks for with this.
+DROMOS_E2E_MANAGE_CMD="$(printf '%q ' "$VPY" "$ROOT/devtools/stack.py" manage --workdir "$LIVE_DIR/stack")"
+export DROMOS_E2E_MANAGE_CMD
+(cd sdk/python && "$SDK_VENV/bin/python" -m pytest -q tests/test_live.py tests/test_mcp_live.py)
 echo "all test suites passed"

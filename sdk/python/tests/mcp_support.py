@@ -1,5 +1,5 @@
 """A stateful fake gateway (httpx.MockTransport) and an MCP client harness for the
-dromos_sdk.mcp tests. The real-process end-to-end test lives in tests/e2e of the project."""
+dromos_sdk.mcp tests. The real-process end-to-end test is tests/test_mcp_live.py."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
 
 from mcp_support import (
     BASE_URL,
+    SECRET_TOKEN,
     FakeGateway,
     fake_client,
     fake_sync_client,
@@ -314,3 +316,151 @@ async def test_example_server_decorator(
         result = await call(s, tool, {})
     assert not result.is_error
     assert result.structured_content["profile"] == {"sub": "alice"}
+
+
+# -- pending consents survive a restart (state file) -----------------------------------------
+
+
+@asynccontextmanager
+async def server_process(gateway: FakeGateway, state_file: str) -> AsyncIterator[Any]:
+    """One server "process": its gate's background polls end with it, as on a restart."""
+    gate = make_gate(gateway, state_file=state_file)
+    try:
+        async with mcp_session(build_server(gate)) as s:
+            yield s
+    finally:
+        await gate.aclose()
+
+
+@pytest.mark.anyio
+async def test_a_restarted_server_shows_the_same_consent_and_completes_it(
+    gateway: FakeGateway, tmp_path: Path
+) -> None:
+    state = tmp_path / "state" / "pending.json"
+    async with server_process(gateway, str(state)) as s:
+        with pytest.raises(MCPError) as first:
+            await call(s, "call_api", USERINFO)
+    (elicitation,) = first.value.data["elicitations"]
+    assert state.stat().st_mode & 0o777 == 0o600
+    assert state.parent.stat().st_mode & 0o777 == 0o700
+    saved = state.read_text()
+    assert elicitation["url"] in saved and "dk_test" not in saved
+    assert SECRET_TOKEN not in saved
+
+    # A new process (gate) with the same file: the same link and elicitation, no new consent.
+    async with server_process(gateway, str(state)) as s:
+        with pytest.raises(MCPError) as again:
+            await call(s, "call_api", USERINFO)
+        assert again.value.data["elicitations"] == [elicitation]
+        assert len(gateway.connections) == 1
+        gateway.consent(next(iter(gateway.connections)))
+        await wait_for(lambda: elicitation["elicitationId"] in completions(s.messages))
+        result = await call(s, "call_api", USERINFO)
+        assert result.structured_content["body"] == {"sub": "alice"}
+        listed = await call(s, "list_connections", {})
+        assert [c["status"] for c in listed.structured_content["connections"]] == ["active"]
+    assert json.loads(state.read_text())["pending"] == []
+
+
+@pytest.mark.anyio
+async def test_consent_answered_while_the_server_was_down(
+    gateway: FakeGateway, tmp_path: Path
+) -> None:
+    state = tmp_path / "pending.json"
+    async with server_process(gateway, str(state)) as s:
+        with pytest.raises(MCPError):
+            await call(s, "call_api", USERINFO)
+    (cid,) = gateway.connections
+    gateway.consent(cid, deny=True)
+    async with server_process(gateway, str(state)) as s:
+        result = await call(s, "call_api", USERINFO)
+        assert result.is_error and "did not grant access" in text(result)
+        assert len(gateway.connections) == 1  # said once, no new consent on its own
+        with pytest.raises(MCPError) as asked:  # the next call asks again
+            await call(s, "call_api", USERINFO)
+    assert asked.value.code == -32042
+    assert len(gateway.connections) == 2
+    # Approved while down: the next server just uses the connection.
+    gateway.consent(list(gateway.connections)[1])
+    async with server_process(gateway, str(state)) as s:
+        result = await call(s, "call_api", USERINFO)
+    assert result.structured_content["body"] == {"sub": "alice"}
+    assert json.loads(state.read_text())["pending"] == []
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{not json",
+        "[]",
+        '{"version": 99, "pending": [1]}',
+        '{"version": 1, "pending": 5}',
+        '{"version": 1, "pending": [1, {"created_at": "soon"}]}',
+    ],
+)
+async def test_an_unreadable_state_file_is_ignored(
+    gateway: FakeGateway, tmp_path: Path, content: str
+) -> None:
+    state = tmp_path / "pending.json"
+    state.write_text(content)
+    async with server_process(gateway, str(state)) as s:
+        with pytest.raises(MCPError) as raised:
+            await call(s, "call_api", USERINFO)
+    assert raised.value.code == -32042
+    assert json.loads(state.read_text())["pending"][0]["connection_id"] in gateway.connections
+
+
+@pytest.mark.anyio
+async def test_an_unwritable_state_file_keeps_consents_in_memory(
+    gateway: FakeGateway, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    gate = make_gate(gateway, state_file=str(blocker / "pending.json"))  # parent is a file
+    async with mcp_session(build_server(gate)) as s:
+        with pytest.raises(MCPError) as first:
+            await call(s, "call_api", USERINFO)
+        with pytest.raises(MCPError) as again:
+            await call(s, "call_api", USERINFO)
+    assert first.value.data == again.value.data and len(gateway.connections) == 1
+
+
+def test_state_file_configuration(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DROMOS_GATEWAY_URL", BASE_URL)
+    monkeypatch.setenv("DROMOS_API_KEY", "dk_test")
+    monkeypatch.setenv("DROMOS_USER_ID", "alice")
+    monkeypatch.delenv("DROMOS_MCP_STATE_FILE", raising=False)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert GateConfig.from_env().state_file == str(tmp_path / "dromos-mcp" / "pending.json")
+    monkeypatch.setenv("DROMOS_MCP_STATE_FILE", "/somewhere/p.json")
+    assert GateConfig.from_env().state_file == "/somewhere/p.json"
+    assert GateConfig.from_env(state_file="off").state_file is None
+
+
+@pytest.mark.anyio
+async def test_an_old_consent_link_is_replaced(gateway: FakeGateway, tmp_path: Path) -> None:
+    """Past link_max_age (540 s: the broker's 600 s state lifetime ends an unused link) a
+    new link is made instead of showing a dead one again, in memory and after a restart."""
+    state = str(tmp_path / "pending.json")
+    gate = make_gate(gateway, state_file=state, link_max_age=0.2)
+    async with mcp_session(build_server(gate)) as s:
+        with pytest.raises(MCPError) as first:
+            await call(s, "call_api", USERINFO)
+        with pytest.raises(MCPError) as fresh:
+            await call(s, "call_api", USERINFO)
+        assert fresh.value.data == first.value.data
+        await anyio.sleep(0.3)
+        with pytest.raises(MCPError) as later:
+            await call(s, "call_api", USERINFO)
+    await gate.aclose()
+    assert later.value.data != first.value.data
+    assert len(gateway.connections) == 2
+    await anyio.sleep(0.3)
+    restarted_gate = make_gate(gateway, state_file=state, link_max_age=0.2)
+    async with mcp_session(build_server(restarted_gate)) as s:  # the saved link is too old
+        with pytest.raises(MCPError) as restarted:
+            await call(s, "call_api", USERINFO)
+    await restarted_gate.aclose()
+    assert restarted.value.data not in (first.value.data, later.value.data)
+    assert len(gateway.connections) == 3

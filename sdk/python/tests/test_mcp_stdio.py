@@ -1,6 +1,7 @@
 """`dromos-mcp --transport stdio` as a real process, driven by the official `mcp` client over
-stdio, against the fake gateway served over real HTTP. Every JSON-RPC message the client
-receives is recorded and scanned: the provider token the fake holds never appears."""
+stdio, against the fake gateway served over real HTTP (which can also drop every connection: the
+gateway down). Every JSON-RPC message the client receives is recorded and scanned: the
+provider token the fake holds never appears. The live end to end: test_mcp_live.py."""
 
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ def served() -> Iterator[tuple[FakeGateway, str]]:
 
     class Handler(BaseHTTPRequestHandler):
         def _any(self) -> None:
+            if gateway.down:  # drop the connection without an answer
+                self.close_connection = True
+                return
             length = int(self.headers.get("content-length") or 0)
             request = httpx.Request(
                 self.command,
@@ -73,7 +77,7 @@ def served() -> Iterator[tuple[FakeGateway, str]]:
 
 @pytest.mark.anyio
 async def test_stdio_session_elicits_completes_and_answers(
-    served: tuple[FakeGateway, str],
+    served: tuple[FakeGateway, str], tmp_path: Path
 ) -> None:
     gateway, url = served
     command = shutil.which("dromos-mcp", path=str(Path(sys.executable).parent))
@@ -81,7 +85,11 @@ async def test_stdio_session_elicits_completes_and_answers(
     params = StdioServerParameters(
         command=command,
         args=["--transport", "stdio", "--user-id", "alice", "--poll-interval", "0.1"],
-        env={"DROMOS_GATEWAY_URL": url, "DROMOS_API_KEY": "dk_test"},
+        env={
+            "DROMOS_GATEWAY_URL": url,
+            "DROMOS_API_KEY": "dk_test",
+            "DROMOS_MCP_STATE_FILE": str(tmp_path / "pending.json"),
+        },
     )
     received: list[Any] = []
 
@@ -110,13 +118,30 @@ async def test_stdio_session_elicits_completes_and_answers(
         assert done.params.elicitation_id == elicitation["elicitationId"]
         result = await client.call_tool("call_api", args)
         received.append(result)
+
+        # Huge and binary answers are bounded on the wire too.
+        big = await client.call_tool("call_api", {**args, "path": "/big"})
+        assert big.structured_content["body"].endswith("[truncated: showing 65536 of 200000 bytes]")
+        binary = await client.call_tool("call_api", {**args, "path": "/binary"})
+        assert binary.structured_content["body"].startswith(
+            "[binary body: 5006 bytes of image/png, sha256 "
+        )
+        received += [big, binary]
+
+        # The gateway goes down: a clear tool error, and the server keeps running.
+        gateway.down = True
+        failed = await client.call_tool("call_api", args)
+        assert failed.is_error and "cannot be reached" in failed.model_dump_json()
+        gateway.down = False
+        again = await client.call_tool("call_api", args)
+        assert again.structured_content["body"] == {"sub": "alice"}
     assert result.structured_content["body"] == {"sub": "alice"}
     transcript = json.dumps([repr(m) for m in received]) + repr(raised.value.data)
     assert SECRET_TOKEN not in transcript
 
 
 @pytest.mark.anyio
-async def test_streamable_http_session(served: tuple[FakeGateway, str]) -> None:
+async def test_streamable_http_session(served: tuple[FakeGateway, str], tmp_path: Path) -> None:
     import socket
     import subprocess
 
@@ -140,7 +165,12 @@ async def test_streamable_http_session(served: tuple[FakeGateway, str]) -> None:
             "--poll-interval",
             "0.1",
         ],
-        env={"DROMOS_GATEWAY_URL": url, "DROMOS_API_KEY": "dk_test", "PATH": "/usr/bin"},
+        env={
+            "DROMOS_GATEWAY_URL": url,
+            "DROMOS_API_KEY": "dk_test",
+            "DROMOS_MCP_STATE_FILE": str(tmp_path / "pending.json"),
+            "PATH": "/usr/bin",
+        },
         stderr=subprocess.DEVNULL,
     )
     received: list[Any] = []
@@ -153,7 +183,7 @@ async def test_streamable_http_session(served: tuple[FakeGateway, str]) -> None:
 
     args = {"provider": "oidc", "method": "GET", "path": "/userinfo"}
     try:
-        with anyio.fail_after(10):
+        with anyio.fail_after(60):  # a cold start on a loaded 2-core machine takes 10 s+
             while True:
                 try:
                     httpx.get(f"http://127.0.0.1:{port}/mcp", timeout=1)  # noqa: ASYNC210

@@ -8,16 +8,29 @@ How completion is learnt: the gateway has no push channel towards an MCP server 
 would need a public URL on the agent's machine), so the server polls
 ``GET /v1/check-connection/{id}`` every ``poll_interval`` seconds (1 s by default) while a
 consent is pending, for at most ``consent_timeout`` seconds (15 minutes by default).
+
+Pending consents survive a restart: each is written to a small JSON state file (mode 0600;
+``--state-file`` / ``DROMOS_MCP_STATE_FILE``, default
+``$XDG_STATE_HOME/dromos-mcp/pending.json``; ``off`` keeps them in memory only). It holds
+the connection id, the consent link the user was shown and the elicitation id: never a
+token. The gateway stays the truth for the status: a restarted server asks
+``check-connection`` before it shows a remembered link again, and forgets it once the
+connection is active, failed or gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import logging
 import os
+import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -59,7 +72,12 @@ class GateConfig:
     return_url: str
     poll_interval: float = 1.0
     consent_timeout: float = 900.0
+    #: A consent link is shown again while younger than this; then a new one is made
+    #: (the broker's OAUTH_STATE_TTL_SECONDS, 600 s by default, ends an unused link).
+    link_max_age: float = 540.0
     max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES
+    #: Where pending consents are kept across restarts (None: in memory only).
+    state_file: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> GateConfig:
@@ -72,7 +90,10 @@ class GateConfig:
         }
         if env.get("DROMOS_MCP_MAX_RESULT_BYTES"):
             values["max_result_bytes"] = int(env["DROMOS_MCP_MAX_RESULT_BYTES"])
+        values["state_file"] = env.get("DROMOS_MCP_STATE_FILE") or default_state_file()
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if values["state_file"] in ("off", "none", ""):
+            values["state_file"] = None
         missing = [
             name
             for name, key in (
@@ -90,6 +111,13 @@ class GateConfig:
         return cls(**values)
 
 
+def default_state_file() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "dromos-mcp", "pending.json")
+
+
 @dataclass
 class Pending:
     user_id: str
@@ -99,6 +127,117 @@ class Pending:
     elicitation_id: str
     scopes: tuple[str, ...]
     watchers: set[int] = field(default_factory=set)
+    created_at: float = field(default_factory=time.time)
+
+
+class PendingStore:
+    """Pending consents in a JSON file (0600, written whole and renamed into place), keyed
+    by gateway, user and provider, so that several servers (users, gateways) can share it.
+    Entries older than ``max_age`` are dropped. Never holds a token: the connection id, the
+    consent link the user was shown, the elicitation id, the scopes asked for."""
+
+    VERSION = 1
+
+    def __init__(self, path: str | None, gateway_url: str, max_age: float) -> None:
+        self.path = Path(path) if path else None
+        self.gateway = gateway_url.rstrip("/")
+        self.max_age = max_age
+
+    def _read(self) -> list[dict[str, Any]]:
+        if self.path is None:
+            return []
+        now = time.time()
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            entries = data["pending"] if data.get("version") == self.VERSION else []
+            return [
+                e
+                for e in entries
+                if isinstance(e, dict) and now - float(e.get("created_at", 0)) < self.max_age
+            ]
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.warning("ignoring unreadable state file %s (%s)", self.path, type(exc).__name__)
+            return []
+
+    def _write(self, entries: list[dict[str, Any]]) -> None:
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".pending-")  # 0600
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    json.dump({"version": self.VERSION, "pending": entries}, out, indent=1)
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            logger.warning(
+                "cannot write state file %s (%s): pending consents are kept in memory only",
+                self.path,
+                type(exc).__name__,
+            )
+
+    def _mine(self, entry: dict[str, Any], user_id: str, provider: str) -> bool:
+        return (entry.get("gateway"), entry.get("user_id"), entry.get("provider")) == (
+            self.gateway,
+            user_id,
+            provider,
+        )
+
+    def load(self, user_id: str, provider: str) -> Pending | None:
+        for e in self._read():
+            if self._mine(e, user_id, provider):
+                try:
+                    return Pending(
+                        user_id=user_id,
+                        provider=provider,
+                        connection_id=str(e["connection_id"]),
+                        url=str(e["url"]),
+                        elicitation_id=str(e["elicitation_id"]),
+                        scopes=tuple(str(s) for s in e["scopes"]),
+                        created_at=float(e["created_at"]),
+                    )
+                except (KeyError, TypeError, ValueError):
+                    return None
+        return None
+
+    def save(self, pending: Pending) -> None:
+        if self.path is None:
+            return
+        entries = [e for e in self._read() if not self._mine(e, pending.user_id, pending.provider)]
+        entries.append(
+            {
+                "gateway": self.gateway,
+                "user_id": pending.user_id,
+                "provider": pending.provider,
+                "connection_id": pending.connection_id,
+                "url": pending.url,
+                "elicitation_id": pending.elicitation_id,
+                "scopes": list(pending.scopes),
+                "created_at": pending.created_at,
+            }
+        )
+        self._write(entries)
+
+    def drop(self, pending: Pending) -> None:
+        if self.path is None:
+            return
+        entries = self._read()
+        kept = [
+            e
+            for e in entries
+            if not (
+                self._mine(e, pending.user_id, pending.provider)
+                and e.get("connection_id") == pending.connection_id
+            )
+        ]
+        if len(kept) != len(entries):
+            self._write(kept)
 
 
 class ConsentRequired(Exception):
@@ -166,6 +305,9 @@ class Gate:
             config.gateway_url, api_key=config.api_key, user_agent="dromos-mcp"
         )
         self._pending: dict[tuple[str, str], Pending] = {}
+        self._store = PendingStore(
+            config.state_file, config.gateway_url, max_age=config.link_max_age
+        )
         self._denied: dict[tuple[str, str], str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -225,20 +367,36 @@ class Gate:
         key = (user_id, provider)
         connection = await self.active_connection(user_id, provider, scopes)
         if connection is not None:
-            self._pending.pop(key, None)
+            self._forget(self._pending.get(key) or self._store.load(user_id, provider))
             self._denied.pop(key, None)
             return connection
         denied = self._denied.pop(key, None)
         if denied is not None:
-            raise ToolError(
-                f"The user did not grant access to {provider} ({denied}). Do not retry on your "
-                f"own: ask the user whether to try again, then call `connect`."
-            )
+            raise ToolError(denied_message(provider, denied))
         pending = self._pending.get(key)
+        if pending is None:
+            # Started before a restart: the link the user may already have open.
+            pending = self._store.load(user_id, provider)
+            if pending is not None:
+                self._pending[key] = pending
+        if pending is not None and time.time() - pending.created_at > self.config.link_max_age:
+            self._forget(pending)  # its link has expired at the broker by now
+            pending = None
         if pending is not None and tuple(scopes) == pending.scopes:
-            current = await guarded(self.dromos.check_connection(pending.connection_id))
-            if current.status != "pending":
+            try:
+                current = await self.dromos.check_connection(pending.connection_id)
+            except NotFoundError:
+                self._forget(pending)
                 pending = None
+            except DromosError as exc:
+                raise ToolError(gateway_error_message(exc)) from None
+            else:
+                if current.status != "pending":
+                    self._forget(pending)
+                    pending = None
+                    if current.status == "failed":
+                        # Answered (denied or failed) with nobody watching: say so once.
+                        raise ToolError(denied_message(provider, current.error or current.status))
         else:
             pending = None
         if pending is None:
@@ -257,9 +415,18 @@ class Gate:
                 scopes=tuple(scopes),
             )
             self._pending[key] = pending
+            self._store.save(pending)
         if session is not None and supports_url_elicitation(session):
             self._watch(pending, session)
         raise ConsentRequired(pending)
+
+    def _forget(self, pending: Pending | None) -> None:
+        if pending is None:
+            return
+        key = (pending.user_id, pending.provider)
+        if self._pending.get(key) is pending:
+            del self._pending[key]
+        self._store.drop(pending)
 
     # -- completion ---------------------------------------------------------------------
 
@@ -287,8 +454,7 @@ class Gate:
                     continue
                 if connection.status != "active":
                     self._denied[key] = connection.error or connection.status
-                if self._pending.get(key) is pending:
-                    del self._pending[key]
+                self._forget(pending)
                 await session.send_elicit_complete(pending.elicitation_id)
                 return
         except Exception:  # the session went away: nobody to tell
@@ -298,6 +464,13 @@ class Gate:
 
 
 # -- errors ---------------------------------------------------------------------------------
+
+
+def denied_message(provider: str, reason: str) -> str:
+    return (
+        f"The user did not grant access to {provider} ({reason}). Do not retry on your "
+        f"own: ask the user whether to try again, then call `connect`."
+    )
 
 
 def not_found_message(connection_id: str) -> str:

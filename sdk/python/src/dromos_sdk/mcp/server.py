@@ -240,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
         prog="dromos-mcp",
         description="MCP server for Dromos: connect accounts and call provider APIs "
         "without tokens in the conversation. Configured by DROMOS_GATEWAY_URL, "
-        "DROMOS_API_KEY, DROMOS_USER_ID (or --user-id) and DROMOS_RETURN_URL.",
+        "DROMOS_API_KEY, DROMOS_USER_ID (or --user-id), DROMOS_RETURN_URL and "
+        "DROMOS_MCP_STATE_FILE.",
     )
     parser.add_argument("--transport", choices=("stdio", "http"), default="stdio")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP transport: bind address")
@@ -253,6 +254,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--poll-interval", type=float, help="seconds between consent checks (default 1)"
     )
+    parser.add_argument(
+        "--state-file",
+        help="where pending consents survive a restart (default: DROMOS_MCP_STATE_FILE or "
+        "$XDG_STATE_HOME/dromos-mcp/pending.json; 'off': memory only). Never holds a token.",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     config = GateConfig.from_env(
@@ -260,6 +266,7 @@ def main(argv: list[str] | None = None) -> None:
         return_url=args.return_url,
         max_result_bytes=args.max_result_bytes,
         poll_interval=args.poll_interval,
+        state_file=args.state_file,
     )
     server = build_server(Gate(config))
     if args.transport == "stdio":
