@@ -93,6 +93,8 @@ def connect_stack(real_stack, tmp_path_factory):
         meta["token_endpoint"],
         "--revocation-url",
         meta["revocation_endpoint"],
+        "--userinfo-url",  # Zendesk's /api/v2/users/me, here: no call leaves the machine
+        meta["userinfo_endpoint"],
         "--client-id",
         CLIENT_ID,
         f"--client-secret={real_stack.client_secret}",
