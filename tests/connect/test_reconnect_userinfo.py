@@ -15,7 +15,7 @@ from fake_provider import CLIENT_ID, CLIENT_SECRET, api_hang, api_raw, api_statu
 from broker_app.models import AuditEvent, ConnectAttempt, Connection
 from tests.conftest import auth_params, make_provider, start_connection
 
-from .test_connect_sessions import back_query
+from .test_connect_sessions import RETURN_URL, back_query
 
 pytestmark = pytest.mark.django_db(transaction=True)
 UNCHANGED = ("status", "access_token_enc", "refresh_token_enc", "token_version", "account", "scopes", "expires_at")
@@ -57,7 +57,7 @@ def _token(stack, key: str, cid: str) -> str:
 
 
 def _reconnect(stack, fake_provider, key: str, cid: str, sub: str) -> dict[str, str]:
-    started = stack.call("POST", f"/v1/connections/{cid}/reconnect", key, json={})
+    started = stack.call("POST", f"/v1/connections/{cid}/reconnect", key, json={"return_url": RETURN_URL})
     assert started.status_code == 201, started.text
     return back_query(_consent(stack, fake_provider, started.json()["authUrl"], sub))
 
@@ -158,3 +158,29 @@ def test_userinfo_down_at_first_consent_still_connects_but_reconnect_cannot_prov
     back = _reconnect(stack, fake_provider, key, cid, "octocat")
     assert back == {"status": "error", "error": "account_unverifiable", "connection_id": cid}
     assert _token(stack, key, cid) == old_token
+
+
+def test_a_device_flow_approval_records_the_userinfo_account_id(stack, fake_provider, github_like, monkeypatch):
+    """GitHub connects by the device flow too: its approval records the id like a consent does,
+    and a browser reconnect of that connection then proves the account."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from broker_app.providers.spec import builtin_catalog
+    from broker_app.services.device import device_poll_one
+
+    monkeypatch.setitem(
+        builtin_catalog()["github"], "device_authorization_url", f"{fake_provider.url}/device_authorization"
+    )
+    key = stack.key("ws-a")
+    body = {"user_id": "user-1", "provider_name": "gh", "scopes": ["read:user"], "flow": "device"}
+    started = stack.call("POST", "/v1/request-connection", key, json=body)
+    assert started.status_code == 201, started.text
+    cid = started.json()["connection_id"]
+    fake_provider.device_set(started.json()["user_code"], "approved", sub="octocat")
+    Connection.objects.filter(pk=cid).update(device_next_poll_at=timezone.now() - timedelta(seconds=1))
+    assert device_poll_one(connection_id=cid) == "active"
+    assert Connection.objects.get(pk=cid).account["userinfo"] == {"id": str(fake_provider.account_number("octocat"))}
+    assert _reconnect(stack, fake_provider, key, cid, "octocat") == {"status": "success", "connection_id": cid}
+    assert _reconnect(stack, fake_provider, key, cid, "mallory")["error"] == "account_mismatch"
