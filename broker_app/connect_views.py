@@ -41,8 +41,25 @@ def _logo(path: str) -> str:
     return path if finders.find(path) else "connect/logos/default.svg"
 
 
+# Every variable the template reads, so that none is ever missing: Django logs a missing
+# variable (logger django.template, DEBUG) with the whole context, whose request names the
+# token-bearing path.
+_TEMPLATE_DEFAULTS = {
+    "problem": None,
+    "problem_inline": None,
+    "chosen": None,
+    "errors": {},
+    "form_error": "",
+    "rows": [],
+    "choices": [],
+    "reconnect": False,
+}
+
+
 def _answer(request, context: dict, *, status: int = 200, brand: Brand | None = None) -> HttpResponse:
     context.setdefault("brand", brand)
+    for name, empty in _TEMPLATE_DEFAULTS.items():
+        context.setdefault(name, empty)
     chosen = context.get("chosen")
     if chosen is not None:
         values, errors = context.get("values") or {}, context.get("errors") or {}
@@ -86,7 +103,7 @@ def connect_page(request, token: str):
         return _problem(request, error)
     brand = brand_for(session.workspace)
     choices = _choices(session)
-    context = {"session": session, "choices": choices, "reconnect": bool(session.reconnect_id), "token": token}
+    context = {"session": session, "choices": choices, "reconnect": bool(session.reconnect_id)}
     if not choices:
         return _problem(request, PageError("unavailable", "No service is available on this link."), brand)
     if request.method == "GET":

@@ -226,6 +226,38 @@ def revoke(spec, *, token: str, token_type_hint: str) -> bool:
     raise PermanentOAuthError(str(body.get("error") or f"http_{response.status_code}"), status=response.status_code)
 
 
+def userinfo(spec, *, access_token: str) -> dict[str, Any]:
+    """GET the template's `userinfo_url` (OIDC Core §5.3, GitHub's /user, Zoom's /users/me …)
+    with the access token, as the provider API calls are made: the provider's own headers,
+    the connect and read timeouts, no redirect followed. Returns the JSON object. Raises
+    TransientOAuthError (timeout, unreachable, 429, 5xx) or PermanentOAuthError (another
+    non-2xx, or `bad_response` when the answer is not a JSON object)."""
+    if not spec.userinfo_url:
+        raise PermanentOAuthError("no_userinfo_endpoint", "the template names no userinfo endpoint")
+    headers = {"Accept": "application/json", **spec.api_headers}
+    header, form = spec.api_auth.get("header", "Authorization"), spec.api_auth.get("format", "Bearer {token}")
+    headers[header] = form.replace("{token}", access_token)
+    try:
+        response = _session.get(spec.userinfo_url, headers=headers, timeout=_timeout(), allow_redirects=False)
+    except requests.Timeout:
+        raise TransientOAuthError("timeout", "the userinfo endpoint did not answer in time") from None
+    except requests.RequestException:
+        raise TransientOAuthError("connection_error", "the userinfo endpoint could not be reached") from None
+    if response.status_code == 429 or response.status_code >= 500:
+        raise TransientOAuthError(
+            "server_error", f"the userinfo endpoint answered {response.status_code}", status=response.status_code
+        )
+    if not 200 <= response.status_code < 300:
+        raise PermanentOAuthError(f"http_{response.status_code}", "the userinfo endpoint refused the token")
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise PermanentOAuthError("bad_response", "the userinfo answer is not a JSON object")
+    return body
+
+
 # -- RFC 8628: device authorization grant ---------------------------------------------------
 DEVICE_CODE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 DEVICE_DEFAULT_INTERVAL = 5  # RFC 8628 §3.2: "If no value is provided, clients MUST use 5"

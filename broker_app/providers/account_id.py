@@ -29,3 +29,22 @@ def account_id(
     if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
         return None
     return str(value)
+
+
+def userinfo_record(field: str, document: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a connection keeps of a userinfo answer for a "userinfo.PATH" field: the account
+    id alone, at its path (`{"user": {"id": "42"}}` for "userinfo.user.id"), so that the next
+    reconnect can compare it; None when the field reads no userinfo or the answer lacks the id."""
+    source, _, path = (field or "").partition(".")
+    if source != "userinfo" or not path:
+        return None
+    found = account_id(field, userinfo=document)
+    if found is None:
+        return None
+    record: dict[str, Any] = {}
+    node = record
+    *parents, leaf = path.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = found
+    return record

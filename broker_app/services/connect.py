@@ -20,6 +20,7 @@ from broker_app.audit import Actor
 from broker_app.models import Connection
 from broker_app.oauth import client, oidc
 from broker_app.oauth.errors import IdTokenError, OAuthError, safe_code
+from broker_app.providers.account_id import userinfo_record
 from broker_app.providers.registry import resolve
 from broker_app.providers.spec import ProviderConfigError
 from broker_app.return_urls import ReturnUrlError, validate_return_url
@@ -152,6 +153,23 @@ def callback_metadata(spec, callback_params: Mapping[str, str] | None) -> dict[s
     }
 
 
+def userinfo_account(spec, access_token: str | None) -> dict[str, Any]:
+    """`{"userinfo": {…}}`: the account id the provider's userinfo endpoint names, for templates
+    whose `account_id_field` is "userinfo.PATH" (GitHub, Zoom, Atlassian …), kept on the
+    connection so that a reconnect can prove the account; {} for the other templates. Best
+    effort at the first consent: an endpoint that fails leaves it out (that connection's
+    reconnect then ends `account_unverifiable`); reconnect itself fetches it strictly."""
+    if not spec.account_id_field.startswith("userinfo.") or not access_token:
+        return {}
+    try:
+        document = client.userinfo(spec, access_token=access_token)
+    except OAuthError as exc:
+        logger.warning("userinfo unavailable: the account id is not recorded", extra={"error_code": exc.error})
+        return {}
+    record = userinfo_record(spec.account_id_field, document)
+    return {"userinfo": record} if record else {}
+
+
 def connection_complete(
     *,
     state: str | None,
@@ -211,9 +229,8 @@ def connection_complete(
     extra_metadata = callback_metadata(spec, callback_params)
     if extra_metadata:
         tokens = replace(tokens, metadata={**tokens.metadata, **extra_metadata})
-    if not connection_activate(
-        connection=connection, tokens=tokens, account={**tokens.account, **hooks.account(spec, claims)}
-    ):
+    account = {**tokens.account, **hooks.account(spec, claims), **userinfo_account(spec, tokens.access_token)}
+    if not connection_activate(connection=connection, tokens=tokens, account=account):
         return CallbackOutcome(None, None, "state_already_used")
     return CallbackOutcome(
         connection=connection,

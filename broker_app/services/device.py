@@ -34,6 +34,7 @@ from broker_app.providers.registry import resolve
 from broker_app.providers.spec import ProviderConfigError
 from broker_app.queue import task
 from broker_app.selectors import provider_get_by_name
+from broker_app.services.connect import userinfo_account
 from broker_app.services.lifecycle import connection_activate, connection_create, connection_fail
 from dromos.errors import InvalidRequest, ProviderError, ProviderUnavailable
 
@@ -217,7 +218,6 @@ def device_poll_one(*, connection_id: str) -> str:
             except (IdTokenError, oidc.DocumentUnavailable) as exc:
                 connection_fail(connection=connection, error="invalid_id_token", description=str(exc))
                 return "failed"
-        connection_activate(
-            connection=connection, tokens=tokens, account={**tokens.account, **hooks.account(spec, claims)}
-        )
+        account = {**tokens.account, **hooks.account(spec, claims), **userinfo_account(spec, tokens.access_token)}
+        connection_activate(connection=connection, tokens=tokens, account=account)
         return "active"

@@ -4,7 +4,8 @@ The flow's secrets (state digest, PKCE verifier, nonce digest, requested scopes)
 ConnectAttempt row, so while the user is away at the provider the connection keeps its
 status and its tokens keep working. On the callback the new grant replaces the old one only
 when it belongs to the same account at the provider: the catalog's `account_id_field`
-("id_token.sub", Slack's "token.authed_user.id", QuickBooks' "callback.realmId" …, read by
+("id_token.sub", Slack's "token.authed_user.id", GitHub's "userinfo.id" — the userinfo
+endpoint asked with the new access token —, QuickBooks' "callback.realmId" …, read by
 providers/account_id.py) must name an id on both sides and the ids be equal, and for OIDC
 providers the verified id_token's `iss` must equal the stored one. Anything else — another
 account, an account that cannot be identified, a denied consent — changes nothing: the
@@ -31,7 +32,7 @@ from broker_app.audit import Actor
 from broker_app.models import ConnectAttempt, Connection, ConnectSession
 from broker_app.oauth import client, oidc
 from broker_app.oauth.errors import IdTokenError, OAuthError, safe_code
-from broker_app.providers.account_id import account_id
+from broker_app.providers.account_id import account_id, userinfo_record
 from broker_app.providers.registry import resolve
 from broker_app.providers.spec import ProviderConfigError
 from broker_app.return_urls import ReturnUrlError, validate_return_url
@@ -120,7 +121,7 @@ def _documents(spec, *, account: Mapping[str, Any], metadata: Mapping[str, Any])
     """What one grant left on a connection, as the documents `account_id` reads: the verified
     id_token claims (hooks.account keeps sub, iss …), the token response's account facts put
     back at their catalog paths (account_fields) and flat metadata, the kept callback
-    parameters. The userinfo answer is not fetched, so a "userinfo." field reads nothing."""
+    parameters, and the account id a userinfo answer named (kept under account["userinfo"])."""
     token: dict[str, Any] = {key: value for key, value in metadata.items()}
     for key, path in spec.account_fields.items():
         if key not in account:
@@ -130,7 +131,13 @@ def _documents(spec, *, account: Mapping[str, Any], metadata: Mapping[str, Any])
         for part in parents:
             node = node.setdefault(part, {}) if isinstance(node.get(part, {}), dict) else {}
         node[leaf] = account[key]
-    return {"claims": dict(account), "token": token, "callback": dict(metadata)}
+    userinfo = account.get("userinfo")
+    return {
+        "claims": dict(account),
+        "token": token,
+        "userinfo": userinfo if isinstance(userinfo, dict) else None,
+        "callback": dict(metadata),
+    }
 
 
 def same_account(
@@ -143,8 +150,8 @@ def same_account(
     params: Mapping[str, Any] | None = None,
 ) -> str | None:
     """None when `new` is provably the account `stored` describes, else the error code. The
-    catalog's `account_id_field` ("id_token.sub", "token.authed_user.id", "callback.realmId",
-    "param.shop" …) is read from both grants by providers.account_id; an empty field or an
+    catalog's `account_id_field` ("id_token.sub", "token.authed_user.id", "userinfo.id",
+    "callback.realmId", "param.shop" …) is read from both grants by providers.account_id; an empty field or an
     id missing on either side is account_unverifiable."""
     field = spec.account_id_field
     old_id = account_id(
@@ -229,6 +236,17 @@ def reconnect_complete(
     elif spec.oidc and attempt.nonce_digest:
         return _refuse(attempt, "missing_id_token")
     account = {**tokens.account, **hooks.account(spec, claims)}
+    if spec.account_id_field.startswith("userinfo."):
+        # GitHub, Zoom …: who the new grant belongs to is what the userinfo endpoint says when
+        # asked with the new access token. No answer, no proof: nothing changes.
+        try:
+            document = client.userinfo(spec, access_token=tokens.access_token)
+        except OAuthError as exc:
+            logger.warning("reconnect: userinfo unavailable", extra={"error_code": exc.error})
+            return _refuse(attempt, "userinfo_unavailable")
+        record = userinfo_record(spec.account_id_field, document)
+        if record:
+            account["userinfo"] = record
     extra_metadata = callback_metadata(spec, callback_params)
     if extra_metadata:
         tokens = replace(tokens, metadata={**tokens.metadata, **extra_metadata})

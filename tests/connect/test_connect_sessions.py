@@ -81,6 +81,7 @@ def zendesk_like(db, fake_provider):
         authorize_url=f"{fake_provider.url}/authorize",
         token_url=f"{fake_provider.url}/token",
         revocation_url=f"{fake_provider.url}/revoke",
+        userinfo_url=f"{fake_provider.url}/userinfo",  # Zendesk's /api/v2/users/me, here
         client_id=CLIENT_ID,
         client_secret=CLIENT_SECRET,
         default_scopes=["read"],
@@ -318,3 +319,20 @@ def test_denied_reconnect_keeps_the_connection(stack, fake_provider, fake_provid
     back = back_query(stack.callback(state=state, error="access_denied"))
     assert back == {"status": "error", "error": "access_denied", "connection_id": cid}
     assert Connection.objects.get(pk=cid).status == "active"
+
+
+def test_a_link_lives_30_minutes_by_default_and_the_page_has_no_script(stack, fake_provider_row, zendesk_like):
+    from datetime import datetime
+
+    key = stack.key("ws-a")
+    before = timezone.now()
+    created = create_session(stack, key, allowed_providers=["fake", "helpdesk"])
+    expires_at = datetime.fromisoformat(created["expires_at"].replace("Z", "+00:00"))
+    assert timedelta(seconds=1800 - 30) <= expires_at - before <= timedelta(seconds=1800 + 30)
+    browser = Browser(created["connect_url"])
+    pages = [browser.open(), browser.post(provider="helpdesk"), browser.post(provider="helpdesk", step="connect")]
+    assert [page.status_code for page in pages] == [200, 200, 400]
+    for page in pages:
+        assert "<script" not in page.text.lower() and " on" + "click=" not in page.text.lower()
+        assert "script-src" not in page.headers["Content-Security-Policy"]  # default-src 'none' forbids scripts
+        assert "default-src 'none'" in page.headers["Content-Security-Policy"]

@@ -114,9 +114,15 @@ def test_every_marked_snippet_has_a_reader():
 
 def test_every_picture_in_the_readme_exists_and_every_picture_is_shown():
     readme = (ROOT / "README.md").read_text()
-    shown = set(re.findall(r"!\[[^\]]*\]\((docs/img/[^)]+)\)", readme))
+    pictures = re.findall(r"!\[([^\]]*)\]\((docs/img/[^)]+)\)", readme)
+    shown = {path for _, path in pictures}
     assert shown and all((ROOT / path).is_file() for path in shown), shown
     assert {str(p.relative_to(ROOT)) for p in (ROOT / "docs" / "img").glob("*.png")} == shown
+    # Each says what it shows (alt text of a few words), and each is one `make screenshots` makes.
+    assert all(len(alt.split()) >= 3 for alt, _ in pictures), pictures
+    from screenshots import SHOTS  # devtools/screenshots.py
+
+    assert {f"docs/img/{shot.filename}" for shot in SHOTS.values()} == shown
 
 
 @pytest.mark.snippets

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import browser as chromium  # devtools/browser.py
 import pytest
-from screenshots import SHOTS, VIEWPORT
+from screenshots import SHOTS
 
 pytestmark = [
     pytest.mark.browser,
@@ -31,11 +31,11 @@ def test_the_script_makes_every_picture_the_readme_shows(tmp_path):
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     made = {path.name for path in tmp_path.glob("*.png")}
-    assert made == {filename for filename, _ in SHOTS.values()}
+    assert made == {shot.filename for shot in SHOTS.values()}
     assert made == {path.name for path in (ROOT / "docs" / "img").glob("*.png")}  # the README's pictures
-    for name in made:
-        data = (tmp_path / name).read_bytes()
-        assert data[:8] == b"\x89PNG\r\n\x1a\n"
-        width, height = struct.unpack(">II", data[16:24])
-        assert (width, height) == (VIEWPORT["width"], VIEWPORT["height"])
-        assert len(data) > 20_000, f"{name} looks blank ({len(data)} bytes)"
+    for shot in SHOTS.values():
+        for data in ((tmp_path / shot.filename).read_bytes(), (ROOT / "docs" / "img" / shot.filename).read_bytes()):
+            assert data[:8] == b"\x89PNG\r\n\x1a\n"
+            width, height = struct.unpack(">II", data[16:24])
+            assert (width, height) == (shot.viewport["width"], shot.viewport["height"]), shot.filename
+            assert len(data) > 20_000, f"{shot.filename} looks blank ({len(data)} bytes)"

@@ -93,6 +93,8 @@ def connect_stack(real_stack, tmp_path_factory):
         meta["token_endpoint"],
         "--revocation-url",
         meta["revocation_endpoint"],
+        "--userinfo-url",  # Zendesk's /api/v2/users/me, here: no call leaves the machine
+        meta["userinfo_endpoint"],
         "--client-id",
         CLIENT_ID,
         f"--client-secret={real_stack.client_secret}",
@@ -296,3 +298,44 @@ def test_reconnect_in_place_same_user_then_another_user(connect_stack, browser, 
     assert _userinfo(connect_stack, after["access_token"]) == 200
     checked = gw(connect_stack, "GET", f"/v1/check-connection/{connection_id}").json()
     assert checked["status"] == "active" and checked["account"]["sub"] == "alice"
+
+
+def test_reconnect_in_place_by_userinfo_account_against_the_real_provider(connect_stack, app_return):
+    """A provider whose account id comes from its userinfo endpoint (the catalog's `docusign`
+    template: `account_id_field = "userinfo.sub"`), its endpoints on the npm oidc-provider:
+    the first consent records the `sub` its userinfo endpoint names; a reconnect by the same
+    user completes in place, one by another user ends account_mismatch, old token kept."""
+    meta = connect_stack.oidc.metadata
+    from stack import CLIENT_ID
+
+    connect_stack.manage(
+        "broker", "provider", "upsert", "--name", "esign", "--template", "docusign",
+        "--authorize-url", meta["authorization_endpoint"], "--token-url", meta["token_endpoint"],
+        "--userinfo-url", meta["userinfo_endpoint"], "--client-id", CLIENT_ID,
+        f"--client-secret={connect_stack.client_secret}", "--default-scopes", "openid email",
+    )  # fmt: skip
+    started = gw(
+        connect_stack,
+        "POST",
+        "/v1/request-connection",
+        json={"user_id": "user-esign", "provider_name": "esign", "return_url": app_return},
+    )
+    assert started.status_code == 201, started.text
+    landed = complete_consent(started.json()["authUrl"], login="alice", stop_at_prefix=app_return)
+    assert "status=success" in landed, landed
+    connection_id = started.json()["connection_id"]
+    first = gw(connect_stack, "GET", f"/v1/token/{connection_id}").json()["access_token"]
+
+    def reconnect(login: str) -> dict[str, str]:
+        again = gw(connect_stack, "POST", f"/v1/connections/{connection_id}/reconnect", json={})
+        assert again.status_code == 201 and again.json()["connection_id"] == connection_id, again.text
+        landed = complete_consent(again.json()["authUrl"], login=login, stop_at_prefix=app_return)
+        return {k: v[0] for k, v in parse_qs(urlsplit(landed).query).items()}
+
+    assert reconnect("alice") == {"status": "success", "connection_id": connection_id}
+    second = gw(connect_stack, "GET", f"/v1/token/{connection_id}").json()["access_token"]
+    assert second != first
+    assert reconnect("mallory") == {"status": "error", "error": "account_mismatch", "connection_id": connection_id}
+    assert gw(connect_stack, "GET", f"/v1/token/{connection_id}").json()["access_token"] == second
+    assert _userinfo(connect_stack, second) == 200  # the kept token still works at the provider
+    assert gw(connect_stack, "GET", f"/v1/check-connection/{connection_id}").json()["status"] == "active"

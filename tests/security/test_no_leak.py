@@ -7,10 +7,15 @@ secret back in its error descriptions. Then it searches, for every secret value 
 (the provider's access, refresh and id tokens, authorization codes, PKCE verifiers, state
 and nonce, our client secret and its Basic-auth form, TOKEN_ENCRYPTION_KEYS, BROKER_API_KEY,
 the Django secret key, the agent's API key, the webhook signing secret, RFC 8628 device
-codes, static API keys, Basic passwords and their Basic header value):
+codes, static API keys, Basic passwords and their Basic header value, connect-link tokens of
+the hosted connect page and the state, nonce, code and PKCE verifier of its flows and of
+reconnects):
 
 - every captured log record (formatted as the JSON log line, and its raw attributes);
 - every error body, redirect and non-token answer the agent or the browser got;
+- every page of the hosted connect page (provider list, parameter form, inline error, spent,
+  expired, unknown link, CSRF refusal, reconnect): no secret but its own link's token, and
+  that only in the page's own path (`/connect/{token}`, the "choose another service" link);
 - every Celery task message published (args, kwargs, headers) and the whole Redis database
   (queues, cache, locks);
 - every admin page (changelists and change pages of connections, providers, audit events,
@@ -24,11 +29,12 @@ from __future__ import annotations
 import base64
 import http.client
 import logging
+import re
 import secrets
 import shutil
 import subprocess
 from datetime import timedelta
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import pytest
 import redis
@@ -42,14 +48,23 @@ from django.test import Client
 from django.utils import timezone
 from fake_provider import CLIENT_ID, CLIENT_SECRET, api_cut_short, api_hang, api_raw, api_status
 
-from broker_app.models import AuditEvent, CachedDocument, Connection, Provider, WebhookDelivery, WebhookEndpoint
+from broker_app.models import (
+    AuditEvent,
+    CachedDocument,
+    ConnectAttempt,
+    Connection,
+    ConnectSession,
+    Provider,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from broker_app.providers.spec import builtin_catalog
 from broker_app.services.device import device_poll_one, device_poll_sweep
 from broker_app.services.sweep import refresh_one, sweep_due
 from broker_app.tasks import retry_revocations
 from broker_app.webhooks import webhook_deliver, webhook_endpoint_create
 from dromos.logging import JsonFormatter
-from tests.conftest import auth_params, start_connection
+from tests.conftest import auth_params, make_provider, start_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -163,6 +178,43 @@ def _browser(stack, **params: str) -> BrowserAnswer:
         return BrowserAnswer(response.status, dict(response.getheaders()), response.read().decode())
     finally:
         connection.close()
+
+
+class _Page:
+    """The end user's browser on the hosted connect page: plain http.client (logs nothing, as
+    `_browser`), its cookies kept, the form's CSRF token sent back."""
+
+    def __init__(self, stack, url: str) -> None:
+        self.origin, self.path = stack.url, urlsplit(url).path
+        self.cookies: dict[str, str] = {}
+        self.text = ""
+
+    def request(self, method: str, form: dict[str, str] | None = None) -> BrowserAnswer:
+        host, port = self.origin.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        headers = {"Cookie": "; ".join(f"{k}={v}" for k, v in self.cookies.items())}
+        if form is not None:
+            headers |= {"Content-Type": "application/x-www-form-urlencoded", "Referer": self.origin + self.path}
+        try:
+            connection.request(method, self.path, body=urlencode(form) if form is not None else None, headers=headers)
+            response = connection.getresponse()
+            answer = BrowserAnswer(response.status, dict(response.getheaders()), response.read().decode())
+            for name, value in response.getheaders():
+                if name.lower() == "set-cookie":
+                    cookie, _, rest = value.partition(";")
+                    self.cookies[cookie.split("=", 1)[0]] = cookie.split("=", 1)[1]
+        finally:
+            connection.close()
+        self.text = answer.text
+        return answer
+
+    def open(self) -> BrowserAnswer:
+        return self.request("GET")
+
+    def post(self, **fields: str) -> BrowserAnswer:
+        csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', self.text)
+        assert csrf, self.text[:300]
+        return self.request("POST", {"csrfmiddlewaretoken": csrf.group(1), **fields})
 
 
 def _consent(stack, fake_provider, evidence, key, responses, **issue) -> tuple[str, BrowserAnswer]:
@@ -508,6 +560,104 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(
     assert any(r.json().get("access_token") in evidence.secrets for r in served)
     assert {Connection.objects.get(pk=c).status for c in (failed_cid, bad_cid, second)} == {"failed"}
 
+    # 13. Connect sessions and the hosted page (issue 16): a session offering a provider whose
+    # template asks for a parameter; its page opened, a bad value refused inline, the flow
+    # started, consented, returned; the spent link reopened; an expired link, an unknown one,
+    # a form without its CSRF token; the session read back. Then reconnects: through a
+    # reconnect session as the same account, by another account, and for a provider whose
+    # account id comes from its userinfo endpoint (that endpoint failing, then answering).
+    back_to = "https://app.example.com/oauth/return"
+    endpoints = {
+        "discovery_url": "",
+        "authorize_url": f"{fake_provider.url}/authorize",
+        "token_url": f"{fake_provider.url}/token",
+        "userinfo_url": f"{fake_provider.url}/userinfo",
+        "revocation_url": f"{fake_provider.url}/revoke",
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+    }
+    make_provider(name="helpdesk", template="zendesk", default_scopes=["read"], **endpoints)
+    make_provider(name="gh", template="github", default_scopes=["read:user"], **endpoints)
+    pages: list[tuple[str, str, int, BrowserAnswer]] = []  # what, its link's token, expected status, answer
+
+    def connect_session(**body) -> tuple[dict, str]:
+        made = stack.call("POST", "/v1/connect-sessions", key, json={"user_id": "page", "return_url": back_to, **body})
+        assert made.status_code == 201, made.text
+        token = made.json()["connect_url"].rsplit("/", 1)[1]
+        evidence.secret("connect link token", token)
+        return made.json(), token
+
+    def provider_consent(what: str, auth_url: str, sub: str = "user-1") -> dict[str, str]:
+        params = auth_params(auth_url)
+        evidence.secret("state", params["state"])
+        evidence.secret("nonce", params.get("nonce"))
+        code = fake_provider.issue_code(code_challenge=params["code_challenge"], nonce=params.get("nonce"), sub=sub)
+        evidence.secret("authorization code", code)
+        iss = {"iss": fake_provider.issuer} if params.get("nonce") else {}
+        answer = _browser(stack, code=code, state=params["state"], **iss)
+        responses.append((what, answer))
+        assert answer.status_code == 302, answer.text
+        return {k: v[0] for k, v in parse_qs(urlsplit(answer.headers["Location"]).query).items()}
+
+    created, token = connect_session(allowed_providers=["helpdesk", "fake"], tags={"team": "support"})
+    page = _Page(stack, created["connect_url"])
+    pages.append(("provider list", token, 200, page.open()))
+    pages.append(("parameter form", token, 200, page.post(provider="helpdesk")))
+    refused = page.post(provider="helpdesk", step="connect", param_subdomain="evil.com#")
+    pages.append(("parameter refused", token, 400, refused))
+    started = page.post(provider="helpdesk", step="connect", param_subdomain="acme")
+    assert started.status_code == 303, started.text
+    back = provider_consent("connect page callback", started.headers["Location"])
+    assert back["status"] == "success", back
+    page_cid = back["connection_id"]
+    pages.append(("spent link", token, 410, _Page(stack, created["connect_url"]).open()))
+    responses.append(("connect session", stack.call("GET", f"/v1/connect-sessions/{created['session_id']}", key)))
+    expired, expired_token = connect_session()
+    ConnectSession.objects.filter(pk=expired["session_id"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    pages.append(("expired link", expired_token, 410, _Page(stack, expired["connect_url"]).open()))
+    responses.append(("expired session", stack.call("GET", f"/v1/connect-sessions/{expired['session_id']}", key)))
+    pages.append(("unknown link", "", 404, _Page(stack, stack.url + "/connect/" + "A" * 43).open()))
+    unforged, unforged_token = connect_session(allowed_providers=["fake"])
+    no_csrf = _Page(stack, unforged["connect_url"]).request("POST", {"provider": "fake"})
+    pages.append(("form without CSRF token", unforged_token, 403, no_csrf))
+
+    # Reconnect of the failed OIDC connection (8.) through a reconnect session, same account.
+    again, again_token = connect_session(reconnect=second, user_id="user-1")
+    page = _Page(stack, again["connect_url"])
+    pages.append(("reconnect page", again_token, 200, page.open()))
+    started = page.post(provider="fake")
+    assert started.status_code == 303, started.text
+    assert provider_consent("reconnect callback", started.headers["Location"]) == {
+        "status": "success",
+        "connection_id": second,
+    }
+    # …and by another account: refused, nothing changed.
+    direct = stack.call("POST", f"/v1/connections/{second}/reconnect", key, json={"scopes": ["profile"]})
+    assert direct.status_code == 201, direct.text
+    mismatch = provider_consent("reconnect by another account", direct.json()["authUrl"], sub="someone-else")
+    assert mismatch["error"] == "account_mismatch"
+    # A GitHub-like provider: the account id from its userinfo endpoint, which fails once.
+    gh = start_connection(stack, key, provider="gh", scopes=["read:user"])
+    assert provider_consent("userinfo provider callback", gh["authUrl"])["status"] == "success"
+    fake_provider.userinfo_answer(_echo_presented_token)  # echoes the access token, names no account
+    fake_provider.userinfo_answer(api_status(500, {"message": "down"}))
+    for expected in ("account_unverifiable", "userinfo_unavailable", "success"):
+        direct = stack.call("POST", f"/v1/connections/{gh['connection_id']}/reconnect", key, json={})
+        assert direct.status_code == 201, direct.text
+        answer = provider_consent(f"userinfo reconnect ({expected})", direct.json()["authUrl"])
+        assert answer.get("error", answer["status"]) == expected, answer
+    assert len(fake_provider.userinfo_calls) == 5  # two first consents, three reconnects
+    assert ConnectAttempt.objects.filter(status="failed").count() == 3
+    for what, link_token, status, answer in pages:
+        assert answer.status_code == status, (what, answer.text[:300])
+        assert "Traceback" not in answer.text, what
+        text = f"{answer.headers}\n{answer.text}"
+        if link_token:
+            # The page's own path (the "choose another service" link) is the one place it may be.
+            text = text.replace(f'href="/connect/{link_token}"', 'href="/connect/[own link]"')
+        evidence.place("connect page", f"{what} ({answer.status_code})", text)
+    assert AuditEvent.objects.filter(action="connection.reconnect_failed").count() == 3
+
     # -- now look everywhere ------------------------------------------------------------------------
     formatter = JsonFormatter()
     assert len(caplog.records) > 50
@@ -538,7 +688,9 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(
     for response in (cut,):
         evidence.place("HTTP answer", "proxied answer cut short", f"{response.headers}")
     redis_keys = _redis_dump(evidence)
-    admin_pages = _admin_pages(evidence, [cid, failed_cid, bad_cid, second, *device_ids, *static_ids])
+    admin_pages = _admin_pages(
+        evidence, [cid, failed_cid, bad_cid, second, *device_ids, *static_ids, page_cid, gh["connection_id"]]
+    )
     evidence.place("pg_dump", "database", _pg_dump())
 
     leaks = evidence.leaks()

@@ -93,6 +93,12 @@ class FakeProvider:
         self.valid_access_tokens: set[str] = set()
         self.api_calls: list[dict[str, Any]] = []
         self.api_script: deque[Callable[[Any], bool]] = deque()
+        # GET /userinfo (GitHub's /user-like): the account of the access token presented,
+        # {"id": <number>, "login": sub, "sub": sub}; 401 for a token it never issued.
+        # `userinfo_answer(...)` queues api_* handlers for the next calls (down, 500, garbage).
+        self.token_subs: dict[str, str] = {}
+        self.userinfo_script: deque[Callable[[Any], bool]] = deque()
+        self.userinfo_calls: list[str] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -152,6 +158,9 @@ class FakeProvider:
             self.valid_access_tokens.clear()
             self.api_calls.clear()
             self.api_script.clear()
+            self.token_subs.clear()
+            self.userinfo_script.clear()
+            self.userinfo_calls.clear()
 
     # -- test helpers ------------------------------------------------------------------------
     def id_token(
@@ -223,6 +232,7 @@ class FakeProvider:
     def _tokens(self, sub: str, *, id_token: str | None, scope: str | None) -> dict:
         body: dict[str, Any] = {"access_token": "at-" + secrets.token_urlsafe(24), "token_type": "bearer"}
         self.valid_access_tokens.add(body["access_token"])
+        self.token_subs[body["access_token"]] = sub
         if self.access_token_ttl:
             body["expires_in"] = self.access_token_ttl
         if id_token:
@@ -385,6 +395,29 @@ class FakeProvider:
             return
         handler._send(200, {"method": handler.command, "path": path, "query": query, "received": len(body)})
 
+    def userinfo_answer(self, *answers: Callable[[Any], bool]) -> None:
+        """Queue handlers (api_status, api_raw, api_hang …) for the next /userinfo calls."""
+        self.userinfo_script.extend(answers)
+
+    @staticmethod
+    def account_number(sub: str) -> int:
+        """The numeric account id /userinfo gives `sub` (GitHub's ids are numbers)."""
+        return int(hashlib.sha256(sub.encode()).hexdigest()[:8], 16)
+
+    def _userinfo(self, handler) -> None:
+        auth = handler.headers.get("Authorization", "")
+        token = auth[7:] if auth.startswith("Bearer ") else ""
+        with self.lock:
+            self.userinfo_calls.append(token)
+            scripted = self.userinfo_script.popleft() if self.userinfo_script else None
+            sub = self.token_subs.get(token)
+        if scripted is not None and scripted(handler):
+            return
+        if sub is None:
+            handler._send(401, {"message": "Bad credentials"})
+            return
+        handler._send(200, {"id": self.account_number(sub), "login": sub, "sub": sub})
+
     def is_live(self, refresh_token: str) -> bool:
         grant = self.grants.get(refresh_token)
         return bool(grant and not grant.revoked and refresh_token not in grant.used_refresh_tokens)
@@ -428,6 +461,8 @@ class FakeProvider:
                         },
                         {"Cache-Control": provider.discovery_cache_control},
                     )
+                elif path == "/userinfo":
+                    provider._userinfo(self)
                 elif path == "/verify":
                     query = {k: v[0] for k, v in parse_qs(self.path.partition("?")[2]).items()}
                     with provider.lock:
