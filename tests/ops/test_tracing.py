@@ -20,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import redis
 from django.conf import settings
 from django.utils import timezone
 from fake_provider import CLIENT_ID, CLIENT_SECRET
@@ -164,6 +165,18 @@ def test_connect_page_token_and_query_strings_are_scrubbed(traced, stack):
     assert any(s.attributes.get("http.url", "").endswith("/connect/:token") for s in spans)
 
 
+def test_an_agents_traceparent_is_continued(traced, stack):
+    """An agent that sends W3C trace context gets the gateway's spans in its own trace."""
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    host, port = stack.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("GET", "/v1/ping", headers={"traceparent": f"00-{trace_id}-{parent_id}-01"})
+    assert conn.getresponse().status == 200
+    conn.close()
+    (server,) = [s for s in traced.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert f"{server.context.trace_id:032x}" == trace_id and f"{server.parent.span_id:016x}" == parent_id
+
+
 @pytest.mark.parametrize(
     ("url", "clean"),
     [
@@ -237,9 +250,14 @@ def test_off_by_default_nothing_of_opentelemetry_is_installed():
     assert "instrumentation" not in imported and "exporter" not in imported, imported
     assert first_middleware == "dromos.middleware.RequestIdMiddleware"
     assert provider == "ProxyTracerProvider"  # the API's no-op default
-    # An exporter named but the SDK disabled: still off.
-    done = _wsgi_probe({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}, PROBE)
-    assert done.stdout.splitlines()[-3:][1:] == ["dromos.middleware.RequestIdMiddleware", "ProxyTracerProvider"]
+    # An exporter named but the SDK disabled, or an endpoint but the exporter `none`: still off.
+    for env in (
+        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9", "OTEL_TRACES_EXPORTER": "none"},
+    ):
+        done = _wsgi_probe(env, PROBE)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.splitlines()[-2:] == ["dromos.middleware.RequestIdMiddleware", "ProxyTracerProvider"], env
 
 
 def test_on_with_the_standard_variables():
@@ -265,3 +283,38 @@ def test_on_with_the_standard_variables():
 def test_bad_settings_are_refused_at_start(env, message):
     done = _wsgi_probe(env, "import dromos.wsgi")
     assert done.returncode != 0 and message in done.stderr
+
+
+UNCONSUMED = "tracing-test-queue-no-worker-reads"
+
+
+def test_a_queued_task_carries_the_trace(traced, settings):
+    """The publish side of the Celery instrumentation: a task queued inside a traced request
+    gets a producer span of that trace, and the message's headers carry its traceparent, which
+    the worker's run span continues (the run side is the instrumentation's own)."""
+    from celery import signals
+
+    from broker_app import queue
+    from dromos import tracing
+
+    published = []
+
+    def record(headers=None, **_):
+        published.append(dict(headers or {}))
+
+    signals.before_task_publish.connect(record, weak=False)
+    tracer = tracing.tracer_provider("test", traced, simple=True).get_tracer("test")
+    try:
+        with tracer.start_as_current_span("request") as request:
+            queue.task("retry_revocations").apply_async(queue=UNCONSUMED)
+    finally:
+        signals.before_task_publish.disconnect(record)
+        redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(UNCONSUMED)
+    trace_id = f"{request.get_span_context().trace_id:032x}"
+    (producer,) = [s for s in traced.get_finished_spans() if s.kind == SpanKind.PRODUCER]
+    assert (
+        f"{producer.context.trace_id:032x}" == trace_id
+        and producer.parent.span_id == request.get_span_context().span_id
+    )
+    (headers,) = published
+    assert headers["traceparent"].split("-")[1:3] == [trace_id, f"{producer.context.span_id:016x}"]
