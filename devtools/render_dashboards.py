@@ -7,7 +7,8 @@ Grafana and Jaeger do not install on these machines, Debian's `prometheus` does.
 1. Starts a local stack as real processes (devtools/stack.py: the npm OIDC provider registered
    twice, as `local` and `google`; gunicorn gateway and broker; a Celery worker and beat;
    PostgreSQL database `<DATABASE_URL's>_render`, reset; REDIS_URL), each web role with its own
-   PROMETHEUS_MULTIPROC_DIR as in production, the worker serving its /metrics, and
+   PROMETHEUS_MULTIPROC_DIR as in production (DATABASE_URL and REDIS_URL default to the
+   machine's 127.0.0.1:5432 and 127.0.0.1:6379/12), the worker serving its /metrics, and
    OpenTelemetry on (OTLP over HTTP to a small receiver in this script).
 2. Starts Prometheus scraping the gateway (bearer ops token), the broker (its X-API-Key added
    by a small proxy here: Debian's Prometheus 2.42 cannot set headers) and the worker, every 2 s.
@@ -589,10 +590,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=180, help="length of the load (default 180)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, Prometheus data)")
     args = parser.parse_args()
-    database_url = os.environ.get("DATABASE_URL")
-    redis_url = os.environ.get("REDIS_URL")
-    if not database_url or not redis_url:
-        raise SystemExit("DATABASE_URL and REDIS_URL must be set (PostgreSQL and Redis)")
+    # The machine's PostgreSQL and Redis as `make test` expects them, unless set.
+    database_url = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/dromos"
+    redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/12"
     database_url = database_url.rsplit("/", 1)[0] + "/" + database_url.rsplit("/", 1)[1].split("?")[0] + "_render"
     reset_postgres_database(database_url)
     out = Path(args.out)
