@@ -103,6 +103,31 @@ def _scrubbing_exporter(inner):
     return ScrubbingSpanExporter(inner)
 
 
+def _sampler():
+    """The sampler OTEL_TRACES_SAMPLER names (default: every trace), except that a client span
+    with no parent is not recorded: outside a request or a task that is Celery's and kombu's
+    own Redis polling, health-check connections and the like, a root span each, thousands a
+    minute, that say nothing about a call."""
+    from opentelemetry.sdk.trace import sampling
+    from opentelemetry.trace import SpanKind, get_current_span
+
+    configured = sampling._get_from_env_or_default()
+
+    class NoRootClientSpans(sampling.Sampler):
+        def should_sample(
+            self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None
+        ):
+            parent = get_current_span(parent_context).get_span_context()
+            if kind == SpanKind.CLIENT and not parent.is_valid:
+                return sampling.SamplingResult(sampling.Decision.DROP)
+            return configured.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+        def get_description(self) -> str:
+            return f"NoRootClientSpans{{{configured.get_description()}}}"
+
+    return NoRootClientSpans()
+
+
 def _configured_exporter(name: str):
     from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured
@@ -134,7 +159,7 @@ def tracer_provider(role: str, exporter=None, *, simple: bool = False):
 
     service = settings.OTEL_SERVICE_NAME or f"dromos-{role}"
     resource = Resource.create({SERVICE_NAME: service, "dromos.role": role})
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource, sampler=_sampler())
     exporter = _scrubbing_exporter(exporter or _configured_exporter(settings.OTEL_TRACES_EXPORTER or "otlp"))
     provider.add_span_processor(SimpleSpanProcessor(exporter) if simple else BatchSpanProcessor(exporter))
     return provider

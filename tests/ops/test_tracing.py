@@ -318,3 +318,19 @@ def test_a_queued_task_carries_the_trace(traced, settings):
     )
     (headers,) = published
     assert headers["traceparent"].split("-")[1:3] == [trace_id, f"{producer.context.span_id:016x}"]
+
+
+def test_client_spans_outside_a_request_or_task_are_not_recorded(traced):
+    """Celery's and kombu's own Redis polling in a worker is a root client span each, thousands
+    a minute: not recorded. The same command inside a task (or a request) is."""
+    from dromos import tracing
+
+    tracer = tracing.tracer_provider("worker", traced, simple=True).get_tracer("test")
+    with tracer.start_as_current_span("BRPOP", kind=SpanKind.CLIENT):
+        pass
+    with (
+        tracer.start_as_current_span("run/broker_app.tasks.deliver_webhook", kind=SpanKind.CONSUMER),
+        tracer.start_as_current_span("LPUSH", kind=SpanKind.CLIENT),
+    ):
+        pass
+    assert [s.name for s in traced.get_finished_spans()] == ["LPUSH", "run/broker_app.tasks.deliver_webhook"]
