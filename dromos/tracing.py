@@ -103,31 +103,6 @@ def _scrubbing_exporter(inner):
     return ScrubbingSpanExporter(inner)
 
 
-def _sampler():
-    """The sampler OTEL_TRACES_SAMPLER names (default: every trace), except that a client span
-    with no parent is not recorded: outside a request or a task that is Celery's and kombu's
-    own Redis polling, health-check connections and the like, a root span each, thousands a
-    minute, that say nothing about a call."""
-    from opentelemetry.sdk.trace import sampling
-    from opentelemetry.trace import SpanKind, get_current_span
-
-    configured = sampling._get_from_env_or_default()
-
-    class NoRootClientSpans(sampling.Sampler):
-        def should_sample(
-            self, parent_context, trace_id, name, kind=None, attributes=None, links=None, trace_state=None
-        ):
-            parent = get_current_span(parent_context).get_span_context()
-            if kind == SpanKind.CLIENT and not parent.is_valid:
-                return sampling.SamplingResult(sampling.Decision.DROP)
-            return configured.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
-
-        def get_description(self) -> str:
-            return f"NoRootClientSpans{{{configured.get_description()}}}"
-
-    return NoRootClientSpans()
-
-
 def _configured_exporter(name: str):
     from django.conf import settings
     from django.core.exceptions import ImproperlyConfigured
@@ -151,17 +126,27 @@ def _configured_exporter(name: str):
 def tracer_provider(role: str, exporter=None, *, simple: bool = False):
     """A TracerProvider whose spans are scrubbed, then exported by `exporter` (default: the one
     OTEL_TRACES_EXPORTER names, OTLP over HTTP unless `console`). `simple`: export each span as
-    it ends (tests, the rendering script) instead of in batches."""
+    it ends (tests, the rendering script) instead of in batches. The sampler is the one
+    OTEL_TRACES_SAMPLER names (default: every trace).
+
+    Its `redis` attribute is the provider the Redis instrumentation uses: the same processor,
+    but a Redis command outside any request or task (Celery's and kombu's own polling in a
+    worker: a root span each, thousands a minute, saying nothing about a call) is not recorded.
+    Nothing is ever a child of a Redis span, so no trace loses a link by it."""
     from django.conf import settings
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 
     service = settings.OTEL_SERVICE_NAME or f"dromos-{role}"
     resource = Resource.create({SERVICE_NAME: service, "dromos.role": role})
-    provider = TracerProvider(resource=resource, sampler=_sampler())
     exporter = _scrubbing_exporter(exporter or _configured_exporter(settings.OTEL_TRACES_EXPORTER or "otlp"))
-    provider.add_span_processor(SimpleSpanProcessor(exporter) if simple else BatchSpanProcessor(exporter))
+    processor = SimpleSpanProcessor(exporter) if simple else BatchSpanProcessor(exporter)
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(processor)
+    provider.redis = TracerProvider(resource=resource, sampler=ParentBased(root=ALWAYS_OFF), shutdown_on_exit=False)
+    provider.redis.add_span_processor(processor)
     return provider
 
 
@@ -181,7 +166,7 @@ def instrument(provider, *, celery: bool = True) -> None:
         # Statements keep their %s placeholders; parameters are never captured (the default,
         # said here so it stays so), and no SQL comment is added to what PostgreSQL sees.
         (PsycopgInstrumentor(), {"capture_parameters": False, "enable_commenter": False}),
-        (RedisInstrumentor(), {}),
+        (RedisInstrumentor(), {"provider": getattr(provider, "redis", provider)}),
     ]
     if celery:
         from opentelemetry.instrumentation.celery import CeleryInstrumentor
@@ -189,7 +174,8 @@ def instrument(provider, *, celery: bool = True) -> None:
         instrumentors.append((CeleryInstrumentor(), {}))
     for instrumentor, options in instrumentors:
         if not instrumentor.is_instrumented_by_opentelemetry:
-            instrumentor.instrument(tracer_provider=provider, **options)
+            options = {"tracer_provider": options.pop("provider", provider), **options}
+            instrumentor.instrument(**options)
         _installed[type(instrumentor).__name__] = instrumentor
 
 

@@ -34,7 +34,7 @@ def test_spans_exported_over_otlp_arrive_whole_and_scrubbed(receiver, tmp_path):
         with tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT) as query:
             query.set_attribute("db.system", "postgresql")
             query.set_attribute("db.statement", 'SELECT "id" FROM "broker_app_connection" WHERE "id" = %s')
-    provider.shutdown()
+    provider.force_flush()
     trace_id = f"{root.get_span_context().trace_id:032x}"
     spans = store.trace(trace_id)
     assert sorted(span["name"] for span in spans) == ["GET", "GET v1/token/<str:connection_id>", "SELECT"]
