@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 NODE_STAMP := devtools/oidc-provider/node_modules/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-fast setup lint fmt screenshots bench clean
+.PHONY: help run test test-fast setup lint fmt screenshots dashboards bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  make %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,9 @@ fmt: setup ## ruff format the tree, and fix what ruff check can fix
 
 screenshots: setup ## regenerate docs/img/*.png from a seeded local stack (headless Chromium)
 	$(VPY) devtools/screenshots.py
+
+dashboards: setup ## redraw the dashboard panels and a trace into docs/img (needs Debian's prometheus, PostgreSQL, Redis)
+	$(VPY) devtools/render_dashboards.py
 
 bench: setup ## token-path benchmark (docs/benchmarks.md)
 	$(VPY) bench/token_bench.py

@@ -61,6 +61,8 @@ class Stack:
     broker_workers: int = 2
     access_token_ttl: int = 3600
     extra_env: dict[str, str] = field(default_factory=dict)
+    # More variables for one process only, by its name (broker, gateway, worker, beat).
+    process_env: dict[str, dict[str, str]] = field(default_factory=dict)
     oidc_env: dict[str, str] = field(default_factory=dict)  # the oidc-provider's (DEVICE_CODE_TTL …)
     quiet: bool = True
     # Also register the local provider as "google", so that the integration guide's snippet
@@ -146,7 +148,7 @@ class Stack:
         return result
 
     def _spawn(self, name: str, args: list[str], role: str) -> None:
-        env = {**self.env, "DJANGO_SETTINGS_MODULE": f"dromos.settings.{role}"}
+        env = {**self.env, "DJANGO_SETTINGS_MODULE": f"dromos.settings.{role}", **self.process_env.get(name, {})}
         log = open(self.workdir / f"{name}.log", "ab")
         self.processes[name] = subprocess.Popen(
             args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

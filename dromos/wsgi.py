@@ -1,5 +1,7 @@
 """The WSGI application of either process; DJANGO_SETTINGS_MODULE picks which. Before the first
-request it runs the process's STARTUP_CHECKS (the broker's: the key ring reads the stored data)."""
+request it runs the process's STARTUP_CHECKS (the broker's: the key ring reads the stored data).
+With OpenTelemetry on (dromos/tracing.py) its instrumentations are installed before Django
+loads the middleware; off, nothing of it is imported."""
 
 import sys
 
@@ -12,6 +14,9 @@ from django.conf import settings  # noqa: E402
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 from django.utils.module_loading import import_string  # noqa: E402
 
+from dromos import tracing  # noqa: E402
+
+tracing.setup(settings.DROMOS_ROLE)
 django_application = get_wsgi_application()
 
 from dromos.parsers import ChunkedBodyMiddleware  # noqa: E402 - after Django is set up

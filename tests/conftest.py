@@ -192,6 +192,35 @@ def stack(live_server, settings, transactional_db):
     broker_client.reset()
 
 
+@pytest.fixture
+def traced(stack, live_server):
+    """OpenTelemetry on in this process (dromos/tracing.py, every instrumentation, spans scrubbed
+    as in production) into an in-memory exporter; the live server's middleware is reloaded so
+    Django's server spans are made too. Yields the exporter; everything is undone after."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from dromos import tracing
+
+    handlers = [live_server.thread.httpd.get_app()]
+    while hasattr(handlers[-1], "application"):  # static and media file handlers around Django's
+        handlers.append(handlers[-1].application)
+
+    def reload_middleware():
+        for handler in handlers:
+            handler.load_middleware()
+
+    exporter = InMemorySpanExporter()
+    provider = tracing.tracer_provider("test", exporter, simple=True)
+    tracing.instrument(provider)
+    reload_middleware()
+    try:
+        yield exporter
+    finally:
+        tracing.uninstrument()
+        reload_middleware()
+        provider.shutdown()
+
+
 def auth_params(auth_url: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(auth_url).query).items()}
 

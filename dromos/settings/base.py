@@ -102,6 +102,24 @@ WSGI_APPLICATION = "dromos.wsgi.application"
 STARTUP_CHECKS: list[str] = []
 READINESS_EXTRA_CHECK: str | None = None
 METRICS_COLLECTORS: list[str] = []
+# OpenTelemetry traces (dromos/tracing.py): off unless an exporter is named
+# (OTEL_TRACES_EXPORTER=otlp|console) or an OTLP endpoint is set, and OTEL_SDK_DISABLED is not
+# true. Off, nothing of OpenTelemetry is imported. The SDK reads the other OTEL_* variables
+# (headers, sampler, resource attributes, batching) itself; OTLP goes over HTTP/protobuf.
+OTEL_SDK_DISABLED = env_bool("OTEL_SDK_DISABLED", False)
+OTEL_TRACES_EXPORTER = env_str("OTEL_TRACES_EXPORTER")
+OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env_str("OTEL_EXPORTER_OTLP_ENDPOINT")
+OTEL_EXPORTER_OTLP_PROTOCOL = env_str("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env_str(
+    "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
+)
+OTEL_SERVICE_NAME = env_str("OTEL_SERVICE_NAME")  # default dromos-gateway / dromos-broker / dromos-worker
+# Requests not traced (regular expressions searched in the URL without its query).
+OTEL_PYTHON_DJANGO_EXCLUDED_URLS = env_str("OTEL_PYTHON_DJANGO_EXCLUDED_URLS", "/healthz$,/readyz$,/metrics$")
+TRACING_ENABLED = (
+    not OTEL_SDK_DISABLED
+    and (OTEL_TRACES_EXPORTER or "") != "none"
+    and bool(OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT)
+)
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = False

@@ -20,7 +20,9 @@ reconnects):
   (queues, cache, locks);
 - every admin page (changelists and change pages of connections, providers, audit events,
   cached documents, webhooks) as a logged-in superuser;
-- a `pg_dump` of the database.
+- a `pg_dump` of the database;
+- every OpenTelemetry span the run made (dromos/tracing.py on, every instrumentation, the
+  spans as the exporter would send them: names, attributes, events, resource).
 
 None may be found."""
 
@@ -345,7 +347,7 @@ def _pg_dump() -> str:
 
 
 def test_no_secret_in_logs_errors_tasks_admin_or_database(
-    stack, fake_provider, fake_provider_row, evidence, published_tasks, caplog, monkeypatch
+    stack, traced, fake_provider, fake_provider_row, evidence, published_tasks, caplog, monkeypatch
 ):
     for name in DEBUG_LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)
@@ -692,14 +694,22 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(
         evidence, [cid, failed_cid, bad_cid, second, *device_ids, *static_ids, page_cid, gh["connection_id"]]
     )
     evidence.place("pg_dump", "database", _pg_dump())
+    spans = traced.get_finished_spans()
+    for span in spans:
+        evidence.place("span", span.name, span.to_json() + repr(dict(span.resource.attributes)))
 
     leaks = evidence.leaks()
     assert not leaks, "\n".join(leaks)
-    # The search really looked at something in every place.
-    assert len(evidence.secrets) >= 25 and redis_keys > 0 and admin_pages >= 20, (
+    # The search really looked at something in every place (spans: the gateway's, the broker's,
+    # PostgreSQL's, Redis's and the provider calls', the callbacks' among them).
+    kinds = {span.instrumentation_scope.name.rsplit(".", 1)[-1] for span in spans}
+    assert {"django", "urllib3", "requests", "psycopg", "redis"} <= kinds, kinds
+    assert any(span.name == "GET auth/callback" for span in spans)
+    assert len(evidence.secrets) >= 25 and redis_keys > 0 and admin_pages >= 20 and len(spans) > 200, (
         len(evidence.secrets),
         redis_keys,
         admin_pages,
+        len(spans),
     )
 
 

@@ -67,6 +67,7 @@ class FakeProvider:
         self.rotations = 0
         self.jwks_status = 200
         self.issuer_override: str | None = None
+        self.last_traceparent: str | None = None
         # Security suite knobs: what discovery advertises and how long documents may be cached.
         self.advertised_algs: list[str] = ["RS256"]
         self.jwks_cache_control = "max-age=300"
@@ -139,6 +140,7 @@ class FakeProvider:
             self.rotations = 0
             self.jwks_status = 200
             self.issuer_override = None
+            self.last_traceparent = None  # W3C trace context of the last /token call (tracing tests)
             self.extra_jwks = []
             self.advertised_algs = ["RS256"]
             self.jwks_cache_control = "max-age=300"
@@ -494,6 +496,7 @@ class FakeProvider:
                 path = self.path.split("?")[0]
                 if path == "/token":
                     provider.last_token_auth = self.headers.get("Authorization")
+                    provider.last_traceparent = self.headers.get("traceparent")
                     status, body, headers = provider.token_endpoint(form)
                     if status == -1:  # simulate a hang up
                         self.close_connection = True
