@@ -10,6 +10,7 @@ from django.db import connection as db_connection
 from django.utils import timezone
 
 from broker_app.models import AuditEvent
+from dromos import wire
 from dromos.db import execute_fixed
 
 
@@ -20,6 +21,9 @@ class Actor:
     name: str
     workspace: str = ""
     ip: str | None = None
+    # The environment of the workspace the actor works in (issue 19): services scope their
+    # lookups to (workspace, environment).
+    environment: str = wire.DEFAULT_ENVIRONMENT
 
 
 SYSTEM = Actor("system")

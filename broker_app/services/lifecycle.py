@@ -288,7 +288,11 @@ def connection_flag_attention(*, connection_id: str, workspace: str, actor: Acto
     failure; check-connection shows the warning until a refresh stores newer tokens (which
     clears it). A flag for an older version than the stored one is ignored."""
     with transaction.atomic():
-        connection = Connection.objects.select_for_update().filter(id=connection_id, workspace=workspace).first()
+        connection = (
+            Connection.objects.select_for_update()
+            .filter(id=connection_id, workspace=workspace, environment=actor.environment)
+            .first()
+        )
         if connection is None:
             raise NotFound("connection not found")
         if (
