@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 
 from django.core.paginator import EmptyPage, Paginator
+from django.db import transaction
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -245,6 +246,7 @@ class WorkspaceProviderDetailApi(APIView):
     def get(self, request, name: str):
         return Response(provider_admin_as_dict(provider_owned_get(owner=_owner(request), name=name)))
 
+    @transaction.atomic  # the row and its audit row, or neither
     def put(self, request, name: str):
         if not isinstance(request.data, dict):
             raise InvalidRequest("a JSON object is required")
@@ -265,6 +267,7 @@ class WorkspaceProviderDetailApi(APIView):
         )
         return Response(provider_admin_as_dict(provider), status=201 if created else 200)
 
+    @transaction.atomic
     def delete(self, request, name: str):
         owner = _owner(request)
         provider_delete(owner=owner, name=name)
