@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import uuid
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -418,3 +419,21 @@ class WorkspaceBranding(models.Model):
 
     def __str__(self) -> str:
         return self.workspace
+
+
+class StaffWorkspace(models.Model):
+    """An admin staff user limited to some workspaces (issue 19): in the Django admin such a
+    user sees, opens and acts on only these workspaces' rows. A staff user without the
+    `view_all_workspaces` permission (superusers have every permission) and without rows
+    here sees no workspace's rows at all."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="staff_workspaces")
+    workspace = models.CharField(max_length=128)
+
+    class Meta:
+        ordering = ["user", "workspace"]
+        constraints = [models.UniqueConstraint(fields=["user", "workspace"], name="staff_workspace_unique")]
+        permissions = [("view_all_workspaces", "Can see every workspace's rows in the admin")]
+
+    def __str__(self) -> str:
+        return f"{self.user} → {self.workspace}"
