@@ -72,6 +72,8 @@ ALL_WORKSPACES = "broker_app.view_all_workspaces"
 def allowed_workspaces(request) -> list[str] | None:
     """The workspaces the admin user may see; None: all of them."""
     user = request.user
+    if not user.is_authenticated:
+        return []
     if user.is_superuser or user.has_perm(ALL_WORKSPACES):
         return None
     cached = getattr(request, "_dromos_workspaces", None)
