@@ -482,7 +482,6 @@ class CachedDocumentAdmin(OperatorOnlyAdmin):
     readonly_fields = ("url", "body", "fetched_at", "expires_at")
 
 
-
 @admin.register(StaffWorkspace)
 class StaffWorkspaceAdmin(OperatorOnlyAdmin):
     """Which workspaces a limited staff user sees (superusers edit these)."""
@@ -490,7 +489,6 @@ class StaffWorkspaceAdmin(OperatorOnlyAdmin):
     list_display = ("user", "workspace")
     list_filter = ("workspace",)
     search_fields = ("user__username", "workspace")
-
 
 
 class WebhookEndpointForm(forms.ModelForm):

@@ -120,7 +120,7 @@ def test_apikey_create_environment_is_validated(stack, fake_provider_row):
         stderr=err,
     )
     key = ApiKey.objects.get(name="dev")
-    assert key.environment == "development" and "(development)" in err.getvalue()
+    assert key.environment == "development" and "environment development" in err.getvalue()
     listing = io.StringIO()
     call_command("apikey", "list", stdout=listing)
     assert "environment=development" in listing.getvalue()

@@ -57,9 +57,8 @@ class Command(BaseCommand):
                         apikey_set_policy(key=key, rules=rules)
             except ValueError as exc:
                 raise CommandError(str(exc)) from None
-            self.stderr.write(
-                f"created key {key.prefix} for workspace {key.workspace} ({key.environment}); it is shown once:"
-            )
+            self.stderr.write(f"environment {key.environment}")
+            self.stderr.write(f"created key {key.prefix} for workspace {key.workspace}; it is shown once:")
             self.stdout.write(plaintext)
         elif action == "list":
             keys = ApiKey.objects.all()
@@ -72,7 +71,8 @@ class Command(BaseCommand):
                     f"{key.prefix}\t{key.workspace}\t{key.name}\t{status}\tlast_used={used}\t"
                     f"scopes={','.join(key.scopes) or 'all'}"
                     + ("" if key.egress_policy is None else f"\tpolicy={len(key.egress_policy)} rule(s)")
-                    + f"\tenvironment={key.environment}"
+                    # Production (the default, and every key older than environments) says nothing.
+                    + ("" if key.environment == DEFAULT_ENVIRONMENT else f"\tenvironment={key.environment}")
                 )
         elif action == "policy":
             key = ApiKey.objects.filter(prefix=options["prefix"]).first()
