@@ -436,14 +436,15 @@ class AuditPaginator(Paginator):
 @admin.register(AuditEvent)
 class AuditEventAdmin(WorkspaceScopedAdmin):
     paginator = AuditPaginator
-    list_display = ("created_at", "action", "connection_id", "workspace", "actor", "ip")
-    list_filter = ("action", "workspace")
+    list_display = ("created_at", "action", "connection_id", "workspace", "environment", "actor", "ip")
+    list_filter = ("action", "workspace", "environment")
     search_fields = ("=connection_id", "actor")
     # Newest first by time: with a workspace or connection filter the (…, created_at) index
     # serves the page (the table is partitioned by created_at on PostgreSQL).
     ordering = ("-created_at", "-id")
     readonly_fields = (
-        "connection_id", "workspace", "actor", "action", "ip", "detail", "created_at", "chain_hash", "prev_id",
+        "connection_id", "workspace", "environment", "actor", "action", "ip", "detail", "created_at", "chain_hash",
+        "prev_id",
     )  # fmt: skip
     show_full_result_count = False
 

@@ -187,6 +187,8 @@ class AuditEvent(models.Model):
 
     connection_id = models.CharField(max_length=64)
     workspace = models.CharField(max_length=128, blank=True)
+    # The workspace's environment (issue 19; rows older than environments: production).
+    environment = models.CharField(max_length=32, blank=True, db_default=wire.DEFAULT_ENVIRONMENT, editable=False)
     actor = models.CharField(max_length=128, help_text="apikey:<prefix>, admin:<username>, system")
     action = models.CharField(max_length=64)
     ip = models.GenericIPAddressField(null=True, blank=True)

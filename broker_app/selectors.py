@@ -77,6 +77,7 @@ def connection_get(*, connection_id: str, workspace: str | None, environment: st
 _TOKEN_FIELDS = (
     "id",
     "workspace",
+    "environment",
     "status",
     "access_token_enc",
     "id_token_enc",

@@ -142,6 +142,7 @@ def proxy_credential_read(*, connection_id: str, workspace: str, actor: Actor) -
     audit_record(
         connection_id=connection.id,
         workspace=connection.workspace,
+        environment=connection.environment,
         actor=actor,
         action="token.read",
         detail={"via": "proxy"},

@@ -53,7 +53,13 @@ def token_read(
             logger.info("serving the current token: refresh unavailable", extra={"connection_id": connection_id})
         else:
             return _flag_short(view, min_ttl) if auto_refresh else view
-    audit_record(connection_id=connection.id, workspace=connection.workspace, actor=actor, action="token.read")
+    audit_record(
+        connection_id=connection.id,
+        workspace=connection.workspace,
+        environment=connection.environment,
+        actor=actor,
+        action="token.read",
+    )
     metrics.TOKEN_READS.labels(provider=connection.provider.name).inc()
     view = token_view(connection)
     return _flag_short(view, min_ttl) if auto_refresh else view

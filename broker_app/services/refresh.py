@@ -198,6 +198,7 @@ def _served(attempted: _Attempted, actor: Actor) -> TokenView:
         audit_record(
             connection_id=connection.id,
             workspace=connection.workspace,
+            environment=connection.environment,
             actor=actor,
             action="token.read",
             detail={"refresh": attempted.outcome.value},

@@ -65,6 +65,11 @@ def test_another_environments_connection_is_404_everywhere(stack, fake_provider,
     assert Connection.objects.get(pk=own).environment == "development"
     assert stack.call("GET", f"/v1/token/{own}", dev).status_code == 200
     assert stack.call("GET", f"/v1/token/{own}", prod).status_code == 404
+    # Its audit rows (the token read's too) name its environment, so an audit reader can be
+    # held to one environment; the production connection's name production.
+    assert set(AuditEvent.objects.filter(connection_id=own).values_list("environment", flat=True)) == {"development"}
+    assert AuditEvent.objects.filter(connection_id=own, action="token.read").exists()
+    assert set(AuditEvent.objects.filter(connection_id=active).values_list("environment", flat=True)) == {"production"}
 
 
 def test_broker_scopes_every_internal_lookup_to_the_named_environment(stack, fake_provider, fake_provider_row):
