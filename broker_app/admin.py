@@ -4,7 +4,14 @@ Tokens are never displayed, not even masked or as ciphertext: every page names i
 explicitly (fieldsets, list columns), so the encrypted columns, state and nonce digests,
 PKCE verifiers, client secrets and webhook secrets never reach a form, a list or the page
 source. Refresh and revoke go through the same services the API uses, audited as
-`admin:<username>`."""
+`admin:<username>`.
+
+Workspaces (issue 19): a superuser, or a staff user with `broker_app.view_all_workspaces`,
+sees every workspace; any other staff user sees only the workspaces a StaffWorkspace row
+gives them (none: no workspace's rows). Lists, change pages, actions and the detail page
+buttons all read through the limited queryset: another workspace's object is a 404 even by
+its direct URL. Operator-wide rows (shared providers, cached discovery documents) are for
+the unlimited only."""
 
 from __future__ import annotations
 
@@ -13,7 +20,8 @@ from django.contrib import admin, messages
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpResponseNotAllowed, HttpResponseRedirect
+from django.db.models import Q
+from django.http import Http404, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.functional import cached_property
@@ -25,6 +33,7 @@ from broker_app.models import (
     CachedDocument,
     Connection,
     Provider,
+    StaffWorkspace,
     WebhookDelivery,
     WebhookEndpoint,
 )
@@ -57,6 +66,56 @@ def _when(value) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "—"
 
 
+ALL_WORKSPACES = "broker_app.view_all_workspaces"
+
+
+def allowed_workspaces(request) -> list[str] | None:
+    """The workspaces the admin user may see; None: all of them."""
+    user = request.user
+    if not user.is_authenticated:
+        return []
+    if user.is_superuser or user.has_perm(ALL_WORKSPACES):
+        return None
+    cached = getattr(request, "_dromos_workspaces", None)
+    if cached is None:
+        cached = list(StaffWorkspace.objects.filter(user=user).values_list("workspace", flat=True))
+        request._dromos_workspaces = cached
+    return cached
+
+
+class WorkspaceScopedAdmin(admin.ModelAdmin):
+    """Rows limited to the user's workspaces (see the module docstring). `workspace_field`
+    names the lookup of a row's workspace; `operator_rows` (a Q) are rows no workspace owns,
+    shown to the unlimited only."""
+
+    workspace_field = "workspace"
+
+    def get_queryset(self, request):
+        queryset = super().get_queryset(request)
+        workspaces = allowed_workspaces(request)
+        if workspaces is None:
+            return queryset
+        return queryset.filter(**{f"{self.workspace_field}__in": workspaces})
+
+    def _guard(self, request, object_id) -> None:
+        # Django answers an object outside get_queryset with a redirect to the index: make it
+        # an honest 404, as the API answers another workspace's connection.
+        if object_id is not None and self.get_object(request, unquote(object_id)) is None:
+            raise Http404("not found")
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        self._guard(request, object_id)
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        self._guard(request, object_id)
+        return super().delete_view(request, object_id, extra_context)
+
+    def history_view(self, request, object_id, extra_context=None):
+        self._guard(request, object_id)
+        return super().history_view(request, object_id, extra_context)
+
+
 class WorkspaceFilter(admin.SimpleListFilter):
     """Filter by typing a workspace: a deployment has many, and listing them would mean a
     DISTINCT over the whole connections table on every page of the list."""
@@ -86,6 +145,20 @@ class WorkspaceFilter(admin.SimpleListFilter):
         }
 
 
+class ProviderFilter(admin.RelatedFieldListFilter):
+    """The provider choices a limited user may see: the shared ones and their workspaces'."""
+
+    def field_choices(self, field, request, model_admin):
+        choices = super().field_choices(field, request, model_admin)
+        workspaces = allowed_workspaces(request)
+        if workspaces is None:
+            return choices
+        visible = set(
+            Provider.objects.filter(Q(workspace="") | Q(workspace__in=workspaces)).values_list("pk", flat=True)
+        )
+        return [(pk, label) for pk, label in choices if pk in visible]
+
+
 class ConnectionOperations:
     """Refresh now / revoke, shared by the list actions and the detail page buttons."""
 
@@ -109,10 +182,11 @@ class ConnectionOperations:
 
 
 @admin.register(Connection)
-class ConnectionAdmin(admin.ModelAdmin):
+class ConnectionAdmin(WorkspaceScopedAdmin):
     list_display = (
         "id",
         "workspace",
+        "environment",
         "user_id",
         "provider",
         "status",
@@ -122,7 +196,7 @@ class ConnectionAdmin(admin.ModelAdmin):
         "tag_list",
         "created_at",
     )
-    list_filter = ("status", "provider", WorkspaceFilter)
+    list_filter = ("status", ("provider", ProviderFilter), WorkspaceFilter, "environment")
     show_facets = admin.ShowFacets.NEVER  # counts per filter choice would scan the table on every page
     search_fields = ("=id", "=user_id")
     search_help_text = "Exact connection id or user id"
@@ -133,7 +207,7 @@ class ConnectionAdmin(admin.ModelAdmin):
     actions = ("refresh_now", "revoke")
     change_form_template = "admin/broker_app/connection/change_form.html"
     fieldsets = (
-        (None, {"fields": ("id", "workspace", "user_id", "provider", "status")}),
+        (None, {"fields": ("id", "workspace", "environment", "user_id", "provider", "status")}),
         ("Scopes", {"fields": ("scopes", "granted_scopes")}),
         (
             "Tokens (values are never shown)",
@@ -294,7 +368,7 @@ class ConnectionAdmin(admin.ModelAdmin):
                 if not self.has_operate_permission(request):
                     raise PermissionDenied
                 # The admin quotes primary keys in its URLs ("_" → "_5F"): connection ids hold "_".
-                connection = get_object_or_404(Connection.objects.only("id"), pk=unquote(object_id))
+                connection = get_object_or_404(self.get_queryset(request).only("id"), pk=unquote(object_id))
                 level, text = operation(request, connection)
                 self.message_user(request, text, level)
                 return HttpResponseRedirect(reverse("admin:broker_app_connection_change", args=[quote(connection.pk)]))
@@ -308,17 +382,38 @@ class ConnectionAdmin(admin.ModelAdmin):
         ]
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        self._guard(request, object_id)
         extra_context = {**(extra_context or {}), "can_operate": self.has_operate_permission(request)}
         return super().change_view(request, object_id, form_url, extra_context)
 
 
 @admin.register(Provider)
-class ProviderAdmin(admin.ModelAdmin):
-    list_display = ("name", "template", "client_id", "has_client_secret", "enabled", "updated_at")
-    list_filter = ("enabled", "template")
+class ProviderAdmin(WorkspaceScopedAdmin):
+    list_display = (
+        "name", "owner", "environment", "template", "client_id", "has_client_secret", "enabled", "updated_at",
+    )  # fmt: skip
+    list_filter = ("enabled", "template", WorkspaceFilter, "environment")
     search_fields = ("name", "client_id")
     exclude = ("client_secret_enc",)
     readonly_fields = ("id", "has_client_secret", "created_at", "updated_at")
+    # What only the operator changes: who owns a row, and the URLs the broker fetches.
+    OPERATOR_FIELDS = (
+        "workspace", "environment", "discovery_url", "authorize_url", "token_url", "revocation_url",
+        "userinfo_url", "api_base_url",
+    )  # fmt: skip
+
+    def get_readonly_fields(self, request, obj=None):
+        if allowed_workspaces(request) is None:
+            return self.readonly_fields
+        return (*self.readonly_fields, *self.OPERATOR_FIELDS)
+
+    def has_add_permission(self, request):
+        # A row added here would be shared (or another workspace's): the operator's to make.
+        return allowed_workspaces(request) is None and super().has_add_permission(request)
+
+    @admin.display(description="Workspace")
+    def owner(self, obj):
+        return obj.workspace or "(shared)"
 
     @admin.display(description="Client secret set", boolean=True)
     def has_client_secret(self, obj):
@@ -339,16 +434,17 @@ class AuditPaginator(Paginator):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(WorkspaceScopedAdmin):
     paginator = AuditPaginator
-    list_display = ("created_at", "action", "connection_id", "workspace", "actor", "ip")
-    list_filter = ("action", "workspace")
+    list_display = ("created_at", "action", "connection_id", "workspace", "environment", "actor", "ip")
+    list_filter = ("action", "workspace", "environment")
     search_fields = ("=connection_id", "actor")
     # Newest first by time: with a workspace or connection filter the (…, created_at) index
     # serves the page (the table is partitioned by created_at on PostgreSQL).
     ordering = ("-created_at", "-id")
     readonly_fields = (
-        "connection_id", "workspace", "actor", "action", "ip", "detail", "created_at", "chain_hash", "prev_id",
+        "connection_id", "workspace", "environment", "actor", "action", "ip", "detail", "created_at", "chain_hash",
+        "prev_id",
     )  # fmt: skip
     show_full_result_count = False
 
@@ -362,10 +458,38 @@ class AuditEventAdmin(admin.ModelAdmin):
         return False
 
 
+class OperatorOnlyAdmin(admin.ModelAdmin):
+    """Rows no workspace owns: for users who see every workspace only."""
+
+    def has_module_permission(self, request):
+        return allowed_workspaces(request) is None and super().has_module_permission(request)
+
+    def has_view_permission(self, request, obj=None):
+        return allowed_workspaces(request) is None and super().has_view_permission(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return allowed_workspaces(request) is None and super().has_change_permission(request, obj)
+
+    def has_add_permission(self, request):
+        return allowed_workspaces(request) is None and super().has_add_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return allowed_workspaces(request) is None and super().has_delete_permission(request, obj)
+
+
 @admin.register(CachedDocument)
-class CachedDocumentAdmin(admin.ModelAdmin):
+class CachedDocumentAdmin(OperatorOnlyAdmin):
     list_display = ("url", "fetched_at", "expires_at")
     readonly_fields = ("url", "body", "fetched_at", "expires_at")
+
+
+@admin.register(StaffWorkspace)
+class StaffWorkspaceAdmin(OperatorOnlyAdmin):
+    """Which workspaces a limited staff user sees (superusers edit these)."""
+
+    list_display = ("user", "workspace")
+    list_filter = ("workspace",)
+    search_fields = ("user__username", "workspace")
 
 
 class WebhookEndpointForm(forms.ModelForm):
@@ -381,16 +505,18 @@ class WebhookEndpointForm(forms.ModelForm):
 
 
 @admin.register(WebhookEndpoint)
-class WebhookEndpointAdmin(admin.ModelAdmin):
+class WebhookEndpointAdmin(WorkspaceScopedAdmin):
     """Endpoints are added with `manage.py webhook add` (which shows the signing secret
     once); here they can be disabled, narrowed to some events, removed, and watched."""
 
     form = WebhookEndpointForm
-    list_display = ("url", "workspace", "enabled", "event_list", "created_at")
-    list_filter = ("enabled", "workspace")
+    list_display = ("url", "workspace", "environment", "enabled", "event_list", "created_at")
+    list_filter = ("enabled", "workspace", "environment")
     search_fields = ("workspace", "url")
-    fields = ("id", "workspace", "url", "enabled", "events", "created_at", "updated_at", "recent_deliveries")
-    readonly_fields = ("id", "workspace", "url", "created_at", "updated_at", "recent_deliveries")
+    fields = (
+        "id", "workspace", "environment", "url", "enabled", "events", "created_at", "updated_at", "recent_deliveries",
+    )  # fmt: skip
+    readonly_fields = ("id", "workspace", "environment", "url", "created_at", "updated_at", "recent_deliveries")
 
     def has_add_permission(self, request):
         return False
@@ -428,7 +554,8 @@ class WebhookEndpointAdmin(admin.ModelAdmin):
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin):
+class WebhookDeliveryAdmin(WorkspaceScopedAdmin):
+    workspace_field = "endpoint__workspace"
     list_display = (
         "created_at",
         "event",
@@ -441,7 +568,7 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         "next_attempt_at",
         "delivered_at",
     )
-    list_filter = ("status", "event", "endpoint__workspace")
+    list_filter = ("status", "event", "endpoint__workspace", "endpoint__environment")
     search_fields = ("=connection_id", "=id")
     list_select_related = ("endpoint",)
     show_full_result_count = False

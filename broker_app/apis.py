@@ -9,15 +9,23 @@ from __future__ import annotations
 import ipaddress
 
 from django.core.paginator import EmptyPage, Paginator
+from django.db import transaction
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from broker_app import selectors
-from broker_app.audit import Actor
+from broker_app.audit import Actor, audit_record
 from broker_app.presenters import connection_as_dict, provider_as_dict
 from broker_app.services.connect import connection_start
 from broker_app.services.device import device_start
 from broker_app.services.lifecycle import connection_flag_attention
+from broker_app.services.providers import (
+    Owner,
+    provider_admin_as_dict,
+    provider_delete,
+    provider_owned_get,
+    provider_upsert,
+)
 from broker_app.services.proxy import proxy_credential_read, proxy_token_refresh
 from broker_app.services.reads import token_read
 from broker_app.services.refresh import token_refresh
@@ -36,12 +44,27 @@ def _actor(request) -> Actor:
     except ValueError:
         ip = None
     return Actor(
-        name=request.META.get("HTTP_X_DROMOS_ACTOR", "broker-api")[:128], workspace=_workspace(request) or "", ip=ip
+        name=request.META.get("HTTP_X_DROMOS_ACTOR", "broker-api")[:128],
+        workspace=_workspace(request) or "",
+        ip=ip,
+        environment=_environment(request),
     )
 
 
 def _workspace(request) -> str | None:
     return request.META.get("HTTP_X_DROMOS_WORKSPACE") or None
+
+
+def _environment(request) -> str:
+    """The agent key's environment (X-Dromos-Environment), or the default one; a malformed
+    name is a 400 before any lookup."""
+    raw = request.META.get("HTTP_X_DROMOS_ENVIRONMENT")
+    if raw is None or raw == "":
+        return wire.DEFAULT_ENVIRONMENT
+    try:
+        return wire.valid_environment(raw)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), details={"environment": [str(exc)]}) from None
 
 
 def _required_workspace(request) -> str:
@@ -95,6 +118,7 @@ class ConnectionStartApi(APIView):
         page_size = query.get("page_size", wire.PAGE_SIZE_DEFAULT)
         queryset = selectors.connection_list(
             workspace=workspace,
+            environment=_environment(request),
             user_id=query.get("user_id"),
             provider_name=query.get("provider_name"),
             status=query.get("status"),
@@ -150,7 +174,9 @@ class CredentialsReplaceApi(APIView):
 
 class ConnectionDetailApi(APIView):
     def get(self, request, connection_id: str):
-        connection = selectors.connection_get(connection_id=connection_id, workspace=_required_workspace(request))
+        connection = selectors.connection_get(
+            connection_id=connection_id, workspace=_required_workspace(request), environment=_environment(request)
+        )
         return Response(connection_as_dict(connection))
 
     def delete(self, request, connection_id: str):
@@ -195,7 +221,64 @@ class BrokerRefreshApi(APIView):
 
 class ProviderListApi(APIView):
     def get(self, request):
-        return Response({"providers": [provider_as_dict(p) for p in selectors.provider_list()]})
+        providers = selectors.provider_list(workspace=_workspace(request), environment=_environment(request))
+        return Response({"providers": [provider_as_dict(p) for p in providers]})
+
+
+# -- a workspace's own provider apps (issue 19) ------------------------------------------------
+
+
+def _owner(request) -> Owner:
+    return Owner.of(_required_workspace(request), _environment(request))
+
+
+class WorkspaceProviderListApi(APIView):
+    """The providers the workspace's environment uses, per name its own row or the shared
+    one (`shared: true`, read-only). No secret, ever."""
+
+    def get(self, request):
+        owner = _owner(request)
+        rows = selectors.provider_effective(workspace=owner.workspace, environment=owner.environment)
+        return Response({"providers": [provider_admin_as_dict(p) for p in rows]})
+
+
+class WorkspaceProviderDetailApi(APIView):
+    def get(self, request, name: str):
+        return Response(provider_admin_as_dict(provider_owned_get(owner=_owner(request), name=name)))
+
+    @transaction.atomic  # the row and its audit row, or neither
+    def put(self, request, name: str):
+        if not isinstance(request.data, dict):
+            raise InvalidRequest("a JSON object is required")
+        fields = dict(request.data)
+        secret = fields.pop("client_secret", None)
+        provider, created = provider_upsert(owner=_owner(request), name=name, fields=fields, client_secret=secret)
+        audit_record(
+            connection_id=f"provider:{provider.name}",
+            workspace=provider.workspace,
+            actor=_actor(request),
+            action="provider.created" if created else "provider.updated",
+            detail={
+                "provider": provider.name,
+                "environment": provider.environment,
+                "fields": sorted(fields),
+                "secret_changed": secret is not None,
+            },
+        )
+        return Response(provider_admin_as_dict(provider), status=201 if created else 200)
+
+    @transaction.atomic
+    def delete(self, request, name: str):
+        owner = _owner(request)
+        provider_delete(owner=owner, name=name)
+        audit_record(
+            connection_id=f"provider:{name.strip().lower()}"[:64],
+            workspace=owner.workspace,
+            actor=_actor(request),
+            action="provider.deleted",
+            detail={"provider": name.strip().lower(), "environment": owner.environment},
+        )
+        return Response(status=204)
 
 
 # -- the gateway's API proxy (issue 15) ---------------------------------------------------------

@@ -10,6 +10,7 @@ from django.db import connection as db_connection
 from django.utils import timezone
 
 from broker_app.models import AuditEvent
+from dromos import wire
 from dromos.db import execute_fixed
 
 
@@ -20,13 +21,16 @@ class Actor:
     name: str
     workspace: str = ""
     ip: str | None = None
+    # The environment of the workspace the actor works in (issue 19): services scope their
+    # lookups to (workspace, environment).
+    environment: str = wire.DEFAULT_ENVIRONMENT
 
 
 SYSTEM = Actor("system")
 SWEEP = Actor("system:refresh-sweep")  # the proactive refresh (sweep tasks, `refresh_due`)
 
 
-_COLUMNS = ("connection_id", "workspace", "actor", "action", "ip", "detail", "created_at")
+_COLUMNS = ("connection_id", "workspace", "environment", "actor", "action", "ip", "detail", "created_at")
 
 
 @lru_cache(maxsize=1)
@@ -40,11 +44,20 @@ def _insert() -> tuple[str, tuple]:
 
 
 def audit_record(
-    *, connection_id: str, workspace: str, actor: Actor, action: str, detail: dict[str, Any] | None = None
+    *,
+    connection_id: str,
+    workspace: str,
+    actor: Actor,
+    action: str,
+    detail: dict[str, Any] | None = None,
+    environment: str | None = None,
 ) -> None:
-    """One INSERT, nothing read back: every token read writes one of these (issue 7)."""
+    """One INSERT, nothing read back: every token read writes one of these (issue 7).
+    `environment`: the row's (a connection's own); None: the actor's, when a workspace is named."""
     sql, fields = _insert()
-    values = (connection_id, workspace, actor.name[:128], action, actor.ip, detail or {}, timezone.now())
+    if environment is None:
+        environment = actor.environment if workspace else ""
+    values = (connection_id, workspace, environment, actor.name[:128], action, actor.ip, detail or {}, timezone.now())
     # The fields' own preparation (JSON adapter, IP normalisation): stored exactly as the ORM stores it.
     execute_fixed(
         sql, [field.get_db_prep_save(value, db_connection) for field, value in zip(fields, values, strict=True)]

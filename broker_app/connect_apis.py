@@ -7,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from broker_app.apis import _actor as request_actor
+from broker_app.apis import _environment as request_environment
 from broker_app.apis import _required_workspace as request_workspace
 from broker_app.services.connect_sessions import (
     connect_session_as_dict,
@@ -44,7 +45,9 @@ class ConnectSessionCreateApi(APIView):
 
 class ConnectSessionDetailApi(APIView):
     def get(self, request, session_id: str):
-        session = connect_session_get(session_id=session_id, workspace=request_workspace(request))
+        session = connect_session_get(
+            session_id=session_id, workspace=request_workspace(request), environment=request_environment(request)
+        )
         return Response(connect_session_as_dict(session))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import uuid
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -17,14 +18,25 @@ def new_connection_id() -> str:
 
 
 class Provider(models.Model):
-    """A configured provider: a catalog template plus this deployment's credentials and overrides."""
+    """A configured provider: a catalog template plus credentials and overrides.
+
+    Shared (workspace and environment empty): the operator's default, seen by every
+    workspace. Owned (issue 19): one workspace's own app in one of its environments (its
+    own client id and secret, scopes, authorize parameters, display name); a workspace's
+    lookup by name prefers its own row (broker_app.selectors.provider_get_by_name)."""
 
     class TokenAuth(models.TextChoices):
         BASIC = "client_secret_basic"
         POST = "client_secret_post"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    name = models.SlugField(max_length=64, unique=True, help_text="Lower-case id agents use, e.g. google")
+    name = models.SlugField(max_length=64, help_text="Lower-case id agents use, e.g. google")
+    workspace = models.CharField(
+        max_length=128, blank=True, default="", db_default="", help_text="Empty: shared by every workspace"
+    )
+    environment = models.CharField(
+        max_length=32, blank=True, default="", db_default="", help_text="The owning workspace's environment"
+    )
     display_name = models.CharField(max_length=128, blank=True)
     template = models.CharField(max_length=64, help_text="Catalog entry this provider is built on")
     client_id = models.CharField(max_length=512, blank=True)
@@ -52,10 +64,18 @@ class Provider(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        ordering = ["name"]
+        ordering = ["name", "workspace", "environment"]
+        constraints = [
+            models.UniqueConstraint(fields=["workspace", "environment", "name"], name="provider_ws_env_name"),
+            # A shared row has no environment; an owned row always has one.
+            models.CheckConstraint(
+                condition=(Q(workspace="", environment="") | (~Q(workspace="") & ~Q(environment=""))),
+                name="provider_owner_complete",
+            ),
+        ]
 
     def __str__(self) -> str:
-        return self.name
+        return f"{self.name} ({self.workspace}/{self.environment})" if self.workspace else self.name
 
 
 class Connection(models.Model):
@@ -67,6 +87,8 @@ class Connection(models.Model):
 
     id = models.CharField(primary_key=True, max_length=64, default=new_connection_id, editable=False)
     workspace = models.CharField(max_length=128)
+    # The workspace's environment (issue 19): every workspace-scoped lookup filters by both.
+    environment = models.CharField(max_length=32, default=wire.DEFAULT_ENVIRONMENT, db_default=wire.DEFAULT_ENVIRONMENT)
     user_id = models.CharField(max_length=255)
     provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="connections")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
@@ -165,6 +187,8 @@ class AuditEvent(models.Model):
 
     connection_id = models.CharField(max_length=64)
     workspace = models.CharField(max_length=128, blank=True)
+    # The workspace's environment (issue 19; rows older than environments: production).
+    environment = models.CharField(max_length=32, blank=True, db_default=wire.DEFAULT_ENVIRONMENT, editable=False)
     actor = models.CharField(max_length=128, help_text="apikey:<prefix>, admin:<username>, system")
     action = models.CharField(max_length=64)
     ip = models.GenericIPAddressField(null=True, blank=True)
@@ -253,6 +277,7 @@ class WebhookEndpoint(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     workspace = models.CharField(max_length=128, db_index=True)
+    environment = models.CharField(max_length=32, default=wire.DEFAULT_ENVIRONMENT, db_default=wire.DEFAULT_ENVIRONMENT)
     url = models.URLField(max_length=2048)
     secret_enc = models.TextField(editable=False)
     enabled = models.BooleanField(default=True)
@@ -262,7 +287,7 @@ class WebhookEndpoint(models.Model):
 
     class Meta:
         ordering = ["workspace", "created_at"]
-        constraints = [models.UniqueConstraint(fields=["workspace", "url"], name="webhook_ws_url")]
+        constraints = [models.UniqueConstraint(fields=["workspace", "environment", "url"], name="webhook_ws_env_url")]
 
     def __str__(self) -> str:
         return f"{self.workspace} → {self.url}"
@@ -320,6 +345,7 @@ class ConnectSession(models.Model):
 
     id = models.CharField(primary_key=True, max_length=64, default=new_connect_session_id, editable=False)
     workspace = models.CharField(max_length=128)
+    environment = models.CharField(max_length=32, default=wire.DEFAULT_ENVIRONMENT, db_default=wire.DEFAULT_ENVIRONMENT)
     user_id = models.CharField(max_length=255)
     token_digest = models.CharField(max_length=64, unique=True, editable=False)
     allowed_providers = models.JSONField(default=list, blank=True, help_text="Provider names; empty means all")
@@ -395,3 +421,21 @@ class WorkspaceBranding(models.Model):
 
     def __str__(self) -> str:
         return self.workspace
+
+
+class StaffWorkspace(models.Model):
+    """An admin staff user limited to some workspaces (issue 19): in the Django admin such a
+    user sees, opens and acts on only these workspaces' rows. A staff user without the
+    `view_all_workspaces` permission (superusers have every permission) and without rows
+    here sees no workspace's rows at all."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="staff_workspaces")
+    workspace = models.CharField(max_length=128)
+
+    class Meta:
+        ordering = ["user", "workspace"]
+        constraints = [models.UniqueConstraint(fields=["user", "workspace"], name="staff_workspace_unique")]
+        permissions = [("view_all_workspaces", "Can see every workspace's rows in the admin")]
+
+    def __str__(self) -> str:
+        return f"{self.user} → {self.workspace}"

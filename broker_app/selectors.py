@@ -6,20 +6,36 @@ from __future__ import annotations
 from functools import lru_cache
 
 from django.db import connection as db_connection
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.db.models.fields.json import KeyTextTransform
 
 from broker_app.models import Connection, Provider
+from dromos import wire
 from dromos.db import execute_fixed
 from dromos.errors import InvalidRequest, NotFound
 
 
-def provider_get_by_name(name: object) -> Provider:
+def _visible(workspace: str | None, environment: str | None) -> Q:
+    """The provider rows a workspace's environment sees: the shared ones and its own."""
+    shared = Q(workspace="", environment="")
+    if not workspace:
+        return shared
+    return shared | Q(workspace=workspace, environment=environment or wire.DEFAULT_ENVIRONMENT)
+
+
+def provider_get_by_name(name: object, *, workspace: str | None = None, environment: str | None = None) -> Provider:
+    """The enabled provider `name` as the workspace's environment sees it: its own row when
+    it has one (even a disabled one: a workspace that turns its app off does not fall back
+    to the operator's), else the shared row."""
     if not isinstance(name, str) or not name.strip():
         raise InvalidRequest("provider_name is required", details={"provider_name": ["required"]})
-    provider = Provider.objects.filter(name__iexact=name.strip(), enabled=True).first()
-    if provider is None:
-        known = provider_names()
+    provider = (
+        Provider.objects.filter(_visible(workspace, environment), name__iexact=name.strip())
+        .order_by("-workspace")  # an owned row ("ws") before the shared one ("")
+        .first()
+    )
+    if provider is None or not provider.enabled:
+        known = provider_names(workspace=workspace, environment=environment)
         raise InvalidRequest(
             f"unknown provider {name.strip()[:64]!r}; known providers: {', '.join(known) or 'none configured'}",
             details={"provider_name": ["unknown provider"]},
@@ -28,18 +44,30 @@ def provider_get_by_name(name: object) -> Provider:
     return provider
 
 
-def provider_names() -> list[str]:
-    return list(Provider.objects.filter(enabled=True).order_by("name").values_list("name", flat=True))
+def provider_names(*, workspace: str | None = None, environment: str | None = None) -> list[str]:
+    return [p.name for p in provider_list(workspace=workspace, environment=environment)]
 
 
-def provider_list() -> QuerySet[Provider]:
-    return Provider.objects.filter(enabled=True).order_by("name")
+def provider_effective(*, workspace: str | None = None, environment: str | None = None) -> list[Provider]:
+    """Per name, the row the workspace's environment uses (its own before the shared one),
+    enabled or not, by name."""
+    chosen: dict[str, Provider] = {}
+    for provider in Provider.objects.filter(_visible(workspace, environment)).order_by("name", "-workspace"):
+        chosen.setdefault(provider.name, provider)
+    return list(chosen.values())
 
 
-def connection_get(*, connection_id: str, workspace: str | None) -> Connection:
+def provider_list(*, workspace: str | None = None, environment: str | None = None) -> list[Provider]:
+    """The enabled providers the workspace's environment can connect to, by name."""
+    return [p for p in provider_effective(workspace=workspace, environment=environment) if p.enabled]
+
+
+def connection_get(*, connection_id: str, workspace: str | None, environment: str | None = None) -> Connection:
+    """The connection, when it belongs to the workspace's environment (`environment` None:
+    the default one); `workspace` None: any (an operator's call)."""
     queryset = Connection.objects.select_related("provider")
     if workspace is not None:
-        queryset = queryset.filter(workspace=workspace)
+        queryset = queryset.filter(workspace=workspace, environment=environment or wire.DEFAULT_ENVIRONMENT)
     connection = queryset.filter(pk=connection_id).first()
     if connection is None:
         raise NotFound("connection not found")
@@ -49,6 +77,7 @@ def connection_get(*, connection_id: str, workspace: str | None) -> Connection:
 _TOKEN_FIELDS = (
     "id",
     "workspace",
+    "environment",
     "status",
     "access_token_enc",
     "id_token_enc",
@@ -86,6 +115,7 @@ def _token_query(scoped: bool) -> tuple[str, tuple]:
     )
     if scoped:
         sql += f" AND c.{quote(meta.get_field('workspace').column)} = %s"
+        sql += f" AND c.{quote(meta.get_field('environment').column)} = %s"
     return sql, fields
 
 
@@ -98,11 +128,14 @@ def _backend_converters(fields: tuple) -> list[tuple]:
     return [(column, db_connection.ops.get_db_converters(column)) for column in (f.get_col(table) for f in fields)]
 
 
-def connection_for_token(*, connection_id: str, workspace: str | None) -> Connection:
+def connection_for_token(*, connection_id: str, workspace: str | None, environment: str | None = None) -> Connection:
     """Only the columns the token path needs (the provider's name included), in one query.
-    The other columns are deferred: reading one loads it."""
+    The other columns are deferred: reading one loads it. Scoped as connection_get."""
     sql, fields = _token_query(workspace is not None)
-    row = execute_fixed(sql, [connection_id] if workspace is None else [connection_id, workspace], fetch=True)
+    params = (
+        [connection_id] if workspace is None else [connection_id, workspace, environment or wire.DEFAULT_ENVIRONMENT]
+    )
+    row = execute_fixed(sql, params, fetch=True)
     if row is None:
         raise NotFound("connection not found")
     values = []
@@ -118,12 +151,14 @@ def connection_for_token(*, connection_id: str, workspace: str | None) -> Connec
 def connection_list(
     *,
     workspace: str,
+    environment: str | None = None,
     user_id: str | None = None,
     provider_name: str | None = None,
     status: str | None = None,
     tags: list[tuple[str, str]] | None = None,
 ) -> QuerySet[Connection]:
-    queryset = Connection.objects.filter(workspace=workspace).select_related("provider").order_by("-created_at", "id")
+    queryset = Connection.objects.filter(workspace=workspace, environment=environment or wire.DEFAULT_ENVIRONMENT)
+    queryset = queryset.select_related("provider").order_by("-created_at", "id")
     if user_id:
         queryset = queryset.filter(user_id=user_id)
     if provider_name:

@@ -15,6 +15,8 @@ from dromos.wire import (
     PROXY_CREDENTIAL,
     PROXY_REFRESH,
     STATIC_CONNECTIONS,
+    WORKSPACE_PROVIDER,
+    WORKSPACE_PROVIDERS,
     internal_route,
 )
 
@@ -35,4 +37,6 @@ urlpatterns = [
     path(internal_route(PROXY_CREDENTIAL), apis.ProxyCredentialApi.as_view()),
     path(internal_route(PROXY_REFRESH), apis.ProxyRefreshApi.as_view()),
     path(internal_route(PROXY_ATTENTION), apis.ProxyAttentionApi.as_view()),
+    path(internal_route(WORKSPACE_PROVIDERS), apis.WorkspaceProviderListApi.as_view()),
+    path(internal_route(WORKSPACE_PROVIDER), apis.WorkspaceProviderDetailApi.as_view()),
 ]

@@ -31,6 +31,7 @@ from broker_app import crypto
 from broker_app.models import Connection, WebhookDelivery, WebhookEndpoint
 from broker_app.presenters import connection_as_dict
 from broker_app.queue import task
+from dromos import wire
 from dromos.backoff import exponential_backoff
 
 logger = logging.getLogger(__name__)
@@ -106,16 +107,21 @@ def validate_events(events: list[str] | None) -> list[str]:
 
 @transaction.atomic
 def webhook_endpoint_create(
-    *, workspace: str, url: str, events: list[str] | None = None
+    *, workspace: str, url: str, events: list[str] | None = None, environment: str = wire.DEFAULT_ENVIRONMENT
 ) -> tuple[WebhookEndpoint, str]:
-    """Create an endpoint; returns it with its signing secret (shown once, stored encrypted)."""
+    """Create an endpoint for the workspace's environment (it hears about that environment's
+    connections only); returns it with its signing secret (shown once, stored encrypted)."""
     workspace = workspace.strip()
     if not workspace:
         raise WebhookError("workspace is required")
+    try:
+        environment = wire.valid_environment(environment)
+    except ValueError as exc:
+        raise WebhookError(str(exc)) from None
     url = _validate_url(url)
-    if WebhookEndpoint.objects.filter(workspace=workspace, url=url).exists():
+    if WebhookEndpoint.objects.filter(workspace=workspace, environment=environment, url=url).exists():
         raise WebhookError(f"workspace {workspace} already has a webhook for this url")
-    endpoint = WebhookEndpoint(workspace=workspace, url=url, events=validate_events(events))
+    endpoint = WebhookEndpoint(workspace=workspace, environment=environment, url=url, events=validate_events(events))
     secret = "whsec_" + secrets.token_urlsafe(32)
     endpoint.secret_enc = crypto.encrypt(secret, aad=crypto.webhook_secret_aad(endpoint.pk))
     endpoint.save(force_insert=True)
@@ -144,7 +150,11 @@ def webhook_enqueue(*, connection_id: str, event: str) -> list[str]:
     if connection is None:
         return []
     endpoints = [
-        e for e in WebhookEndpoint.objects.filter(workspace=connection.workspace, enabled=True) if e.wants(event)
+        e
+        for e in WebhookEndpoint.objects.filter(
+            workspace=connection.workspace, environment=connection.environment, enabled=True
+        )
+        if e.wants(event)
     ]
     ids: list[str] = []
     with transaction.atomic():

@@ -45,20 +45,48 @@ CONNECTION_CREDENTIALS = "internal/v1/connections/{connection_id}/credentials"
 PROXY_CREDENTIAL = "internal/v1/connections/{connection_id}/proxy-credential"
 PROXY_REFRESH = "internal/v1/connections/{connection_id}/proxy-refresh"
 PROXY_ATTENTION = "internal/v1/connections/{connection_id}/proxy-attention"
+# a workspace's own provider apps (issue 19): list (own and shared), and one by `{name}`
+# (GET, PUT to create or replace, DELETE)
+WORKSPACE_PROVIDERS = "internal/v1/workspace-providers"
+WORKSPACE_PROVIDER = "internal/v1/workspace-providers/{name}"
+
+# -- environments (issue 19) ------------------------------------------------------------------
+# The gateway names the key's environment in this header next to X-Dromos-Workspace; the
+# broker filters every workspace-scoped lookup by both. No header: DEFAULT_ENVIRONMENT
+# (rows made before environments existed were migrated to it).
+ENVIRONMENT_HEADER = "X-Dromos-Environment"
+DEFAULT_ENVIRONMENT = "production"
+ENVIRONMENT_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
-def internal_path(template: str, connection_id: str | None = None, *, session_id: str | None = None) -> str:
+def valid_environment(value: object) -> str:
+    """`value` when it is an environment name (lower-case letters, digits, `_`, `-`; 1-32,
+    first a letter or digit); ValueError otherwise (no path or SQL character gets through)."""
+    if not isinstance(value, str) or not ENVIRONMENT_PATTERN.fullmatch(value):
+        raise ValueError("environment must be 1-32 characters of a-z, 0-9, _ and -, starting with a letter or digit")
+    return value
+
+
+def internal_path(
+    template: str, connection_id: str | None = None, *, session_id: str | None = None, name: str | None = None
+) -> str:
     """The absolute path the gateway calls, e.g. `/internal/v1/connections/abc/token`."""
     if connection_id is not None:
         template = template.replace("{connection_id}", connection_id)
     if session_id is not None:
         template = template.replace("{session_id}", session_id)
+    if name is not None:
+        template = template.replace("{name}", name)
     return "/" + template
 
 
 def internal_route(template: str) -> str:
     """The Django URL pattern the broker serves `template` at."""
-    return template.replace("{connection_id}", "<str:connection_id>").replace("{session_id}", "<str:session_id>")
+    return (
+        template.replace("{connection_id}", "<str:connection_id>")
+        .replace("{session_id}", "<str:session_id>")
+        .replace("{name}", "<str:name>")
+    )
 
 
 # -- inputs ---------------------------------------------------------------------------------

@@ -265,7 +265,7 @@ class ConnectionDeleteApi(GatewayApi):
     )
     def delete(self, request, connection_id: str):
         check_connection_id(connection_id)
-        credential_forget(request.user.workspace, connection_id)  # the proxy's cached credential
+        credential_forget(request.user.tenant, connection_id)  # the proxy's cached credential
         return relay_answer(
             broker().call(
                 "DELETE",

@@ -23,6 +23,7 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, TimeoutError
 
 from dromos.errors import BadGateway, BrokerUnavailable
 from dromos.logging import request_id_var
+from dromos.wire import ENVIRONMENT_HEADER
 from gateway_app.metrics import observe_broker_call
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class BrokerClient:
     ) -> BrokerAnswer:
         headers = {
             "X-Dromos-Workspace": principal.workspace,
+            ENVIRONMENT_HEADER: principal.environment,
             "X-Dromos-Actor": actor or f"apikey:{principal.prefix}",
             "X-Request-ID": request_id_var.get(),
         }

@@ -31,6 +31,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from dromos import redis as shared_redis
+from dromos.wire import DEFAULT_ENVIRONMENT, valid_environment
 from gateway_app.metrics import degraded
 from gateway_app.models import ALL_SCOPES, ApiKey
 
@@ -40,12 +41,19 @@ LAST_USED_RESOLUTION = timedelta(seconds=60)
 
 @dataclass(frozen=True)
 class Principal:
-    """The authenticated caller: its workspace, key prefix and scopes."""
+    """The authenticated caller: its workspace and environment, key prefix and scopes."""
 
     key_id: int
     workspace: str
     prefix: str
     scopes: frozenset[str]
+    environment: str = DEFAULT_ENVIRONMENT
+
+    @property
+    def tenant(self) -> str:
+        """One string for (workspace, environment): "environment:workspace" (an environment
+        name has no colon), for per-tenant caches in this process."""
+        return f"{self.environment}:{self.workspace}"
 
     @property
     def is_authenticated(self) -> bool:
@@ -59,8 +67,12 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def apikey_create(*, workspace: str, name: str, scopes: list[str] | None = None) -> tuple[ApiKey, str]:
-    """Create a key; return the row and the plaintext key (shown once, never stored)."""
+def apikey_create(
+    *, workspace: str, name: str, scopes: list[str] | None = None, environment: str = DEFAULT_ENVIRONMENT
+) -> tuple[ApiKey, str]:
+    """Create a key for the workspace's environment; return the row and the plaintext key
+    (shown once, never stored)."""
+    valid_environment(environment)  # ValueError: no path or SQL character gets through
     unknown = set(scopes or []) - set(ALL_SCOPES)
     if unknown:
         raise ValueError(f"unknown scope(s): {', '.join(sorted(unknown))}")
@@ -75,7 +87,12 @@ def apikey_create(*, workspace: str, name: str, scopes: list[str] | None = None)
             break
     plaintext = f"dk_{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey.objects.create(
-        workspace=workspace, name=name, prefix=prefix, key_digest=_digest(plaintext), scopes=sorted(scopes or [])
+        workspace=workspace,
+        environment=environment,
+        name=name,
+        prefix=prefix,
+        key_digest=_digest(plaintext),
+        scopes=sorted(scopes or []),
     )
     return key, plaintext
 
@@ -165,13 +182,17 @@ def apikey_verify(presented: str, *, before_lookup: Callable[[], None] | None = 
         before_lookup()
     key = (
         ApiKey.objects.filter(prefix=prefix)
-        .only("id", "workspace", "prefix", "key_digest", "scopes", "revoked_at", "last_used_at")
+        .only("id", "workspace", "environment", "prefix", "key_digest", "scopes", "revoked_at", "last_used_at")
         .first()
     )
     if key is None or key.revoked_at is not None or not hmac.compare_digest(key.key_digest, presented_digest):
         return None
     principal = Principal(
-        key_id=key.id, workspace=key.workspace, prefix=key.prefix, scopes=frozenset(key.scopes or ALL_SCOPES)
+        key_id=key.id,
+        workspace=key.workspace,
+        prefix=key.prefix,
+        scopes=frozenset(key.scopes or ALL_SCOPES),
+        environment=key.environment,
     )
     if key.last_used_at is None or timezone.now() - key.last_used_at > LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from django.db import models
 
+from dromos.wire import DEFAULT_ENVIRONMENT
+
 ALL_SCOPES = (
     "connections:write",
     "connections:read",
@@ -17,6 +19,8 @@ ALL_SCOPES = (
 
 class ApiKey(models.Model):
     workspace = models.CharField(max_length=128, db_index=True)
+    # The workspace's environment the key works in (issue 19): it never sees another's objects.
+    environment = models.CharField(max_length=32, default=DEFAULT_ENVIRONMENT, db_default=DEFAULT_ENVIRONMENT)
     name = models.CharField(max_length=128)
     prefix = models.CharField(max_length=16, unique=True)
     key_digest = models.CharField(max_length=64)

@@ -130,7 +130,7 @@ def _actor(principal) -> str:
     return f"proxy:apikey:{principal.prefix}"
 
 
-def _remember(workspace: str, credential: Credential) -> None:
+def _remember(tenant: str, credential: Credential) -> None:
     ttl = float(settings.PROXY_TOKEN_CACHE_SECONDS)
     if credential.expires_at is not None:
         ttl = min(ttl, credential.expires_at.timestamp() - time.time() - _EXPIRY_MARGIN)
@@ -139,13 +139,13 @@ def _remember(workspace: str, credential: Credential) -> None:
     with _credentials_lock:
         if len(_credentials) >= _CREDENTIALS_MAX:
             _credentials.clear()
-        _credentials[(workspace, credential.connection_id)] = (time.monotonic() + ttl, credential)
+        _credentials[(tenant, credential.connection_id)] = (time.monotonic() + ttl, credential)
 
 
-def credential_forget(workspace: str, connection_id: str) -> None:
+def credential_forget(tenant: str, connection_id: str) -> None:
     """Drop a cached credential (DELETE through this process, a 401 from the provider)."""
     with _credentials_lock:
-        _credentials.pop((workspace, connection_id), None)
+        _credentials.pop((tenant, connection_id), None)
 
 
 def credentials_clear() -> None:
@@ -154,9 +154,10 @@ def credentials_clear() -> None:
 
 
 def credential_get(principal, connection_id: str, *, client_ip: str | None) -> Credential:
-    """The connection's credential: from this process's cache (keyed by workspace, so
-    another workspace never sees it) or an audited token read at the broker."""
-    key = (principal.workspace, connection_id)
+    """The connection's credential: from this process's cache (keyed by workspace and
+    environment, so another workspace or environment never sees it) or an audited token
+    read at the broker."""
+    key = (principal.tenant, connection_id)
     cached = _credentials.get(key)
     if cached is not None and cached[0] > time.monotonic():
         return cached[1]
@@ -170,7 +171,7 @@ def credential_get(principal, connection_id: str, *, client_ip: str | None) -> C
     if answer.status != 200:
         raise BrokerRefused(answer)
     credential = Credential.from_json(answer.body)
-    _remember(principal.workspace, credential)
+    _remember(principal.tenant, credential)
     return credential
 
 
@@ -190,8 +191,8 @@ def credential_refresh(principal, credential: Credential, *, client_ip: str | No
     that token version is still the stored one. Calls in this process for the same version
     share one broker call; the broker's row lock and version check make it one provider
     refresh across every process."""
-    key = (principal.workspace, credential.connection_id, credential.token_version)
-    credential_forget(principal.workspace, credential.connection_id)
+    key = (principal.tenant, credential.connection_id, credential.token_version)
+    credential_forget(principal.tenant, credential.connection_id)
     with _flights_lock:
         existing = _flights.get(key)
         leader = existing is None
@@ -213,7 +214,7 @@ def credential_refresh(principal, credential: Credential, *, client_ip: str | No
         if answer.status != 200:
             raise BrokerRefused(answer)
         flight.credential = Credential.from_json(answer.body)
-        _remember(principal.workspace, flight.credential)
+        _remember(principal.tenant, flight.credential)
         return flight.credential
     except BaseException as exc:
         flight.error = exc

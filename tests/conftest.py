@@ -159,10 +159,10 @@ def fake_provider_row(db, fake_provider):
 class Stack:
     url: str
 
-    def key(self, workspace: str = "ws-a", scopes: list[str] | None = None) -> str:
+    def key(self, workspace: str = "ws-a", scopes: list[str] | None = None, environment: str = "production") -> str:
         from gateway_app.keys import apikey_create
 
-        _, plaintext = apikey_create(workspace=workspace, name="test", scopes=scopes)
+        _, plaintext = apikey_create(workspace=workspace, name="test", scopes=scopes, environment=environment)
         return plaintext
 
     def call(self, method: str, path: str, key: str | None = None, **kwargs) -> requests.Response:

@@ -66,7 +66,7 @@ def connection_start(
 ) -> StartResult:
     """Create a pending connection and the authorization URL the user must visit.
     `tags` and `connect_session_id` come from a connect session (issue 16)."""
-    provider = provider_get_by_name(provider_name)
+    provider = provider_get_by_name(provider_name, workspace=workspace, environment=actor.environment)
     try:
         validate_return_url(return_url)
     except ReturnUrlError as exc:
@@ -82,6 +82,7 @@ def connection_start(
     nonce = secrets.token_urlsafe(24) if spec.oidc and "openid" in requested else None
     connection = Connection(
         workspace=workspace,
+        environment=actor.environment,
         user_id=user_id,
         provider=provider,
         scopes=requested,

@@ -85,10 +85,14 @@ def connect_session_create(
     lifetime = DEFAULT_EXPIRES_IN if expires_in is None else expires_in
     if not MIN_EXPIRES_IN <= lifetime <= MAX_EXPIRES_IN:
         raise InvalidRequest(f"expires_in must be between {MIN_EXPIRES_IN} and {MAX_EXPIRES_IN} seconds")
-    names = [provider_get_by_name(name).name for name in dict.fromkeys(allowed_providers or [])]
+    environment = actor.environment
+    names = [
+        provider_get_by_name(name, workspace=workspace, environment=environment).name
+        for name in dict.fromkeys(allowed_providers or [])
+    ]
     target = None
     if reconnect:
-        target = connection_get(connection_id=reconnect, workspace=workspace)
+        target = connection_get(connection_id=reconnect, workspace=workspace, environment=environment)
         reconnect_prepare(connection=target, scopes=None, return_url=return_url)  # 409 for revoked/pending
         if names and names != [target.provider.name]:
             raise InvalidRequest("a reconnect session offers only the connection's own provider")
@@ -99,7 +103,10 @@ def connect_session_create(
             raise InvalidRequest("tags cannot be set on a reconnect session (the connection keeps its tags)")
     if not user_id:
         raise InvalidRequest("user_id is required", details={"user_id": ["required"]})
-    offered = {name.casefold(): name for name in (names or [p.name for p in provider_list()])}
+    offered = {
+        name.casefold(): name
+        for name in (names or [p.name for p in provider_list(workspace=workspace, environment=environment)])
+    }
     clean_scopes: dict[str, list[str]] = {}
     for name, values in (scopes or {}).items():
         canonical = offered.get(str(name).casefold())
@@ -112,6 +119,7 @@ def connect_session_create(
     token = secrets.token_urlsafe(32)
     session = ConnectSession(
         workspace=workspace,
+        environment=environment,
         user_id=user_id,
         token_digest=crypto.digest(token),
         allowed_providers=names,
@@ -134,8 +142,8 @@ def connect_session_create(
     return CreatedSession(session=session, connect_url=connect_url(token))
 
 
-def connect_session_get(*, session_id: str, workspace: str) -> ConnectSession:
-    session = ConnectSession.objects.filter(pk=session_id, workspace=workspace).first()
+def connect_session_get(*, session_id: str, workspace: str, environment: str) -> ConnectSession:
+    session = ConnectSession.objects.filter(pk=session_id, workspace=workspace, environment=environment).first()
     if session is None:
         raise NotFound("connect session not found")
     return session
@@ -236,7 +244,7 @@ def session_choices(session: ConnectSession) -> list[ProviderChoice]:
     """What the page offers: the allowed providers that are enabled, in the session's order."""
     if session.reconnect_id:
         return [provider_choice(session.reconnect.provider, with_params=False)]
-    enabled = {p.name: p for p in provider_list()}
+    enabled = {p.name: p for p in provider_list(workspace=session.workspace, environment=session.environment)}
     names = session.allowed_providers or sorted(enabled)
     return [provider_choice(enabled[name]) for name in names if name in enabled]
 
@@ -270,7 +278,12 @@ def connect_session_start(*, token: str, provider_name: str, params: dict[str, s
     parameter, provider not offered) leaves the token usable and writes nothing."""
     with transaction.atomic():
         session = session_for_token(token, lock=True)
-        actor = Actor(name=f"connect-session:{session.id}"[:128], workspace=session.workspace, ip=ip)
+        actor = Actor(
+            name=f"connect-session:{session.id}"[:128],
+            workspace=session.workspace,
+            ip=ip,
+            environment=session.environment,
+        )
         choices = {choice.name: choice for choice in session_choices(session)}
         choice = choices.get(provider_name)
         if choice is None:

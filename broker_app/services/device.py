@@ -80,7 +80,7 @@ def device_start(
     actor: Actor,
 ) -> DeviceStart:
     """Create a pending device connection and the code the user confirms at the provider."""
-    provider = provider_get_by_name(provider_name)
+    provider = provider_get_by_name(provider_name, workspace=workspace, environment=actor.environment)
     try:
         spec, _hooks = resolve(provider, params)
     except ProviderConfigError as exc:
@@ -108,6 +108,7 @@ def device_start(
     expires_at = now + timedelta(seconds=answer["expires_in"])
     connection = Connection(
         workspace=workspace,
+        environment=actor.environment,
         user_id=user_id,
         provider=provider,
         scopes=requested,

@@ -109,6 +109,7 @@ def connection_create(*, connection: Connection, actor: Actor) -> None:
         audit_record(
             connection_id=connection.id,
             workspace=connection.workspace,
+            environment=connection.environment,
             actor=actor,
             action="connection.requested",
             detail={"provider": connection.provider.name, "scopes": connection.scopes},
@@ -129,6 +130,7 @@ def connection_create_static(*, connection: Connection, credential: str, actor: 
         audit_record(
             connection_id=connection.id,
             workspace=connection.workspace,
+            environment=connection.environment,
             actor=actor,
             action="connection.requested",
             detail={"provider": connection.provider.name, "credential": connection.token_type},
@@ -136,6 +138,7 @@ def connection_create_static(*, connection: Connection, credential: str, actor: 
         audit_record(
             connection_id=connection.id,
             workspace=connection.workspace,
+            environment=connection.environment,
             actor=actor,
             action="connection.activated",
             detail={"credential": connection.token_type},
@@ -162,6 +165,7 @@ def connection_replace_credential(*, connection: Connection, credential: str, to
         audit_record(
             connection_id=connection.id,
             workspace=connection.workspace,
+            environment=connection.environment,
             actor=actor,
             action="credentials.replaced",
             detail={"credential": token_type},
@@ -193,6 +197,7 @@ def connection_activate(*, connection: Connection, tokens: TokenSet, account: di
         audit_record(
             connection_id=connection.id,
             workspace=connection.workspace,
+            environment=connection.environment,
             actor=SYSTEM,
             action="connection.activated",
             detail={"granted_scopes": connection.granted_scopes},
@@ -230,6 +235,7 @@ def connection_fail(
             audit_record(
                 connection_id=connection.id,
                 workspace=connection.workspace,
+                environment=connection.environment,
                 actor=actor,
                 action="connection.failed",
                 detail={"error": code},
@@ -270,6 +276,7 @@ def connection_store_refreshed(
         audit_record(
             connection_id=connection.id,
             workspace=connection.workspace,
+            environment=connection.environment,
             actor=actor,
             action="token.refreshed",
             detail={"rotated": bool(tokens.refresh_token)},
@@ -288,7 +295,11 @@ def connection_flag_attention(*, connection_id: str, workspace: str, actor: Acto
     failure; check-connection shows the warning until a refresh stores newer tokens (which
     clears it). A flag for an older version than the stored one is ignored."""
     with transaction.atomic():
-        connection = Connection.objects.select_for_update().filter(id=connection_id, workspace=workspace).first()
+        connection = (
+            Connection.objects.select_for_update()
+            .filter(id=connection_id, workspace=workspace, environment=actor.environment)
+            .first()
+        )
         if connection is None:
             raise NotFound("connection not found")
         if (
@@ -301,6 +312,7 @@ def connection_flag_attention(*, connection_id: str, workspace: str, actor: Acto
             audit_record(
                 connection_id=connection.id,
                 workspace=connection.workspace,
+                environment=connection.environment,
                 actor=actor,
                 action="connection.attention",
                 detail={"reason": ATTENTION_REJECTED},
@@ -326,6 +338,7 @@ def connection_mark_revoked(*, connection: Connection, actor: Actor, provider_re
         audit_record(
             connection_id=connection.id,
             workspace=connection.workspace,
+            environment=connection.environment,
             actor=actor,
             action="connection.revoked",
             detail={"provider_revoked": provider_revoked},
@@ -349,6 +362,7 @@ def connection_reconnect_start(*, attempt: ConnectAttempt, actor: Actor) -> None
         audit_record(
             connection_id=connection.id,
             workspace=connection.workspace,
+            environment=connection.environment,
             actor=actor,
             action="connection.reconnect_requested",
             detail={"scopes": attempt.scopes, "connect_session": attempt.connect_session_id},
@@ -401,6 +415,7 @@ def connection_reconnect_complete(*, attempt: ConnectAttempt, tokens: TokenSet, 
         audit_record(
             connection_id=connection.id,
             workspace=connection.workspace,
+            environment=connection.environment,
             actor=SYSTEM,
             action="connection.reconnected",
             detail={"previous_status": previous, "granted_scopes": connection.granted_scopes},
@@ -422,6 +437,7 @@ def _attempt_failed(attempt: ConnectAttempt, connection: Connection, code: str) 
     audit_record(
         connection_id=connection.id,
         workspace=connection.workspace,
+        environment=connection.environment,
         actor=SYSTEM,
         action="connection.reconnect_failed",
         detail={"error": code},
@@ -449,6 +465,7 @@ def connection_warn_expiring(*, connection: Connection) -> bool:
             audit_record(
                 connection_id=connection.id,
                 workspace=connection.workspace,
+                environment=connection.environment,
                 actor=SYSTEM,
                 action="connection.expiring",
                 detail={"refresh_token_expires_at": connection.refresh_expires_at.isoformat()},
@@ -474,6 +491,7 @@ def connection_expire(*, connection: Connection) -> bool:
             audit_record(
                 connection_id=connection.id,
                 workspace=connection.workspace,
+                environment=connection.environment,
                 actor=SYSTEM,
                 action="connection.expired",
                 detail={"error": "grant_expired"},

@@ -125,7 +125,7 @@ def proxy_credential_read(*, connection_id: str, workspace: str, actor: Actor) -
     """The token the proxy injects and where it may send it; an audited token read. Raises
     NotFound (unknown or another workspace's), ConnectionNotActive (409),
     ProxyNotConfigured (409: the provider has no API base URL)."""
-    connection = connection_get(connection_id=connection_id, workspace=workspace)
+    connection = connection_get(connection_id=connection_id, workspace=workspace, environment=actor.environment)
     if connection.status != Connection.Status.ACTIVE:
         raise not_active(connection)
     if connection.refresh_token_enc and not fresh(connection.expires_at, EXPIRY_MARGIN_SECONDS):
@@ -137,11 +137,12 @@ def proxy_credential_read(*, connection_id: str, workspace: str, actor: Actor) -
         except ProviderUnavailable:
             if connection.expires_at is not None and connection.expires_at <= timezone.now():
                 raise
-        connection = connection_get(connection_id=connection_id, workspace=workspace)
+        connection = connection_get(connection_id=connection_id, workspace=workspace, environment=actor.environment)
     credential = _credential(connection)
     audit_record(
         connection_id=connection.id,
         workspace=connection.workspace,
+        environment=connection.environment,
         actor=actor,
         action="token.read",
         detail={"via": "proxy"},
@@ -155,4 +156,4 @@ def proxy_token_refresh(*, connection_id: str, workspace: str, actor: Actor, sta
     caller already did (single flight, refresh.token_refresh_if_version), and return the
     current credential. Errors as token_refresh (409 after invalid_grant, 503 transient)."""
     token_refresh_if_version(connection_id=connection_id, workspace=workspace, actor=actor, token_version=stale_version)
-    return _credential(connection_get(connection_id=connection_id, workspace=workspace))
+    return _credential(connection_get(connection_id=connection_id, workspace=workspace, environment=actor.environment))

@@ -37,7 +37,7 @@ def token_read(
     refresh. When that refresh fails transiently or another caller's is in progress, a token
     that is still valid is served anyway; an expired one answers 503. A token served with
     auto_refresh that lives less than `min_ttl` carries the warning "min_ttl_not_met"."""
-    connection = connection_for_token(connection_id=connection_id, workspace=workspace)
+    connection = connection_for_token(connection_id=connection_id, workspace=workspace, environment=actor.environment)
     if connection.status != Connection.Status.ACTIVE:
         raise not_active(connection)
     _mark_read(connection)
@@ -53,7 +53,13 @@ def token_read(
             logger.info("serving the current token: refresh unavailable", extra={"connection_id": connection_id})
         else:
             return _flag_short(view, min_ttl) if auto_refresh else view
-    audit_record(connection_id=connection.id, workspace=connection.workspace, actor=actor, action="token.read")
+    audit_record(
+        connection_id=connection.id,
+        workspace=connection.workspace,
+        environment=connection.environment,
+        actor=actor,
+        action="token.read",
+    )
     metrics.TOKEN_READS.labels(provider=connection.provider.name).inc()
     view = token_view(connection)
     return _flag_short(view, min_ttl) if auto_refresh else view

@@ -90,7 +90,7 @@ def connection_reconnect(
 ) -> ReconnectResult:
     """A fresh authorization URL for the same connection id (another workspace's id: 404;
     a revoked or pending connection: 409). `scopes` add to the connection's scopes."""
-    connection = connection_get(connection_id=connection_id, workspace=workspace)
+    connection = connection_get(connection_id=connection_id, workspace=workspace, environment=actor.environment)
     attempt = reconnect_prepare(connection=connection, scopes=scopes, return_url=return_url)
     attempt.connect_session = connect_session
     try:

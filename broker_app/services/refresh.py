@@ -198,6 +198,7 @@ def _served(attempted: _Attempted, actor: Actor) -> TokenView:
         audit_record(
             connection_id=connection.id,
             workspace=connection.workspace,
+            environment=connection.environment,
             actor=actor,
             action="token.read",
             detail={"refresh": attempted.outcome.value},
@@ -327,7 +328,7 @@ def _refresh(
 ) -> _Attempted:
     """The one refresh service: decide under the row lock, call the provider at most once.
     `if_version`: the version the caller saw rejected, instead of the one read here."""
-    seen = connection_get(connection_id=connection_id, workspace=workspace)
+    seen = connection_get(connection_id=connection_id, workspace=workspace, environment=actor.environment)
     if seen.status != Connection.Status.ACTIVE:
         raise not_active(seen)
     provider_name = seen.provider.name

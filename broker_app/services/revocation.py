@@ -24,7 +24,7 @@ def connection_revoke(*, connection_id: str, workspace: str | None, actor: Actor
     """Revoke at the provider where possible, wipe the stored tokens whatever the provider
     says, mark the connection revoked. A failed provider revocation is retried later
     (`revocation_retry`, on the beat schedule)."""
-    connection = connection_get(connection_id=connection_id, workspace=workspace)
+    connection = connection_get(connection_id=connection_id, workspace=workspace, environment=actor.environment)
     tokens: list[tuple[str, str]] = []
     with transaction.atomic():
         locked = lock_row(connection.id)

@@ -57,10 +57,11 @@ def _checked(provider, params: dict | None, credentials: dict[str, str]) -> str:
 def static_connection_create(
     *, workspace: str, user_id: str, provider_name: str, params: dict | None, credentials: dict[str, str], actor: Actor
 ) -> Connection:
-    provider = provider_get_by_name(provider_name)
+    provider = provider_get_by_name(provider_name, workspace=workspace, environment=actor.environment)
     stored = _checked(provider, params, credentials)
     connection = Connection(
         workspace=workspace,
+        environment=actor.environment,
         user_id=user_id,
         provider=provider,
         scopes=[],
@@ -77,7 +78,7 @@ def static_credentials_replace(
     *, connection_id: str, workspace: str, credentials: dict[str, str], actor: Actor
 ) -> Connection:
     """Replace the credential of a static connection in place (same id), verified first."""
-    connection = connection_get(connection_id=connection_id, workspace=workspace)
+    connection = connection_get(connection_id=connection_id, workspace=workspace, environment=actor.environment)
     if connection.flow not in ("api_key", "basic"):
         raise InvalidRequest("this connection was made by OAuth consent; its tokens cannot be replaced")
     stored = _checked(connection.provider, connection.params, credentials)

@@ -167,3 +167,6 @@ def test_the_gateway_calls_the_paths_the_broker_serves():
         path = wire.internal_path(template, "c_abc")
         assert resolve(path, urlconf="dromos.urls_broker").kwargs.get("connection_id", "c_abc") == "c_abc"
     assert resolve(wire.internal_path(wire.PROVIDERS), urlconf="dromos.urls_broker")
+    assert resolve(wire.internal_path(wire.WORKSPACE_PROVIDERS), urlconf="dromos.urls_broker")
+    named = resolve(wire.internal_path(wire.WORKSPACE_PROVIDER, name="google"), urlconf="dromos.urls_broker")
+    assert named.kwargs == {"name": "google"}

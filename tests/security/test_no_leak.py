@@ -557,6 +557,26 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(
         responses.append(("static check", stack.call("GET", f"/v1/check-connection/{cid_static}", key)))
     assert served[-2].json()["access_token"] == new_key and served[-1].json()["password"] == password
 
+    # 13. A workspace's own provider app (issue 19): its secret written, rotated, the row read
+    # back and listed; refused writes echo nothing.
+    own_secret, rotated_secret = ("ws-secret-" + secrets.token_urlsafe(24) for _ in range(2))
+    evidence.secret("workspace provider client secret", own_secret)
+    evidence.secret("workspace provider client secret (rotated)", rotated_secret)
+    own_path = "/internal/v1/workspace-providers/google"
+    ws_headers = {"X-Dromos-Workspace": "ws-a"}
+    for what, method, body in (
+        ("workspace provider created", "PUT", {"template": "google", "client_id": "c", "client_secret": own_secret}),
+        ("workspace provider rotated", "PUT", {"client_secret": rotated_secret}),
+        ("workspace provider refused", "PUT", {"client_secret": own_secret, "token_url": "https://x.example"}),
+        ("workspace provider read", "GET", None),
+    ):
+        answer = stack.broker(method, own_path, headers=ws_headers, json=body)
+        assert answer.status_code < 500, answer.text
+        responses.append((what, answer))
+    responses.append(
+        ("workspace providers", stack.broker("GET", "/internal/v1/workspace-providers", headers=ws_headers))
+    )
+
     # Every token the provider issued was seen, and some were really served.
     assert sum(name == "access_token" for name in evidence.secrets.values()) >= 6
     assert any(r.json().get("access_token") in evidence.secrets for r in served)

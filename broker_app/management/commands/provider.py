@@ -5,23 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 
 from broker_app.models import Provider
-from broker_app.oauth import oidc
 from broker_app.providers import catalog_docs, catalog_io
-from broker_app.providers.registry import resolve, resolve_static, set_client_secret
-from broker_app.providers.spec import (
-    ProviderConfigError,
-    builtin_catalog,
-    catalog,
-    extra_catalog,
-    missing_params,
-    param_specs,
-    resolve_values,
-)
+from broker_app.providers.spec import builtin_catalog, catalog, extra_catalog
+from broker_app.services.providers import Owner, provider_upsert
+from dromos import wire
+from dromos.errors import InvalidRequest
 
 
 def _key_value(raw: str) -> tuple[str, str]:
@@ -40,6 +31,10 @@ class Command(BaseCommand):
         )
         upsert = sub.add_parser("upsert", help="Create or update a provider")
         upsert.add_argument("--name", required=True, help="Provider name agents use (e.g. google)")
+        upsert.add_argument("--workspace", help="The owning workspace (default: shared by every workspace)")
+        upsert.add_argument(
+            "--environment", help=f"The owning workspace's environment (default: {wire.DEFAULT_ENVIRONMENT})"
+        )
         upsert.add_argument(
             "--template", help="Catalog template key (default: the name, or 'oidc' with --discovery-url)"
         )
@@ -64,9 +59,12 @@ class Command(BaseCommand):
         upsert.add_argument("--token-auth", choices=[c.value for c in Provider.TokenAuth])
         upsert.add_argument("--disable", action="store_true")
         upsert.add_argument("--no-check", action="store_true", help="Do not resolve endpoints after saving")
-        sub.add_parser("list", help="List configured providers")
+        listing = sub.add_parser("list", help="List configured providers")
+        listing.add_argument("--workspace", help="Only this workspace's own providers")
         remove = sub.add_parser("remove", help="Remove a provider without connections (else disable it)")
         remove.add_argument("--name", required=True)
+        remove.add_argument("--workspace", help="The owning workspace (default: the shared provider)")
+        remove.add_argument("--environment", help=f"default: {wire.DEFAULT_ENVIRONMENT}")
         sub.add_parser("templates", help="List catalog templates")
         imp = sub.add_parser(
             "import",
@@ -86,12 +84,16 @@ class Command(BaseCommand):
         if action == "upsert":
             self._upsert(options)
         elif action == "list":
-            for provider in Provider.objects.all():
+            providers = Provider.objects.all()
+            if options["workspace"]:
+                providers = providers.filter(workspace=options["workspace"])
+            for provider in providers:
                 state = "enabled" if provider.enabled else "disabled"
                 has_secret = "secret set" if provider.client_secret_enc else "no secret"
+                owner = f"\tworkspace={provider.workspace}/{provider.environment}" if provider.workspace else ""
                 self.stdout.write(
                     f"{provider.name}\t{provider.template}\t{state}\t"
-                    f"client_id={provider.client_id or '-'}\t{has_secret}"
+                    f"client_id={provider.client_id or '-'}\t{has_secret}{owner}"
                 )
         elif action == "templates":
             imported = extra_catalog()
@@ -105,7 +107,13 @@ class Command(BaseCommand):
         elif action == "docs":
             self._docs(options)
         elif action == "remove":
-            provider = Provider.objects.filter(name=options["name"].lower()).first()
+            try:
+                owner = Owner.of(options["workspace"], options["environment"])
+            except InvalidRequest as exc:
+                raise CommandError(exc.message) from None
+            provider = Provider.objects.filter(
+                workspace=owner.workspace, environment=owner.environment, name=options["name"].lower()
+            ).first()
             if provider is None:
                 raise CommandError(f"no provider named {options['name']!r}")
             if provider.connections.exists():
@@ -116,81 +124,62 @@ class Command(BaseCommand):
                 provider.delete()
                 self.stdout.write(f"removed provider {options['name']}")
 
-    @transaction.atomic
     def _upsert(self, options):
-        name = options["name"].strip().lower()
-        provider = Provider.objects.filter(name=name).first() or Provider(name=name)
-        template_key = (
-            options["template"]
-            or provider.template
-            or (name if name in catalog() else ("oidc" if options["discovery_url"] else None))
-        )
-        if template_key not in catalog():
-            raise CommandError(f"unknown template {template_key!r}; see `manage.py provider templates`")
-        provider.template = template_key
-        for option, field in (
-            ("display_name", "display_name"),
-            ("discovery_url", "discovery_url"),
-            ("authorize_url", "authorize_url"),
-            ("token_url", "token_url"),
-            ("revocation_url", "revocation_url"),
-            ("userinfo_url", "userinfo_url"),
-            ("api_base_url", "api_base_url"),
-            ("client_id", "client_id"),
-            ("token_auth", "token_auth"),
+        try:
+            owner = Owner.of(options["workspace"], options["environment"] if options["workspace"] else None)
+        except InvalidRequest as exc:
+            raise CommandError(exc.message) from None
+        if options["environment"] and not options["workspace"]:
+            raise CommandError("--environment needs --workspace (a shared provider serves every environment)")
+        fields: dict = {}
+        for option in (
+            "template",
+            "display_name",
+            "discovery_url",
+            "authorize_url",
+            "token_url",
+            "revocation_url",
+            "userinfo_url",
+            "api_base_url",
+            "client_id",
+            "token_auth",
         ):
             if options[option] is not None:
-                setattr(provider, field, options[option])
+                fields[option] = options[option]
         if options["default_scopes"] is not None:
-            provider.default_scopes = options["default_scopes"].split()
+            fields["default_scopes"] = options["default_scopes"].split()
+        existing = Provider.objects.filter(
+            workspace=owner.workspace, environment=owner.environment, name=options["name"].strip().lower()
+        ).first()
         if options["authorize_param"]:
             extra = dict(map(_key_value, options["authorize_param"]))
-            provider.authorize_params = {**provider.authorize_params, **extra}
+            fields["authorize_params"] = {**(existing.authorize_params if existing else {}), **extra}
         if options["setting"]:
             values = dict(map(_key_value, options["setting"]))
             if "allowed_tenants" in values:
                 values["allowed_tenants"] = [t for t in values["allowed_tenants"].split(",") if t]
-            provider.settings = {**provider.settings, **values}
-        provider.enabled = not options["disable"]
-        if options["client_secret"] is not None:
-            set_client_secret(provider, options["client_secret"])
-        created = provider._state.adding
+            fields["settings"] = {**(existing.settings if existing else {}), **values}
+        fields["enabled"] = not options["disable"]
         try:
-            provider.full_clean(exclude=["client_secret_enc"])
-        except ValidationError as exc:
-            problems = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items())
-            raise CommandError(f"provider not saved: {problems}") from None
-        entry = catalog()[template_key]
-        try:
-            # Template values (tenant, shop, host …) must fit the catalog's pattern, always:
-            # they become part of the URLs the broker calls.
-            fixed = resolve_values(entry, fixed=provider.settings, given={})
-        except ProviderConfigError as exc:
-            raise CommandError(f"provider not saved: {exc}") from None
-        specs = param_specs(entry)
-        operator_missing = [name for name in missing_params(entry, fixed) if specs[name].operator_only]
-        if operator_missing:
-            name = operator_missing[0]
-            raise CommandError(
-                f"provider not saved: template {template_key} needs --setting {name}=… (e.g. {specs[name].example})"
+            provider, created = provider_upsert(
+                owner=owner,
+                name=options["name"],
+                fields=fields,
+                client_secret=options["client_secret"],
+                check=not options["no_check"],
+                operator=True,
             )
-        provider.save()
-        if not options["no_check"]:
-            oidc.cache_clear()
-            if not missing_params(entry, fixed):
-                try:
-                    if entry.get("auth_mode", "oauth2") == "oauth2":
-                        resolve(provider)
-                    else:
-                        resolve_static(provider)
-                except ProviderConfigError as exc:
-                    # Raised inside the transaction: nothing is saved.
-                    raise CommandError(
-                        f"provider not saved, it would not be usable: {exc} (use --no-check to save anyway)"
-                    ) from None
+        except InvalidRequest as exc:
+            message = exc.message
+            if "needs the setting" in message:  # the command's spelling of it
+                message = message.replace("needs the setting ", "needs --setting ").replace(" (e.g. ", "=… (e.g. ")
+            if "would not be usable" in message:
+                message += " (use --no-check to save anyway)"
+            raise CommandError(message) from None
+        owned = f" for workspace {owner.workspace} ({owner.environment})" if owner.workspace else ""
         self.stdout.write(
-            f"{'created' if created else 'updated'} provider {provider.name} "
-            f"(template {template_key}, id {provider.pk})"
+            f"{'created' if created else 'updated'} provider {provider.name}{owned} "
+            f"(template {provider.template}, id {provider.pk})"
         )
 
     def _import(self, options):

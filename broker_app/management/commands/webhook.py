@@ -8,6 +8,7 @@ from django.db.models import Count, Q
 
 from broker_app.models import WebhookDelivery, WebhookEndpoint
 from broker_app.webhooks import EVENTS, WebhookError, webhook_endpoint_create, webhook_endpoint_remove
+from dromos import wire
 
 
 def _endpoint(options) -> WebhookEndpoint:
@@ -18,7 +19,11 @@ def _endpoint(options) -> WebhookEndpoint:
             raise CommandError(f"no webhook with id {options['id']!r}") from None
     if not (options.get("workspace") and options.get("url")):
         raise CommandError("name the webhook with --id, or with --workspace and --url")
-    endpoint = WebhookEndpoint.objects.filter(workspace=options["workspace"], url=options["url"]).first()
+    endpoint = WebhookEndpoint.objects.filter(
+        workspace=options["workspace"],
+        environment=options.get("environment") or wire.DEFAULT_ENVIRONMENT,
+        url=options["url"],
+    ).first()
     if endpoint is None:
         raise CommandError(f"workspace {options['workspace']!r} has no webhook for that url")
     return endpoint
@@ -34,6 +39,7 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True, metavar="{add,list,remove,deliveries}")
         add = sub.add_parser("add", help="Add a webhook for a workspace (prints the signing secret once)")
         add.add_argument("--workspace", required=True)
+        add.add_argument("--environment", default=wire.DEFAULT_ENVIRONMENT, help="The workspace's environment")
         add.add_argument("--url", required=True, help="https URL that receives POSTed JSON events")
         add.add_argument(
             "--event",
@@ -48,10 +54,12 @@ class Command(BaseCommand):
         remove.add_argument("--id")
         remove.add_argument("--workspace")
         remove.add_argument("--url")
+        remove.add_argument("--environment")
         deliveries = sub.add_parser("deliveries", help="Show the latest deliveries of a webhook")
         deliveries.add_argument("--id")
         deliveries.add_argument("--workspace")
         deliveries.add_argument("--url")
+        deliveries.add_argument("--environment")
         deliveries.add_argument("--limit", type=int, default=20)
 
     def handle(self, *args, **options):
@@ -60,7 +68,10 @@ class Command(BaseCommand):
     def _add(self, options):
         try:
             endpoint, secret = webhook_endpoint_create(
-                workspace=options["workspace"], url=options["url"], events=options["event"]
+                workspace=options["workspace"],
+                url=options["url"],
+                events=options["event"],
+                environment=options["environment"],
             )
         except WebhookError as exc:
             raise CommandError(str(exc)) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from dromos.wire import DEFAULT_ENVIRONMENT
 from gateway_app.egress import PolicyError, apikey_set_policy, policy_load, rule_parse
 from gateway_app.keys import apikey_create, apikey_revoke
 from gateway_app.models import ALL_SCOPES, ApiKey
@@ -18,6 +19,11 @@ class Command(BaseCommand):
         create = sub.add_parser("create", help="Create a key (printed once)")
         create.add_argument("--workspace", required=True)
         create.add_argument("--name", required=True)
+        create.add_argument(
+            "--environment",
+            default=DEFAULT_ENVIRONMENT,
+            help=f"The workspace's environment (default: {DEFAULT_ENVIRONMENT})",
+        )
         create.add_argument(
             "--scope",
             action="append",
@@ -42,12 +48,16 @@ class Command(BaseCommand):
             try:
                 with transaction.atomic():
                     key, plaintext = apikey_create(
-                        workspace=options["workspace"], name=options["name"], scopes=options["scope"] or None
+                        workspace=options["workspace"],
+                        name=options["name"],
+                        scopes=options["scope"] or None,
+                        environment=options["environment"],
                     )
                     if rules is not None:
                         apikey_set_policy(key=key, rules=rules)
             except ValueError as exc:
                 raise CommandError(str(exc)) from None
+            self.stderr.write(f"environment {key.environment}")
             self.stderr.write(f"created key {key.prefix} for workspace {key.workspace}; it is shown once:")
             self.stdout.write(plaintext)
         elif action == "list":
@@ -61,6 +71,8 @@ class Command(BaseCommand):
                     f"{key.prefix}\t{key.workspace}\t{key.name}\t{status}\tlast_used={used}\t"
                     f"scopes={','.join(key.scopes) or 'all'}"
                     + ("" if key.egress_policy is None else f"\tpolicy={len(key.egress_policy)} rule(s)")
+                    # Production (the default, and every key older than environments) says nothing.
+                    + ("" if key.environment == DEFAULT_ENVIRONMENT else f"\tenvironment={key.environment}")
                 )
         elif action == "policy":
             key = ApiKey.objects.filter(prefix=options["prefix"]).first()
