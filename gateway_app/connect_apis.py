@@ -10,6 +10,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 
 from dromos import wire
 from dromos.errors import InvalidRequest
+from gateway_app import restrictions
 from gateway_app.apis import (
     CONNECTION_ID_PARAMETER,
     ERRORS,
@@ -32,6 +33,7 @@ SESSION_ID_PARAMETER = OpenApiParameter(
 
 class ConnectSessionCreateApi(GatewayApi):
     required_scope = "connections:write"
+    restrict = staticmethod(restrictions.restrict_session)
 
     @extend_schema(
         operation_id="create_connect_session",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 import threading
@@ -32,7 +33,7 @@ from django.utils import timezone
 
 from dromos import redis as shared_redis
 from gateway_app.metrics import degraded
-from gateway_app.models import ALL_SCOPES, ApiKey
+from gateway_app.models import ALL_SCOPES, KNOWN_SCOPES, ApiKey
 
 KEY_PATTERN = re.compile(r"^dk_([a-z0-9]{8})_([A-Za-z0-9_-]{43})$")
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -46,6 +47,13 @@ class Principal:
     workspace: str
     prefix: str
     scopes: frozenset[str]
+    # Narrow keys (issue 19; gateway_app.restrictions): None / "" means unrestricted.
+    expires_at: float | None = None  # time.time() from which the key is refused (401)
+    providers: frozenset[str] | None = None
+    user_ids: frozenset[str] | None = None
+    user_prefix: str = ""
+    networks: tuple | None = None
+    narrow: bool = False  # limited to some users or providers
 
     @property
     def is_authenticated(self) -> bool:
@@ -54,14 +62,50 @@ class Principal:
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
 
+    def allows_user(self, user_id: str) -> bool:
+        if self.user_ids is None and not self.user_prefix:
+            return True
+        return (self.user_ids is not None and user_id in self.user_ids) or (
+            bool(self.user_prefix) and user_id.startswith(self.user_prefix)
+        )
+
+    def allows_provider(self, name: str) -> bool:
+        return self.providers is None or name.lower() in self.providers
+
+
+RESTRICTION_FIELDS = ("expires_at", "allowed_providers", "allowed_user_ids", "user_id_prefix", "allowed_cidrs")
+
+
+def _restrictions(key: ApiKey) -> dict:
+    """The Principal's restriction fields (gateway_app.restrictions), read once per cache fill."""
+    if not (key.expires_at or key.allowed_providers is not None or key.allowed_user_ids is not None) and not (
+        key.user_id_prefix or key.allowed_cidrs is not None
+    ):
+        return {}
+    providers = frozenset(key.allowed_providers) if key.allowed_providers is not None else None
+    user_ids = frozenset(key.allowed_user_ids) if key.allowed_user_ids is not None else None
+    return {
+        "expires_at": key.expires_at.timestamp() if key.expires_at else None,
+        "providers": providers,
+        "user_ids": user_ids,
+        "user_prefix": key.user_id_prefix or "",
+        "networks": tuple(ipaddress.ip_network(c, strict=False) for c in key.allowed_cidrs)
+        if key.allowed_cidrs is not None
+        else None,
+        "narrow": providers is not None or user_ids is not None or bool(key.user_id_prefix),
+    }
+
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def apikey_create(*, workspace: str, name: str, scopes: list[str] | None = None) -> tuple[ApiKey, str]:
-    """Create a key; return the row and the plaintext key (shown once, never stored)."""
-    unknown = set(scopes or []) - set(ALL_SCOPES)
+def apikey_create(
+    *, workspace: str, name: str, scopes: list[str] | None = None, configure: Callable[[ApiKey], None] | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key; return the row and the plaintext key (shown once, never stored).
+    `configure` sets more fields (restrictions, parent) on the row before it is saved."""
+    unknown = set(scopes or []) - set(KNOWN_SCOPES)
     if unknown:
         raise ValueError(f"unknown scope(s): {', '.join(sorted(unknown))}")
     if not workspace or not re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", workspace):
@@ -74,19 +118,30 @@ def apikey_create(*, workspace: str, name: str, scopes: list[str] | None = None)
         if not ApiKey.objects.filter(prefix=prefix).exists():
             break
     plaintext = f"dk_{prefix}_{secrets.token_urlsafe(32)}"
-    key = ApiKey.objects.create(
+    key = ApiKey(
         workspace=workspace, name=name, prefix=prefix, key_digest=_digest(plaintext), scopes=sorted(scopes or [])
     )
+    if configure is not None:
+        configure(key)
+    key.save(force_insert=True)
     return key, plaintext
 
 
 @transaction.atomic
-def apikey_revoke(*, prefix: str) -> ApiKey:
-    key = ApiKey.objects.select_for_update().get(prefix=prefix)
-    if key.revoked_at is None:
-        key.revoked_at = timezone.now()
-        key.save(update_fields=["revoked_at"])
-    transaction.on_commit(lambda: _announce_revocation(prefix))
+def apikey_revoke(*, prefix: str, workspace: str | None = None) -> ApiKey:
+    """Revoke a key and every key minted from it (and from those, …): a minted key never
+    outlives its parent. `workspace` scopes the lookup (DoesNotExist otherwise)."""
+    keys = ApiKey.objects.select_for_update()
+    key = (keys.filter(workspace=workspace) if workspace is not None else keys).get(prefix=prefix)
+    now, prefixes, level = timezone.now(), [key.prefix], [key.pk]
+    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=now)
+    while level:  # minted keys (issue 19), revoked in the same transaction
+        children = list(ApiKey.objects.select_for_update().filter(parent_id__in=level).values_list("pk", "prefix"))
+        ApiKey.objects.filter(pk__in=[pk for pk, _ in children], revoked_at__isnull=True).update(revoked_at=now)
+        prefixes += [p for _, p in children]
+        level = [pk for pk, _ in children]
+    key.refresh_from_db(fields=["revoked_at"])
+    transaction.on_commit(lambda: [_announce_revocation(p) for p in prefixes])
     return key
 
 
@@ -157,6 +212,8 @@ def apikey_verify(presented: str, *, before_lookup: Callable[[], None] | None = 
         _, stored_digest, principal, _ = cached
         if not hmac.compare_digest(stored_digest, presented_digest):
             return None
+        if principal.expires_at is not None and principal.expires_at <= time.time():
+            return None  # expired (issue 19): 401 like a revoked key
         if _revoked_elsewhere(prefix):
             _cache_forget(prefix)
             return None
@@ -165,13 +222,19 @@ def apikey_verify(presented: str, *, before_lookup: Callable[[], None] | None = 
         before_lookup()
     key = (
         ApiKey.objects.filter(prefix=prefix)
-        .only("id", "workspace", "prefix", "key_digest", "scopes", "revoked_at", "last_used_at")
+        .only("id", "workspace", "prefix", "key_digest", "scopes", "revoked_at", "last_used_at", *RESTRICTION_FIELDS)
         .first()
     )
     if key is None or key.revoked_at is not None or not hmac.compare_digest(key.key_digest, presented_digest):
         return None
+    if key.expires_at is not None and key.expires_at <= timezone.now():
+        return None
     principal = Principal(
-        key_id=key.id, workspace=key.workspace, prefix=key.prefix, scopes=frozenset(key.scopes or ALL_SCOPES)
+        key_id=key.id,
+        workspace=key.workspace,
+        prefix=key.prefix,
+        scopes=frozenset(key.scopes or ALL_SCOPES),
+        **_restrictions(key),
     )
     if key.last_used_at is None or timezone.now() - key.last_used_at > LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())
