@@ -98,8 +98,9 @@ class WebhookListApi(APIView):
                     events=serializer.validated_data.get("events"),
                 )
                 _audit(request, "webhook.created", {"webhook_id": str(endpoint.pk), "url": endpoint.url})
-        except WebhookError as exc:
-            raise InvalidRequest(str(exc), details={"url": [str(exc)]}) from None
+        except (WebhookError, ValueError) as exc:  # urlsplit's ValueError: "Invalid IPv6 URL"
+            message = str(exc)[:200]
+            raise InvalidRequest(message, details={"url": [message]}) from None
         return no_store(Response({**webhook_as_dict(endpoint), "secret": secret}, status=201))
 
 

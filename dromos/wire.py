@@ -498,9 +498,22 @@ class AuditQuerySerializer(serializers.Serializer):
     until = serializers.DateTimeField(required=False, help_text="Rows created before (ISO 8601; default now)")
 
     def validate(self, attrs):
+        for name in ("since", "until"):
+            if attrs.get(name) is not None:
+                attrs[name] = utc_moment(attrs[name], name)
         if attrs.get("since") and attrs.get("until") and attrs["since"] >= attrs["until"]:
             raise serializers.ValidationError({"until": ["must be after since"]})
         return attrs
+
+
+def utc_moment(value, name: str):
+    """`value` in UTC; a moment outside what UTC can hold (year 1 at +05:00) is a 400."""
+    from datetime import UTC
+
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise serializers.ValidationError({name: ["out of range"]}) from None
 
 
 class AuditPageQuerySerializer(AuditQuerySerializer):

@@ -99,6 +99,9 @@ class KeyCreateInputSerializer(_Restrictions):
         help_text="Mint a short-lived key (seconds): revoked with the creating key",
     )
 
+    def validate_expires_at(self, value):
+        return wire.utc_moment(value, "expires_at")
+
 
 class KeySerializer(serializers.Serializer):
     prefix = serializers.CharField()
