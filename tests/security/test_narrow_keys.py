@@ -79,9 +79,7 @@ def test_a_key_limited_to_users_sees_only_their_connections(stack, two_users):
         assert stack.call("GET", "/v1/connections?user_id=team-2:bob", key).status_code == 403
         listed = stack.call("GET", "/v1/connections?user_id=team-1:alice", key)
         assert listed.status_code == 200 and {c["user_id"] for c in listed.json()["results"]} == {"team-1:alice"}
-        session = stack.call(
-            "POST", "/v1/connect-sessions", key, json={"user_id": "team-2:bob", "return_url": RETURN}
-        )
+        session = stack.call("POST", "/v1/connect-sessions", key, json={"user_id": "team-2:bob", "return_url": RETURN})
         assert session.status_code == 403
         reconnect_other = stack.call(
             "POST", "/v1/connect-sessions", key, json={"reconnect": theirs, "return_url": RETURN}
@@ -102,7 +100,10 @@ def test_a_key_limited_to_providers(stack, two_users):
     assert stack.call("GET", "/v1/connections?provider_name=fake", other).status_code == 403
     assert stack.call("GET", "/v1/connections?provider_name=GitHub", other).status_code == 200
     offered = stack.call(
-        "POST", "/v1/connect-sessions", other, json={"user_id": "u", "return_url": RETURN, "allowed_providers": ["fake"]}
+        "POST",
+        "/v1/connect-sessions",
+        other,
+        json={"user_id": "u", "return_url": RETURN, "allowed_providers": ["fake"]},
     )
     assert offered.status_code == 403
     same = narrow(providers=["FAKE"])  # names compare case-insensitively
