@@ -54,6 +54,10 @@ WEBHOOK_DELIVERIES = "internal/v1/webhooks/{webhook_id}/deliveries"
 WEBHOOK_REDELIVER = "internal/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"
 AUDIT_EVENTS = "internal/v1/audit"
 AUDIT_EXPORT = "internal/v1/audit/export"
+# a workspace's own provider apps (issue 19, served by the broker from h19a's branch): list
+# (own and shared), and one by `{name}` (GET, PUT to create or replace, DELETE)
+WORKSPACE_PROVIDERS = "internal/v1/workspace-providers"
+WORKSPACE_PROVIDER = "internal/v1/workspace-providers/{name}"
 
 
 def internal_path(template: str, connection_id: str | None = None, *, session_id: str | None = None, **ids: str) -> str:
@@ -538,3 +542,53 @@ class AuditEventSerializer(serializers.Serializer):
 class AuditPageSerializer(serializers.Serializer):
     next = serializers.CharField(allow_null=True, help_text="The next (older) page, null on the last")
     results = AuditEventSerializer(many=True)
+
+
+# -- a workspace's provider apps (issue 19): the bodies of /v1/workspace-providers ---------------
+TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+
+
+class ProviderUpsertInputSerializer(serializers.Serializer):
+    template = serializers.CharField(
+        required=False, max_length=64, help_text="Required for a new row unless the name is a catalog key"
+    )
+    display_name = serializers.CharField(required=False, max_length=128)
+    client_id = serializers.CharField(required=False, max_length=512)
+    client_secret = serializers.CharField(
+        required=False, max_length=4096, trim_whitespace=False, write_only=True, help_text="Write-only: never answered"
+    )
+    default_scopes = serializers.ListField(
+        child=serializers.CharField(max_length=256, validators=[validate_scope_token]), required=False, max_length=100
+    )
+    authorize_params = serializers.DictField(child=serializers.CharField(max_length=512), required=False)
+    settings = serializers.DictField(required=False, help_text="Catalog keys (broker_app/providers/spec.py)")
+    token_auth = serializers.ChoiceField(choices=TOKEN_AUTH_METHODS, required=False)
+    enabled = serializers.BooleanField(required=False)
+
+    def validate(self, attrs):
+        unknown = sorted(set(self.initial_data) - set(self.fields)) if isinstance(self.initial_data, dict) else []
+        if unknown:
+            message = "not a field a workspace may set (endpoint URLs are the operator's)"
+            raise serializers.ValidationError({str(name)[:64]: [message] for name in unknown})
+        return attrs
+
+
+class ProviderAdminSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    shared = serializers.BooleanField(help_text="The operator's default (read-only for the workspace)")
+    environment = serializers.CharField(allow_null=True)
+    template = serializers.CharField()
+    display_name = serializers.CharField()
+    client_id = serializers.CharField()
+    client_secret_set = serializers.BooleanField(help_text="Whether a secret is stored; the secret is never answered")
+    default_scopes = serializers.ListField(child=serializers.CharField())
+    authorize_params = serializers.DictField(child=serializers.CharField())
+    settings = serializers.DictField()
+    token_auth = serializers.CharField()
+    enabled = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class ProviderAdminListSerializer(serializers.Serializer):
+    providers = ProviderAdminSerializer(many=True)

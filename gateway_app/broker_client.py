@@ -115,6 +115,8 @@ class BrokerClient:
             raise BrokerUnavailable("the broker is unreachable; retry shortly", retry_after=2) from None
         status, content = response.status, response.data
         observe_broker_call(method, path, str(status), started)
+        if status == 204 and not content:  # deleted, nothing to say (DELETE workspace-providers)
+            return BrokerAnswer(204, b"", None)
         content_type = response.headers.get("Content-Type", "")
         if not content_type.startswith("application/json") or not content.startswith(b"{"):
             logger.warning("broker answered without JSON", extra={"status": status})

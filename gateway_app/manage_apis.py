@@ -25,6 +25,7 @@ from rest_framework import serializers
 from dromos import wire
 from dromos.errors import BadGateway, InvalidRequest, NotFound
 from dromos.http import no_store
+from gateway_app import restrictions
 from gateway_app.apis import ERRORS, GatewayApi, _query, relay_answer, request_client_ip
 from gateway_app.broker_client import BrokerAnswer, broker
 from gateway_app.keys import apikey_revoke
@@ -345,6 +346,77 @@ class WebhookRedeliverApi(ManageApi):
         _check(delivery_id, UUID, "delivery_id")
         path = wire.internal_path(wire.WEBHOOK_REDELIVER, webhook_id=webhook_id, delivery_id=delivery_id)
         return relay_answer(self.relay("POST", path))
+
+
+# -- a workspace's provider apps (the broker's /internal/v1/workspace-providers) -----------------
+
+PROVIDER_NAME = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+PROVIDER_PARAMETER = _path_parameter("name", PROVIDER_NAME, "The provider's name (lower case)")
+
+
+def _restrict_provider(request, principal) -> None:
+    """An admin key limited to some providers manages only those (403 otherwise)."""
+    name = request.parser_context["kwargs"].get("name") if request.parser_context else None
+    if isinstance(name, str):
+        restrictions.check_target(principal, provider_name=name)
+
+
+class WorkspaceProviderListApi(ManageApi):
+    @extend_schema(
+        operation_id="list_workspace_providers",
+        responses={200: wire.ProviderAdminListSerializer, **MANAGE_ERRORS},
+        description="Per name, the provider row this workspace uses: its own, or the shared one "
+        "(`shared: true`, read-only). Never a secret.",
+    )
+    def get(self, request):
+        return relay_answer(self.relay("GET", wire.internal_path(wire.WORKSPACE_PROVIDERS)))
+
+
+class WorkspaceProviderDetailApi(ManageApi):
+    restrict = staticmethod(_restrict_provider)
+
+    @extend_schema(
+        operation_id="get_workspace_provider",
+        parameters=[PROVIDER_PARAMETER],
+        responses={200: wire.ProviderAdminSerializer, **MANAGE_ERRORS},
+        description="The workspace's own row (a shared one, or another workspace's: 404).",
+    )
+    def get(self, request, name: str):
+        _check(name, PROVIDER_NAME, "name")
+        return relay_answer(self.relay("GET", wire.internal_path(wire.WORKSPACE_PROVIDER, name=name.lower())))
+
+    @extend_schema(
+        operation_id="upsert_workspace_provider",
+        parameters=[PROVIDER_PARAMETER],
+        request=wire.ProviderUpsertInputSerializer,
+        responses={200: wire.ProviderAdminSerializer, 201: wire.ProviderAdminSerializer, **MANAGE_ERRORS},
+        description="Create (201) or update (200) the workspace's own provider app; fields left out keep "
+        "their value; `client_secret` is write-only. Endpoint URLs are the operator's (400).",
+    )
+    def put(self, request, name: str):
+        _check(name, PROVIDER_NAME, "name")
+        serializer = wire.ProviderUpsertInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        path = wire.internal_path(wire.WORKSPACE_PROVIDER, name=name.lower())
+        return relay_answer(self.relay("PUT", path, json=dict(serializer.validated_data)), cacheable=False)
+
+    @extend_schema(
+        operation_id="delete_workspace_provider",
+        parameters=[PROVIDER_PARAMETER],
+        responses={
+            204: OpenApiResponse(description="Deleted"),
+            409: OpenApiResponse(wire.ErrorSerializer, description="provider_in_use: it has connections"),
+            **MANAGE_ERRORS,
+        },
+        description="Refused (409 `provider_in_use`) while the provider has connections: disable it with "
+        "`enabled: false`, or revoke them first.",
+    )
+    def delete(self, request, name: str):
+        _check(name, PROVIDER_NAME, "name")
+        answer = self.relay("DELETE", wire.internal_path(wire.WORKSPACE_PROVIDER, name=name.lower()))
+        if answer.status == 204:
+            return HttpResponse(status=204)
+        return relay_answer(answer)
 
 
 # -- the audit log --------------------------------------------------------------------------------------

@@ -43,6 +43,8 @@ urlpatterns = [
         "v1/webhooks/<str:webhook_id>/deliveries/<str:delivery_id>/redeliver",
         manage_apis.WebhookRedeliverApi.as_view(),
     ),
+    path("v1/workspace-providers", manage_apis.WorkspaceProviderListApi.as_view()),
+    path("v1/workspace-providers/<str:name>", manage_apis.WorkspaceProviderDetailApi.as_view()),
     path("v1/audit", manage_apis.AuditListApi.as_view()),
     path("v1/audit/export", manage_apis.AuditExportApi.as_view()),
 ]

@@ -240,3 +240,49 @@ func (c *Client) ExportAuditEvents(ctx context.Context, q AuditQuery) ([]map[str
 func errEmpty(what string) error {
 	return errors.New("oauthsdk: empty " + what)
 }
+
+// ListWorkspaceProviders lists, per name, the provider app the workspace uses:
+// its own or the shared one (Shared true). Never a secret: GET /v1/workspace-providers.
+func (c *Client) ListWorkspaceProviders(ctx context.Context) ([]ProviderAdmin, error) {
+	var out ProviderAdminList
+	if err := c.do(ctx, http.MethodGet, "/v1/workspace-providers", nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Providers, nil
+}
+
+// GetWorkspaceProvider reads the workspace's own provider app (a shared one is
+// not the workspace's: 404): GET /v1/workspace-providers/{name}.
+func (c *Client) GetWorkspaceProvider(ctx context.Context, name string) (*ProviderAdmin, error) {
+	if name == "" {
+		return nil, errEmpty("provider name")
+	}
+	var out ProviderAdmin
+	if err := c.do(ctx, http.MethodGet, "/v1/workspace-providers/"+url.PathEscape(name), nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// UpsertWorkspaceProvider creates or updates the workspace's own provider app:
+// PUT /v1/workspace-providers/{name}. Fields left nil keep their value;
+// ClientSecret is write-only.
+func (c *Client) UpsertWorkspaceProvider(ctx context.Context, name string, in ProviderUpsertInput) (*ProviderAdmin, error) {
+	if name == "" {
+		return nil, errEmpty("provider name")
+	}
+	var out ProviderAdmin
+	if err := c.do(ctx, http.MethodPut, "/v1/workspace-providers/"+url.PathEscape(name), nil, in, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// DeleteWorkspaceProvider deletes the workspace's own provider app: DELETE
+// /v1/workspace-providers/{name}; 409 provider_in_use while it has connections.
+func (c *Client) DeleteWorkspaceProvider(ctx context.Context, name string) error {
+	if name == "" {
+		return errEmpty("provider name")
+	}
+	return c.do(ctx, http.MethodDelete, "/v1/workspace-providers/"+url.PathEscape(name), nil, nil, nil)
+}

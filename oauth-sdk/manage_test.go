@@ -150,3 +150,28 @@ func mustJSON(v any) string {
 	data, _ := json.Marshal(v)
 	return string(data)
 }
+
+func TestWorkspaceProviders(t *testing.T) {
+	srv, seen := manageServer(t, 201, "application/json", `{"name": "google", "shared": false, "client_secret_set": true}`)
+	c, _ := newTestClient(t, srv.URL, RetryPolicy{})
+	id, secret := "c", "s"
+	out, err := c.UpsertWorkspaceProvider(context.Background(), "google", ProviderUpsertInput{ClientID: &id, ClientSecret: &secret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !out.ClientSecretSet || out.Shared {
+		t.Errorf("answer %+v", out)
+	}
+	got := (*seen)[0]
+	if got.method != "PUT" || got.path != "/v1/workspace-providers/google" || mustJSON(got.body) != `{"client_id":"c","client_secret":"s"}` {
+		t.Errorf("sent %s %s %v", got.method, got.path, got.body)
+	}
+	srv, seen = manageServer(t, 204, "", "")
+	c, _ = newTestClient(t, srv.URL, RetryPolicy{})
+	if err := c.DeleteWorkspaceProvider(context.Background(), "google"); err != nil {
+		t.Fatal(err)
+	}
+	if (*seen)[0].method != "DELETE" {
+		t.Errorf("sent %v", (*seen)[0])
+	}
+}

@@ -501,3 +501,41 @@ type AuditQuery struct {
 	Limit  int
 	Cursor string
 }
+
+// ProviderAdmin is a provider app as its workspace manages it: never the
+// secret, only whether one is set.
+type ProviderAdmin struct {
+	Name            string            `json:"name"`
+	Shared          bool              `json:"shared"`
+	Environment     *string           `json:"environment"`
+	Template        string            `json:"template"`
+	DisplayName     string            `json:"display_name"`
+	ClientID        string            `json:"client_id"`
+	ClientSecretSet bool              `json:"client_secret_set"`
+	DefaultScopes   []string          `json:"default_scopes"`
+	AuthorizeParams map[string]string `json:"authorize_params"`
+	Settings        map[string]any    `json:"settings"`
+	TokenAuth       string            `json:"token_auth"`
+	Enabled         bool              `json:"enabled"`
+	CreatedAt       time.Time         `json:"created_at"`
+	UpdatedAt       time.Time         `json:"updated_at"`
+}
+
+// ProviderAdminList is the answer of GET /v1/workspace-providers.
+type ProviderAdminList struct {
+	Providers []ProviderAdmin `json:"providers"`
+}
+
+// ProviderUpsertInput is the body of PUT /v1/workspace-providers/{name}: nil
+// fields are not sent (they keep their value).
+type ProviderUpsertInput struct {
+	Template        *string           `json:"template,omitempty"`
+	DisplayName     *string           `json:"display_name,omitempty"`
+	ClientID        *string           `json:"client_id,omitempty"`
+	ClientSecret    *string           `json:"client_secret,omitempty"`
+	DefaultScopes   []string          `json:"default_scopes,omitempty"`
+	AuthorizeParams map[string]string `json:"authorize_params,omitempty"`
+	Settings        map[string]any    `json:"settings,omitempty"`
+	TokenAuth       *string           `json:"token_auth,omitempty"`
+	Enabled         *bool             `json:"enabled,omitempty"`
+}

@@ -35,6 +35,10 @@ MANAGEMENT = (
     ("POST", f"/v1/webhooks/{uuid.uuid4()}/deliveries/{uuid.uuid4()}/redeliver"),
     ("GET", "/v1/audit"),
     ("GET", "/v1/audit/export?since=2026-01-01T00:00:00Z"),
+    ("GET", "/v1/workspace-providers"),
+    ("GET", "/v1/workspace-providers/google"),
+    ("PUT", "/v1/workspace-providers/google"),
+    ("DELETE", "/v1/workspace-providers/google"),
 )
 
 
@@ -46,7 +50,7 @@ def test_a_key_without_admin_gets_403_on_every_management_endpoint(stack):
     for scopes in (None, ["connections:read", "connections:write", "tokens:read", "tokens:refresh", "proxy"]):
         key = stack.key("ws-a", scopes=scopes)  # None: every scope but admin
         for method, path in MANAGEMENT:
-            response = stack.call(method, path, key, json={"name": "x"} if method == "POST" else None)
+            response = stack.call(method, path, key, json={"name": "x"} if method in ("POST", "PUT") else None)
             assert response.status_code == 403, (method, path, response.text)
             assert response.json()["error"] == "forbidden"
     assert ApiKey.objects.count() == 2 and not WebhookEndpoint.objects.exists()
@@ -309,3 +313,62 @@ def test_audit_log_filters_pages_and_exports(stack, fake_provider, fake_provider
     ):
         response = stack.call("GET", query, key)
         assert response.status_code == 400, (query, response.text)
+
+
+def test_workspace_provider_inputs_are_checked_before_the_broker(stack, settings):
+    settings.BROKER_INTERNAL_URL = "http://127.0.0.1:9"  # nothing listens: any broker call would be a 503
+    from gateway_app import broker_client
+
+    broker_client.reset()
+    key = admin(stack)
+    for name in ("-google", "go%20ogle", "x" * 65):
+        assert stack.call("GET", f"/v1/workspace-providers/{name}", key).status_code == 400, name
+    for body in (
+        {"client_id": "c", "token_url": "https://evil.example/token"},  # endpoint URLs are the operator's
+        {"client_id": "c", "discovery_url": "http://169.254.169.254/"},
+        {"token_auth": "private_key_jwt"},
+        {"default_scopes": ["has space"]},
+        {"enabled": "perhaps"},
+    ):
+        response = stack.call("PUT", "/v1/workspace-providers/google", key, json=body)
+        assert response.status_code == 400, (body, response.text)
+        assert "evil" not in response.text
+    limited = key_create_admin(stack, providers=["github"])
+    for method in ("GET", "PUT", "DELETE"):
+        response = stack.call(method, "/v1/workspace-providers/google", limited, json={} if method == "PUT" else None)
+        assert response.status_code == 403, (method, response.text)
+    # the broker is reached only for a well-formed call of a key allowed to make it
+    assert stack.call("GET", "/v1/workspace-providers/github", limited).status_code == 503
+
+
+def key_create_admin(stack, **restrictions) -> str:
+    from gateway_app.restrictions import key_create
+
+    return key_create(workspace="ws-a", name="admin", scopes=["admin"], **restrictions)[1]
+
+
+def test_workspace_provider_crud_through_the_gateway(stack, fake_provider_row):
+    """The broker side is per-workspace providers (broker_app/services/providers.py)."""
+    pytest.importorskip("broker_app.services.providers")
+    a, b = admin(stack, "ws-a"), admin(stack, "ws-b")
+    secret = "ws-secret-" + uuid.uuid4().hex
+    created = stack.call(
+        "PUT",
+        "/v1/workspace-providers/google",
+        a,
+        json={"template": "google", "client_id": "ws-a-client", "client_secret": secret},
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["client_secret_set"] is True and created.json()["shared"] is False
+    read = stack.call("GET", "/v1/workspace-providers/google", a)
+    listing = stack.call("GET", "/v1/workspace-providers", a)
+    for answer in (created, read, listing):
+        assert secret not in answer.text and 'client_secret"' not in answer.text
+    names = {p["name"]: p["shared"] for p in listing.json()["providers"]}
+    assert names["google"] is False and names["fake"] is True
+    assert stack.call("GET", "/v1/workspace-providers/google", b).status_code == 404
+    assert stack.call("DELETE", "/v1/workspace-providers/google", b).status_code == 404
+    assert stack.call("PUT", "/v1/workspace-providers/google", a, json={"enabled": False}).status_code == 200
+    deleted = stack.call("DELETE", "/v1/workspace-providers/google", a)
+    assert deleted.status_code == 204 and deleted.content == b""
+    assert stack.call("GET", "/v1/workspace-providers/google", a).status_code == 404

@@ -55,6 +55,10 @@ MANAGEMENT_OPERATIONS = {
     ("POST", "/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"),
     ("GET", "/v1/audit"),
     ("GET", "/v1/audit/export"),
+    ("GET", "/v1/workspace-providers"),
+    ("GET", "/v1/workspace-providers/{name}"),
+    ("PUT", "/v1/workspace-providers/{name}"),
+    ("DELETE", "/v1/workspace-providers/{name}"),
 }
 OPERATIONS |= MANAGEMENT_OPERATIONS
 
@@ -117,7 +121,7 @@ def test_gateway_answers_match_its_schema(ops_stack, tmp_path):
     key = ops_stack.new_key(random_id("ws-fuzz"))  # a key per run: the per-key rate limit stays out of the way
     output, generated = run_schemathesis(ops_stack, tmp_path, key)
     # a key without the admin scope: the management operations answer 403 (documented)
-    assert re.search(r"Selected: 30/30\s+Tested: 30", output), output[-3000:]
+    assert re.search(r"Selected: 34/34\s+Tested: 34", output), output[-3000:]
     assert generated >= 200
 
 
@@ -140,7 +144,7 @@ parameters = {{ "path.webhook_id" = "{hook}" }}
         tmp_path,
         key,
         "--include-path-regex",
-        r"^/v1/(keys|webhooks|audit)",
+        r"^/v1/(keys|webhooks|audit|workspace-providers)",
         "--phases",
         "examples,coverage,fuzzing",
         config=config,

@@ -38,6 +38,8 @@ GO_RESPONSES = {
     "WebhookDeliveryList": "WebhookDeliveryPage",
     "AuditEvent": "AuditEvent",
     "AuditPage": "AuditPage",
+    "ProviderAdmin": "ProviderAdmin",
+    "ProviderAdminList": "ProviderAdminList",
 }
 PY_RESPONSES = {
     "ConnectionRequest": "ConnectionRequest",
@@ -66,6 +68,7 @@ GO_KINDS = {  # Go field type → OpenAPI (type, format or item type)
     "[]Key": ("array", None),
     "[]WebhookDelivery": ("array", None),
     "[]AuditEvent": ("array", None),
+    "[]ProviderAdmin": ("array", None),
 }
 UNEXPOSED_OPERATIONS = {("GET", "/v1/ping")}  # a liveness probe for humans, not an SDK method
 # The API proxy (issue 15): one SDK method (Go Client.Proxy, Python client.proxy) takes the

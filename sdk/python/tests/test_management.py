@@ -156,3 +156,19 @@ def test_a_non_admin_key_gets_a_403(make_harness: MakeHarness) -> None:
     with pytest.raises(APIError) as caught:
         h.call("list_keys")
     assert caught.value.status_code == 403 and caught.value.code == "forbidden"
+
+
+def test_workspace_providers(make_harness: MakeHarness) -> None:
+    row = {"name": "google", "shared": False, "client_id": "c", "client_secret_set": True}
+    h = make_harness(httpx.Response(201, json=row))
+    assert h.call("upsert_workspace_provider", "google", client_id="c", client_secret="s") == row
+    assert h.gateway.last.method == "PUT"
+    assert h.gateway.last.url.path == "/v1/workspace-providers/google"
+    assert h.gateway.body() == {"client_id": "c", "client_secret": "s"}
+    h = make_harness(httpx.Response(200, json={"providers": [row]}))
+    assert h.call("list_workspace_providers") == [row]
+    h = make_harness(httpx.Response(200, json=row))
+    assert h.call("get_workspace_provider", "google") == row
+    h = make_harness(httpx.Response(204))
+    assert h.call("delete_workspace_provider", "google") is None
+    assert h.gateway.last.method == "DELETE"

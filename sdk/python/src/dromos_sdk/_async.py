@@ -353,6 +353,30 @@ class AsyncDromosClient:
         call = _core.export_audit_events_call(since, until, connection_id, actor, action)
         return await self._run(_core.execute(call, self._settings))
 
+    async def list_workspace_providers(self) -> list[dict[str, Any]]:
+        """Per name, the provider app the workspace uses: its own or the shared one
+        (``"shared": True``). Never a secret (``client_secret_set`` says whether one is)."""
+        call = _core.list_workspace_providers_call()
+        return await self._run(_core.execute(call, self._settings))
+
+    async def get_workspace_provider(self, name: str) -> dict[str, Any]:
+        """The workspace's own provider app ``name`` (a shared one is not: 404)."""
+        call = _core.get_workspace_provider_call(name)
+        return await self._run(_core.execute(call, self._settings))
+
+    async def upsert_workspace_provider(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Create or update the workspace's own provider app (``template``, ``display_name``,
+        ``client_id``, ``client_secret`` (write-only), ``default_scopes``, ``authorize_params``,
+        ``settings``, ``token_auth``, ``enabled``); fields left out keep their value."""
+        call = _core.upsert_workspace_provider_call(name, fields)
+        return await self._run(_core.execute(call, self._settings))
+
+    async def delete_workspace_provider(self, name: str) -> None:
+        """Delete the workspace's own provider app (409 ``provider_in_use`` while it has
+        connections: disable it with ``enabled=False`` instead)."""
+        call = _core.delete_workspace_provider_call(name)
+        await self._run(_core.execute(call, self._settings))
+
     async def proxy(
         self,
         connection_id: str,

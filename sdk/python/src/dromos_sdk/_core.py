@@ -480,6 +480,32 @@ def export_audit_events_call(
     return Call(RequestSpec("GET", "/v1/audit/export", params=_present(query)), _ndjson, raw=True)
 
 
+def _providers_admin(data: Any) -> list[dict[str, Any]]:
+    return [_object(item) for item in data["providers"]]
+
+
+def _nothing(_: Any) -> None:
+    return None
+
+
+def list_workspace_providers_call() -> Call[list[dict[str, Any]]]:
+    return Call(RequestSpec("GET", "/v1/workspace-providers"), _providers_admin)
+
+
+def get_workspace_provider_call(name: str) -> Call[dict[str, Any]]:
+    return Call(RequestSpec("GET", f"/v1/workspace-providers/{_segment(name)}"), _object)
+
+
+def upsert_workspace_provider_call(name: str, fields: Mapping[str, Any]) -> Call[dict[str, Any]]:
+    path = f"/v1/workspace-providers/{_segment(name)}"
+    return Call(RequestSpec("PUT", path, json=dict(fields)), _object)
+
+
+def delete_workspace_provider_call(name: str) -> Call[None]:
+    path = f"/v1/workspace-providers/{_segment(name)}"
+    return Call(RequestSpec("DELETE", path), _nothing, raw=True)
+
+
 # --- the API proxy -----------------------------------------------------------------
 
 PROXY_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
