@@ -431,6 +431,22 @@ DELIVERY_STATUSES = ("pending", "delivered", "failed")
 AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX = 100, 500
 
 
+class NoBlankQuerySerializer(serializers.Serializer):
+    """A query whose non-text parameters may not be given blank (`?until=`): a blank value is
+    a 400 here, not silently "not given"."""
+
+    def to_internal_value(self, data):
+        if hasattr(data, "get"):
+            blank = [
+                name
+                for name, field in self.fields.items()
+                if not getattr(field, "allow_blank", False) and name in data and data.get(name) == ""
+            ]
+            if blank:
+                raise serializers.ValidationError({name: ["may not be blank"] for name in blank})
+        return super().to_internal_value(data)
+
+
 class WebhookInputSerializer(serializers.Serializer):
     url = serializers.CharField(max_length=2048, help_text="https (plain http only for WEBHOOK_ALLOW_HTTP_HOSTS)")
     events = serializers.ListField(
@@ -464,7 +480,7 @@ class WebhookSecretSerializer(serializers.Serializer):
     secret = serializers.CharField(help_text="The new signing secret, shown once; the old one stops at once")
 
 
-class DeliveryQuerySerializer(serializers.Serializer):
+class DeliveryQuerySerializer(NoBlankQuerySerializer):
     status = serializers.ChoiceField(choices=DELIVERY_STATUSES, required=False, allow_blank=True)
     page = serializers.IntegerField(required=False, min_value=1, max_value=PAGE_MAX, help_text="Default 1")
     page_size = serializers.IntegerField(
@@ -492,7 +508,7 @@ class WebhookDeliveryPageSerializer(serializers.Serializer):
     results = WebhookDeliverySerializer(many=True)
 
 
-class AuditQuerySerializer(serializers.Serializer):
+class AuditQuerySerializer(NoBlankQuerySerializer):
     connection_id = serializers.RegexField(r"^[A-Za-z0-9_-]{1,64}$", required=False, allow_blank=True)
     actor = serializers.CharField(
         required=False, allow_blank=True, max_length=128, help_text="apikey:<prefix>, admin:<username>, system"

@@ -36,6 +36,7 @@ PREFIX = r"[a-z0-9]{8}"
 UUID = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
 MANAGE_ERRORS = {k: v for k, v in ERRORS.items() if k in (400, 401, 403, 404, 429, 502, 503)}
 MANAGE_ERRORS[403] = OpenApiResponse(wire.ErrorSerializer, description="Not an admin key, or outside its restrictions")
+BODY_ERRORS = {**MANAGE_ERRORS, 413: OpenApiResponse(wire.ErrorSerializer, description="Body too large")}
 
 
 def _path_parameter(name: str, pattern: str, text: str) -> OpenApiParameter:
@@ -62,7 +63,7 @@ class _Restrictions(serializers.Serializer):
         child=serializers.CharField(max_length=255),
         required=False,
         allow_null=True,
-        max_length=1000,
+        max_length=100,
         help_text="Only these user_ids (or, with user_id_prefix, those too); null: any",
     )
     user_id_prefix = serializers.CharField(
@@ -79,7 +80,7 @@ class _Restrictions(serializers.Serializer):
         child=serializers.JSONField(),
         required=False,
         allow_null=True,
-        max_length=200,
+        max_length=50,
         help_text='Proxy rules, "PROVIDER METHODS PATH_GLOB" or {"provider","methods","path"}; null: the default',
     )
 
@@ -132,7 +133,7 @@ class KeyPageSerializer(serializers.Serializer):
     results = KeySerializer(many=True)
 
 
-class KeyListQuerySerializer(serializers.Serializer):
+class KeyListQuerySerializer(wire.NoBlankQuerySerializer):
     include_revoked = serializers.BooleanField(required=False, help_text="Default false")
     page = serializers.IntegerField(required=False, min_value=1, max_value=wire.PAGE_MAX, help_text="Default 1")
     page_size = serializers.IntegerField(
@@ -182,7 +183,7 @@ class KeyListApi(ManageApi):
     @extend_schema(
         operation_id="create_key",
         request=KeyCreateInputSerializer,
-        responses={201: KeyCreatedSerializer, **MANAGE_ERRORS},
+        responses={201: KeyCreatedSerializer, **BODY_ERRORS},
     )
     def post(self, request):
         serializer = KeyCreateInputSerializer(data=request.data)
@@ -272,7 +273,7 @@ class WebhookListApi(ManageApi):
     @extend_schema(
         operation_id="create_webhook",
         request=wire.WebhookInputSerializer,
-        responses={201: wire.WebhookCreatedSerializer, **MANAGE_ERRORS},
+        responses={201: wire.WebhookCreatedSerializer, **BODY_ERRORS},
     )
     def post(self, request):
         serializer = wire.WebhookInputSerializer(data=request.data)
@@ -389,7 +390,7 @@ class WorkspaceProviderDetailApi(ManageApi):
         operation_id="upsert_workspace_provider",
         parameters=[PROVIDER_PARAMETER],
         request=wire.ProviderUpsertInputSerializer,
-        responses={200: wire.ProviderAdminSerializer, 201: wire.ProviderAdminSerializer, **MANAGE_ERRORS},
+        responses={200: wire.ProviderAdminSerializer, 201: wire.ProviderAdminSerializer, **BODY_ERRORS},
         description="Create (201) or update (200) the workspace's own provider app; fields left out keep "
         "their value; `client_secret` is write-only. Endpoint URLs are the operator's (400).",
     )

@@ -40,7 +40,7 @@ from gateway_app.egress import PolicyError, Rule, _glob, _rule
 from gateway_app.models import ADMIN_SCOPE, ALL_SCOPES, KNOWN_SCOPES, ApiKey
 
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-MAX_LIST = 1000
+MAX_LIST = 100
 MINT_MIN_SECONDS, MINT_MAX_SECONDS = 60, 7 * 86400
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
