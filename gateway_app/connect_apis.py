@@ -67,14 +67,15 @@ class ConnectSessionDetailApi(GatewayApi):
     def get(self, request, session_id: str):
         if not re.fullmatch(SESSION_ID, session_id):
             raise InvalidRequest("session_id is malformed")
-        return relay_answer(
-            broker().call(
-                "GET",
-                wire.internal_path(wire.CONNECT_SESSION, session_id=session_id),
-                principal=request.user,
-                client_ip=request_client_ip(request),
-            )
+        answer = broker().call(
+            "GET",
+            wire.internal_path(wire.CONNECT_SESSION, session_id=session_id),
+            principal=request.user,
+            client_ip=request_client_ip(request),
         )
+        if request.user.narrow and answer.status == 200:
+            restrictions.check_session(request.user, answer.body)  # a read: checked on the answer
+        return relay_answer(answer)
 
 
 class ReconnectApi(GatewayApi):

@@ -30,7 +30,14 @@ from gateway_app.apis import ERRORS, GatewayApi, _query, relay_answer, request_c
 from gateway_app.broker_client import BrokerAnswer, broker
 from gateway_app.keys import apikey_revoke
 from gateway_app.models import ADMIN_SCOPE, KNOWN_SCOPES, ApiKey
-from gateway_app.restrictions import MINT_MAX_SECONDS, MINT_MIN_SECONDS, RestrictionError, key_as_dict, key_create
+from gateway_app.restrictions import (
+    MINT_MAX_SECONDS,
+    MINT_MIN_SECONDS,
+    RestrictionError,
+    key_as_dict,
+    key_create,
+    same_tenant,
+)
 
 PREFIX = r"[a-z0-9]{8}"
 UUID = r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
@@ -173,7 +180,7 @@ class ManageApi(GatewayApi):
 def _workspace_key(request, prefix: str) -> ApiKey:
     if not re.fullmatch(PREFIX, prefix):
         raise InvalidRequest("prefix is malformed")
-    key = ApiKey.objects.select_related("parent").filter(workspace=request.user.workspace, prefix=prefix).first()
+    key = ApiKey.objects.select_related("parent").filter(**same_tenant(request.user), prefix=prefix).first()
     if key is None:
         raise NotFound("key not found")
     return key
@@ -219,7 +226,7 @@ class KeyListApi(ManageApi):
     )
     def get(self, request):
         query = wire.parse_query(KeyListQuerySerializer, request.query_params)
-        keys = ApiKey.objects.select_related("parent").filter(workspace=request.user.workspace).order_by("-id")
+        keys = ApiKey.objects.select_related("parent").filter(**same_tenant(request.user)).order_by("-id")
         if not query.get("include_revoked"):
             keys = keys.filter(revoked_at__isnull=True)
         page_number, page_size = query.get("page", 1), query.get("page_size", wire.PAGE_SIZE_DEFAULT)

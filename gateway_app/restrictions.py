@@ -346,6 +346,17 @@ def restrict_listing(request, principal) -> None:
     check_target(principal, user_id=user_id, provider_name=provider)
 
 
+def check_session(principal, body: bytes) -> None:
+    """A connect session read by a narrow key: another user's session (or one offering a
+    provider outside the key's) is a 404, as if it did not exist. Reading changes nothing,
+    so this one is checked on the broker's answer."""
+    session = orjson.loads(body)
+    if not principal.allows_user(str(session.get("user_id", ""))) or not all(
+        principal.allows_provider(str(name)) for name in session.get("allowed_providers") or []
+    ):
+        raise NotFound("connect session not found")
+
+
 def restrict_session(request, principal) -> None:
     """POST /v1/connect-sessions: the user, the providers offered, the connection reconnected."""
     if request.method != "POST":
@@ -435,12 +446,24 @@ def key_create(
         if creator is not None:
             key.created_by = creator.prefix
             key.parent = creator if expires_in is not None else None
+            if hasattr(creator, "environment"):  # environments (h19a): never another one than the creator's
+                key.environment = creator.environment
 
     with transaction.atomic():
         key, plaintext = apikey_create(workspace=workspace, name=name, scopes=requested, configure=configure)
         if rules is not None:
             apikey_set_policy(key=key, rules=rules)
     return key, plaintext
+
+
+def same_tenant(principal) -> dict:
+    """The ApiKey filter of the principal's workspace, and of its environment where keys
+    have one (h19a's environments): another's key is a 404."""
+    tenant = {"workspace": principal.workspace}
+    environment = getattr(principal, "environment", None)
+    if environment is not None and any(f.name == "environment" for f in ApiKey._meta.get_fields()):
+        tenant["environment"] = environment
+    return tenant
 
 
 def key_as_dict(key: ApiKey) -> dict:

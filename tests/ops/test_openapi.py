@@ -159,7 +159,9 @@ parameters = {{ "path.webhook_id" = "{hook}" }}
     )
     assert generated >= 150
     # the admin key survived the run (no generated prefix is its own) and still works
-    assert ops_stack.gw("GET", "/v1/keys", key).status_code == 200
+    after = ops_stack.gw("GET", "/v1/keys", key)
+    listing = ops_stack.manage("gateway", "apikey", "list", "--workspace", workspace).stdout
+    assert after.status_code == 200, (after.text, listing)
 
 
 def test_operations_on_a_real_connection_match_the_schema(ops_stack, tmp_path):

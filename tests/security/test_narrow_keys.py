@@ -278,3 +278,17 @@ def test_a_minted_key_cannot_outlive_the_mint_window(stack):
     for seconds in (59, 7 * 86400 + 1, "soon", True):
         response = stack.call("POST", "/v1/keys", parent, json={"name": "x", "expires_in": seconds})
         assert response.status_code == 400, seconds
+
+
+def test_a_key_limited_to_users_reads_only_their_connect_sessions(stack, fake_provider_row):
+    full = stack.key("ws-a")
+    sessions = {
+        user: stack.call("POST", "/v1/connect-sessions", full, json={"user_id": user, "return_url": RETURN}).json()
+        for user in ("team-1:alice", "team-2:bob")
+    }
+    key = narrow(user_id_prefix="team-1:")
+    mine = stack.call("GET", f"/v1/connect-sessions/{sessions['team-1:alice']['session_id']}", key)
+    assert mine.status_code == 200 and mine.json()["user_id"] == "team-1:alice"
+    theirs = stack.call("GET", f"/v1/connect-sessions/{sessions['team-2:bob']['session_id']}", key)
+    assert theirs.status_code == 404 and theirs.json()["error"] == "not_found"
+    assert "team-2" not in theirs.text
