@@ -30,6 +30,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -40,6 +41,7 @@ from gateway_app.egress import PolicyError, Rule, _glob, _rule
 from gateway_app.models import ADMIN_SCOPE, ALL_SCOPES, KNOWN_SCOPES, ApiKey
 
 PROVIDER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_CONNECTION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_LIST = 100
 MINT_MIN_SECONDS, MINT_MAX_SECONDS = 60, 7 * 86400
 
@@ -235,15 +237,20 @@ def parse_rules(value: Any) -> list[Rule] | None:
 # -- enforcement on the request path ---------------------------------------------------------------
 
 
+@lru_cache(maxsize=4096)
+def _address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError:
+        return None
+
+
 def check_address(principal, address: str) -> None:
     """403 when the key is limited to networks and `address` lies outside them."""
     networks = principal.networks
     if networks is None:
         return
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        ip = None
+    ip = _address(address)
     if ip is None or not any(ip in network for network in networks):
         raise Forbidden("this API key is not allowed from this address")
 
@@ -302,7 +309,7 @@ def enforce(request, view) -> None:
     if not principal.narrow:
         return
     kwargs = view.kwargs
-    if "connection_id" in kwargs and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", kwargs["connection_id"]):
+    if "connection_id" in kwargs and _CONNECTION_ID.fullmatch(kwargs["connection_id"]):
         check_connection(principal, kwargs["connection_id"], request.META.get("REMOTE_ADDR"))
     restrict = getattr(view, "restrict", None)
     if restrict is not None:
@@ -363,7 +370,7 @@ def restrict_session(request, principal) -> None:
         return
     data = body_fields(request)
     reconnect = _string(data.get("reconnect"))
-    if reconnect and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", reconnect):
+    if reconnect and _CONNECTION_ID.fullmatch(reconnect):
         check_connection(principal, reconnect, request.META.get("REMOTE_ADDR"))
     else:
         user_id = _string(data.get("user_id"))
