@@ -174,6 +174,10 @@ class ManageApi(GatewayApi):
         )
 
 
+class WorkspaceWideApi(ManageApi):
+    restrict = staticmethod(restrictions.restrict_workspace_wide)
+
+
 # -- keys -------------------------------------------------------------------------------------------------
 
 
@@ -276,7 +280,7 @@ def _check(value: str, pattern: str, what: str) -> str:
     return value
 
 
-class WebhookListApi(ManageApi):
+class WebhookListApi(WorkspaceWideApi):
     @extend_schema(
         operation_id="create_webhook",
         request=wire.WebhookInputSerializer,
@@ -294,7 +298,7 @@ class WebhookListApi(ManageApi):
         return relay_answer(self.relay("GET", wire.internal_path(wire.WEBHOOKS)))
 
 
-class WebhookDetailApi(ManageApi):
+class WebhookDetailApi(WorkspaceWideApi):
     @extend_schema(
         operation_id="delete_webhook",
         parameters=[WEBHOOK_PARAMETER],
@@ -306,7 +310,7 @@ class WebhookDetailApi(ManageApi):
         return relay_answer(self.relay("DELETE", wire.internal_path(wire.WEBHOOK, webhook_id=webhook_id)))
 
 
-class WebhookRotateApi(ManageApi):
+class WebhookRotateApi(WorkspaceWideApi):
     @extend_schema(
         operation_id="rotate_webhook_secret",
         request=None,
@@ -320,7 +324,7 @@ class WebhookRotateApi(ManageApi):
         )
 
 
-class WebhookDeliveryListApi(ManageApi):
+class WebhookDeliveryListApi(WorkspaceWideApi):
     @extend_schema(
         operation_id="list_webhook_deliveries",
         parameters=[WEBHOOK_PARAMETER, wire.DeliveryQuerySerializer],
@@ -337,7 +341,7 @@ class WebhookDeliveryListApi(ManageApi):
         )
 
 
-class WebhookRedeliverApi(ManageApi):
+class WebhookRedeliverApi(WorkspaceWideApi):
     @extend_schema(
         operation_id="redeliver_webhook_delivery",
         request=None,
@@ -430,7 +434,7 @@ class WorkspaceProviderDetailApi(ManageApi):
 # -- the audit log --------------------------------------------------------------------------------------
 
 
-class AuditListApi(ManageApi):
+class AuditListApi(WorkspaceWideApi):
     @extend_schema(
         operation_id="list_audit_events",
         parameters=[wire.AuditPageQuerySerializer],
@@ -452,7 +456,7 @@ class AuditListApi(ManageApi):
         return HttpResponse(orjson.dumps(body), content_type="application/json")
 
 
-class AuditExportApi(ManageApi):
+class AuditExportApi(WorkspaceWideApi):
     @extend_schema(
         operation_id="export_audit_events",
         parameters=[wire.AuditQuerySerializer],

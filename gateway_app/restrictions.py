@@ -353,6 +353,15 @@ def restrict_listing(request, principal) -> None:
     check_target(principal, user_id=user_id, provider_name=provider)
 
 
+WORKSPACE_WIDE = "the audit log and webhooks need an admin key without user or provider limits"
+
+
+def restrict_workspace_wide(request, principal) -> None:
+    """The audit log and webhooks show every user's connections: a key limited to some users
+    or providers may not read or change them (403)."""
+    raise Forbidden(f"this API key is limited to some users or providers: {WORKSPACE_WIDE}")
+
+
 def check_session(principal, body: bytes) -> None:
     """A connect session read by a narrow key: another user's session (or one offering a
     provider outside the key's) is a 404, as if it did not exist. Reading changes nothing,

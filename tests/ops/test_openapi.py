@@ -135,10 +135,17 @@ def test_the_management_api_matches_its_schema(ops_stack, tmp_path):
     created = ops_stack.gw("POST", "/v1/webhooks", key, json={"url": "https://hooks.example.com/fuzz"})
     assert created.status_code == 201, created.text
     hook = created.json()["id"]
+    # GET and DELETE /v1/keys/{prefix} act on a key of their own: schemathesis reuses ids it
+    # reads in answers, and revoking the admin key itself would leave the rest untested (401)
+    spare = ops_stack.gw("POST", "/v1/keys", key, json={"name": "spare"}).json()["prefix"]
     config = f"""
 [[operations]]
 include-path-regex = "^/v1/webhooks/"
 parameters = {{ "path.webhook_id" = "{hook}" }}
+
+[[operations]]
+include-path-regex = "^/v1/keys/"
+parameters = {{ "path.prefix" = "{spare}" }}
 """
     output, generated = run_schemathesis(
         ops_stack,

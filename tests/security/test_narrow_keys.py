@@ -10,11 +10,12 @@ import time
 from datetime import timedelta
 
 import pytest
+from django.core.cache import cache
 from django.core.management import call_command
 from django.utils import timezone
 
 from broker_app.models import AuditEvent, Connection
-from gateway_app.keys import apikey_create
+from gateway_app.keys import _revoked_marker, apikey_create
 from gateway_app.models import ApiKey
 from gateway_app.restrictions import key_create
 from tests.conftest import connect
@@ -265,9 +266,12 @@ def test_a_minted_key_works_for_one_run_and_dies_with_its_parent(stack, fake_pro
         "POST", "/v1/keys", grandchild_parent["key"], json={"name": "leaf", "expires_in": 600}
     ).json()
     assert stack.call("GET", f"/v1/token/{cid}", grandchild["key"]).status_code == 200
-    # revoking the parent revokes every key minted from it, cached ones included
+    # revoking the parent revokes every key minted from it, cached ones included, and tells the
+    # other gateway processes through each key's revocation marker
     revoked = stack.call("DELETE", f"/v1/keys/{parent.split('_')[1]}", parent)
     assert revoked.status_code == 200
+    for prefix in (minted["prefix"], grandchild_parent["prefix"], grandchild["prefix"]):
+        assert cache.get(_revoked_marker(prefix)) is True
     for key in (minted["key"], grandchild_parent["key"], grandchild["key"], parent):
         assert stack.call("GET", f"/v1/token/{cid}", key).status_code == 401
     assert ApiKey.objects.filter(revoked_at__isnull=True, workspace="ws-a").count() == 1  # `full`
@@ -292,3 +296,15 @@ def test_a_key_limited_to_users_reads_only_their_connect_sessions(stack, fake_pr
     theirs = stack.call("GET", f"/v1/connect-sessions/{sessions['team-2:bob']['session_id']}", key)
     assert theirs.status_code == 404 and theirs.json()["error"] == "not_found"
     assert "team-2" not in theirs.text
+
+
+def test_an_admin_key_limited_to_users_or_providers_cannot_read_the_workspace_wide_log(stack):
+    for restriction in ({"user_id_prefix": "team-1:"}, {"providers": ["fake"]}):
+        key = key_create(workspace="ws-a", name="narrow-admin", scopes=["admin"], **restriction)[1]
+        for path in ("/v1/audit", "/v1/audit/export?since=2026-01-01", "/v1/webhooks"):
+            response = stack.call("GET", path, key)
+            assert response.status_code == 403, (restriction, path, response.text)
+        assert stack.call("POST", "/v1/webhooks", key, json={"url": "https://x.example.com/"}).status_code == 403
+        assert stack.call("GET", "/v1/keys", key).status_code == 200  # its keys: bounded by its own rights
+    networks_only = key_create(workspace="ws-a", name="cidr-admin", scopes=["admin"], cidrs=["127.0.0.0/8"])[1]
+    assert stack.call("GET", "/v1/audit", networks_only).status_code == 200
