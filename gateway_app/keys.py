@@ -6,6 +6,10 @@ constant time. Revocation reaches this process at once, every other process thro
 marker in the shared cache (Redis) at the next request, and, failing that, within
 API_KEY_CACHE_SECONDS.
 
+A key may carry restrictions (issue 19; gateway_app.restrictions): they ride on the cached
+Principal, and an expired key is refused (None: 401) on the cached path too. Revoking a key
+revokes the keys minted from it, each with its own marker.
+
 Redis unreachable: the gateway keeps serving (REDIS_TIMEOUT_SECONDS bounds each call). The
 revocation marker cannot be read, so a key revoked meanwhile is refused by the other processes
 within API_KEY_CACHE_SECONDS (their cache entries expire and the database is read again); the

@@ -120,6 +120,8 @@ def test_a_key_limited_to_networks(stack, two_users):
         assert response.status_code == 403, response.text
         assert response.json()["message"] == "this API key is not allowed from this address"
     assert reads_of(mine) == before
+    spoofed = stack.call("GET", "/v1/providers", elsewhere, headers={"X-Forwarded-For": "10.1.2.3"})
+    assert spoofed.status_code == 403  # the TCP peer counts, never a forwarded-for header
     here = narrow(cidrs=["127.0.0.0/8"])
     assert stack.call("GET", f"/v1/token/{mine}", here).status_code == 200
 
@@ -265,6 +267,7 @@ def test_a_minted_key_works_for_one_run_and_dies_with_its_parent(stack, fake_pro
     grandchild = stack.call(
         "POST", "/v1/keys", grandchild_parent["key"], json={"name": "leaf", "expires_in": 600}
     ).json()
+    standalone = stack.call("POST", "/v1/keys", parent, json={"name": "service"}).json()  # no expires_in
     assert stack.call("GET", f"/v1/token/{cid}", grandchild["key"]).status_code == 200
     # revoking the parent revokes every key minted from it, cached ones included, and tells the
     # other gateway processes through each key's revocation marker
@@ -274,7 +277,9 @@ def test_a_minted_key_works_for_one_run_and_dies_with_its_parent(stack, fake_pro
         assert cache.get(_revoked_marker(prefix)) is True
     for key in (minted["key"], grandchild_parent["key"], grandchild["key"], parent):
         assert stack.call("GET", f"/v1/token/{cid}", key).status_code == 401
-    assert ApiKey.objects.filter(revoked_at__isnull=True, workspace="ws-a").count() == 1  # `full`
+    # a key the parent created without expires_in is independent of it
+    assert stack.call("GET", "/v1/providers", standalone["key"]).status_code == 200
+    assert ApiKey.objects.filter(revoked_at__isnull=True, workspace="ws-a").count() == 2  # `full`, standalone
 
 
 def test_a_minted_key_cannot_outlive_the_mint_window(stack):
