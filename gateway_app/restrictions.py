@@ -412,6 +412,7 @@ def key_create(
     egress_policy: Any = None,
     creator: ApiKey | None = None,
     default_policy: str = "open",
+    environment: str | None = None,
 ) -> tuple[ApiKey, str]:
     """Validate and create a key (RestrictionError: nothing written). With `creator` (the
     admin key calling the management API) the new key must be a subset of the creator's
@@ -462,11 +463,12 @@ def key_create(
         if creator is not None:
             key.created_by = creator.prefix
             key.parent = creator if expires_in is not None else None
-            if hasattr(creator, "environment"):  # environments (h19a): never another one than the creator's
-                key.environment = creator.environment
 
     with transaction.atomic():
-        key, plaintext = apikey_create(workspace=workspace, name=name, scopes=requested, configure=configure)
+        if creator is not None and hasattr(creator, "environment"):  # environments (h19a): the creator's
+            environment = creator.environment
+        extra = {"environment": environment} if environment is not None else {}
+        key, plaintext = apikey_create(workspace=workspace, name=name, scopes=requested, configure=configure, **extra)
         if rules is not None:
             apikey_set_policy(key=key, rules=rules)
     return key, plaintext
