@@ -41,10 +41,19 @@ def _uuid(raw: str, what: str) -> uuid.UUID:
         raise NotFound(f"{what} not found") from None
 
 
+def _tenant(request) -> dict:
+    """The webhook filter of the caller's workspace, and of its environment where webhooks
+    have one (environments, h19a's branch): another's webhook is a 404."""
+    tenant = {"workspace": _required_workspace(request)}
+    if any(field.name == "environment" for field in WebhookEndpoint._meta.get_fields()):
+        from broker_app import apis
+
+        tenant["environment"] = apis._environment(request)  # type: ignore[attr-defined]
+    return tenant
+
+
 def _endpoint(request, webhook_id: str) -> WebhookEndpoint:
-    endpoint = WebhookEndpoint.objects.filter(
-        pk=_uuid(webhook_id, "webhook"), workspace=_required_workspace(request)
-    ).first()
+    endpoint = WebhookEndpoint.objects.filter(pk=_uuid(webhook_id, "webhook"), **_tenant(request)).first()
     if endpoint is None:
         raise NotFound("webhook not found")
     return endpoint
@@ -84,7 +93,7 @@ def _audit(request, action: str, detail: dict) -> None:
 
 class WebhookListApi(APIView):
     def get(self, request):
-        endpoints = WebhookEndpoint.objects.filter(workspace=_required_workspace(request)).order_by("created_at")
+        endpoints = WebhookEndpoint.objects.filter(**_tenant(request)).order_by("created_at")
         return Response({"results": [webhook_as_dict(e) for e in endpoints]})
 
     def post(self, request):
@@ -93,7 +102,7 @@ class WebhookListApi(APIView):
         try:
             with transaction.atomic():
                 endpoint, secret = webhook_endpoint_create(
-                    workspace=_required_workspace(request),
+                    **_tenant(request),
                     url=serializer.validated_data["url"],
                     events=serializer.validated_data.get("events"),
                 )

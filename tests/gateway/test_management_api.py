@@ -372,3 +372,23 @@ def test_workspace_provider_crud_through_the_gateway(stack, fake_provider_row):
     deleted = stack.call("DELETE", "/v1/workspace-providers/google", a)
     assert deleted.status_code == 204 and deleted.content == b""
     assert stack.call("GET", "/v1/workspace-providers/google", a).status_code == 404
+
+
+def test_webhooks_and_keys_stay_in_the_admin_keys_environment(stack):
+    """Environments (h19a's branch): a development admin key never sees production's."""
+    from dromos import wire
+
+    if not hasattr(wire, "ENVIRONMENT_HEADER"):
+        pytest.skip("environments are not on this branch")
+    from gateway_app.keys import apikey_create
+
+    dev = apikey_create(workspace="ws-a", name="dev", scopes=["admin", "tokens:read"], environment="development")[1]
+    prod = admin(stack, "ws-a")
+    hook = stack.call("POST", "/v1/webhooks", dev, json={"url": "https://hooks.example.com/dev"}).json()
+    assert WebhookEndpoint.objects.get(pk=hook["id"]).environment == "development"
+    assert stack.call("GET", "/v1/webhooks", prod).json() == {"results": []}
+    assert stack.call("POST", f"/v1/webhooks/{hook['id']}/rotate-secret", prod).status_code == 404
+    minted = stack.call("POST", "/v1/keys", dev, json={"name": "run", "expires_in": 600}).json()
+    assert ApiKey.objects.get(prefix=minted["prefix"]).environment == "development"
+    assert stack.call("GET", f"/v1/keys/{minted['prefix']}", prod).status_code == 404
+    assert minted["prefix"] not in stack.call("GET", "/v1/keys", prod).text
