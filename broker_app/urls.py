@@ -1,7 +1,9 @@
 from django.urls import path
 
-from broker_app import apis, connect_apis, connect_views, views
+from broker_app import apis, connect_apis, connect_views, manage_apis, views
 from dromos.wire import (
+    AUDIT_EVENTS,
+    AUDIT_EXPORT,
     CONNECT_SESSION,
     CONNECT_SESSIONS,
     CONNECTION,
@@ -15,6 +17,11 @@ from dromos.wire import (
     PROXY_CREDENTIAL,
     PROXY_REFRESH,
     STATIC_CONNECTIONS,
+    WEBHOOK,
+    WEBHOOK_DELIVERIES,
+    WEBHOOK_REDELIVER,
+    WEBHOOK_ROTATE,
+    WEBHOOKS,
     WORKSPACE_PROVIDER,
     WORKSPACE_PROVIDERS,
     internal_route,
@@ -39,4 +46,11 @@ urlpatterns = [
     path(internal_route(PROXY_ATTENTION), apis.ProxyAttentionApi.as_view()),
     path(internal_route(WORKSPACE_PROVIDERS), apis.WorkspaceProviderListApi.as_view()),
     path(internal_route(WORKSPACE_PROVIDER), apis.WorkspaceProviderDetailApi.as_view()),
+    path(internal_route(WEBHOOKS), manage_apis.WebhookListApi.as_view()),
+    path(internal_route(WEBHOOK), manage_apis.WebhookDetailApi.as_view()),
+    path(internal_route(WEBHOOK_ROTATE), manage_apis.WebhookRotateApi.as_view()),
+    path(internal_route(WEBHOOK_DELIVERIES), manage_apis.WebhookDeliveryListApi.as_view()),
+    path(internal_route(WEBHOOK_REDELIVER), manage_apis.WebhookRedeliverApi.as_view()),
+    path(internal_route(AUDIT_EVENTS), manage_apis.AuditListApi.as_view()),
+    path(internal_route(AUDIT_EXPORT), manage_apis.AuditExportApi.as_view()),
 ]

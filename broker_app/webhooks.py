@@ -128,6 +128,15 @@ def webhook_endpoint_create(
     return endpoint, secret
 
 
+@transaction.atomic
+def webhook_secret_rotate(*, endpoint: WebhookEndpoint) -> str:
+    """A new signing secret (returned once, stored encrypted); the old one stops signing at once."""
+    secret = "whsec_" + secrets.token_urlsafe(32)
+    endpoint.secret_enc = crypto.encrypt(secret, aad=crypto.webhook_secret_aad(endpoint.pk))
+    endpoint.save(update_fields=["secret_enc", "updated_at"])
+    return secret
+
+
 def webhook_endpoint_remove(*, endpoint: WebhookEndpoint) -> int:
     """Delete an endpoint and its delivery history; returns the number of deliveries dropped."""
     deliveries = endpoint.deliveries.count()

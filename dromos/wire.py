@@ -49,6 +49,15 @@ PROXY_ATTENTION = "internal/v1/connections/{connection_id}/proxy-attention"
 # (GET, PUT to create or replace, DELETE)
 WORKSPACE_PROVIDERS = "internal/v1/workspace-providers"
 WORKSPACE_PROVIDER = "internal/v1/workspace-providers/{name}"
+# the management API (issue 19): a workspace's webhooks and audit log; `{webhook_id}` and
+# `{delivery_id}` are UUIDs
+WEBHOOKS = "internal/v1/webhooks"
+WEBHOOK = "internal/v1/webhooks/{webhook_id}"
+WEBHOOK_ROTATE = "internal/v1/webhooks/{webhook_id}/rotate-secret"
+WEBHOOK_DELIVERIES = "internal/v1/webhooks/{webhook_id}/deliveries"
+WEBHOOK_REDELIVER = "internal/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver"
+AUDIT_EVENTS = "internal/v1/audit"
+AUDIT_EXPORT = "internal/v1/audit/export"
 
 # -- environments (issue 19) ------------------------------------------------------------------
 # The gateway names the key's environment in this header next to X-Dromos-Workspace; the
@@ -67,26 +76,20 @@ def valid_environment(value: object) -> str:
     return value
 
 
-def internal_path(
-    template: str, connection_id: str | None = None, *, session_id: str | None = None, name: str | None = None
-) -> str:
+def internal_path(template: str, connection_id: str | None = None, *, session_id: str | None = None, **ids: str) -> str:
     """The absolute path the gateway calls, e.g. `/internal/v1/connections/abc/token`."""
     if connection_id is not None:
         template = template.replace("{connection_id}", connection_id)
     if session_id is not None:
         template = template.replace("{session_id}", session_id)
-    if name is not None:
-        template = template.replace("{name}", name)
+    for name, value in ids.items():
+        template = template.replace("{" + name + "}", value)
     return "/" + template
 
 
 def internal_route(template: str) -> str:
     """The Django URL pattern the broker serves `template` at."""
-    return (
-        template.replace("{connection_id}", "<str:connection_id>")
-        .replace("{session_id}", "<str:session_id>")
-        .replace("{name}", "<str:name>")
-    )
+    return re.sub(r"\{(\w+)\}", r"<str:\1>", template)
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -425,3 +428,199 @@ class ReconnectRequestSerializer(serializers.Serializer):
     authUrl = serializers.URLField()  # noqa: N815 (the contract's spelling)
     connection_id = serializers.CharField()
     scopes = serializers.ListField(child=serializers.CharField())
+
+
+# -- the management API (issue 19): webhooks and the audit log ---------------------------------
+# Bodies the broker builds for the gateway's /v1/webhooks and /v1/audit; the key bodies are
+# the gateway's own (gateway_app/manage_apis.py).
+WEBHOOK_EVENTS = (
+    "connection.activated",
+    "connection.failed",
+    "connection.refreshed_after_failure",
+    "connection.revoked",
+    "connection.reconnected",
+    "connect_session.completed",
+    "connection.expiring",
+    "connection.expired",
+)
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
+AUDIT_LIMIT_DEFAULT, AUDIT_LIMIT_MAX = 100, 500
+
+
+class NoBlankQuerySerializer(serializers.Serializer):
+    """A query whose non-text parameters may not be given blank (`?until=`): a blank value is
+    a 400 here, not silently "not given"."""
+
+    def to_internal_value(self, data):
+        if hasattr(data, "get"):
+            blank = [
+                name
+                for name, field in self.fields.items()
+                if not getattr(field, "allow_blank", False) and name in data and data.get(name) == ""
+            ]
+            if blank:
+                raise serializers.ValidationError({name: ["may not be blank"] for name in blank})
+        return super().to_internal_value(data)
+
+
+class WebhookInputSerializer(serializers.Serializer):
+    url = serializers.CharField(max_length=2048, help_text="https (plain http only for WEBHOOK_ALLOW_HTTP_HOSTS)")
+    events = serializers.ListField(
+        child=serializers.ChoiceField(choices=WEBHOOK_EVENTS),
+        required=False,
+        allow_empty=True,
+        max_length=len(WEBHOOK_EVENTS),
+        help_text="Events to send; empty or omitted: every event",
+    )
+
+
+class WebhookSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    url = serializers.CharField()
+    events = serializers.ListField(child=serializers.CharField())
+    enabled = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class WebhookCreatedSerializer(WebhookSerializer):
+    secret = serializers.CharField(help_text="The signing secret, shown once (whsec_…)")
+
+
+class WebhookListSerializer(serializers.Serializer):
+    results = WebhookSerializer(many=True)
+
+
+class WebhookSecretSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    secret = serializers.CharField(help_text="The new signing secret, shown once; the old one stops at once")
+
+
+class DeliveryQuerySerializer(NoBlankQuerySerializer):
+    status = serializers.ChoiceField(choices=DELIVERY_STATUSES, required=False, allow_blank=True)
+    page = serializers.IntegerField(required=False, min_value=1, max_value=PAGE_MAX, help_text="Default 1")
+    page_size = serializers.IntegerField(
+        required=False, min_value=1, max_value=PAGE_SIZE_MAX, help_text=f"Default {PAGE_SIZE_DEFAULT}"
+    )
+
+
+class WebhookDeliverySerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    event = serializers.CharField()
+    connection_id = serializers.CharField()
+    status = serializers.ChoiceField(choices=DELIVERY_STATUSES)
+    attempts = serializers.IntegerField()
+    last_status_code = serializers.IntegerField(allow_null=True)
+    last_error = serializers.CharField(allow_blank=True)
+    next_attempt_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    delivered_at = serializers.DateTimeField(allow_null=True)
+
+
+class WebhookDeliveryPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.CharField(allow_null=True)
+    previous = serializers.CharField(allow_null=True)
+    results = WebhookDeliverySerializer(many=True)
+
+
+class AuditQuerySerializer(NoBlankQuerySerializer):
+    connection_id = serializers.RegexField(r"^[A-Za-z0-9_-]{1,64}$", required=False, allow_blank=True)
+    actor = serializers.CharField(
+        required=False, allow_blank=True, max_length=128, help_text="apikey:<prefix>, admin:<username>, system"
+    )
+    action = serializers.CharField(required=False, allow_blank=True, max_length=64, help_text="e.g. token.read")
+    since = serializers.DateTimeField(required=False, help_text="Rows created at or after (ISO 8601)")
+    until = serializers.DateTimeField(required=False, help_text="Rows created before (ISO 8601; default now)")
+
+    def validate(self, attrs):
+        for name in ("since", "until"):
+            if attrs.get(name) is not None:
+                attrs[name] = utc_moment(attrs[name], name)
+        if attrs.get("since") and attrs.get("until") and attrs["since"] >= attrs["until"]:
+            raise serializers.ValidationError({"until": ["must be after since"]})
+        return attrs
+
+
+def utc_moment(value, name: str):
+    """`value` in UTC; a moment outside what UTC can hold (year 1 at +05:00) is a 400."""
+    from datetime import UTC
+
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise serializers.ValidationError({name: ["out of range"]}) from None
+
+
+class AuditPageQuerySerializer(AuditQuerySerializer):
+    cursor = serializers.RegexField(
+        r"^[0-9]{1,19}$", required=False, allow_blank=True, help_text="From the previous page's `next` link"
+    )
+    limit = serializers.IntegerField(
+        required=False, min_value=1, max_value=AUDIT_LIMIT_MAX, help_text=f"Default {AUDIT_LIMIT_DEFAULT}"
+    )
+
+
+class AuditEventSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    connection_id = serializers.CharField()
+    actor = serializers.CharField()
+    action = serializers.CharField()
+    ip = serializers.CharField(allow_null=True)
+    detail = serializers.DictField()
+
+
+class AuditPageSerializer(serializers.Serializer):
+    next = serializers.CharField(allow_null=True, help_text="The next (older) page, null on the last")
+    results = AuditEventSerializer(many=True)
+
+
+# -- a workspace's provider apps (issue 19): the bodies of /v1/workspace-providers ---------------
+TOKEN_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+
+
+class ProviderUpsertInputSerializer(serializers.Serializer):
+    template = serializers.CharField(
+        required=False, max_length=64, help_text="Required for a new row unless the name is a catalog key"
+    )
+    display_name = serializers.CharField(required=False, max_length=128)
+    client_id = serializers.CharField(required=False, max_length=512)
+    client_secret = serializers.CharField(
+        required=False, max_length=4096, trim_whitespace=False, write_only=True, help_text="Write-only: never answered"
+    )
+    default_scopes = serializers.ListField(
+        child=serializers.CharField(max_length=256, validators=[validate_scope_token]), required=False, max_length=100
+    )
+    authorize_params = serializers.DictField(child=serializers.CharField(max_length=512), required=False)
+    settings = serializers.DictField(required=False, help_text="Catalog keys (broker_app/providers/spec.py)")
+    token_auth = serializers.ChoiceField(choices=TOKEN_AUTH_METHODS, required=False)
+    enabled = serializers.BooleanField(required=False)
+
+    def validate(self, attrs):
+        unknown = sorted(set(self.initial_data) - set(self.fields)) if isinstance(self.initial_data, dict) else []
+        if unknown:
+            message = "not a field a workspace may set (endpoint URLs are the operator's)"
+            raise serializers.ValidationError({str(name)[:64]: [message] for name in unknown})
+        return attrs
+
+
+class ProviderAdminSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    shared = serializers.BooleanField(help_text="The operator's default (read-only for the workspace)")
+    environment = serializers.CharField(allow_null=True)
+    template = serializers.CharField()
+    display_name = serializers.CharField()
+    client_id = serializers.CharField()
+    client_secret_set = serializers.BooleanField(help_text="Whether a secret is stored; the secret is never answered")
+    default_scopes = serializers.ListField(child=serializers.CharField())
+    authorize_params = serializers.DictField(child=serializers.CharField())
+    settings = serializers.DictField()
+    token_auth = serializers.CharField()
+    enabled = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class ProviderAdminListSerializer(serializers.Serializer):
+    providers = ProviderAdminSerializer(many=True)

@@ -26,6 +26,7 @@ from dromos import wire
 from dromos.errors import InvalidRequest
 from dromos.http import no_store
 from dromos.renderers import JSONOnlyNegotiation
+from gateway_app import restrictions
 from gateway_app import schema as _schema  # noqa: F401  (registers the API-key security scheme)
 from gateway_app.authentication import ApiKeyAuthentication, ApiKeyThrottle, HasScope
 from gateway_app.broker_client import BrokerAnswer, broker
@@ -93,6 +94,15 @@ class GatewayApi(APIView):
     permission_classes = [HasScope]
     throttle_classes = [ApiKeyThrottle]
     required_scope: str | None = None
+    # Narrow keys (issue 19): the view's own check of what the request names (None: only
+    # the address and a connection_id in the path are checked).
+    restrict = None
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        principal = request.user
+        if principal.networks is not None or principal.narrow:  # an unrestricted key pays these two reads
+            restrictions.enforce(request, self)  # a few comparisons; before any broker call
 
 
 class PingApi(APIView):
@@ -111,6 +121,7 @@ class PingApi(APIView):
 
 class RequestConnectionApi(GatewayApi):
     required_scope = "connections:write"
+    restrict = staticmethod(restrictions.restrict_body)
 
     @extend_schema(
         operation_id="request_connection",
@@ -203,6 +214,8 @@ class RefreshApi(GatewayApi):
 
 
 class ConnectionListApi(GatewayApi):
+    restrict = staticmethod(restrictions.restrict_listing)
+
     @property
     def required_scope(self) -> str:
         return "connections:write" if self.request.method == "POST" else "connections:read"

@@ -117,6 +117,8 @@ class BrokerClient:
             raise BrokerUnavailable("the broker is unreachable; retry shortly", retry_after=2) from None
         status, content = response.status, response.data
         observe_broker_call(method, path, str(status), started)
+        if status == 204 and not content:  # deleted, nothing to say (DELETE workspace-providers)
+            return BrokerAnswer(204, b"", None)
         content_type = response.headers.get("Content-Type", "")
         if not content_type.startswith("application/json") or not content.startswith(b"{"):
             logger.warning("broker answered without JSON", extra={"status": status})
@@ -133,6 +135,32 @@ class BrokerClient:
             )
             raise BadGateway("the broker refused the gateway's credentials")
         return BrokerAnswer(status, content, response.headers.get("Retry-After"))
+
+    def stream(self, path: str, *, principal, client_ip: str | None, params: dict) -> urllib3.BaseHTTPResponse:
+        """A GET whose answer is read as it arrives (the audit export): a 200 that is not
+        NDJSON is a bad upstream; any other status is read whole and raised as `call` would."""
+        headers = {
+            "X-Dromos-Workspace": principal.workspace,
+            "X-Dromos-Actor": f"apikey:{principal.prefix}",
+            "X-Request-ID": request_id_var.get(),
+        }
+        if client_ip:
+            headers["X-Dromos-Client-IP"] = client_ip
+        target = f"{path}?{urlencode(params, doseq=True)}" if params else path
+        try:
+            response = self.pool.urlopen(
+                "GET",
+                self.base_path + target,
+                headers={**self.pool.headers, **headers},
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                preload_content=False,
+                timeout=self.pool.timeout,
+            )
+        except HTTPError:
+            raise BrokerUnavailable("the broker is unreachable; retry shortly", retry_after=2) from None
+        return response
 
     def healthy(self) -> bool:
         try:

@@ -10,6 +10,7 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 
 from dromos import wire
 from dromos.errors import InvalidRequest
+from gateway_app import restrictions
 from gateway_app.apis import (
     CONNECTION_ID_PARAMETER,
     ERRORS,
@@ -32,6 +33,7 @@ SESSION_ID_PARAMETER = OpenApiParameter(
 
 class ConnectSessionCreateApi(GatewayApi):
     required_scope = "connections:write"
+    restrict = staticmethod(restrictions.restrict_session)
 
     @extend_schema(
         operation_id="create_connect_session",
@@ -65,14 +67,15 @@ class ConnectSessionDetailApi(GatewayApi):
     def get(self, request, session_id: str):
         if not re.fullmatch(SESSION_ID, session_id):
             raise InvalidRequest("session_id is malformed")
-        return relay_answer(
-            broker().call(
-                "GET",
-                wire.internal_path(wire.CONNECT_SESSION, session_id=session_id),
-                principal=request.user,
-                client_ip=request_client_ip(request),
-            )
+        answer = broker().call(
+            "GET",
+            wire.internal_path(wire.CONNECT_SESSION, session_id=session_id),
+            principal=request.user,
+            client_ip=request_client_ip(request),
         )
+        if request.user.narrow and answer.status == 200:
+            restrictions.check_session(request.user, answer.body)  # a read: checked on the answer
+        return relay_answer(answer)
 
 
 class ReconnectApi(GatewayApi):

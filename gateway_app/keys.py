@@ -6,6 +6,10 @@ constant time. Revocation reaches this process at once, every other process thro
 marker in the shared cache (Redis) at the next request, and, failing that, within
 API_KEY_CACHE_SECONDS.
 
+A key may carry restrictions (issue 19; gateway_app.restrictions): they ride on the cached
+Principal, and an expired key is refused (None: 401) on the cached path too. Revoking a key
+revokes the keys minted from it, each with its own marker.
+
 Redis unreachable: the gateway keeps serving (REDIS_TIMEOUT_SECONDS bounds each call). The
 revocation marker cannot be read, so a key revoked meanwhile is refused by the other processes
 within API_KEY_CACHE_SECONDS (their cache entries expire and the database is read again); the
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 import threading
@@ -33,7 +38,7 @@ from django.utils import timezone
 from dromos import redis as shared_redis
 from dromos.wire import DEFAULT_ENVIRONMENT, valid_environment
 from gateway_app.metrics import degraded
-from gateway_app.models import ALL_SCOPES, ApiKey
+from gateway_app.models import ALL_SCOPES, KNOWN_SCOPES, ApiKey
 
 KEY_PATTERN = re.compile(r"^dk_([a-z0-9]{8})_([A-Za-z0-9_-]{43})$")
 LAST_USED_RESOLUTION = timedelta(seconds=60)
@@ -48,6 +53,13 @@ class Principal:
     prefix: str
     scopes: frozenset[str]
     environment: str = DEFAULT_ENVIRONMENT
+    # Narrow keys (issue 19; gateway_app.restrictions): None / "" means unrestricted.
+    expires_at: float | None = None  # time.time() from which the key is refused (401)
+    providers: frozenset[str] | None = None
+    user_ids: frozenset[str] | None = None
+    user_prefix: str = ""
+    networks: tuple | None = None
+    narrow: bool = False  # limited to some users or providers
 
     @property
     def tenant(self) -> str:
@@ -62,18 +74,57 @@ class Principal:
     def has_scope(self, scope: str) -> bool:
         return scope in self.scopes
 
+    def allows_user(self, user_id: str) -> bool:
+        if self.user_ids is None and not self.user_prefix:
+            return True
+        return (self.user_ids is not None and user_id in self.user_ids) or (
+            bool(self.user_prefix) and user_id.startswith(self.user_prefix)
+        )
+
+    def allows_provider(self, name: str) -> bool:
+        return self.providers is None or name.lower() in self.providers
+
+
+RESTRICTION_FIELDS = ("expires_at", "allowed_providers", "allowed_user_ids", "user_id_prefix", "allowed_cidrs")
+
+
+def _restrictions(key: ApiKey) -> dict:
+    """The Principal's restriction fields (gateway_app.restrictions), read once per cache fill."""
+    if not (key.expires_at or key.allowed_providers is not None or key.allowed_user_ids is not None) and not (
+        key.user_id_prefix or key.allowed_cidrs is not None
+    ):
+        return {}
+    providers = frozenset(key.allowed_providers) if key.allowed_providers is not None else None
+    user_ids = frozenset(key.allowed_user_ids) if key.allowed_user_ids is not None else None
+    return {
+        "expires_at": key.expires_at.timestamp() if key.expires_at else None,
+        "providers": providers,
+        "user_ids": user_ids,
+        "user_prefix": key.user_id_prefix or "",
+        "networks": tuple(ipaddress.ip_network(c, strict=False) for c in key.allowed_cidrs)
+        if key.allowed_cidrs is not None
+        else None,
+        "narrow": providers is not None or user_ids is not None or bool(key.user_id_prefix),
+    }
+
 
 def _digest(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 def apikey_create(
-    *, workspace: str, name: str, scopes: list[str] | None = None, environment: str = DEFAULT_ENVIRONMENT
+    *,
+    workspace: str,
+    name: str,
+    scopes: list[str] | None = None,
+    environment: str = DEFAULT_ENVIRONMENT,
+    configure: Callable[[ApiKey], None] | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key for the workspace's environment; return the row and the plaintext key
-    (shown once, never stored)."""
+    (shown once, never stored). `configure` sets more fields (restrictions, parent) on the
+    row before it is saved."""
     valid_environment(environment)  # ValueError: no path or SQL character gets through
-    unknown = set(scopes or []) - set(ALL_SCOPES)
+    unknown = set(scopes or []) - set(KNOWN_SCOPES)
     if unknown:
         raise ValueError(f"unknown scope(s): {', '.join(sorted(unknown))}")
     if not workspace or not re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", workspace):
@@ -86,7 +137,7 @@ def apikey_create(
         if not ApiKey.objects.filter(prefix=prefix).exists():
             break
     plaintext = f"dk_{prefix}_{secrets.token_urlsafe(32)}"
-    key = ApiKey.objects.create(
+    key = ApiKey(
         workspace=workspace,
         environment=environment,
         name=name,
@@ -94,16 +145,27 @@ def apikey_create(
         key_digest=_digest(plaintext),
         scopes=sorted(scopes or []),
     )
+    if configure is not None:
+        configure(key)
+    key.save(force_insert=True)
     return key, plaintext
 
 
 @transaction.atomic
-def apikey_revoke(*, prefix: str) -> ApiKey:
-    key = ApiKey.objects.select_for_update().get(prefix=prefix)
-    if key.revoked_at is None:
-        key.revoked_at = timezone.now()
-        key.save(update_fields=["revoked_at"])
-    transaction.on_commit(lambda: _announce_revocation(prefix))
+def apikey_revoke(*, prefix: str, workspace: str | None = None) -> ApiKey:
+    """Revoke a key and every key minted from it (and from those, …): a minted key never
+    outlives its parent. `workspace` scopes the lookup (DoesNotExist otherwise)."""
+    keys = ApiKey.objects.select_for_update()
+    key = (keys.filter(workspace=workspace) if workspace is not None else keys).get(prefix=prefix)
+    now, prefixes, level = timezone.now(), [key.prefix], [key.pk]
+    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=now)
+    while level:  # minted keys (issue 19), revoked in the same transaction
+        children = list(ApiKey.objects.select_for_update().filter(parent_id__in=level).values_list("pk", "prefix"))
+        ApiKey.objects.filter(pk__in=[pk for pk, _ in children], revoked_at__isnull=True).update(revoked_at=now)
+        prefixes += [p for _, p in children]
+        level = [pk for pk, _ in children]
+    key.refresh_from_db(fields=["revoked_at"])
+    transaction.on_commit(lambda: [_announce_revocation(p) for p in prefixes])
     return key
 
 
@@ -174,6 +236,8 @@ def apikey_verify(presented: str, *, before_lookup: Callable[[], None] | None = 
         _, stored_digest, principal, _ = cached
         if not hmac.compare_digest(stored_digest, presented_digest):
             return None
+        if principal.expires_at is not None and principal.expires_at <= time.time():
+            return None  # expired (issue 19): 401 like a revoked key
         if _revoked_elsewhere(prefix):
             _cache_forget(prefix)
             return None
@@ -182,10 +246,22 @@ def apikey_verify(presented: str, *, before_lookup: Callable[[], None] | None = 
         before_lookup()
     key = (
         ApiKey.objects.filter(prefix=prefix)
-        .only("id", "workspace", "environment", "prefix", "key_digest", "scopes", "revoked_at", "last_used_at")
+        .only(
+            "id",
+            "workspace",
+            "environment",
+            "prefix",
+            "key_digest",
+            "scopes",
+            "revoked_at",
+            "last_used_at",
+            *RESTRICTION_FIELDS,
+        )
         .first()
     )
     if key is None or key.revoked_at is not None or not hmac.compare_digest(key.key_digest, presented_digest):
+        return None
+    if key.expires_at is not None and key.expires_at <= timezone.now():
         return None
     principal = Principal(
         key_id=key.id,
@@ -193,6 +269,7 @@ def apikey_verify(presented: str, *, before_lookup: Callable[[], None] | None = 
         prefix=key.prefix,
         scopes=frozenset(key.scopes or ALL_SCOPES),
         environment=key.environment,
+        **_restrictions(key),
     )
     if key.last_used_at is None or timezone.now() - key.last_used_at > LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=key.pk).update(last_used_at=timezone.now())

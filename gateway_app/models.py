@@ -15,6 +15,10 @@ ALL_SCOPES = (
     "tokens:refresh",
     "proxy",
 )
+# Never implied by an empty scope list: a key is a workspace admin only when it says so
+# (the management API: keys, webhooks, audit log).
+ADMIN_SCOPE = "admin"
+KNOWN_SCOPES = (*ALL_SCOPES, ADMIN_SCOPE)
 
 
 class ApiKey(models.Model):
@@ -33,6 +37,21 @@ class ApiKey(models.Model):
         blank=True,
         help_text='Proxy rules [{"provider", "methods", "path"}]; null: PROXY_DEFAULT_POLICY (gateway_app.egress)',
     )
+    # Narrow keys (issue 19, gateway_app.restrictions): null / blank means unrestricted.
+    allowed_providers = models.JSONField(null=True, blank=True, help_text="Provider names; null: any")
+    allowed_user_ids = models.JSONField(null=True, blank=True, help_text="user_ids; null: any (see user_id_prefix)")
+    user_id_prefix = models.CharField(max_length=255, blank=True, default="", help_text="Blank: any")
+    allowed_cidrs = models.JSONField(null=True, blank=True, help_text="Source networks; null: any address")
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Refused (401) from then on")
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="minted",
+        help_text="The admin key this one was minted from (POST /v1/keys with expires_in): revoked with it",
+    )
+    created_by = models.CharField(max_length=16, blank=True, default="", help_text="Prefix of the creating key")
 
     class Meta:
         ordering = ["workspace", "name"]

@@ -508,6 +508,10 @@ func (c *Client) attempt(ctx context.Context, method, target string, body []byte
 	if out == nil {
 		return nil
 	}
+	if raw, ok := out.(*[]byte); ok { // a body that is not one JSON value (the NDJSON audit export)
+		*raw = data
+		return nil
+	}
 	if err := json.Unmarshal(data, out); err != nil {
 		return fmt.Errorf("oauthsdk: decoding %s %s answer (status %d): %w", method, req.URL.Path, resp.StatusCode, err)
 	}

@@ -369,3 +369,173 @@ type ReconnectOutput struct {
 	ConnectionID string   `json:"connection_id"`
 	Scopes       []string `json:"scopes"`
 }
+
+// The management API (keys with the "admin" scope): see [Client.CreateKey].
+
+// Key is an API key as the management API shows it: never the key itself nor its
+// digest. A nil restriction means unrestricted.
+type Key struct {
+	Prefix       string            `json:"prefix"`
+	Name         string            `json:"name"`
+	Scopes       []string          `json:"scopes"`
+	Providers    *[]string         `json:"providers"`
+	UserIDs      *[]string         `json:"user_ids"`
+	UserIDPrefix *string           `json:"user_id_prefix"`
+	AllowedCIDRs *[]string         `json:"allowed_cidrs"`
+	EgressPolicy *[]map[string]any `json:"egress_policy"`
+	CreatedAt    time.Time         `json:"created_at"`
+	LastUsedAt   *time.Time        `json:"last_used_at"`
+	ExpiresAt    *time.Time        `json:"expires_at"`
+	RevokedAt    *time.Time        `json:"revoked_at"`
+	// MintedFrom is the parent key's prefix for a minted key (revoked with it).
+	MintedFrom *string `json:"minted_from"`
+	// CreatedBy is the prefix of the admin key that created it.
+	CreatedBy *string `json:"created_by"`
+}
+
+// KeyCreated is the answer of [Client.CreateKey]: Plaintext is the key itself,
+// shown in this answer only.
+type KeyCreated struct {
+	Key
+	Plaintext string `json:"key"`
+}
+
+// CreateKeyInput is the body of POST /v1/keys. Every restriction is optional;
+// the new key never holds more than the admin key creating it (400 otherwise).
+type CreateKeyInput struct {
+	Name         string   `json:"name"`
+	Scopes       []string `json:"scopes,omitempty"`
+	Providers    []string `json:"providers,omitempty"`
+	UserIDs      []string `json:"user_ids,omitempty"`
+	UserIDPrefix string   `json:"user_id_prefix,omitempty"`
+	AllowedCIDRs []string `json:"allowed_cidrs,omitempty"`
+	// EgressPolicy holds proxy rules: "PROVIDER METHODS PATH_GLOB" strings or
+	// {"provider", "methods", "path"} objects.
+	EgressPolicy []any     `json:"egress_policy,omitempty"`
+	ExpiresAt    time.Time `json:"-"`
+	// ExpiresIn (seconds, 60-604800) mints a short-lived key: revoked with the
+	// admin key that minted it.
+	ExpiresIn int `json:"expires_in,omitempty"`
+}
+
+// KeyList is one page of GET /v1/keys.
+type KeyList struct {
+	Count    int     `json:"count"`
+	Next     *string `json:"next"`
+	Previous *string `json:"previous"`
+	Results  []Key   `json:"results"`
+}
+
+// Webhook is a webhook endpoint (never its secret).
+type Webhook struct {
+	ID        string    `json:"id"`
+	URL       string    `json:"url"`
+	Events    []string  `json:"events"`
+	Enabled   bool      `json:"enabled"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// WebhookCreated is the answer of [Client.CreateWebhook]: Secret signs the
+// deliveries and is shown in this answer only.
+type WebhookCreated struct {
+	Webhook
+	Secret string `json:"secret"`
+}
+
+// WebhookSecret is the answer of [Client.RotateWebhookSecret]: the new secret,
+// shown once; the old one stops signing at once.
+type WebhookSecret struct {
+	ID     string `json:"id"`
+	Secret string `json:"secret"`
+}
+
+// WebhookDelivery is one event sent (or being sent) to an endpoint.
+type WebhookDelivery struct {
+	ID             string     `json:"id"`
+	Event          string     `json:"event"`
+	ConnectionID   string     `json:"connection_id"`
+	Status         string     `json:"status"`
+	Attempts       int        `json:"attempts"`
+	LastStatusCode *int       `json:"last_status_code"`
+	LastError      string     `json:"last_error"`
+	NextAttemptAt  *time.Time `json:"next_attempt_at"`
+	CreatedAt      time.Time  `json:"created_at"`
+	DeliveredAt    *time.Time `json:"delivered_at"`
+}
+
+// WebhookDeliveryList is one page of a webhook's deliveries, newest first.
+type WebhookDeliveryList struct {
+	Count    int               `json:"count"`
+	Next     *string           `json:"next"`
+	Previous *string           `json:"previous"`
+	Results  []WebhookDelivery `json:"results"`
+}
+
+// AuditEvent is one row of the workspace's audit log. Never a token.
+type AuditEvent struct {
+	ID           int            `json:"id"`
+	CreatedAt    time.Time      `json:"created_at"`
+	ConnectionID string         `json:"connection_id"`
+	Actor        string         `json:"actor"`
+	Action       string         `json:"action"`
+	IP           *string        `json:"ip"`
+	Detail       map[string]any `json:"detail"`
+}
+
+// AuditPage is one page of GET /v1/audit, newest first; Next (a URL) is the
+// older page, nil on the last. Pass its cursor as [AuditQuery.Cursor].
+type AuditPage struct {
+	Next    *string      `json:"next"`
+	Results []AuditEvent `json:"results"`
+}
+
+// AuditQuery filters the audit log. Zero values are not sent.
+type AuditQuery struct {
+	ConnectionID string
+	Actor        string
+	Action       string
+	Since        time.Time
+	Until        time.Time
+	// Limit and Cursor page GET /v1/audit (not the export).
+	Limit  int
+	Cursor string
+}
+
+// ProviderAdmin is a provider app as its workspace manages it: never the
+// secret, only whether one is set.
+type ProviderAdmin struct {
+	Name            string            `json:"name"`
+	Shared          bool              `json:"shared"`
+	Environment     *string           `json:"environment"`
+	Template        string            `json:"template"`
+	DisplayName     string            `json:"display_name"`
+	ClientID        string            `json:"client_id"`
+	ClientSecretSet bool              `json:"client_secret_set"`
+	DefaultScopes   []string          `json:"default_scopes"`
+	AuthorizeParams map[string]string `json:"authorize_params"`
+	Settings        map[string]any    `json:"settings"`
+	TokenAuth       string            `json:"token_auth"`
+	Enabled         bool              `json:"enabled"`
+	CreatedAt       time.Time         `json:"created_at"`
+	UpdatedAt       time.Time         `json:"updated_at"`
+}
+
+// ProviderAdminList is the answer of GET /v1/workspace-providers.
+type ProviderAdminList struct {
+	Providers []ProviderAdmin `json:"providers"`
+}
+
+// ProviderUpsertInput is the body of PUT /v1/workspace-providers/{name}: nil
+// fields are not sent (they keep their value).
+type ProviderUpsertInput struct {
+	Template        *string           `json:"template,omitempty"`
+	DisplayName     *string           `json:"display_name,omitempty"`
+	ClientID        *string           `json:"client_id,omitempty"`
+	ClientSecret    *string           `json:"client_secret,omitempty"`
+	DefaultScopes   []string          `json:"default_scopes,omitempty"`
+	AuthorizeParams map[string]string `json:"authorize_params,omitempty"`
+	Settings        map[string]any    `json:"settings,omitempty"`
+	TokenAuth       *string           `json:"token_auth,omitempty"`
+	Enabled         *bool             `json:"enabled,omitempty"`
+}

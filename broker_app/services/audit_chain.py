@@ -208,11 +208,12 @@ def audit_verify(*, since: datetime | None = None, until: datetime | None = None
 _EXPORT = (*_ROW, "chain_hash", "prev_id")
 
 
-def audit_export_lines(*, since: datetime, until: datetime) -> Iterator[str]:
+def audit_export_lines(*, since: datetime, until: datetime, **filters: str) -> Iterator[str]:
     """The rows created in [since, until) as NDJSON lines, oldest first, read through a
-    server-side cursor (constant memory on PostgreSQL). Audit rows never hold a token."""
+    server-side cursor (constant memory on PostgreSQL). Audit rows never hold a token.
+    `filters`: exact workspace, connection_id, actor, action (the management API's export)."""
     rows = (
-        AuditEvent.objects.filter(created_at__gte=since, created_at__lt=until)
+        AuditEvent.objects.filter(created_at__gte=since, created_at__lt=until, **filters)
         .order_by("created_at", "id")
         .values_list(*_EXPORT)
     )

@@ -170,3 +170,43 @@ def test_the_gateway_calls_the_paths_the_broker_serves():
     assert resolve(wire.internal_path(wire.WORKSPACE_PROVIDERS), urlconf="dromos.urls_broker")
     named = resolve(wire.internal_path(wire.WORKSPACE_PROVIDER, name="google"), urlconf="dromos.urls_broker")
     assert named.kwargs == {"name": "google"}
+
+
+def test_the_broker_serves_the_management_paths_the_gateway_calls():
+    """Webhooks and the audit log (issue 19): every internal path resolves on the broker with
+    the ids the gateway fills in."""
+    from django.urls import resolve
+
+    ids = {"webhook_id": "0f8fad5b-d9cb-469f-a165-70867728950e", "delivery_id": "7c9e6679-7425-40de-944b-e07fc1f90ae7"}
+    for template in (
+        wire.WEBHOOKS,
+        wire.WEBHOOK,
+        wire.WEBHOOK_ROTATE,
+        wire.WEBHOOK_DELIVERIES,
+        wire.WEBHOOK_REDELIVER,
+        wire.AUDIT_EVENTS,
+        wire.AUDIT_EXPORT,
+    ):
+        path = wire.internal_path(template, **{k: v for k, v in ids.items() if k in template})
+        match = resolve(path, urlconf="dromos.urls_broker")
+        assert match.kwargs == {k: v for k, v in ids.items() if k in template}, template
+
+
+@pytest.mark.django_db
+def test_the_management_bodies_are_their_serializers():
+    from broker_app.manage_apis import audit_row_as_dict, delivery_as_dict, webhook_as_dict
+    from broker_app.models import AuditEvent, WebhookDelivery, WebhookEndpoint
+    from broker_app.webhooks import webhook_endpoint_create
+
+    endpoint, _ = webhook_endpoint_create(workspace="ws-a", url="https://hooks.example.com/x")
+    delivery = WebhookDelivery.objects.create(
+        endpoint=endpoint, event="connection.revoked", connection_id="c", payload={}
+    )
+    row = AuditEvent.objects.create(connection_id="c", workspace="ws-a", actor="system", action="token.read")
+    for body, serializer in (
+        (webhook_as_dict(WebhookEndpoint.objects.get(pk=endpoint.pk)), wire.WebhookSerializer),
+        (delivery_as_dict(delivery), wire.WebhookDeliverySerializer),
+        (audit_row_as_dict(row), wire.AuditEventSerializer),
+    ):
+        assert set(body) == set(serializer().fields), serializer.__name__
+        assert set(serializer(body).data) == set(body)  # every field renders as documented

@@ -82,8 +82,11 @@ class EntrypointStack(Stack):
         headers = {"X-API-Key": self.env["BROKER_API_KEY"], **kwargs.pop("headers", {})}
         return requests.get(self.broker_url + path, headers=headers, timeout=30, **kwargs)
 
-    def new_key(self, workspace: str) -> str:
-        return self.manage("gateway", "apikey", "create", "--workspace", workspace, "--name", "ops").stdout.split()[-1]
+    def new_key(self, workspace: str, *scopes: str) -> str:
+        flags = [arg for scope in scopes for arg in ("--scope", scope)]
+        return self.manage(
+            "gateway", "apikey", "create", "--workspace", workspace, "--name", "ops", *flags
+        ).stdout.split()[-1]
 
     def connect(
         self, key: str, *, user_id: str = "user-ops", login: str = "alice", deny: bool = False, provider: str = "local"

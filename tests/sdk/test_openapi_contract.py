@@ -18,6 +18,7 @@ from drf_spectacular.generators import SchemaGenerator
 ROOT = Path(__file__).resolve().parents[2]
 GO_TYPES = ROOT / "oauth-sdk" / "types.go"
 GO_CLIENT = ROOT / "oauth-sdk" / "client.go"
+GO_MANAGE = ROOT / "oauth-sdk" / "manage.go"  # the management API (issue 19)
 PY_MODELS = ROOT / "sdk" / "python" / "src" / "dromos_sdk" / "models.py"
 PY_CORE = ROOT / "sdk" / "python" / "src" / "dromos_sdk" / "_core.py"
 
@@ -29,6 +30,16 @@ GO_RESPONSES = {
     "Provider": "Provider",
     "ParamFormat": "ParamFormat",
     "ConnectionList": "ConnectionPage",
+    "Key": "Key",
+    "KeyList": "KeyPage",
+    "Webhook": "Webhook",
+    "WebhookSecret": "WebhookSecret",
+    "WebhookDelivery": "WebhookDelivery",
+    "WebhookDeliveryList": "WebhookDeliveryPage",
+    "AuditEvent": "AuditEvent",
+    "AuditPage": "AuditPage",
+    "ProviderAdmin": "ProviderAdmin",
+    "ProviderAdminList": "ProviderAdminList",
 }
 PY_RESPONSES = {
     "ConnectionRequest": "ConnectionRequest",
@@ -50,6 +61,14 @@ GO_KINDS = {  # Go field type → OpenAPI (type, format or item type)
     "map[string]string": ("object", None),
     "map[string]ParamFormat": ("object", None),
     "[]Connection": ("array", None),
+    "time.Time": ("string", "date-time"),
+    "*string": ("string", None),
+    "*[]string": ("array", "string"),
+    "*[]map[string]any": ("array", None),
+    "[]Key": ("array", None),
+    "[]WebhookDelivery": ("array", None),
+    "[]AuditEvent": ("array", None),
+    "[]ProviderAdmin": ("array", None),
 }
 UNEXPOSED_OPERATIONS = {("GET", "/v1/ping")}  # a liveness probe for humans, not an SDK method
 # The API proxy (issue 15): one SDK method (Go Client.Proxy, Python client.proxy) takes the
@@ -82,7 +101,7 @@ def go_structs() -> dict[str, dict[str, str]]:
     source = GO_TYPES.read_text()
     structs: dict[str, dict[str, str]] = {}
     for name, body in re.findall(r"^type (\w+) struct \{\n(.*?)^\}", source, re.S | re.M):
-        fields = re.findall(r"^\t\w+ (\S+) `json:\"([^\",]+)[^`]*`", body, re.M)
+        fields = re.findall(r"^\t\w+ +(\S+) +`json:\"([^\",]+)[^`]*`", body, re.M)  # gofmt aligns columns
         if fields:
             structs[name] = {json_name: go_type for go_type, json_name in fields}
     return structs
@@ -180,11 +199,13 @@ def test_python_request_body_matches_the_schema(schema):
 
 
 def _go_calls() -> set[tuple[str, str]]:
-    source = GO_CLIENT.read_text()
+    source = GO_CLIENT.read_text() + GO_MANAGE.read_text()
     calls = set()
-    pattern = r'c\.do\(ctx, http\.Method(\w+), "(/v1/[^"]*)"(\+url\.PathEscape\(\w+\))?(?:\+"([^"]*)")?'
-    for method, path, tail, suffix in re.findall(pattern, source):
-        calls.add((method.upper(), path + ("{id}" if tail else "") + suffix))
+    # "/v1/…" then any run of +url.PathEscape(x) and +"…" pieces (two ids: a webhook's delivery)
+    pattern = r'c\.do\(ctx, http\.Method(\w+), ("/v1/[^"]*"(?:\+url\.PathEscape\(\w+\)|\+"[^"]*")*)'
+    for method, expression in re.findall(pattern, source):
+        path = re.sub(r"\+url\.PathEscape\(\w+\)", "{id}", expression).replace("+", "").replace('"', "")
+        calls.add((method.upper(), path))
     proxy = GO_PROXY.read_text()
     if "func (c *Client) Proxy(" in proxy and '"/v1/proxy/"' in proxy:
         calls |= {(method, PROXY_PATH) for method in PROXY_METHODS}

@@ -2,13 +2,49 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_date, parse_datetime
 
 from dromos.wire import DEFAULT_ENVIRONMENT
 from gateway_app.egress import PolicyError, apikey_set_policy, policy_load, rule_parse
-from gateway_app.keys import apikey_create, apikey_revoke
-from gateway_app.models import ALL_SCOPES, ApiKey
+from gateway_app.keys import apikey_revoke
+from gateway_app.models import KNOWN_SCOPES, ApiKey
+from gateway_app.restrictions import key_create
+
+
+def parse_moment(raw: str, flag: str) -> datetime:
+    """A date (its midnight UTC) or an ISO 8601 date-time (UTC when it names no zone)."""
+    try:
+        moment = parse_datetime(raw)
+        if moment is None:
+            day = parse_date(raw)
+            moment = datetime(day.year, day.month, day.day) if day else None
+    except ValueError:
+        moment = None
+    if moment is None:
+        raise CommandError(f"{flag} must be a date (2026-11-29) or an ISO 8601 date-time, not {raw!r}")
+    return moment if timezone.is_aware(moment) else moment.replace(tzinfo=UTC)
+
+
+def _restriction_text(key: ApiKey) -> str:
+    parts = []
+    if key.allowed_providers is not None:
+        parts.append(f"providers={','.join(key.allowed_providers)}")
+    if key.allowed_user_ids is not None:
+        parts.append(f"user_ids={len(key.allowed_user_ids)}")
+    if key.user_id_prefix:
+        parts.append(f"user_id_prefix={key.user_id_prefix}")
+    if key.allowed_cidrs is not None:
+        parts.append(f"cidrs={','.join(key.allowed_cidrs)}")
+    if key.expires_at is not None:
+        parts.append(f"expires={key.expires_at:%Y-%m-%dT%H:%M:%SZ}")
+    if key.parent_id is not None:
+        parts.append(f"minted_from={key.parent.prefix}")
+    return "".join(f"\t{part}" for part in parts)
 
 
 class Command(BaseCommand):
@@ -28,10 +64,15 @@ class Command(BaseCommand):
             "--scope",
             action="append",
             default=[],
-            choices=ALL_SCOPES,
-            help="Limit the key to these scopes (repeatable); default: all",
+            choices=KNOWN_SCOPES,
+            help="Limit the key to these scopes (repeatable); default: all but admin (the management API)",
         )
         _policy_arguments(create)
+        create.add_argument("--provider", action="append", default=None, help="Only these providers (repeatable)")
+        create.add_argument("--user-id", action="append", default=None, help="Only these user_ids (repeatable)")
+        create.add_argument("--user-id-prefix", help="Only user_ids starting with this")
+        create.add_argument("--cidr", action="append", default=None, help="Only from these networks (repeatable)")
+        create.add_argument("--expires", help="Refused from then on: a date (midnight UTC) or ISO 8601 date-time")
         policy = sub.add_parser("policy", help="Set or clear a key's proxy egress policy")
         policy.add_argument("--prefix", required=True)
         _policy_arguments(policy)
@@ -45,12 +86,18 @@ class Command(BaseCommand):
         action = options["action"]
         if action == "create":
             rules = _rules(options)
+            expires = parse_moment(options["expires"], "--expires") if options["expires"] else None
             try:
                 with transaction.atomic():
-                    key, plaintext = apikey_create(
+                    key, plaintext = key_create(
                         workspace=options["workspace"],
                         name=options["name"],
                         scopes=options["scope"] or None,
+                        providers=options["provider"],
+                        user_ids=options["user_id"],
+                        user_id_prefix=options["user_id_prefix"],
+                        cidrs=options["cidr"],
+                        expires_at=expires,
                         environment=options["environment"],
                     )
                     if rules is not None:
@@ -73,6 +120,7 @@ class Command(BaseCommand):
                     + ("" if key.egress_policy is None else f"\tpolicy={len(key.egress_policy)} rule(s)")
                     # Production (the default, and every key older than environments) says nothing.
                     + ("" if key.environment == DEFAULT_ENVIRONMENT else f"\tenvironment={key.environment}")
+                    + _restriction_text(key)
                 )
         elif action == "policy":
             key = ApiKey.objects.filter(prefix=options["prefix"]).first()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar, cast
 
@@ -243,6 +244,138 @@ class AsyncDromosClient:
     async def list_providers(self) -> list[Provider]:
         """The providers configured on the broker."""
         return await self._run(_core.execute(_core.list_providers_call(), self._settings))
+
+    # -- the management API (keys with the admin scope) --
+
+    async def create_key(
+        self,
+        name: str,
+        *,
+        scopes: Sequence[str] | None = None,
+        providers: Sequence[str] | None = None,
+        user_ids: Sequence[str] | None = None,
+        user_id_prefix: str | None = None,
+        allowed_cidrs: Sequence[str] | None = None,
+        egress_policy: Sequence[Any] | None = None,
+        expires_at: datetime | str | None = None,
+        expires_in: int | None = None,
+    ) -> dict[str, Any]:
+        """Create a key in the admin key's workspace, never with more rights than the admin
+        key; ``expires_in`` (seconds) mints a short-lived key revoked with the admin key.
+        The answer's ``"key"`` is the key itself, shown this once."""
+        restrictions = {
+            "scopes": list(scopes) if scopes is not None else None,
+            "providers": list(providers) if providers is not None else None,
+            "user_ids": list(user_ids) if user_ids is not None else None,
+            "user_id_prefix": user_id_prefix,
+            "allowed_cidrs": list(allowed_cidrs) if allowed_cidrs is not None else None,
+            "egress_policy": list(egress_policy) if egress_policy is not None else None,
+            "expires_in": expires_in,
+        }
+        call = _core.create_key_call(name, expires_at, restrictions)
+        return await self._run(_core.execute(call, self._settings))
+
+    async def list_keys(
+        self, include_revoked: bool = False, page: int | None = None, page_size: int | None = None
+    ) -> dict[str, Any]:
+        """One page of the workspace's keys (prefix, scopes, restrictions, use; never a key)."""
+        call = _core.list_keys_call(include_revoked, page, page_size)
+        return await self._run(_core.execute(call, self._settings))
+
+    async def get_key(self, prefix: str) -> dict[str, Any]:
+        """One key of the workspace, by its public prefix."""
+        return await self._run(_core.execute(_core.get_key_call(prefix), self._settings))
+
+    async def revoke_key(self, prefix: str) -> dict[str, Any]:
+        """Revoke the key and every key minted from it."""
+        return await self._run(_core.execute(_core.revoke_key_call(prefix), self._settings))
+
+    async def create_webhook(self, url: str, events: Sequence[str] | None = None) -> dict[str, Any]:
+        """A webhook endpoint; the answer's ``"secret"`` (signing) is shown this once."""
+        call = _core.create_webhook_call(url, events)
+        return await self._run(_core.execute(call, self._settings))
+
+    async def list_webhooks(self) -> list[dict[str, Any]]:
+        """The workspace's webhook endpoints (never a secret)."""
+        return await self._run(_core.execute(_core.list_webhooks_call(), self._settings))
+
+    async def delete_webhook(self, webhook_id: str) -> dict[str, Any]:
+        """Delete the endpoint and its delivery history."""
+        call = _core.delete_webhook_call(webhook_id)
+        return await self._run(_core.execute(call, self._settings))
+
+    async def rotate_webhook_secret(self, webhook_id: str) -> dict[str, Any]:
+        """A new signing secret (``"secret"``, shown this once); the old one stops at once."""
+        call = _core.rotate_webhook_secret_call(webhook_id)
+        return await self._run(_core.execute(call, self._settings))
+
+    async def list_webhook_deliveries(
+        self,
+        webhook_id: str,
+        status: str | None = None,
+        page: int | None = None,
+        page_size: int | None = None,
+    ) -> dict[str, Any]:
+        """One page of the endpoint's deliveries, newest first."""
+        call = _core.list_webhook_deliveries_call(webhook_id, status, page, page_size)
+        return await self._run(_core.execute(call, self._settings))
+
+    async def redeliver_webhook_delivery(self, webhook_id: str, delivery_id: str) -> dict[str, Any]:
+        """Queue a failed delivery again from scratch."""
+        call = _core.redeliver_webhook_delivery_call(webhook_id, delivery_id)
+        return await self._run(_core.execute(call, self._settings))
+
+    async def list_audit_events(
+        self,
+        connection_id: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of the workspace's audit log, newest first (``next``: the older page)."""
+        call = _core.list_audit_events_call(
+            connection_id, actor, action, since, until, limit, cursor
+        )
+        return await self._run(_core.execute(call, self._settings))
+
+    async def export_audit_events(
+        self,
+        since: datetime | str,
+        until: datetime | str | None = None,
+        connection_id: str | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The rows created in [since, until), oldest first (the NDJSON export, read whole)."""
+        call = _core.export_audit_events_call(since, until, connection_id, actor, action)
+        return await self._run(_core.execute(call, self._settings))
+
+    async def list_workspace_providers(self) -> list[dict[str, Any]]:
+        """Per name, the provider app the workspace uses: its own or the shared one
+        (``"shared": True``). Never a secret (``client_secret_set`` says whether one is)."""
+        call = _core.list_workspace_providers_call()
+        return await self._run(_core.execute(call, self._settings))
+
+    async def get_workspace_provider(self, name: str) -> dict[str, Any]:
+        """The workspace's own provider app ``name`` (a shared one is not: 404)."""
+        call = _core.get_workspace_provider_call(name)
+        return await self._run(_core.execute(call, self._settings))
+
+    async def upsert_workspace_provider(self, name: str, **fields: Any) -> dict[str, Any]:
+        """Create or update the workspace's own provider app (``template``, ``display_name``,
+        ``client_id``, ``client_secret`` (write-only), ``default_scopes``, ``authorize_params``,
+        ``settings``, ``token_auth``, ``enabled``); fields left out keep their value."""
+        call = _core.upsert_workspace_provider_call(name, fields)
+        return await self._run(_core.execute(call, self._settings))
+
+    async def delete_workspace_provider(self, name: str) -> None:
+        """Delete the workspace's own provider app (409 ``provider_in_use`` while it has
+        connections: disable it with ``enabled=False`` instead)."""
+        call = _core.delete_workspace_provider_call(name)
+        await self._run(_core.execute(call, self._settings))
 
     async def proxy(
         self,

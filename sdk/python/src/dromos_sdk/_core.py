@@ -11,6 +11,7 @@ generators with blocking or awaitable I/O; neither holds any logic of its own.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -18,6 +19,7 @@ import random
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 from urllib.parse import quote
 
@@ -153,6 +155,7 @@ class Call(Generic[T]):
 
     spec: RequestSpec
     parse: Callable[[Any], T]
+    raw: bool = False  # parse gets the body as text (NDJSON), not decoded JSON
 
 
 def _segment(connection_id: str) -> str:
@@ -326,6 +329,183 @@ def list_providers_call() -> Call[list[Provider]]:
     return Call(RequestSpec("GET", "/v1/providers"), _parse_providers)
 
 
+# --- the management API (admin keys) ------------------------------------------------
+# Answers are returned as decoded JSON objects (dicts): the fields are listed in the
+# gateway's OpenAPI schema (components Key, KeyCreated, Webhook, WebhookDelivery, AuditEvent).
+
+_KEY_RESTRICTIONS = (
+    "scopes",
+    "providers",
+    "user_ids",
+    "user_id_prefix",
+    "allowed_cidrs",
+    "egress_policy",
+    "expires_in",
+)
+
+
+def _object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise TypeError("expected a JSON object")
+    return data
+
+
+def _moment(value: datetime | str) -> str:
+    return value.isoformat() if isinstance(value, datetime) else str(value)
+
+
+def _present(query: Mapping[str, Any]) -> dict[str, str] | None:
+    params = {
+        key: ("true" if value is True else "false" if value is False else str(value))
+        for key, value in query.items()
+        if value is not None
+    }
+    return params or None
+
+
+def create_key_call(
+    name: str, expires_at: datetime | str | None, restrictions: Mapping[str, Any]
+) -> Call[dict[str, Any]]:
+    unknown = set(restrictions) - set(_KEY_RESTRICTIONS)
+    if unknown:
+        raise ValueError(f"unknown key restriction(s): {', '.join(sorted(unknown))}")
+    key: dict[str, Any] = {"name": name}
+    key.update({field: value for field, value in restrictions.items() if value is not None})
+    if expires_at is not None:
+        key["expires_at"] = _moment(expires_at)
+    return Call(RequestSpec("POST", "/v1/keys", json=key), _object)
+
+
+def list_keys_call(
+    include_revoked: bool, page: int | None, page_size: int | None
+) -> Call[dict[str, Any]]:
+    query = {
+        "include_revoked": True if include_revoked else None,
+        "page": page,
+        "page_size": page_size,
+    }
+    return Call(RequestSpec("GET", "/v1/keys", params=_present(query)), _object)
+
+
+def get_key_call(prefix: str) -> Call[dict[str, Any]]:
+    return Call(RequestSpec("GET", f"/v1/keys/{_segment(prefix)}"), _object)
+
+
+def revoke_key_call(prefix: str) -> Call[dict[str, Any]]:
+    return Call(RequestSpec("DELETE", f"/v1/keys/{_segment(prefix)}"), _object)
+
+
+def create_webhook_call(url: str, events: Sequence[str] | None) -> Call[dict[str, Any]]:
+    webhook: dict[str, Any] = {"url": url}
+    if events is not None:
+        webhook["events"] = [str(event) for event in events]
+    return Call(RequestSpec("POST", "/v1/webhooks", json=webhook), _object)
+
+
+def _webhook_results(data: Any) -> list[dict[str, Any]]:
+    return [_object(item) for item in data["results"]]
+
+
+def list_webhooks_call() -> Call[list[dict[str, Any]]]:
+    return Call(RequestSpec("GET", "/v1/webhooks"), _webhook_results)
+
+
+def delete_webhook_call(webhook_id: str) -> Call[dict[str, Any]]:
+    return Call(RequestSpec("DELETE", f"/v1/webhooks/{_segment(webhook_id)}"), _object)
+
+
+def rotate_webhook_secret_call(webhook_id: str) -> Call[dict[str, Any]]:
+    path = f"/v1/webhooks/{_segment(webhook_id)}/rotate-secret"
+    return Call(RequestSpec("POST", path), _object)
+
+
+def list_webhook_deliveries_call(
+    webhook_id: str, status: str | None, page: int | None, page_size: int | None
+) -> Call[dict[str, Any]]:
+    query = {"status": status, "page": page, "page_size": page_size}
+    path = f"/v1/webhooks/{_segment(webhook_id)}/deliveries"
+    return Call(RequestSpec("GET", path, params=_present(query)), _object)
+
+
+def redeliver_webhook_delivery_call(webhook_id: str, delivery_id: str) -> Call[dict[str, Any]]:
+    path = f"/v1/webhooks/{_segment(webhook_id)}/deliveries/{_segment(delivery_id)}/redeliver"
+    return Call(RequestSpec("POST", path), _object)
+
+
+def _audit_query(
+    connection_id: str | None,
+    actor: str | None,
+    action: str | None,
+    since: datetime | str | None,
+    until: datetime | str | None,
+) -> dict[str, Any]:
+    return {
+        "connection_id": connection_id,
+        "actor": actor,
+        "action": action,
+        "since": _moment(since) if since is not None else None,
+        "until": _moment(until) if until is not None else None,
+    }
+
+
+def list_audit_events_call(
+    connection_id: str | None,
+    actor: str | None,
+    action: str | None,
+    since: datetime | str | None,
+    until: datetime | str | None,
+    limit: int | None,
+    cursor: str | None,
+) -> Call[dict[str, Any]]:
+    query = {
+        **_audit_query(connection_id, actor, action, since, until),
+        "limit": limit,
+        "cursor": cursor,
+    }
+    return Call(RequestSpec("GET", "/v1/audit", params=_present(query)), _object)
+
+
+def _ndjson(text: Any) -> list[dict[str, Any]]:
+    return [_object(json.loads(line)) for line in str(text).splitlines() if line.strip()]
+
+
+def export_audit_events_call(
+    since: datetime | str,
+    until: datetime | str | None,
+    connection_id: str | None,
+    actor: str | None,
+    action: str | None,
+) -> Call[list[dict[str, Any]]]:
+    query = _audit_query(connection_id, actor, action, since, until)
+    return Call(RequestSpec("GET", "/v1/audit/export", params=_present(query)), _ndjson, raw=True)
+
+
+def _providers_admin(data: Any) -> list[dict[str, Any]]:
+    return [_object(item) for item in data["providers"]]
+
+
+def _nothing(_: Any) -> None:
+    return None
+
+
+def list_workspace_providers_call() -> Call[list[dict[str, Any]]]:
+    return Call(RequestSpec("GET", "/v1/workspace-providers"), _providers_admin)
+
+
+def get_workspace_provider_call(name: str) -> Call[dict[str, Any]]:
+    return Call(RequestSpec("GET", f"/v1/workspace-providers/{_segment(name)}"), _object)
+
+
+def upsert_workspace_provider_call(name: str, fields: Mapping[str, Any]) -> Call[dict[str, Any]]:
+    path = f"/v1/workspace-providers/{_segment(name)}"
+    return Call(RequestSpec("PUT", path, json=dict(fields)), _object)
+
+
+def delete_workspace_provider_call(name: str) -> Call[None]:
+    path = f"/v1/workspace-providers/{_segment(name)}"
+    return Call(RequestSpec("DELETE", path), _nothing, raw=True)
+
+
 # --- the API proxy -----------------------------------------------------------------
 
 PROXY_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"})
@@ -418,7 +598,7 @@ def error_from_response(response: httpx.Response) -> APIError:
 
 def parse_success(call: Call[T], response: httpx.Response) -> T:
     try:
-        return call.parse(response.json())
+        return call.parse(response.text if call.raw else response.json())
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UnexpectedResponseError(
             f"{call.spec.method} {call.spec.path}: unexpected response body "
