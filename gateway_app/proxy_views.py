@@ -342,20 +342,27 @@ class ProxyApi(GatewayApi):
             raise proxy.ProxyForbidden(f"this API key's egress policy has no rule '{rule}'", missing_rule=rule)
         target = proxy.target_of(credential, host_override)
         call.host = target.host
+        upstream_path = proxy.upstream_target(target.base_path, path, query, credential)
         address = proxy.address_of(target)
-        upstream_path = target.base_path + path + (f"?{query}" if query else "")
 
         refreshed = False
         while True:
             call.attempts += 1
             upstream = self._send(call, target, address, credential, request, body, upstream_path)
             status = upstream.status
+            if status == 401 and not credential.refreshable:
+                # A static credential (API key, login) the provider refuses: nothing to
+                # refresh. Flag the connection (check-connection shows it) and relay the 401.
+                proxy.credential_forget(principal.workspace, credential.connection_id)
+                proxy.connection_flag_attention(principal, credential, client_ip=client_ip)
+                return self._relay_upstream(call, upstream, credential)
             if status == 401 and not refreshed:
                 refreshed = True
                 fresh = self._refresh(principal, credential, client_ip, call)
                 if fresh is not None and retry_ok and (body.replayable or body.length == 0):
                     _discard(upstream)
                     credential = fresh
+                    upstream_path = proxy.upstream_target(target.base_path, path, query, credential)
                     continue
                 return self._relay_upstream(call, upstream, credential)
             if status == 401 and refreshed and call.attempts > 1:
@@ -434,7 +441,7 @@ class ProxyApi(GatewayApi):
         own = time.perf_counter() - call.started - call.upstream_seconds
         PROXY_OVERHEAD_SECONDS.labels(provider=credential.provider_name).observe(max(0.0, own))
         counter = [0]
-        chunks = proxy.body_chunks(upstream, credential.access_token, counter)
+        chunks = proxy.body_chunks(upstream, credential.secrets, counter)
 
         def stream() -> Iterator[bytes]:
             outcome, error = status, ""
