@@ -14,11 +14,9 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 
 import urllib3
 from django.conf import settings
-from django.db import connection as db_connection
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -26,7 +24,6 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from urllib3.exceptions import HTTPError, ReadTimeoutError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
-from dromos.db import execute_fixed
 from dromos.errors import ApiError, InvalidRequest, error_response
 from dromos.renderers import JSONOnlyNegotiation
 from gateway_app import proxy
@@ -48,7 +45,7 @@ from gateway_app.metrics import (
     PROXY_REQUESTS,
     PROXY_SECONDS,
 )
-from gateway_app.models import ProxyCall
+from gateway_app.proxy_audit import audit_submit
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +77,7 @@ class Call:
         if self.bytes_sent:
             PROXY_BYTES.labels(provider=provider, direction="sent").inc(self.bytes_sent)
         try:
-            _audit_insert(
+            audit_submit(
                 {
                     "workspace": self.principal.workspace,
                     "key_prefix": self.principal.prefix,
@@ -99,24 +96,7 @@ class Call:
                 }
             )
         except Exception:  # the agent's answer is already on its way; say so, do not hide it
-            logger.exception("proxy audit row not written", extra={"connection_id": self.connection_id})
-
-
-@lru_cache(maxsize=1)
-def _audit_sql() -> tuple[str, tuple]:
-    """One INSERT written once (as broker_app.audit does): the ORM's create() compiled it
-    on every proxied call."""
-    meta, quote = ProxyCall._meta, db_connection.ops.quote_name
-    fields = tuple(f for f in meta.concrete_fields if not f.primary_key)
-    columns = ", ".join(quote(f.column) for f in fields)
-    placeholders = ", ".join(["%s"] * len(fields))
-    # Identifiers come from the model (quoted), values are always parameters.
-    return " ".join(("INSERT INTO", quote(meta.db_table), f"({columns})", "VALUES", f"({placeholders})")), fields
-
-
-def _audit_insert(values: dict) -> None:
-    sql, fields = _audit_sql()
-    execute_fixed(sql, [f.get_db_prep_save(values[f.name], db_connection) for f in fields])
+            logger.exception("proxy audit row not queued", extra={"connection_id": self.connection_id})
 
 
 class Body:
