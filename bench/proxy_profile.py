@@ -4,6 +4,11 @@ this process and called directly (no gunicorn, no socket to the agent), one call
 
     .venv/bin/python bench/proxy_profile.py                    # cProfile, top functions
     .venv/bin/python bench/proxy_profile.py --calls 3000 --sort tottime
+    .venv/bin/python bench/proxy_profile.py --py-spy 20   # sample the real gunicorn gateway instead
+
+With --py-spy SECONDS the calls go over HTTP to the stack's gunicorn gateway (one call at a
+time, as proxy_bench.py makes them) while py-spy samples its worker's CPU (idle and waiting
+threads excluded); prints the functions by own and by inclusive share of the samples.
 
 Prints the in-process time per call (the gateway's own work plus the upstream and broker
 hops it waits for) and the profile. A fresh database as proxy_bench.py (BENCH_DATABASE_URL,
@@ -52,6 +57,55 @@ def _connect(stack: Stack) -> str:
     return started["connection_id"]
 
 
+def _py_spy(stack: Stack, cid: str, args) -> None:
+    import subprocess
+
+    session = requests.Session()
+    url, headers = f"{stack.gateway_url}/v1/proxy/{cid}{args.path}", {"Authorization": f"Bearer {stack.api_key}"}
+    for _ in range(200):
+        session.get(url, headers=headers, timeout=30)
+    master = stack.processes["gateway"].pid
+    worker = int(Path(f"/proc/{master}/task/{master}/children").read_text().split()[0])
+    out = Path(tempfile.mkdtemp(prefix="proxy-pyspy-")) / "gateway.txt"
+    spy = subprocess.Popen(
+        [str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid", str(worker), "--rate", "1000", "--format", "raw", "--nonblocking", "--gil",
+         "--duration", str(int(args.py_spy)), "--output", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    calls, deadline = 0, time.monotonic() + args.py_spy
+    while time.monotonic() < deadline:
+        session.get(url, headers=headers, timeout=30)
+        calls += 1
+    spy.wait(60)
+    print(f"{calls} proxied calls in {args.py_spy:g} s (samples: {out})")
+    _print_samples(out, args.top)
+
+
+def _print_samples(path: Path, top: int) -> None:
+    """py-spy's raw output ("frame (file:line);… count" per line) by function."""
+    import re
+    from collections import Counter
+
+    own, inclusive, total = Counter(), Counter(), 0
+    for line in path.read_text().splitlines():
+        stack_text, _, count = line.rpartition(" ")
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack_text.split(";") if frame]
+        if not frames:
+            continue
+        n = int(count)
+        total += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    print(f"{total} samples of the gateway worker's CPU\n\nown time")
+    for frame, n in own.most_common(top):
+        print(f"{100 * n / total:5.1f}%  {frame}")
+    print("\ninclusive time")
+    for frame, n in inclusive.most_common(top * 2):
+        print(f"{100 * n / total:5.1f}%  {frame}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=2000)
@@ -59,6 +113,7 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=45)
     parser.add_argument("--path", default="/me")
     parser.add_argument("--save", help="also write the cProfile data to this file (pstats)")
+    parser.add_argument("--py-spy", type=float, default=0, help="seconds of py-spy sampling of the real gateway")
     args = parser.parse_args()
 
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dromos")
@@ -78,6 +133,9 @@ def main() -> int:
     stack.start()
     try:
         cid = _connect(stack)
+        if args.py_spy:
+            _py_spy(stack, cid, args)
+            return 0
         os.environ.update({**stack.env, "DJANGO_SETTINGS_MODULE": "dromos.settings.gateway"})
         from dromos.wsgi import application
 

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
 import orjson
@@ -369,15 +369,11 @@ class Target:
 def target_of(credential: Credential, host_override: str | None) -> Target:
     """Where the call goes: the api_base_url (scheme, host, port, path prefix), on another of
     the provider's API hosts when the agent names one in Dromos-Proxy-Host."""
-    base = urlsplit(credential.api_base_url)
-    host = (base.hostname or "").lower()
-    scheme = base.scheme
+    scheme, host, port, path = _base_parts(credential.api_base_url)
     if scheme not in ("https", "http") or not host:
         raise DestinationRefused(f"provider {credential.provider_name} has an unusable api_base_url")
     if scheme == "http" and host not in settings.PROXY_ALLOWED_PRIVATE_HOSTS:
         raise DestinationRefused("the provider's API must be https (plain http only for PROXY_ALLOWED_PRIVATE_HOSTS)")
-    port = base.port or (443 if scheme == "https" else 80)
-    path = base.path.rstrip("/")
     if host_override is not None:
         wanted = host_override.strip().lower()
         if wanted not in credential.api_hosts:
@@ -386,6 +382,18 @@ def target_of(credential: Credential, host_override: str | None) -> Target:
         if wanted != host:
             host, port, path = wanted, 443 if scheme == "https" else 80, ""
     return Target(scheme=scheme, host=host, port=port, base_path=path)
+
+
+@lru_cache(maxsize=1024)
+def _base_parts(api_base_url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path prefix) of an api_base_url: parsed once, not per call."""
+    try:
+        base = urlsplit(api_base_url)
+        port = base.port
+    except ValueError:
+        return "", "", 0, ""
+    scheme = base.scheme
+    return scheme, (base.hostname or "").lower(), port or (443 if scheme == "https" else 80), base.path.rstrip("/")
 
 
 def _address_refused(address: str) -> bool:

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from functools import lru_cache
 
-from django.db import close_old_connections, connection, transaction
+from django.db import connection
 
 from gateway_app.metrics import PROXY_AUDIT_DROPPED
 from gateway_app.models import ProxyCall
@@ -47,13 +47,13 @@ def _columns() -> tuple[str, ...]:
     return tuple(f.name for f in ProxyCall._meta.concrete_fields if not f.primary_key)
 
 
-@lru_cache(maxsize=1)
-def _insert_sql() -> str:
+@lru_cache(maxsize=64)
+def _insert_sql(rows: int) -> str:
     meta, quote = ProxyCall._meta, connection.ops.quote_name
     columns = ", ".join(quote(ProxyCall._meta.get_field(name).column) for name in _columns())
-    placeholders = ", ".join(["%s"] * len(_columns()))
+    row = "(" + ", ".join(["%s"] * len(_columns())) + ")"
     # Identifiers come from the model (quoted), values are always parameters.
-    return " ".join(("INSERT INTO", quote(meta.db_table), f"({columns})", "VALUES", f"({placeholders})"))
+    return " ".join(("INSERT INTO", quote(meta.db_table), f"({columns})", "VALUES", ", ".join([row] * rows)))
 
 
 def audit_submit(values: dict) -> None:
@@ -76,7 +76,10 @@ def audit_submit(values: dict) -> None:
             thread = threading.Thread(target=_run, name="proxy-audit-writer", daemon=True)
             _state["thread"] = thread
             thread.start()
-        _cond.notify_all()
+        # Wake the writer only when it waits for a first row or a batch is full: it gathers
+        # the rest for FLUSH_SECONDS without being woken per row.
+        if len(_pending) == 1 or len(_pending) >= BATCH_MAX:
+            _cond.notify_all()
 
 
 def audit_flush(timeout: float = 10.0) -> bool:
@@ -152,12 +155,13 @@ def _run() -> None:
 
 
 def _write(rows: list[tuple]) -> None:
-    close_old_connections()
+    """One multi-row INSERT: a single statement, so atomic without a transaction of its own,
+    and one round trip (a failed connection is closed by the caller, reopened on retry)."""
     at = _columns().index("created_at")
     adapt = connection.ops.adapt_datetimefield_value  # PostgreSQL: as is; SQLite: its text form
-    rows = [(*row[:at], adapt(row[at]), *row[at + 1 :]) for row in rows]
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.executemany(_insert_sql(), rows)
+    params = [value for row in rows for value in (*row[:at], adapt(row[at]), *row[at + 1 :])]
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_sql(len(rows)), params)
 
 
 atexit.register(audit_flush, 5.0)

@@ -305,7 +305,8 @@ class ProxyApi(GatewayApi):
     def _forward(self, request, call: Call):
         principal, method = call.principal, call.method
         path = proxy.check_path(call.path)
-        query = proxy.check_query(request.META.get("QUERY_STRING", ""))
+        meta = request._request.META  # (DRF's Request forwards each attribute lookup)
+        query = proxy.check_query(meta.get("QUERY_STRING", ""))
         retry_ok, retries, host_override = _options(request, method)
         policy = policy_for(principal.key_id)
         if not policy.allows_any(method, path):
@@ -314,7 +315,7 @@ class ProxyApi(GatewayApi):
                 missing_rule=f"<provider> {method} {path}",
             )
         body = Body(request, replay=retry_ok or retries > 0)
-        client_ip = request_client_ip(request)
+        client_ip = request_client_ip(request._request)
         credential = proxy.credential_get(principal, call.connection_id, client_ip=client_ip)
         call.provider = credential.provider_name
         if not policy.allows(credential.provider_name, method, path):
@@ -364,7 +365,7 @@ class ProxyApi(GatewayApi):
     def _send(self, call, target, address, credential, request, body: Body, upstream_path: str):
         payload = body.payload() if method_has_body(call.method, body) else None
         length = body.length if payload is not None else None
-        headers = proxy.request_headers(request.META, credential, target, length=length)
+        headers = proxy.request_headers(request._request.META, credential, target, length=length)
         pool = proxy.pool_for(target, address)
         sent_at = time.perf_counter()
         try:
