@@ -67,9 +67,10 @@ def _py_spy(stack: Stack, cid: str, args) -> None:
     master = stack.processes["gateway"].pid
     worker = int(Path(f"/proc/{master}/task/{master}/children").read_text().split()[0])
     out = Path(tempfile.mkdtemp(prefix="proxy-pyspy-")) / "gateway.txt"
+    py_spy = str(ROOT / ".venv" / "bin" / "py-spy")
     spy = subprocess.Popen(
-        [str(ROOT / ".venv" / "bin" / "py-spy"), "record", "--pid", str(worker), "--rate", "1000", "--format", "raw", "--nonblocking", "--gil",
-         "--duration", str(int(args.py_spy)), "--output", str(out)],
+        [py_spy, "record", "--pid", str(worker), "--rate", "1000", "--format", "raw", "--nonblocking", "--gil"]
+        + ["--duration", str(int(args.py_spy)), "--output", str(out)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
