@@ -19,7 +19,8 @@ this process, one call at a time over keep-alive connections, alternating the ca
 The upstream is the same process and endpoint for both, so the difference is the proxy's
 cost: the gateway's authentication, rate limit, egress policy, credential (from the
 process cache; from the broker once every PROXY_TOKEN_CACHE_SECONDS), SSRF checks, the
-extra hop and the audit row. Prints the p50/p99 of each case, the p50/p99 overhead (the
+extra hop and the audit row (handed to gateway_app.proxy_audit's writer thread). Prints
+the p50/p99 of each case, the p50/p99 overhead (the
 medians over rounds of proxied minus direct), the gateway's and the broker's CPU time per
 proxied call, and the issue's target (p50 overhead <= 3 ms); writes var/bench/proxy_bench.json.
 """

@@ -23,6 +23,19 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class UrlQueryFilter(logging.Filter):
+    """urllib3 writes each request line at DEBUG ('http://host:port "GET /path?query …" 200'):
+    a query string may carry a credential (an API key sent as a query parameter by the
+    proxy or a static credential's verification), so these lines never show one. Attached
+    to the `urllib3.connectionpool` logger by settings.LOGGING."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 5 and isinstance(args[4], str) and "?" in args[4]:
+            record.args = (*args[:4], args[4].split("?", 1)[0] + "?<query not logged>", *args[5:])
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {

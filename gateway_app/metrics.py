@@ -107,3 +107,7 @@ PROXY_REFRESHES = Counter(
     "Refreshes the proxy asked for after a provider's 401, by provider and outcome",
     ["provider", "outcome"],
 )
+PROXY_AUDIT_DROPPED = Counter(
+    "dromos_proxy_audit_dropped_total",
+    "Proxy audit rows dropped because too many waited for an unreachable database (gateway_app.proxy_audit)",
+)

@@ -18,6 +18,7 @@ SSRF guard, in order:
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import logging
 import re
@@ -27,13 +28,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from urllib.parse import unquote, urlsplit
+from functools import cached_property, lru_cache
+from urllib.parse import quote, unquote, unquote_plus, urlsplit
 
 import orjson
 import urllib3
 from django.conf import settings
 
-from dromos.errors import ApiError, BrokerUnavailable
+from dromos.errors import ApiError, BrokerUnavailable, InvalidRequest
 from dromos.wire import PROXY_ATTENTION, PROXY_CREDENTIAL, PROXY_REFRESH, internal_path
 from gateway_app.broker_client import BrokerAnswer, broker
 
@@ -71,11 +73,47 @@ class BodyTooLarge(ApiError):
     status_code, code = 413, "request_too_large"
 
 
+class ProxyNotConfigured(ApiError):
+    status_code, code = 409, "proxy_not_configured"
+
+
 class UpstreamBroken(Exception):
     """The provider's answer broke off mid-body: the agent's response is aborted."""
 
 
 # -- credentials ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Injection:
+    """Where a credential goes on the upstream request: headers set, and at most one query
+    parameter appended (name, already percent-encoded value)."""
+
+    headers: dict[str, str] = field(repr=False)
+    query: tuple[str, str] | None = field(default=None, repr=False)
+
+
+_SENDABLE = re.compile(r"^[\x21-\x7e]+$")  # printable ASCII, no space: a token, a key, base64
+
+
+def injection(credential: Credential) -> Injection:
+    """How `credential` goes on the request, keyed by its kind, exactly as the provider's
+    template says (the broker names the kind: broker_app.services.proxy._injection). A new
+    kind of credential gets its branch here. A secret that cannot travel in a header or a
+    query (a space, CR/LF, non-ASCII) is refused without being sent or shown."""
+    secret = credential.access_token
+    if not _SENDABLE.match(secret):
+        raise ProxyNotConfigured("the connection's stored credential cannot be sent in an HTTP request")
+    kind = credential.kind
+    if kind == "oauth":  # any OAuth grant's access token: api_auth, default Authorization: Bearer {token}
+        return Injection({credential.auth_header: credential.auth_format.replace("{token}", secret)})
+    if kind == "api_key_header":  # credential_header: credential_format ({api_key})
+        return Injection({credential.auth_header: credential.auth_format.replace("{api_key}", secret)})
+    if kind == "api_key_query":  # ?credential_query_param=KEY
+        return Injection({}, (credential.auth_query_param, quote(secret, safe="")))
+    if kind == "basic":  # the broker sends base64(username:password)
+        return Injection({"Authorization": f"Basic {secret}"})
+    raise ProxyNotConfigured(f"this gateway cannot inject a credential of kind {kind!r}; upgrade it")
 
 
 @dataclass(frozen=True)
@@ -89,6 +127,9 @@ class Credential:
     api_hosts: tuple[str, ...]
     auth_header: str
     auth_format: str = field(repr=False)
+    kind: str = "oauth"
+    auth_query_param: str = ""
+    api_headers: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_json(cls, body: bytes) -> Credential:
@@ -102,13 +143,37 @@ class Credential:
             expires_at=datetime.fromisoformat(expires.replace("Z", "+00:00")) if expires else None,
             api_base_url=data["api_base_url"],
             api_hosts=tuple(data.get("api_hosts") or ()),
-            auth_header=data["auth_header"],
-            auth_format=data["auth_format"],
+            auth_header=data.get("auth_header") or "",
+            auth_format=data.get("auth_format") or "",
+            kind=data.get("kind") or "oauth",
+            auth_query_param=data.get("auth_query_param") or "",
+            api_headers=tuple((str(k), str(v)) for k, v in (data.get("api_headers") or {}).items()),
         )
 
     @property
-    def auth_value(self) -> str:
-        return self.auth_format.replace("{token}", self.access_token)
+    def refreshable(self) -> bool:
+        """A static credential (API key, login) has nothing to refresh: a 401 is final."""
+        return self.kind == "oauth"
+
+    @cached_property
+    def injected(self) -> Injection:
+        return injection(self)
+
+    @cached_property
+    def secrets(self) -> tuple[str, ...]:
+        """Every form of the secret that must never reach the agent (masked in bodies, the
+        headers holding one dropped): as stored, and as it travels."""
+        forms = {self.access_token}
+        if self.kind == "api_key_query":
+            forms.add(quote(self.access_token, safe=""))
+        if self.kind == "basic":
+            try:
+                password = base64.b64decode(self.access_token, validate=True).decode().partition(":")[2]
+            except (ValueError, UnicodeDecodeError):
+                password = ""
+            if len(password) >= 8:  # shorter ones would mask ordinary words
+                forms.add(password)
+        return tuple(sorted((f for f in forms if f), key=len, reverse=True))
 
 
 class BrokerRefused(Exception):
@@ -305,15 +370,11 @@ class Target:
 def target_of(credential: Credential, host_override: str | None) -> Target:
     """Where the call goes: the api_base_url (scheme, host, port, path prefix), on another of
     the provider's API hosts when the agent names one in Dromos-Proxy-Host."""
-    base = urlsplit(credential.api_base_url)
-    host = (base.hostname or "").lower()
-    scheme = base.scheme
+    scheme, host, port, path = _base_parts(credential.api_base_url)
     if scheme not in ("https", "http") or not host:
         raise DestinationRefused(f"provider {credential.provider_name} has an unusable api_base_url")
     if scheme == "http" and host not in settings.PROXY_ALLOWED_PRIVATE_HOSTS:
         raise DestinationRefused("the provider's API must be https (plain http only for PROXY_ALLOWED_PRIVATE_HOSTS)")
-    port = base.port or (443 if scheme == "https" else 80)
-    path = base.path.rstrip("/")
     if host_override is not None:
         wanted = host_override.strip().lower()
         if wanted not in credential.api_hosts:
@@ -322,6 +383,18 @@ def target_of(credential: Credential, host_override: str | None) -> Target:
         if wanted != host:
             host, port, path = wanted, 443 if scheme == "https" else 80, ""
     return Target(scheme=scheme, host=host, port=port, base_path=path)
+
+
+@lru_cache(maxsize=1024)
+def _base_parts(api_base_url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path prefix) of an api_base_url: parsed once, not per call."""
+    try:
+        base = urlsplit(api_base_url)
+        port = base.port
+    except ValueError:
+        return "", "", 0, ""
+    scheme = base.scheme
+    return scheme, (base.hostname or "").lower(), port or (443 if scheme == "https" else 80), base.path.rstrip("/")
 
 
 def _address_refused(address: str) -> bool:
@@ -447,9 +520,11 @@ _RESPONSE_DROPPED = HOP_BY_HOP | {"set-cookie", "set-cookie2", "content-length",
 
 def request_headers(meta: dict, credential: Credential, target: Target, *, length: int | None) -> dict[str, str]:
     """The agent's headers minus credentials, hop-by-hop and Dromos-* headers, plus the
-    injected credential and the right Host."""
+    template's api_headers where the agent sent none, the injected credential and the right
+    Host. An agent's header of the same name as the credential's is dropped, never sent."""
+    injected = credential.injected.headers
     listed = {h.strip().lower() for h in meta.get("HTTP_CONNECTION", "").split(",") if h.strip()}
-    dropped = _REQUEST_DROPPED | listed | {credential.auth_header.lower()}
+    dropped = _REQUEST_DROPPED | listed | {name.lower() for name in injected}
     headers: dict[str, str] = {}
     for name, value in meta.items():
         if name.startswith("HTTP_"):
@@ -461,22 +536,45 @@ def request_headers(meta: dict, credential: Credential, target: Target, *, lengt
         if header in dropped or header.startswith(("dromos-", "x-dromos-")):
             continue
         headers[header.title()] = value
+    for name, value in credential.api_headers:
+        if name.title() not in headers and name.lower() not in dropped:
+            headers[name.title()] = value
     headers["Host"] = target.host_header
-    headers[credential.auth_header] = credential.auth_value
+    headers.update(injected)
     if length is not None:
         headers["Content-Length"] = str(length)
     return headers
 
 
+def upstream_target(base_path: str, path: str, query: str, credential: Credential) -> str:
+    """The request target sent upstream: the API base's path, the agent's path and query, and
+    the credential's query parameter when it travels in the query (never logged: see
+    dromos.logging.UrlQueryFilter). An agent query naming that parameter is refused (400) rather than
+    rewritten or sent twice."""
+    injected = credential.injected.query
+    if injected is not None:
+        name = injected[0].lower()
+        for pair in re.split("[&;]", query):
+            given = unquote_plus(pair.partition("=")[0]).strip().lower()
+            if given == name:
+                raise InvalidRequest(
+                    f"the query parameter {injected[0]!r} carries this connection's credential and is set by "
+                    "the proxy; remove it from the query"
+                )
+        query = f"{query}&{injected[0]}={injected[1]}" if query else f"{injected[0]}={injected[1]}"
+    return base_path + path + (f"?{query}" if query else "")
+
+
 def response_headers(upstream: urllib3.BaseHTTPResponse, credential: Credential) -> list[tuple[str, str]]:
     listed = {h.strip().lower() for h in upstream.headers.get("Connection", "").split(",") if h.strip()}
+    secrets = credential.secrets
     kept = []
     for name, value in upstream.headers.items():
         lowered = name.lower()
         if lowered in _RESPONSE_DROPPED or lowered in listed or lowered.startswith("dromos-"):
             continue
-        if credential.access_token and credential.access_token in value:
-            continue  # a provider echoing the token in a header: never relayed
+        if any(secret in value for secret in secrets):
+            continue  # a provider echoing the credential in a header (a Location with ?api_key=): never relayed
         kept.append((name, value))
     return kept
 
@@ -486,20 +584,22 @@ def response_headers(upstream: urllib3.BaseHTTPResponse, credential: Credential)
 CHUNK = 64 * 1024
 
 
-def body_chunks(upstream: urllib3.BaseHTTPResponse, secret: str, counter: list[int]) -> Iterator[bytes]:
-    """The provider's body as it arrives, with any occurrence of the access token masked by
-    as many `*` (the length stays, so Content-Length stays true). A body cut short raises
-    UpstreamBroken: the agent's response must break, never end as if complete."""
-    needle = secret.encode() if secret else b""
-    keep = max(0, len(needle) - 1)
+def body_chunks(upstream: urllib3.BaseHTTPResponse, secrets: tuple[str, ...], counter: list[int]) -> Iterator[bytes]:
+    """The provider's body as it arrives, with any occurrence of the credential (each of
+    `secrets`, longest first) masked by as many `*` (the length stays, so Content-Length
+    stays true). A body cut short raises UpstreamBroken: the agent's response must break,
+    never end as if complete."""
+    needles = [secret.encode() for secret in secrets if secret]
+    keep = max((len(needle) for needle in needles), default=1) - 1
     carry = b""
     try:
         for chunk in upstream.stream(CHUNK, decode_content=False):
             if not chunk:
                 continue
-            if needle:
+            if needles:
                 data = carry + chunk
-                data = data.replace(needle, b"*" * len(needle))
+                for needle in needles:
+                    data = data.replace(needle, b"*" * len(needle))
                 carry, chunk = (data[-keep:], data[:-keep]) if keep and len(data) > keep else (data, b"")
                 if not chunk:
                     continue

@@ -14,11 +14,9 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 
 import urllib3
 from django.conf import settings
-from django.db import connection as db_connection
 from django.http import HttpResponse, StreamingHttpResponse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
@@ -26,7 +24,6 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from urllib3.exceptions import HTTPError, ReadTimeoutError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 
-from dromos.db import execute_fixed
 from dromos.errors import ApiError, InvalidRequest, error_response
 from dromos.renderers import JSONOnlyNegotiation
 from gateway_app import proxy
@@ -48,7 +45,7 @@ from gateway_app.metrics import (
     PROXY_REQUESTS,
     PROXY_SECONDS,
 )
-from gateway_app.models import ProxyCall
+from gateway_app.proxy_audit import audit_submit
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +77,7 @@ class Call:
         if self.bytes_sent:
             PROXY_BYTES.labels(provider=provider, direction="sent").inc(self.bytes_sent)
         try:
-            _audit_insert(
+            audit_submit(
                 {
                     "workspace": self.principal.workspace,
                     "key_prefix": self.principal.prefix,
@@ -99,24 +96,7 @@ class Call:
                 }
             )
         except Exception:  # the agent's answer is already on its way; say so, do not hide it
-            logger.exception("proxy audit row not written", extra={"connection_id": self.connection_id})
-
-
-@lru_cache(maxsize=1)
-def _audit_sql() -> tuple[str, tuple]:
-    """One INSERT written once (as broker_app.audit does): the ORM's create() compiled it
-    on every proxied call."""
-    meta, quote = ProxyCall._meta, db_connection.ops.quote_name
-    fields = tuple(f for f in meta.concrete_fields if not f.primary_key)
-    columns = ", ".join(quote(f.column) for f in fields)
-    placeholders = ", ".join(["%s"] * len(fields))
-    # Identifiers come from the model (quoted), values are always parameters.
-    return " ".join(("INSERT INTO", quote(meta.db_table), f"({columns})", "VALUES", f"({placeholders})")), fields
-
-
-def _audit_insert(values: dict) -> None:
-    sql, fields = _audit_sql()
-    execute_fixed(sql, [f.get_db_prep_save(values[f.name], db_connection) for f in fields])
+            logger.exception("proxy audit row not queued", extra={"connection_id": self.connection_id})
 
 
 class Body:
@@ -325,7 +305,8 @@ class ProxyApi(GatewayApi):
     def _forward(self, request, call: Call):
         principal, method = call.principal, call.method
         path = proxy.check_path(call.path)
-        query = proxy.check_query(request.META.get("QUERY_STRING", ""))
+        meta = request._request.META  # (DRF's Request forwards each attribute lookup)
+        query = proxy.check_query(meta.get("QUERY_STRING", ""))
         retry_ok, retries, host_override = _options(request, method)
         policy = policy_for(principal.key_id)
         if not policy.allows_any(method, path):
@@ -334,7 +315,7 @@ class ProxyApi(GatewayApi):
                 missing_rule=f"<provider> {method} {path}",
             )
         body = Body(request, replay=retry_ok or retries > 0)
-        client_ip = request_client_ip(request)
+        client_ip = request_client_ip(request._request)
         credential = proxy.credential_get(principal, call.connection_id, client_ip=client_ip)
         call.provider = credential.provider_name
         if not policy.allows(credential.provider_name, method, path):
@@ -342,20 +323,27 @@ class ProxyApi(GatewayApi):
             raise proxy.ProxyForbidden(f"this API key's egress policy has no rule '{rule}'", missing_rule=rule)
         target = proxy.target_of(credential, host_override)
         call.host = target.host
+        upstream_path = proxy.upstream_target(target.base_path, path, query, credential)
         address = proxy.address_of(target)
-        upstream_path = target.base_path + path + (f"?{query}" if query else "")
 
         refreshed = False
         while True:
             call.attempts += 1
             upstream = self._send(call, target, address, credential, request, body, upstream_path)
             status = upstream.status
+            if status == 401 and not credential.refreshable:
+                # A static credential (API key, login) the provider refuses: nothing to
+                # refresh. Flag the connection (check-connection shows it) and relay the 401.
+                proxy.credential_forget(principal.workspace, credential.connection_id)
+                proxy.connection_flag_attention(principal, credential, client_ip=client_ip)
+                return self._relay_upstream(call, upstream, credential)
             if status == 401 and not refreshed:
                 refreshed = True
                 fresh = self._refresh(principal, credential, client_ip, call)
                 if fresh is not None and retry_ok and (body.replayable or body.length == 0):
                     _discard(upstream)
                     credential = fresh
+                    upstream_path = proxy.upstream_target(target.base_path, path, query, credential)
                     continue
                 return self._relay_upstream(call, upstream, credential)
             if status == 401 and refreshed and call.attempts > 1:
@@ -377,7 +365,7 @@ class ProxyApi(GatewayApi):
     def _send(self, call, target, address, credential, request, body: Body, upstream_path: str):
         payload = body.payload() if method_has_body(call.method, body) else None
         length = body.length if payload is not None else None
-        headers = proxy.request_headers(request.META, credential, target, length=length)
+        headers = proxy.request_headers(request._request.META, credential, target, length=length)
         pool = proxy.pool_for(target, address)
         sent_at = time.perf_counter()
         try:
@@ -434,7 +422,7 @@ class ProxyApi(GatewayApi):
         own = time.perf_counter() - call.started - call.upstream_seconds
         PROXY_OVERHEAD_SECONDS.labels(provider=credential.provider_name).observe(max(0.0, own))
         counter = [0]
-        chunks = proxy.body_chunks(upstream, credential.access_token, counter)
+        chunks = proxy.body_chunks(upstream, credential.secrets, counter)
 
         def stream() -> Iterator[bytes]:
             outcome, error = status, ""

@@ -160,6 +160,7 @@ def connection_replace_credential(*, connection: Connection, credential: str, to
         connection.token_version += 1
         connection.status = Status.ACTIVE
         connection.error = connection.error_description = ""
+        connection.attention = ""  # a new credential: the proxy's "provider rejected" flag no longer applies
         connection.last_refreshed_at = timezone.now()
         connection.save()
         audit_record(

@@ -1,6 +1,16 @@
 """The broker's side of the gateway's API proxy (issue 15): a credential read that also says
-where the provider's API lives and how the token is injected, a refresh that happens only
-when the rejected token is still the stored one, and the "needs attention" flag.
+where the provider's API lives and how the credential is injected, a refresh that happens
+only when the rejected token is still the stored one, and the "needs attention" flag.
+
+How a credential is injected is named by its kind (`_injection`; the gateway's
+`gateway_app.proxy.injection` applies it):
+
+- `oauth`: an access token (any OAuth grant) in the template's `api_auth` header and format
+  (default `Authorization: Bearer {token}`);
+- `api_key_header`: a static API key in `credential_header` with `credential_format`
+  (`{api_key}` filled: `x-api-key: {api_key}`, `Authorization: Token token={api_key}` …);
+- `api_key_query`: a static API key as the query parameter `credential_query_param`;
+- `basic`: a static login, `Authorization: Basic base64(username:password)`.
 
 Every credential read is a token read in the audit trail (actor `proxy:apikey:<prefix>`);
 the gateway never reads token tables."""
@@ -17,7 +27,7 @@ from django.utils import timezone
 from broker_app import metrics
 from broker_app.audit import Actor, audit_record
 from broker_app.models import Connection
-from broker_app.providers.registry import resolve
+from broker_app.providers.registry import resolve, resolve_static
 from broker_app.providers.spec import ProviderConfigError
 from broker_app.selectors import connection_get
 from broker_app.services.lifecycle import not_active
@@ -31,6 +41,10 @@ DEFAULT_AUTH_FORMAT = "Bearer {token}"
 # A token this close to its expiry is refreshed before the proxy is given it.
 EXPIRY_MARGIN_SECONDS = 60
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9-]{1,64}$")
+_QUERY_PARAM = re.compile(r"^[A-Za-z0-9_.~-]{1,64}$")
+# Headers a template may never set through api_headers (the proxy sets or drops them itself).
+_RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "cookie"})
+STATIC_TOKEN_TYPES = ("api_key", "basic")
 _METADATA = re.compile(r"^\{metadata\.([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -49,6 +63,9 @@ class ProxyCredential:
     api_hosts: list[str]
     auth_header: str
     auth_format: str
+    kind: str = "oauth"  # oauth | api_key_header | api_key_query | basic (module docstring)
+    auth_query_param: str = ""
+    api_headers: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -61,12 +78,18 @@ class ProxyCredential:
             "api_hosts": self.api_hosts,
             "auth_header": self.auth_header,
             "auth_format": self.auth_format,
+            "kind": self.kind,
+            "auth_query_param": self.auth_query_param,
+            "api_headers": self.api_headers,
         }
 
 
 def _credential(connection: Connection) -> ProxyCredential:
     try:
-        spec, _hooks = resolve(connection.provider, connection.params)
+        if connection.token_type in STATIC_TOKEN_TYPES:  # no OAuth endpoints to resolve
+            spec = resolve_static(connection.provider, connection.params)
+        else:
+            spec, _hooks = resolve(connection.provider, connection.params)
     except ProviderConfigError as exc:
         raise ProxyNotConfigured(f"provider {connection.provider.name} is not usable: {exc}") from None
     base = _base_url(spec.api_base_url, connection)
@@ -75,10 +98,13 @@ def _credential(connection: Connection) -> ProxyCredential:
             f"provider {spec.name} has no api_base_url; set it with "
             "`manage.py provider upsert --name NAME --api-base-url URL`"
         )
-    header = spec.api_auth.get("header", DEFAULT_AUTH_HEADER)
-    template = spec.api_auth.get("format", DEFAULT_AUTH_FORMAT)
-    if not _HEADER_NAME.fullmatch(header) or "{token}" not in template:
-        raise ProxyNotConfigured(f"provider {spec.name} has an invalid api_auth")
+    kind, header, template, query_param = _injection(spec, connection)
+    api_headers = {str(k): str(v) for k, v in (spec.api_headers or {}).items()}
+    if any(
+        not _HEADER_NAME.fullmatch(k) or k.lower() in _RESERVED_HEADERS or not _printable(v)
+        for k, v in api_headers.items()
+    ):
+        raise ProxyNotConfigured(f"provider {spec.name} has an invalid api_headers")
     hosts = [(urlsplit(base).hostname or "").lower()]
     if not _host_allowed(hosts[0], spec.api_hosts, spec.api_base_url):
         raise ProxyNotConfigured(f"provider {spec.name}: the connection's API host is not among its api_hosts")
@@ -95,7 +121,37 @@ def _credential(connection: Connection) -> ProxyCredential:
         api_hosts=hosts,
         auth_header=header,
         auth_format=template,
+        kind=kind,
+        auth_query_param=query_param,
+        api_headers=api_headers,
     )
+
+
+def _injection(spec, connection: Connection) -> tuple[str, str, str, str]:
+    """(kind, header, format, query parameter): how the gateway injects this connection's
+    credential, exactly as its template says (module docstring). A new kind of credential
+    gets its branch here and in gateway_app.proxy.injection."""
+    if connection.token_type == "basic":
+        return "basic", "Authorization", "Basic {token}", ""
+    if connection.token_type == "api_key":
+        if spec.credential_query_param:
+            if not _QUERY_PARAM.fullmatch(spec.credential_query_param):
+                raise ProxyNotConfigured(f"provider {spec.name} has an invalid credential_query_param")
+            return "api_key_query", "", "", spec.credential_query_param
+        header, template = spec.credential_header, spec.credential_format
+        if not _HEADER_NAME.fullmatch(header) or "{api_key}" not in template or not _printable(template):
+            raise ProxyNotConfigured(f"provider {spec.name} has an invalid credential_header / credential_format")
+        return "api_key_header", header, template, ""
+    header = spec.api_auth.get("header", DEFAULT_AUTH_HEADER)
+    template = spec.api_auth.get("format", DEFAULT_AUTH_FORMAT)
+    if not _HEADER_NAME.fullmatch(header) or "{token}" not in template or not _printable(template):
+        raise ProxyNotConfigured(f"provider {spec.name} has an invalid api_auth")
+    return "oauth", header, template, ""
+
+
+def _printable(value: str) -> bool:
+    """A header value the proxy can send: printable ASCII (spaces allowed), nothing else."""
+    return all(" " <= c <= "~" for c in value)
 
 
 def _base_url(template: str, connection: Connection) -> str:

@@ -181,13 +181,17 @@ LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "dromos.logging.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "dromos.logging.RequestIdFilter"},
+        "url_query": {"()": "dromos.logging.UrlQueryFilter"},
+    },
     "formatters": {"json": {"()": "dromos.logging.JsonFormatter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
         "urllib3": {"level": "INFO"},
+        "urllib3.connectionpool": {"filters": ["url_query"]},  # no query strings (credentials)
     },
 }
 

@@ -61,10 +61,14 @@ def test_a_proxied_call_reaches_the_real_userinfo_endpoint_with_a_token_the_agen
     # The agent never read a token: the only token reads were the proxy's, audited as such.
     reads = _audit(real_stack, cid, "token.read")
     assert reads and all(actor.startswith("proxy:apikey:") for actor, _ in reads)
-    with psycopg.connect(real_stack.database_url) as conn:
-        rows = conn.execute(
-            "SELECT method, path, status, provider FROM gateway_app_proxycall WHERE connection_id = %s", [cid]
-        ).fetchall()
+    deadline = time.monotonic() + 5  # the gateway writes audit rows off the request path (≤ 0.1 s)
+    rows = []
+    while ("GET", "/me", 200, "local") not in rows and time.monotonic() < deadline:
+        time.sleep(0.05)
+        with psycopg.connect(real_stack.database_url) as conn:
+            rows = conn.execute(
+                "SELECT method, path, status, provider FROM gateway_app_proxycall WHERE connection_id = %s", [cid]
+            ).fetchall()
     assert ("GET", "/me", 200, "local") in rows
 
 

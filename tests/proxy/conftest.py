@@ -10,7 +10,7 @@ from tests.conftest import connect, make_provider
 
 @pytest.fixture(autouse=True)
 def _proxy_state():
-    from gateway_app import egress, proxy
+    from gateway_app import egress, proxy, proxy_audit
 
     proxy.credentials_clear()
     proxy.pools_clear()
@@ -18,6 +18,7 @@ def _proxy_state():
     yield
     proxy.credentials_clear()
     proxy.pools_clear()
+    proxy_audit.audit_stop()  # rows written, the writer's database connection closed
 
 
 @pytest.fixture

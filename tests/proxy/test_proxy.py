@@ -13,6 +13,7 @@ import requests
 from fake_provider import api_cut_short, api_hang, api_large, api_raw, api_status
 
 from broker_app.models import AuditEvent, Connection
+from gateway_app import proxy_audit
 from gateway_app.models import ProxyCall
 from tests.conftest import start_connection
 
@@ -186,11 +187,13 @@ BAD_PATHS = [
 @pytest.mark.parametrize("bad", BAD_PATHS)
 def test_host_changing_paths_are_400_with_no_connection_made(proxied, fake_provider, bad):
     stack, key, cid = proxied
+    proxy_audit.audit_flush()
     before = ProxyCall.objects.count()
     status, body = raw_request(stack, "GET", f"/v1/proxy/{cid}{bad}", key)
     assert status == 400, body
     assert b'"invalid_proxy_path"' in body
     assert fake_provider.api_calls == []
+    assert proxy_audit.audit_flush()
     assert ProxyCall.objects.count() == before + 1
 
 
@@ -252,7 +255,8 @@ def test_a_provider_that_hangs_is_504_within_the_timeout(proxied, fake_provider,
     response = stack.call("GET", f"/v1/proxy/{cid}/slow", key)
     assert response.status_code == 504 and response.json()["error"] == "provider_timeout"
     assert time.monotonic() - started < 2.5
-    assert ProxyCall.objects.get(connection_id=cid).status == 504
+    [row] = audit_rows(cid)
+    assert row.status == 504
 
 
 def test_an_unreachable_provider_is_502(proxied, fake_provider, api_provider):

@@ -264,6 +264,13 @@ def _echo_presented_token(handler) -> bool:
     return api_raw(200, f'{{"token": "{token}"}}'.encode(), {"X-Token": token})(handler)
 
 
+def _echo_received(handler) -> bool:
+    """An API that answers with everything it was sent: its request line and headers, in
+    the body and in a header (a Location, as a redirect would carry the query)."""
+    received = f"{handler.path} {handler.headers.get('Authorization', '')}"
+    return api_raw(200, received.encode(), {"X-Received": received, "Location": handler.path})(handler)
+
+
 def _admin_pages(evidence: Evidence, connection_ids: list[str]) -> int:
     admin = User.objects.create_superuser("leakcheck", "leakcheck@example.test", "pw-not-used")
     client = Client()
@@ -507,23 +514,35 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(
 
     # 12. Static credentials: an API key and a Basic login verified and stored, a wrong key
     # refused, a verification endpoint down, a key replaced, each served once.
-    for template in ("openai", "twilio"):
+    # (openai_query: the openai template with its key as a query parameter, for the proxy)
+    monkeypatch.setitem(
+        builtin_catalog(), "openai_query", {**builtin_catalog()["openai"], "credential_query_param": "key"}
+    )
+    for template in ("openai", "twilio", "openai_query"):
         monkeypatch.setitem(builtin_catalog()[template], "verify_url", f"{fake_provider.url}/verify")
-        Provider.objects.create(name=template, template=template)
-    api_key, new_key, wrong_key = (f"sk-{what}-" + secrets.token_urlsafe(24) for what in ("live", "next", "wrong"))
+        Provider.objects.create(name=template, template=template, api_base_url=f"{fake_provider.url}/api")
+    api_key, new_key, wrong_key, query_key = (
+        f"sk-{what}-" + secrets.token_urlsafe(24) for what in ("live", "next", "wrong", "query")
+    )
     password = "pw-" + secrets.token_urlsafe(24)
     basic = base64.b64encode(f"AC0123456789:{password}".encode()).decode()
-    for name, value in (("API key", api_key), ("API key", new_key), ("API key", wrong_key), ("password", password)):
+    for name, value in (
+        ("API key", api_key),
+        ("API key", new_key),
+        ("API key", wrong_key),
+        ("API key (query)", query_key),
+        ("password", password),
+    ):
         evidence.secret(name, value)
     evidence.secret("Basic credential", basic)
-    fake_provider.valid_credentials = {f"Bearer {api_key}", f"Bearer {new_key}", f"Basic {basic}"}
+    fake_provider.valid_credentials = {f"Bearer {api_key}", f"Bearer {new_key}", f"Basic {basic}", query_key}
     static_ids = []
-    for credentials in (
-        {"type": "api_key", "api_key": api_key},
-        {"type": "api_key", "api_key": wrong_key},
-        {"type": "basic", "username": "AC0123456789", "password": password},
+    for provider_name, credentials in (
+        ("openai", {"type": "api_key", "api_key": api_key}),
+        ("openai", {"type": "api_key", "api_key": wrong_key}),
+        ("twilio", {"type": "basic", "username": "AC0123456789", "password": password}),
+        ("openai_query", {"type": "api_key", "api_key": query_key}),
     ):
-        provider_name = "twilio" if credentials["type"] == "basic" else "openai"
         made = stack.call(
             "POST",
             "/v1/connections",
@@ -533,7 +552,7 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(
         responses.append((f"static {credentials['type']} ({made.status_code})", made))
         if made.status_code == 201:
             static_ids.append(made.json()["connection_id"])
-    assert len(static_ids) == 2
+    assert len(static_ids) == 3
     fake_provider.verify_status = 503
     down = stack.call(
         "POST",
@@ -555,7 +574,29 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(
     for cid_static in static_ids:
         served.append(stack.call("GET", f"/v1/token/{cid_static}", key))
         responses.append(("static check", stack.call("GET", f"/v1/check-connection/{cid_static}", key)))
-    assert served[-2].json()["access_token"] == new_key and served[-1].json()["password"] == password
+    assert served[-3].json()["access_token"] == new_key and served[-2].json()["password"] == password
+
+    # 12b. The proxy with each static kind (header, Basic, query parameter): ordinary calls,
+    # a provider echoing what it received (the header, the query) in its body and headers, a
+    # key the provider refuses, an agent query naming the credential's parameter.
+    key_cid, basic_cid, query_cid = static_ids
+    static_proxied = []
+    for what, cid_static in (("key", key_cid), ("basic", basic_cid), ("query", query_cid)):
+        static_proxied.append((f"proxied {what}", stack.call("GET", f"/v1/proxy/{cid_static}/me?q=1", key)))
+        fake_provider.api_answer(_echo_received)
+        static_proxied.append((f"proxied {what} echo", stack.call("GET", f"/v1/proxy/{cid_static}/echo?x=1", key)))
+    static_proxied.append(("proxied query clash", stack.call("GET", f"/v1/proxy/{query_cid}/me?key=mine", key)))
+    fake_provider.valid_credentials = set()
+    static_proxied.append(("proxied key refused", stack.call("GET", f"/v1/proxy/{key_cid}/me", key)))
+    static_proxied.append(("proxied query refused", stack.call("GET", f"/v1/proxy/{query_cid}/me", key)))
+    assert [r.status_code for _, r in static_proxied] == [200, 200, 200, 200, 200, 200, 400, 401, 401], [
+        r.text for _, r in static_proxied
+    ]
+    received = [c for c in fake_provider.api_calls if c["path"] in ("/api/me", "/api/echo")]
+    assert any(c["headers"].get("authorization") == f"Bearer {new_key}" for c in received)
+    assert any(c["headers"].get("authorization") == f"Basic {basic}" for c in received)
+    assert any(c["query"] == f"q=1&key={query_key}" for c in received)
+    responses.extend(static_proxied)
 
     # 13. A workspace's own provider app (issue 19): its secret written, rotated, the row read
     # back and listed; refused writes echo nothing.

@@ -378,7 +378,10 @@ class FakeProvider:
         auth = handler.headers.get("Authorization", "")
         token = auth[7:] if auth.startswith("Bearer ") else ""
         with self.lock:
-            valid = token in self.valid_access_tokens
+            # An issued access token, or (static credentials) a header or query value in
+            # valid_credentials, as /verify accepts them.
+            given = {*handler.headers.values(), *(v[0] for v in parse_qs(query).values())}
+            valid = token in self.valid_access_tokens or bool(given & self.valid_credentials)
             self.api_calls.append(
                 {
                     "method": handler.command,
