@@ -302,7 +302,7 @@ class CredentialsReplaceApi(GatewayApi):
         check_connection_id(connection_id)
         serializer = wire.CredentialsReplaceInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        credential_forget(request.user.workspace, connection_id)  # the proxy's cached credential
+        credential_forget(request.user.tenant, connection_id)  # the proxy's cached credential
         answer = broker().call(
             "PUT",
             wire.internal_path(wire.CONNECTION_CREDENTIALS, connection_id),

@@ -334,7 +334,7 @@ class ProxyApi(GatewayApi):
             if status == 401 and not credential.refreshable:
                 # A static credential (API key, login) the provider refuses: nothing to
                 # refresh. Flag the connection (check-connection shows it) and relay the 401.
-                proxy.credential_forget(principal.workspace, credential.connection_id)
+                proxy.credential_forget(principal.tenant, credential.connection_id)
                 proxy.connection_flag_attention(principal, credential, client_ip=client_ip)
                 return self._relay_upstream(call, upstream, credential)
             if status == 401 and not refreshed:
