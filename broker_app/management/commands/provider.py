@@ -11,8 +11,9 @@ from django.db import transaction
 
 from broker_app.models import Provider
 from broker_app.oauth import oidc
+from broker_app.oauth.assertions import PrivateKeyError
 from broker_app.providers import catalog_docs, catalog_io
-from broker_app.providers.registry import resolve, resolve_static, set_client_secret
+from broker_app.providers.registry import resolve, resolve_machine, resolve_static, set_client_secret, set_private_key
 from broker_app.providers.spec import (
     ProviderConfigError,
     builtin_catalog,
@@ -52,6 +53,11 @@ class Command(BaseCommand):
         upsert.add_argument("--api-base-url", help="Where the API proxy sends calls (overrides the catalog's)")
         upsert.add_argument("--client-id")
         upsert.add_argument("--client-secret")
+        upsert.add_argument(
+            "--private-key-file",
+            metavar="PATH",
+            help="The app's PEM RSA private key (GitHub App, Google service account), stored encrypted",
+        )
         upsert.add_argument("--default-scopes", help='Space-separated, e.g. "openid email profile"')
         upsert.add_argument("--authorize-param", action="append", default=[], metavar="KEY=VALUE")
         upsert.add_argument(
@@ -154,9 +160,20 @@ class Command(BaseCommand):
         provider.enabled = not options["disable"]
         if options["client_secret"] is not None:
             set_client_secret(provider, options["client_secret"])
+        if options.get("private_key_file"):
+            try:
+                pem = Path(options["private_key_file"]).read_text(encoding="utf-8")
+            except (OSError, UnicodeError) as exc:
+                raise CommandError(
+                    f"provider not saved: cannot read --private-key-file ({type(exc).__name__})"
+                ) from None
+            try:
+                set_private_key(provider, pem)
+            except PrivateKeyError as exc:
+                raise CommandError(f"provider not saved: {exc}") from None
         created = provider._state.adding
         try:
-            provider.full_clean(exclude=["client_secret_enc"])
+            provider.full_clean(exclude=["client_secret_enc", "private_key_enc"])
         except ValidationError as exc:
             problems = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in exc.message_dict.items())
             raise CommandError(f"provider not saved: {problems}") from None
@@ -181,6 +198,8 @@ class Command(BaseCommand):
                 try:
                     if entry.get("auth_mode", "oauth2") == "oauth2":
                         resolve(provider)
+                    elif entry["auth_mode"] == "app":
+                        resolve_machine(provider)
                     else:
                         resolve_static(provider)
                 except ProviderConfigError as exc:
