@@ -326,9 +326,11 @@ def test_github_app_installation_token_with_a_jwt_github_accepts(stack, fake_app
     created = _app(stack, key, params={"installation_id": "4242"})
     assert created.status_code == 201, created.text
     body = created.json()
-    assert body["status"] == "active" and body["flow"] == "github_app" and body["metadata"] == {
-        "repository_selection": "selected"
-    }
+    assert (
+        body["status"] == "active"
+        and body["flow"] == "github_app"
+        and body["metadata"] == {"repository_selection": "selected"}
+    )
     seen = fake_app.seen[-1]
     assert seen.verdict == "ok"
     assert seen.header == {"alg": "RS256", "typ": "JWT"}
@@ -357,7 +359,9 @@ def test_github_app_with_the_connection_own_key_and_app(stack, fake_app):
         token_url=f"{fake_app.url}/app/installations/{{installation_id}}/access_tokens",
     )
     key = stack.key()
-    created = _app(stack, key, provider="gh-apps", client_id="123456", private_key=pem, params={"installation_id": "77"})
+    created = _app(
+        stack, key, provider="gh-apps", client_id="123456", private_key=pem, params={"installation_id": "77"}
+    )
     assert created.status_code == 201 and created.json()["status"] == "active", created.text
     assert fake_app.seen[-1].verdict == "ok" and fake_app.seen[-1].claims["iss"] == "123456"
     row = Connection.objects.get(pk=created.json()["connection_id"])
@@ -376,9 +380,7 @@ def test_github_app_wrong_key_or_installation_fails_with_the_provider_error(stac
 
 
 def _pem(key, fmt=serialization.PrivateFormat.PKCS8, encryption=None) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM, fmt, encryption or serialization.NoEncryption()
-    ).decode()
+    return key.private_bytes(serialization.Encoding.PEM, fmt, encryption or serialization.NoEncryption()).decode()
 
 
 @pytest.mark.parametrize(
@@ -395,7 +397,7 @@ def test_malformed_private_key_is_a_clear_400_and_nothing_is_stored(stack, fake_
     if private_key == "EC":
         private_key = _pem(ec.generate_private_key(ec.SECP256R1()))
     elif private_key == "SMALL":
-        private_key = _pem(rsa.generate_private_key(public_exponent=65537, key_size=1024))
+        private_key = _pem(rsa.generate_private_key(public_exponent=65537, key_size=1024))  # noqa: S505 (the point)
     elif private_key == "ENCRYPTED":
         private_key = _pem(
             rsa.generate_private_key(public_exponent=65537, key_size=2048),
@@ -513,7 +515,11 @@ def test_jwt_bearer_assertion_claims():
         now=1_700_000_000,
     )
     claims = jwt.decode(
-        token, public, algorithms=["RS256"], audience="https://oauth2.googleapis.com/token", options={"verify_exp": False}
+        token,
+        public,
+        algorithms=["RS256"],
+        audience="https://oauth2.googleapis.com/token",
+        options={"verify_exp": False},
     )
     assert claims == {
         "iss": SA_EMAIL,
