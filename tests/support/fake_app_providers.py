@@ -58,6 +58,7 @@ class Seen:
     verdict: str
     headers: dict = field(default_factory=dict)
     form: dict = field(default_factory=dict)
+    raw: str = ""  # the JWT itself (the no-leak sweep searches for it)
 
 
 class FakeAppProviders:
@@ -153,7 +154,7 @@ class FakeAppProviders:
                 verdict = "iss_type"
         if verdict == "ok" and handler.headers.get("X-GitHub-Api-Version") != "2022-11-28":
             verdict = "api_version"
-        self.seen.append(Seen(header, claims, verdict, headers=dict(handler.headers)))
+        self.seen.append(Seen(header, claims, verdict, headers=dict(handler.headers), raw=token))
         if verdict != "ok":
             return 401, {
                 "message": "A JSON web token could not be decoded",
@@ -192,7 +193,7 @@ class FakeAppProviders:
                 verdict = "scope"
             elif handler.headers.get("Authorization"):
                 verdict = "client_auth"  # the assertion is the only credential
-        self.seen.append(Seen(header, claims, verdict, headers=dict(handler.headers), form=dict(form)))
+        self.seen.append(Seen(header, claims, verdict, headers=dict(handler.headers), form=dict(form), raw=assertion))
         if verdict == "signature":
             return 400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
         if verdict == "lifetime":
