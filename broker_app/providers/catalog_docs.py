@@ -157,7 +157,24 @@ def static_section(key: str, entry: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def app_section(key: str, entry: dict[str, Any]) -> str:
+    """An app-credentials template (issue 18): no consent, a token for the app itself."""
+    flows = ", ".join(f'`"flow": "{g}"`' for g in entry.get("grants", []))
+    facts = [f"App credentials: request-connection with {flows} (no consent). Set up at <{entry['setup_url']}>."]
+    facts.append(f"Written from <{entry['docs_url']}>.")
+    if entry.get("params"):
+        facts.append(f"Parameters: {params_cell(entry)}.")
+    facts.append(f"API base: `{entry['api_base_url']}`.")
+    name = key.replace("_", "-")
+    lines = [f"### {entry.get('display_name', key)} (`{key}`)", "", *_wrap(" ".join(facts)), ""]
+    lines += ["```sh", f"python manage.py provider upsert --name {name} --template {key} --client-id … "
+              "--private-key-file key.pem", "```"]  # fmt: skip
+    return "\n".join(lines)
+
+
 def section(key: str, entry: dict[str, Any]) -> str:
+    if entry.get("auth_mode") == "app":
+        return app_section(key, entry)
     if _static(entry):
         return static_section(key, entry)
     facts = [f"Register the OAuth app at <{entry['setup_url']}> with redirect URI `{{BASE_URL}}/auth/callback`."]
