@@ -19,15 +19,17 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 from fake_app_providers import new_key_pem
-from fake_provider import CLIENT_ID, respond
+from fake_provider import CLIENT_ID, CLIENT_SECRET, respond
 
 from broker_app import crypto
-from broker_app.models import AuditEvent, Connection, Provider
+from broker_app.models import AuditEvent, Connection, Provider, WebhookDelivery
 from broker_app.oauth import assertions
 from broker_app.providers import registry
 from broker_app.providers.registry import private_key, set_private_key
 from broker_app.services.refresh import token_refresh_due
 from broker_app.services.sweep import due_queryset
+from broker_app.webhooks import webhook_endpoint_create
+from tests.conftest import make_provider
 
 pytestmark = pytest.mark.django_db(transaction=True)
 APP_ID = "Iv23liAbCdEf012345"  # a GitHub App client id (the JWT's iss)
@@ -534,3 +536,47 @@ def test_jwt_bearer_assertion_claims():
 def test_a_key_with_escaped_newlines_from_a_json_key_file_loads():
     pem, _ = new_key_pem()
     assert assertions.load_private_key(pem.replace("\n", "\\n")).key_size == 2048
+
+
+# -- the proxy, events -------------------------------------------------------------------------------
+def test_proxy_injects_a_machine_token_and_a_401_re_obtains_one(stack, fake_provider):
+    """A client-credentials token without expires_in is used until the API refuses it: the
+    proxy's 401 re-requests one (single flight, as a refresh) and retries once."""
+    from gateway_app import egress, proxy
+
+    proxy.credentials_clear()
+    proxy.pools_clear()
+    egress.cache_clear()
+    make_provider(
+        name="fake",
+        discovery_url=fake_provider.discovery_url,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        api_base_url=f"{fake_provider.url}/api",
+    )
+    fake_provider.access_token_ttl = None
+    key = stack.key()
+    cid = _cc(stack, key).json()["connection_id"]
+    first = stack.call("GET", f"/v1/proxy/{cid}/reports", key)
+    assert first.status_code == 200 and fake_provider.api_calls[-1]["token_valid"] is True
+    used = fake_provider.api_calls[-1]["headers"]["authorization"]
+    assert used.startswith("Bearer at-") and used.removeprefix("Bearer ") not in first.text
+    fake_provider.expire_access_tokens()
+    again = stack.call("GET", f"/v1/proxy/{cid}/reports", key)
+    assert again.status_code == 200, again.text
+    assert fake_provider.cc_calls == 2 and fake_provider.api_calls[-1]["token_valid"] is True
+    assert fake_provider.api_calls[-1]["headers"]["authorization"] != used
+    proxy.credentials_clear()
+    proxy.pools_clear()
+
+
+def test_machine_connections_fire_the_same_events(stack, fake_provider, fake_provider_row):
+    webhook_endpoint_create(workspace="ws-a", url="http://127.0.0.1:9/hook")
+    fake_provider.cc_clients = {"tenant-e": "tenant-e-secret-value"}
+    key = stack.key()
+    ok = _cc(stack, key).json()["connection_id"]
+    bad = _cc(stack, key, client_id="tenant-e", client_secret="not-it-at-all").json()["connection_id"]
+    events = set(WebhookDelivery.objects.values_list("connection_id", "event"))
+    assert {(ok, "connection.activated"), (bad, "connection.failed")} <= events
+    payloads = " ".join(str(p) for p in WebhookDelivery.objects.values_list("payload", flat=True))
+    assert "not-it-at-all" not in payloads and "tenant-e-secret-value" not in payloads
