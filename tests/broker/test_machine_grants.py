@@ -227,6 +227,7 @@ def test_provider_down_at_creation_stores_nothing_and_later_keeps_the_token(stac
         ({"subject": "someone@example.test"}, "subject"),
         ({"client_id": "c", "client_secret": "bad\r\nX-Injected: 1"}, "client_secret"),
         ({"audience": "two words"}, "audience"),
+        ({"client_id": "clïent", "client_secret": "s3cret-value"}, "client_id"),
     ],
 )
 def test_client_credentials_bad_input_is_400_and_stores_nothing(stack, fake_provider_row, body, field):
@@ -258,6 +259,13 @@ def test_a_provider_without_the_grant_or_needing_audience_is_refused(stack, fake
     answer = _cc(stack, stack.key(), provider_name="a0")
     assert answer.status_code == 400 and "audience" in answer.json()["details"]
     assert Connection.objects.count() == 0
+
+
+def test_a_provider_without_a_client_secret_needs_the_connection_client(stack, fake_provider):
+    Provider.objects.create(name="public", template="oidc", discovery_url=fake_provider.discovery_url, client_id="x")
+    answer = _cc(stack, stack.key(), provider_name="public")
+    assert answer.status_code == 400 and "client_id" in answer.json()["details"]
+    assert Connection.objects.count() == 0 and fake_provider.cc_calls == 0
 
 
 def test_delete_wipes_the_connection_client_secret(stack, fake_provider, fake_provider_row):
@@ -495,6 +503,9 @@ def test_jwt_bearer_wrong_key_fails_invalid_grant(stack, fake_app, service_accou
 def test_jwt_bearer_is_not_a_github_flow(stack, fake_app, service_account):
     answer = _app(stack, stack.key(), provider="gsa", flow="github_app")
     assert answer.status_code == 400 and "flow" in answer.json()["details"]
+    answer = _app(stack, stack.key(), provider="gsa", flow="jwt_bearer", client_secret="not-for-this-flow")
+    assert answer.status_code == 400 and "client_secret" in answer.json()["details"]
+    assert Connection.objects.count() == 0
 
 
 # -- the assertions themselves, exactly ---------------------------------------------------------------
