@@ -591,3 +591,25 @@ def test_machine_connections_fire_the_same_events(stack, fake_provider, fake_pro
     assert {(ok, "connection.activated"), (bad, "connection.failed")} <= events
     payloads = " ".join(str(p) for p in WebhookDelivery.objects.values_list("payload", flat=True))
     assert "not-it-at-all" not in payloads and "tenant-e-secret-value" not in payloads
+
+
+@pytest.mark.parametrize("flow", ["github_app", "jwt_bearer"])
+def test_proxy_injects_app_tokens_as_bearer(stack, fake_app, fake_provider, github_app, service_account, flow):
+    from gateway_app import egress, proxy
+
+    proxy.credentials_clear()
+    proxy.pools_clear()
+    egress.cache_clear()
+    provider = github_app if flow == "github_app" else service_account
+    Provider.objects.filter(pk=provider.pk).update(api_base_url=f"{fake_provider.url}/api")
+    key = stack.key()
+    extra = {"params": {"installation_id": "4242"}} if flow == "github_app" else {"scopes": [DRIVE]}
+    cid = _app(stack, key, provider=provider.name, flow=flow, **extra).json()["connection_id"]
+    fake_provider.valid_access_tokens.add(fake_app.issued[-1])
+    answer = stack.call("GET", f"/v1/proxy/{cid}/repos", key)
+    assert answer.status_code == 200, answer.text
+    [call] = fake_provider.api_calls
+    assert call["headers"]["authorization"] == f"Bearer {fake_app.issued[-1]}" and call["token_valid"] is True
+    assert fake_app.issued[-1] not in answer.text
+    proxy.credentials_clear()
+    proxy.pools_clear()
