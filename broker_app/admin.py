@@ -55,6 +55,8 @@ SECRET_FIELDS = (
     "nonce_digest",
     "client_secret_enc",
     "secret_enc",
+    "grant_secret_enc",
+    "private_key_enc",
 )
 
 
@@ -207,7 +209,7 @@ class ConnectionAdmin(WorkspaceScopedAdmin):
     actions = ("refresh_now", "revoke")
     change_form_template = "admin/broker_app/connection/change_form.html"
     fieldsets = (
-        (None, {"fields": ("id", "workspace", "environment", "user_id", "provider", "status")}),
+        (None, {"fields": ("id", "workspace", "environment", "user_id", "provider", "status", "flow")}),
         ("Scopes", {"fields": ("scopes", "granted_scopes")}),
         (
             "Tokens (values are never shown)",
@@ -225,7 +227,7 @@ class ConnectionAdmin(WorkspaceScopedAdmin):
             },
         ),
         ("Failure", {"fields": ("error", "error_description", "revoke_pending")}),
-        ("Account", {"fields": ("account", "metadata", "params", "return_url")}),
+        ("Account", {"fields": ("account", "metadata", "params", "grant_params", "return_url")}),
         ("Tags", {"fields": ("tags", "connect_session")}),
         ("Timestamps", {"fields": ("created", "updated", "activated", "consent_window_closes")}),
         ("Audit trail", {"fields": ("audit_trail",)}),
@@ -394,8 +396,8 @@ class ProviderAdmin(WorkspaceScopedAdmin):
     )  # fmt: skip
     list_filter = ("enabled", "template", WorkspaceFilter, "environment")
     search_fields = ("name", "client_id")
-    exclude = ("client_secret_enc",)
-    readonly_fields = ("id", "has_client_secret", "created_at", "updated_at")
+    exclude = ("client_secret_enc", "private_key_enc")
+    readonly_fields = ("id", "has_client_secret", "has_private_key", "created_at", "updated_at")
     # What only the operator changes: who owns a row, and the URLs the broker fetches.
     OPERATOR_FIELDS = (
         "workspace", "environment", "discovery_url", "authorize_url", "token_url", "revocation_url",
@@ -418,6 +420,10 @@ class ProviderAdmin(WorkspaceScopedAdmin):
     @admin.display(description="Client secret set", boolean=True)
     def has_client_secret(self, obj):
         return bool(obj.client_secret_enc)
+
+    @admin.display(description="Private key set", boolean=True)
+    def has_private_key(self, obj):
+        return bool(obj.private_key_enc)
 
 
 class AuditPaginator(Paginator):

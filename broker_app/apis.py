@@ -19,6 +19,7 @@ from broker_app.presenters import connection_as_dict, provider_as_dict
 from broker_app.services.connect import connection_start
 from broker_app.services.device import device_start
 from broker_app.services.lifecycle import connection_flag_attention
+from broker_app.services.machine import machine_connection_create
 from broker_app.services.providers import (
     Owner,
     provider_admin_as_dict,
@@ -93,6 +94,20 @@ class ConnectionStartApi(APIView):
                 actor=_actor(request),
             )
             return no_store(Response(started.as_dict(), status=201))
+        if data.get("flow") in wire.MACHINE_FLOWS:
+            connection = machine_connection_create(
+                workspace=_required_workspace(request),
+                user_id=data["user_id"],
+                provider_name=data["provider_name"],
+                flow=data["flow"],
+                scopes=data.get("scopes"),
+                params=data.get("params") or {},
+                grant={
+                    name: data[name] for name in (*wire.GRANT_SECRET_FIELDS, *wire.GRANT_PARAM_FIELDS) if name in data
+                },
+                actor=_actor(request),
+            )
+            return no_store(Response(connection_as_dict(connection), status=201))
         result = connection_start(
             workspace=_required_workspace(request),
             user_id=data["user_id"],

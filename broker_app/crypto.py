@@ -137,6 +137,11 @@ def client_secret_aad(provider_id: object) -> str:
     return f"provider:{provider_id}:client_secret"
 
 
+def private_key_aad(provider_id: object) -> str:
+    """Associated data binding a provider's app private key (issue 18) to its row."""
+    return f"provider:{provider_id}:private_key"
+
+
 def webhook_secret_aad(endpoint_id: object) -> str:
     """Associated data binding a webhook endpoint's signing secret to its row."""
     return f"webhook:{endpoint_id}:secret"

@@ -41,6 +41,10 @@ class Provider(models.Model):
     template = models.CharField(max_length=64, help_text="Catalog entry this provider is built on")
     client_id = models.CharField(max_length=512, blank=True)
     client_secret_enc = models.TextField(blank=True, editable=False)
+    # Issue 18: the app's private key (PEM) for GitHub App installation tokens and the JWT
+    # bearer grant (Google service accounts), encrypted like the client secret; client_id
+    # is then the JWT's issuer (the GitHub App's id or client id, the service account's email).
+    private_key_enc = models.TextField(blank=True, editable=False, default="", db_default="")
     discovery_url = models.URLField(max_length=1024, blank=True)
     authorize_url = models.URLField(max_length=1024, blank=True)
     token_url = models.URLField(max_length=1024, blank=True)
@@ -112,6 +116,13 @@ class Connection(models.Model):
     device_code_digest = models.CharField(max_length=64, unique=True, null=True, blank=True)
     device_interval = models.PositiveIntegerField(null=True, blank=True)
     device_next_poll_at = models.DateTimeField(null=True, blank=True)
+
+    # Machine grants (issue 18: client_credentials, jwt_bearer, github_app): the secrets a
+    # connection was given once in its request (client_id, client_secret, private_key; an
+    # encrypted JSON object bound to this row, never served) and the non-secret parameters
+    # every token request repeats (audience, resource, subject).
+    grant_secret_enc = models.TextField(blank=True, default="", db_default="")
+    grant_params = models.JSONField(default=dict, blank=True, db_default={})
 
     # Tokens, encrypted and bound to this row.
     access_token_enc = models.TextField(blank=True)

@@ -11,6 +11,7 @@ from django.utils import timezone
 from broker_app.models import Connection, Provider
 from broker_app.providers.registry import described
 from broker_app.providers.spec import ProviderSpec
+from broker_app.services.refresh_policy import renewable
 
 ACCOUNT_KEYS = ("sub", "email", "name", "tid", "team_id")
 
@@ -38,7 +39,7 @@ def connection_warnings(connection: Connection, *, missing_scopes: list[str]) ->
             warnings.append("refresh_token_expired")
         elif connection.refresh_expires_at - now <= timedelta(days=settings.EXPIRY_WARNING_DAYS):
             warnings.append("refresh_token_expires_soon")
-    if connection.expires_at and not connection.refresh_token_enc:
+    if connection.expires_at and not renewable(connection):
         warnings.append("no_refresh_token")
     if missing_scopes:
         warnings.append("scopes_narrowed")
@@ -53,6 +54,7 @@ def connection_as_dict(connection: Connection) -> dict[str, Any]:
     return {
         "connection_id": connection.id,
         "status": connection.status,
+        "flow": connection.flow,
         "provider_name": connection.provider.name,
         "provider_id": str(connection.provider_id),
         "user_id": connection.user_id,

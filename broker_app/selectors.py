@@ -87,6 +87,7 @@ _TOKEN_FIELDS = (
     "granted_scopes",
     "error",
     "refresh_token_enc",
+    "flow",
     "token_version",
     "last_refreshed_at",
     "last_read_at",

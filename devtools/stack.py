@@ -39,6 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 PROVIDER_NAME = "local"
 CLIENT_ID = "dromos-local"
+# A machine-only client of the local provider (client_credentials, issue 18): what an agent
+# gives as its connection's own client_id / client_secret.
+M2M_CLIENT_ID = "dromos-m2m"
 ADMIN_USER = "admin"
 ENV_FILE = "stack.env"  # in the workdir: what `stack.py manage` runs manage.py with
 
@@ -74,6 +77,7 @@ class Stack:
     api_key: str = ""
     env: dict[str, str] = field(default_factory=dict)
     client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    m2m_client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     @property
     def gateway_url(self) -> str:
@@ -196,8 +200,14 @@ class Stack:
                             "authorization_code",
                             "refresh_token",
                             "urn:ietf:params:oauth:grant-type:device_code",
+                            "client_credentials",
                         ],
-                    }
+                    },
+                    {
+                        "client_id": M2M_CLIENT_ID,
+                        "client_secret": self.m2m_client_secret,
+                        "grant_types": ["client_credentials"],
+                    },
                 ],
                 access_token_ttl=self.access_token_ttl,
                 extra_env=self.oidc_env,

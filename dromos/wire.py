@@ -24,7 +24,23 @@ from dromos.validators import validate_scope_token
 # -- connection statuses ------------------------------------------------------------------
 PENDING, ACTIVE, FAILED, REVOKED = CONNECTION_STATUSES = ("pending", "active", "failed", "revoked")
 # -- how a connection is made (request-connection `flow`) --------------------------------
-FLOW_CODE, FLOW_DEVICE = CONNECTION_FLOWS = ("code", "device")
+FLOW_CODE, FLOW_DEVICE = ("code", "device")
+# Machine grants (issue 18): a token for the app itself, obtained by the broker without
+# consent, re-obtained before it expires (as a refresh is).
+FLOW_CLIENT_CREDENTIALS, FLOW_JWT_BEARER, FLOW_GITHUB_APP = MACHINE_FLOWS = (
+    "client_credentials",
+    "jwt_bearer",
+    "github_app",
+)
+CONNECTION_FLOWS = (FLOW_CODE, FLOW_DEVICE, *MACHINE_FLOWS)
+# The request fields each machine flow takes (secrets: stored encrypted, never answered).
+GRANT_SECRET_FIELDS = ("client_id", "client_secret", "private_key")
+GRANT_PARAM_FIELDS = ("audience", "resource", "subject")
+_FLOW_FIELDS = {
+    FLOW_CLIENT_CREDENTIALS: {"client_id", "client_secret", "audience", "resource"},
+    FLOW_JWT_BEARER: {"client_id", "private_key", "subject"},
+    FLOW_GITHUB_APP: {"client_id", "private_key"},
+}
 
 # -- the broker's internal paths ------------------------------------------------------------
 # `{connection_id}` is the only parameter. `internal_path` fills one for the gateway's
@@ -117,12 +133,55 @@ class RequestConnectionInputSerializer(serializers.Serializer):
         choices=CONNECTION_FLOWS,
         required=False,
         help_text="code (default): consent at authUrl; device (RFC 8628): the user enters user_code at "
-        "verification_uri, the broker polls",
+        "verification_uri, the broker polls; client_credentials (RFC 6749 §4.4), jwt_bearer (RFC 7523: "
+        "a Google service account), github_app (GitHub App installation tokens): a machine connection, "
+        "active at once, its token re-obtained before it expires",
+    )
+    # Machine flows only. The secrets are stored encrypted and never answered.
+    client_id = serializers.CharField(
+        required=False,
+        max_length=512,
+        help_text="Machine flows: this connection's own client (client_credentials) or JWT issuer "
+        "(jwt_bearer: the service account's client_email; github_app: the app's client id or app id); "
+        "default: the provider's",
+    )
+    client_secret = serializers.CharField(
+        required=False, max_length=1024, trim_whitespace=False, help_text="client_credentials, with client_id"
+    )
+    private_key = serializers.CharField(
+        required=False,
+        max_length=16384,
+        trim_whitespace=False,
+        help_text="jwt_bearer, github_app: a PEM RSA private key (≥ 2048 bits); default: the provider's",
+    )
+    audience = serializers.CharField(required=False, max_length=512, help_text="client_credentials: sent as audience")
+    resource = serializers.CharField(
+        required=False, max_length=1024, help_text="client_credentials: sent as resource (RFC 8707)"
+    )
+    subject = serializers.CharField(
+        required=False, max_length=320, help_text="jwt_bearer: the user to impersonate (the assertion's sub)"
     )
 
     def validate(self, attrs):
-        if attrs.get("flow", FLOW_CODE) == FLOW_CODE and not attrs.get("return_url"):
+        flow = attrs.get("flow", FLOW_CODE)
+        if flow == FLOW_CODE and not attrs.get("return_url"):
             raise serializers.ValidationError({"return_url": ["This field is required."]})
+        allowed = _FLOW_FIELDS.get(flow, set())
+        extra = sorted(name for name in (*GRANT_SECRET_FIELDS, *GRANT_PARAM_FIELDS) if name in attrs)
+        refused = [name for name in extra if name not in allowed]
+        if refused:
+            raise serializers.ValidationError({name: [f"not part of the {flow} flow"] for name in refused})
+        for name in ("client_id", "client_secret", "audience", "resource", "subject"):
+            if name in attrs and not _API_KEY.match(attrs[name]):
+                raise serializers.ValidationError({name: ["only printable ASCII without spaces"]})
+        if flow == FLOW_CLIENT_CREDENTIALS and bool(attrs.get("client_id")) != bool(attrs.get("client_secret")):
+            raise serializers.ValidationError(
+                {
+                    "client_secret" if attrs.get("client_id") else "client_id": [
+                        "give client_id and client_secret together"
+                    ]
+                }
+            )
         return attrs
 
 
@@ -313,7 +372,9 @@ class TokenSerializer(serializers.Serializer):
     access_token = serializers.CharField(
         help_text="token_type api_key: the key; basic: base64(username:password), the Basic header's value"
     )
-    token_type = serializers.CharField(help_text="Bearer (OAuth), api_key or basic (static credentials)")
+    token_type = serializers.CharField(
+        help_text="Bearer (OAuth, including the machine flows), api_key or basic (static credentials)"
+    )
     expires_at = serializers.DateTimeField(allow_null=True)
     id_token = serializers.CharField(required=False)
     username = serializers.CharField(required=False, help_text="token_type basic: the login")
@@ -332,6 +393,9 @@ class TokenSerializer(serializers.Serializer):
 class ConnectionSerializer(serializers.Serializer):
     connection_id = serializers.CharField()
     status = serializers.ChoiceField(choices=CONNECTION_STATUSES)
+    flow = serializers.CharField(
+        help_text="How it was made: code, device, api_key, basic, client_credentials, jwt_bearer, github_app"
+    )
     provider_name = serializers.CharField()
     provider_id = serializers.CharField()
     user_id = serializers.CharField()

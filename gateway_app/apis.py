@@ -129,7 +129,11 @@ class RequestConnectionApi(GatewayApi):
         responses={
             201: PolymorphicProxySerializer(
                 component_name="ConnectionRequestOrDevice",
-                serializers=[wire.ConnectionRequestSerializer, wire.DeviceConnectionRequestSerializer],
+                serializers=[
+                    wire.ConnectionRequestSerializer,
+                    wire.DeviceConnectionRequestSerializer,
+                    wire.ConnectionSerializer,  # the machine flows: the connection, active or failed
+                ],
                 resource_type_field_name=None,
             ),
             **{k: v for k, v in ERRORS.items() if k in (400, 401, 403, 429, 502, 503)},

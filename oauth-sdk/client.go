@@ -150,6 +150,26 @@ func (c *Client) RequestDeviceConnection(ctx context.Context, in RequestConnecti
 	return &out, nil
 }
 
+// RequestMachineConnection creates a machine connection, without user
+// consent: POST /v1/request-connection with in.Flow "client_credentials",
+// "jwt_bearer" or "github_app" (ReturnURL is not sent). The answer is the
+// connection, active, or failed with the provider's error (a wrong secret or
+// key); the broker re-obtains its token before it expires. Secrets in the
+// input are never returned.
+func (c *Client) RequestMachineConnection(ctx context.Context, in RequestConnectionInput) (*Connection, error) {
+	switch in.Flow {
+	case "client_credentials", "jwt_bearer", "github_app":
+	default:
+		return nil, fmt.Errorf("oauthsdk: RequestMachineConnection: flow must be client_credentials, jwt_bearer or github_app, not %q", in.Flow)
+	}
+	in.ReturnURL = ""
+	var out Connection
+	if err := c.do(ctx, http.MethodPost, "/v1/request-connection", nil, in, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // CreateStaticConnection stores an API key or a Basic login (verified by the
 // provider first): POST /v1/connections. A refused credential is a 400 with
 // code invalid_credentials.

@@ -37,9 +37,28 @@ type RequestConnectionInput struct {
 	// Params holds extra provider parameters (see [Provider.Params]), such
 	// as a Microsoft tenant. Optional.
 	Params map[string]string `json:"params,omitempty"`
-	// Flow is "code" (the default: consent at AuthURL) or "device" (RFC 8628;
-	// use [Client.RequestDeviceConnection]).
+	// Flow is "code" (the default: consent at AuthURL), "device" (RFC 8628;
+	// use [Client.RequestDeviceConnection]) or a machine flow:
+	// "client_credentials", "jwt_bearer" or "github_app" (use
+	// [Client.RequestMachineConnection]).
 	Flow string `json:"flow,omitempty"`
+	// The fields below are for the machine flows only. ClientID is the
+	// connection's own client (client_credentials) or JWT issuer (jwt_bearer:
+	// the service account's client_email; github_app: the app's client id or
+	// app id); empty: the provider's.
+	ClientID string `json:"client_id,omitempty"`
+	// ClientSecret goes with ClientID (client_credentials). Stored encrypted,
+	// never returned.
+	ClientSecret string `json:"client_secret,omitempty"`
+	// PrivateKey is a PEM RSA private key (jwt_bearer, github_app); empty:
+	// the provider's. Stored encrypted, never returned.
+	PrivateKey string `json:"private_key,omitempty"`
+	// Audience and Resource (RFC 8707) are sent with client_credentials
+	// where the provider needs them (Auth0: audience).
+	Audience string `json:"audience,omitempty"`
+	Resource string `json:"resource,omitempty"`
+	// Subject is the user a service account impersonates (jwt_bearer).
+	Subject string `json:"subject,omitempty"`
 }
 
 // DeviceConnectionOutput is the answer of POST /v1/request-connection with
@@ -99,6 +118,9 @@ type Connection struct {
 	// Status is one of StatusPending, StatusActive, StatusFailed,
 	// StatusRevoked.
 	Status string `json:"status"`
+	// Flow says how the connection was made: code, device, api_key, basic,
+	// client_credentials, jwt_bearer or github_app.
+	Flow string `json:"flow"`
 	// ProviderName is the provider's name, e.g. "google".
 	ProviderName string `json:"provider_name"`
 	// ProviderID identifies the provider configuration.

@@ -1,6 +1,7 @@
 """Shared fixtures. Tests run against the real PostgreSQL and Redis (dromos.settings.test).
 
 - `fake_provider`: the programmable provider (tests/support/fake_provider.py).
+- `fake_app`: GitHub App and Google service-account token endpoints checking the app's JWT.
 - `stack`: a live server serving broker + gateway routes on one port; the gateway's
   HTTP client calls the broker through it, exactly as in production (two HTTP hops).
 - `oidc_node`: the real oidc-provider (npm), registered for the live server's callback.
@@ -97,6 +98,24 @@ def _fake_provider_server():
     provider = FakeProvider().start()
     yield provider
     provider.stop()
+
+
+@pytest.fixture(scope="session")
+def _fake_app_server():
+    from fake_app_providers import FakeAppProviders
+
+    server = FakeAppProviders().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fake_app(_fake_app_server):
+    """GitHub App and Google service-account token endpoints that check the app's JWT as
+    the providers document it (tests/support/fake_app_providers.py)."""
+    _fake_app_server.reset()
+    yield _fake_app_server
+    _fake_app_server.reset()
 
 
 @pytest.fixture

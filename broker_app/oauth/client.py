@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import time
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -17,7 +19,7 @@ from django.conf import settings
 from requests.adapters import HTTPAdapter
 
 from broker_app.oauth.errors import PermanentOAuthError, TransientOAuthError
-from broker_app.oauth.tokens import TokenSet
+from broker_app.oauth.tokens import TokenSet, parse_expires_in
 
 logger = logging.getLogger(__name__)
 
@@ -120,11 +122,11 @@ def _error_code(spec, body: dict[str, Any]) -> str | None:
     return codes[0] if codes else None
 
 
-def token_request(spec, form: dict[str, str], *, url: str | None = None) -> dict[str, Any]:
-    """POST to the token endpoint with the client's authentication; return the JSON body
-    or raise a classified OAuthError."""
+def token_request(spec, form: dict[str, str], *, url: str | None = None, client_auth: bool = True) -> dict[str, Any]:
+    """POST to the token endpoint with the client's authentication (none for an assertion
+    grant: `client_auth=False`); return the JSON body or raise a classified OAuthError."""
     headers = {"Accept": "application/json", **spec.token_headers}
-    auth, data = _client_auth(spec, dict(form), spec.token_auth)
+    auth, data = _client_auth(spec, dict(form), spec.token_auth) if client_auth else (None, dict(form))
     body_kwarg = {"json": data} if spec.token_format == "json" else {"data": data}
     try:
         response = _session.post(
@@ -256,6 +258,73 @@ def userinfo(spec, *, access_token: str) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise PermanentOAuthError("bad_response", "the userinfo answer is not a JSON object")
     return body
+
+
+# -- machine grants (issue 18) ------------------------------------------------------------------
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+
+
+def client_credentials(
+    spec, hooks, *, scopes: list[str], audience: str | None = None, resource: str | None = None
+) -> TokenSet:
+    """RFC 6749 §4.4: a token for the client itself (spec.client_id / client_secret, as
+    token_auth says). `audience` (Auth0) and `resource` (RFC 8707) are sent when given."""
+    form = {"grant_type": "client_credentials"}
+    if scopes:
+        form[spec.scope_param] = spec.scope_separator.join(scopes)
+    if audience:
+        form["audience"] = audience
+    if resource:
+        form["resource"] = resource
+    return hooks.parse_token_response(spec, token_request(spec, form))
+
+
+def jwt_bearer(spec, hooks, *, assertion: str) -> TokenSet:
+    """RFC 7523 §2.1: exchange a signed assertion (no client authentication: the signature is it)."""
+    form = {"grant_type": JWT_BEARER_GRANT, "assertion": assertion}
+    return hooks.parse_token_response(spec, token_request(spec, form, client_auth=False))
+
+
+def github_installation_token(spec, *, app_jwt: str, now: float | None = None) -> TokenSet:
+    """GitHub: `POST /app/installations/{id}/access_tokens` with the app's JWT; 201
+    `{"token", "expires_at"}` (one hour). 401 (the JWT: wrong key, app or clock) answers
+    `invalid_client`, 404 `installation_not_found`; 5xx, 429 and a 403 with Retry-After (a
+    rate limit) are transient."""
+    headers = {"Accept": "application/vnd.github+json", **spec.token_headers, "Authorization": f"Bearer {app_jwt}"}
+    try:
+        response = _session.post(spec.token_url, headers=headers, timeout=_timeout(), allow_redirects=False)
+    except requests.Timeout:
+        raise TransientOAuthError("timeout", "the provider did not answer in time") from None
+    except requests.RequestException:
+        raise TransientOAuthError("connection_error", "the provider could not be reached") from None
+    status = response.status_code
+    limited = status == 403 and (
+        response.headers.get("Retry-After") or response.headers.get("X-RateLimit-Remaining") == "0"
+    )
+    if status == 429 or status >= 500 or limited:
+        raise TransientOAuthError(
+            "rate_limited" if status in (403, 429) else "server_error",
+            f"the provider answered {status}",
+            status=status,
+            retry_after=_retry_after(response),
+        )
+    if status != 201 and status != 200:
+        code = {401: "invalid_client", 403: "access_denied", 404: "installation_not_found"}.get(status)
+        raise PermanentOAuthError(code or f"http_{status}", f"the provider answered {status}", status=status)
+    body = _decode_body(response)
+    token, expires = body.get("token"), body.get("expires_at")
+    if not isinstance(token, str) or not token:
+        raise TransientOAuthError("bad_response", "the installation token response has no token", status=status)
+    expires_in = None
+    if isinstance(expires, str):
+        try:
+            ends = datetime.fromisoformat(expires.replace("Z", "+00:00"))
+        except ValueError:
+            ends = None
+        if ends is not None and ends.tzinfo is not None:
+            expires_in = parse_expires_in(ends.timestamp() - (now if now is not None else time.time()))
+    metadata = {"repository_selection": body["repository_selection"]} if body.get("repository_selection") else {}
+    return TokenSet(access_token=token, token_type="Bearer", expires_in=expires_in, metadata=metadata)
 
 
 # -- RFC 8628: device authorization grant ---------------------------------------------------

@@ -56,6 +56,13 @@ def _static(entry: dict[str, Any]) -> bool:
     return entry.get("auth_mode", "oauth2") != "oauth2"
 
 
+_GRANT_NAMES = {"client_credentials": "client credentials", "jwt_bearer": "JWT bearer", "github_app": "GitHub App"}
+
+
+def _grants(entry: dict[str, Any]) -> str:
+    return ", ".join(_GRANT_NAMES[g] for g in entry.get("grants", []))
+
+
 def pkce_cell(entry: dict[str, Any]) -> str:
     if _static(entry):
         return "—"
@@ -72,10 +79,13 @@ def params_cell(entry: dict[str, Any]) -> str:
 
 
 def auth_cell(entry: dict[str, Any]) -> str:
+    if entry.get("auth_mode") == "app":
+        return f"app credentials ({_grants(entry)})"
     if _static(entry):
         return {"api_key": "API key", "basic": "Basic (login)"}[entry["auth_mode"]]
     auth = "OAuth 2.0 + OIDC" if entry.get("oidc") else "OAuth 2.0"
-    return auth + (", device flow" if entry.get("device_authorization_url") else "")
+    auth += ", device flow" if entry.get("device_authorization_url") else ""
+    return auth + (f", {_grants(entry)}" if entry.get("grants") else "")
 
 
 def injection(entry: dict[str, Any]) -> str:
@@ -92,7 +102,8 @@ def table(catalog: dict[str, dict[str, Any]]) -> str:
     rows = [
         f"{len(catalog)} templates. *Auth*: the authorization-code grant, with id_token verification where it"
         " says OIDC and the device flow (RFC 8628) where it says so; *API key* / *Basic*: a static credential"
-        " the user supplies (`POST /v1/connections`). *Refresh*: whether the provider issues refresh tokens"
+        " the user supplies (`POST /v1/connections`); *client credentials*, *JWT bearer*, *GitHub App*: machine"
+        ' grants (`"flow"` in request-connection, no consent). *Refresh*: whether the provider issues refresh tokens'
         " (and what it takes to get one).",
         "",
         "| template | provider | auth | refresh | revocation | PKCE | parameters | docs |",
@@ -146,7 +157,24 @@ def static_section(key: str, entry: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def app_section(key: str, entry: dict[str, Any]) -> str:
+    """An app-credentials template (issue 18): no consent, a token for the app itself."""
+    flows = ", ".join(f'`"flow": "{g}"`' for g in entry.get("grants", []))
+    facts = [f"App credentials: request-connection with {flows} (no consent). Set up at <{entry['setup_url']}>."]
+    facts.append(f"Written from <{entry['docs_url']}>.")
+    if entry.get("params"):
+        facts.append(f"Parameters: {params_cell(entry)}.")
+    facts.append(f"API base: `{entry['api_base_url']}`.")
+    name = key.replace("_", "-")
+    lines = [f"### {entry.get('display_name', key)} (`{key}`)", "", *_wrap(" ".join(facts)), ""]
+    lines += ["```sh", f"python manage.py provider upsert --name {name} --template {key} --client-id … "
+              "--private-key-file key.pem", "```"]  # fmt: skip
+    return "\n".join(lines)
+
+
 def section(key: str, entry: dict[str, Any]) -> str:
+    if entry.get("auth_mode") == "app":
+        return app_section(key, entry)
     if _static(entry):
         return static_section(key, entry)
     facts = [f"Register the OAuth app at <{entry['setup_url']}> with redirect URI `{{BASE_URL}}/auth/callback`."]

@@ -107,7 +107,16 @@ def write_atomically(target: Path, text: str) -> None:
 
 _BOOLS = {"oidc", "refresh", "refresh_token_rotation", "revocation_hint"}
 _INTS = {"refresh_token_lifetime_days", "refresh_token_idle_days"}
-_LISTS = {"default_scopes", "transient_errors", "callback_params", "unreported_scopes", "id_token_algs", "api_hosts"}
+_LISTS = {
+    "default_scopes",
+    "transient_errors",
+    "callback_params",
+    "unreported_scopes",
+    "id_token_algs",
+    "api_hosts",
+    "grants",
+    "grant_requires",
+}
 _TABLES = {
     "api_headers",
     "authorize_params",

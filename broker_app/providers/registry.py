@@ -42,6 +42,18 @@ def set_client_secret(provider, secret: str) -> None:
     provider.client_secret_enc = crypto.encrypt(secret, aad=crypto.client_secret_aad(provider.pk))
 
 
+def private_key(provider) -> str | None:
+    """The provider's app private key (PEM), for GitHub App and JWT bearer connections."""
+    return crypto.decrypt(provider.private_key_enc, aad=crypto.private_key_aad(provider.pk))
+
+
+def set_private_key(provider, pem: str) -> None:
+    """Store a private key after checking it (raises assertions.PrivateKeyError, saying why)."""
+    from broker_app.oauth.assertions import normalised_pem
+
+    provider.private_key_enc = crypto.encrypt(normalised_pem(pem), aad=crypto.private_key_aad(provider.pk))
+
+
 def _check_endpoint(url: str, field: str) -> None:
     if not url:
         return
@@ -80,6 +92,18 @@ def resolve(provider, params: dict[str, Any] | None = None) -> tuple[ProviderSpe
         _check_endpoint(spec.api_base_url, "api_base_url")
     if not spec.authorize_url or not spec.token_url:
         raise ProviderConfigError(f"{provider.name} has no authorize/token endpoint configured")
+    return spec, HOOKS[spec.hook]
+
+
+def resolve_machine(provider, params: dict[str, Any] | None = None) -> tuple[ProviderSpec, ProviderHooks]:
+    """The spec for a machine grant (issue 18): only the token endpoint is needed (from the
+    catalog, the row or OIDC discovery)."""
+    spec = _cached(provider, params or {}, with_secret=True)
+    spec = _discovered(spec, template(provider.template))
+    for field in ENDPOINT_KEYS:
+        _check_endpoint(getattr(spec, field), field)
+    if not spec.token_url:
+        raise ProviderConfigError(f"{provider.name} has no token endpoint configured")
     return spec, HOOKS[spec.hook]
 
 

@@ -75,9 +75,14 @@ def entry_problems(key: str, entry: dict[str, Any]) -> list[str]:
     problems = [f"{key}: unknown key {name!r}" for name in sorted(set(entry) - CATALOG_KEYS)]
     if not entry.get("display_name"):
         problems.append(f"{key}: display_name is missing")
-    static = entry.get("auth_mode", "oauth2") != "oauth2"
+    mode = entry.get("auth_mode", "oauth2")
+    static = mode in ("api_key", "basic")
+    problems += _grant_problems(key, entry)
     if static:
         problems += _static_problems(key, entry)
+    elif mode == "app":
+        if not entry.get("token_url"):
+            problems.append(f"{key}: an app template needs token_url")
     elif not entry.get("discovery_url") and not (entry.get("authorize_url") and entry.get("token_url")):
         if key != "oidc":  # the generic template gets its discovery URL from the operator
             problems.append(f"{key}: needs discovery_url or authorize_url + token_url")
@@ -180,6 +185,25 @@ def _proxy_and_account_problems(key: str, entry: dict[str, Any], specs: dict[str
         problems.append(f"{key}: offline_access must be scope:NAME, param:NAME=VALUE, always, app_setting or none")
     elif (rule == "none") == bool(entry.get("refresh", True)):
         problems.append(f"{key}: offline_access = 'none' exactly when refresh = false")
+    return problems
+
+
+MACHINE_GRANTS = ("client_credentials", "jwt_bearer", "github_app")
+GRANT_FIELDS = ("audience", "resource")
+
+
+def _grant_problems(key: str, entry: dict[str, Any]) -> list[str]:
+    problems = []
+    grants = entry.get("grants", [])
+    if not isinstance(grants, list) or set(grants) - set(MACHINE_GRANTS):
+        problems.append(f"{key}: grants must be a list of {', '.join(MACHINE_GRANTS)}")
+    if set(entry.get("grant_requires", [])) - set(GRANT_FIELDS):
+        problems.append(f"{key}: grant_requires may name {', '.join(GRANT_FIELDS)}")
+    if entry.get("auth_mode") == "app":
+        if not grants:
+            problems.append(f"{key}: an app template lists its grants")
+        if entry.get("refresh", True) or entry.get("offline_access") != "none":
+            problems.append(f"{key}: an app template states refresh = false and offline_access = 'none'")
     return problems
 
 
@@ -355,7 +379,9 @@ class ProviderSpec:
     # how a refresh token is obtained: "scope:NAME", "param:NAME=VALUE", "always", "app_setting", "none"
     offline_access: str = ""
     # -- static credentials (issue 18): a key or a login the user supplies instead of consent
-    auth_mode: str = field(default="oauth2", metadata=choices("oauth2", "api_key", "basic"))
+    # "app" (issue 18): machine grants only (`grants`), no consent: a GitHub App's
+    # installation tokens, a Google service account
+    auth_mode: str = field(default="oauth2", metadata=choices("oauth2", "api_key", "basic", "app"))
     # How the proxy injects an api_key: header `credential_header` with value
     # `credential_format` ({api_key} filled), or, when set, the query parameter
     # `credential_query_param`. A basic credential is always `Authorization: Basic …`.
@@ -366,6 +392,12 @@ class ProviderSpec:
     # A cheap authenticated GET made before a static credential is stored: 2xx = good,
     # 401/403 = invalid_credentials (nothing stored); "" = not verified.
     verify_url: str = field(default="", metadata=ENDPOINT)
+    # -- machine grants (issue 18): `"flow": NAME` in request-connection, for the grants listed
+    # client_credentials (RFC 6749 §4.4), jwt_bearer (RFC 7523: Google service accounts),
+    # github_app (an app JWT exchanged at token_url for an installation token)
+    grants: tuple[str, ...] = ()
+    # request-connection fields this provider's client_credentials needs (Auth0: audience)
+    grant_requires: tuple[str, ...] = ()
 
     def open_params(self) -> list[str]:
         """Parameters an agent may (or must) pass per connection: not operator-only, not fixed."""

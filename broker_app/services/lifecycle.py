@@ -7,6 +7,8 @@
     active ──connection_store_refreshed──▶ active (new tokens after a refresh)
     active ──connection_warn_expiring──▶ active  (connection.expiring: the refresh token ends soon)
     active ──connection_expire──▶ failed         (connection.expired: the refresh token ended)
+    (new) ──connection_create, connection_activate──▶ active  (a machine grant's first token, issue 18)
+    active ──connection_fail──▶ failed           (a machine grant refused: wrong secret or key)
     any ──connection_mark_revoked──▶ revoked
     active|failed ──connection_reconnect_start──▶ unchanged (a pending ConnectAttempt holds the flow)
     active|failed ──connection_reconnect_complete──▶ active (same account: the new grant replaces the old)
@@ -228,6 +230,7 @@ def connection_fail(
             error_description=description[:512],
             pkce_verifier_enc="",
             device_code_enc="",
+            grant_secret_enc="",  # a failed machine connection never asks again: its secrets go
             device_next_poll_at=None,
             next_refresh_attempt_at=None,
             updated_at=timezone.now(),
@@ -327,6 +330,7 @@ def connection_mark_revoked(*, connection: Connection, actor: Actor, provider_re
     with transaction.atomic():
         connection.status = Status.REVOKED
         connection.id_token_enc = connection.pkce_verifier_enc = connection.device_code_enc = ""
+        connection.grant_secret_enc = ""  # a machine connection's own client secret or key
         connection.device_next_poll_at = None
         if kept != "refresh_token":
             connection.refresh_token_enc = ""

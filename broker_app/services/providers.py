@@ -33,7 +33,8 @@ from django.db import transaction
 
 from broker_app.models import Provider
 from broker_app.oauth import oidc
-from broker_app.providers.registry import resolve, resolve_static, set_client_secret
+from broker_app.oauth.assertions import PrivateKeyError
+from broker_app.providers.registry import resolve, resolve_machine, resolve_static, set_client_secret, set_private_key
 from broker_app.providers.spec import ProviderConfigError, catalog, missing_params, param_specs, resolve_values
 from dromos import wire
 from dromos.errors import ApiError, InvalidRequest, NotFound
@@ -121,6 +122,7 @@ def provider_upsert(
     name: str,
     fields: dict[str, Any],
     client_secret: str | None = None,
+    private_key: str | None = None,
     check: bool = True,
     operator: bool = False,
 ) -> tuple[Provider, bool]:
@@ -168,8 +170,13 @@ def provider_upsert(
         if not isinstance(client_secret, str) or len(client_secret) > 4096:
             raise InvalidRequest("client_secret must be a string", details={"client_secret": ["invalid"]})
         set_client_secret(provider, client_secret)
+    if private_key is not None:  # an app's key (GitHub App, Google service account): checked, then encrypted
+        try:
+            set_private_key(provider, private_key)
+        except PrivateKeyError as exc:
+            raise InvalidRequest(f"provider not saved: {exc}") from None
     try:
-        provider.full_clean(exclude=["client_secret_enc"], validate_constraints=False)
+        provider.full_clean(exclude=["client_secret_enc", "private_key_enc"], validate_constraints=False)
     except ValidationError as exc:
         raise InvalidRequest(f"provider not saved: {_problems(exc)}") from None
     entry = catalog()[template_key]
@@ -192,6 +199,8 @@ def provider_upsert(
         try:
             if entry.get("auth_mode", "oauth2") == "oauth2":
                 resolve(provider)
+            elif entry["auth_mode"] == "app":
+                resolve_machine(provider)
             else:
                 resolve_static(provider)
         except ProviderConfigError as exc:

@@ -27,14 +27,15 @@ from django.utils import timezone
 from broker_app import metrics
 from broker_app.audit import Actor, audit_record
 from broker_app.models import Connection
-from broker_app.providers.registry import resolve, resolve_static
+from broker_app.providers.registry import resolve, resolve_machine, resolve_static
 from broker_app.providers.spec import ProviderConfigError
 from broker_app.selectors import connection_get
 from broker_app.services.lifecycle import not_active
 from broker_app.services.refresh import token_refresh_auto, token_refresh_if_version
-from broker_app.services.refresh_policy import fresh
+from broker_app.services.refresh_policy import fresh, renewable
 from broker_app.services.token_view import token_view
 from dromos.errors import ApiError, ProviderUnavailable
+from dromos.wire import MACHINE_FLOWS
 
 DEFAULT_AUTH_HEADER = "Authorization"
 DEFAULT_AUTH_FORMAT = "Bearer {token}"
@@ -89,7 +90,9 @@ def _credential(connection: Connection) -> ProxyCredential:
         if connection.token_type in STATIC_TOKEN_TYPES:  # no OAuth endpoints to resolve
             spec = resolve_static(connection.provider, connection.params)
         else:
-            spec, _hooks = resolve(connection.provider, connection.params)
+            # A machine connection's provider may have no authorize endpoint (issue 18).
+            resolver = resolve_machine if connection.flow in MACHINE_FLOWS else resolve
+            spec, _hooks = resolver(connection.provider, connection.params)
     except ProviderConfigError as exc:
         raise ProxyNotConfigured(f"provider {connection.provider.name} is not usable: {exc}") from None
     base = _base_url(spec.api_base_url, connection)
@@ -184,7 +187,7 @@ def proxy_credential_read(*, connection_id: str, workspace: str, actor: Actor) -
     connection = connection_get(connection_id=connection_id, workspace=workspace, environment=actor.environment)
     if connection.status != Connection.Status.ACTIVE:
         raise not_active(connection)
-    if connection.refresh_token_enc and not fresh(connection.expires_at, EXPIRY_MARGIN_SECONDS):
+    if renewable(connection) and not fresh(connection.expires_at, EXPIRY_MARGIN_SECONDS):
         # Refreshed before it expires rather than after the provider's 401 (as auto_refresh).
         try:
             token_refresh_auto(

@@ -21,6 +21,7 @@ from broker_app.services.refresh_policy import (
     just_refreshed,
     next_proactive_attempt,
     read_mark_due,
+    renewable,
     token_read_since_refresh,
 )
 from broker_app.services.token_view import TokenView, token_view
@@ -44,7 +45,7 @@ def token_read(
     # An idle connection's token is left to expire (refresh_policy): a plain read of one
     # that expires within READ_REFRESH_MIN_TTL refreshes it first, as auto_refresh would.
     threshold = min_ttl if auto_refresh else READ_REFRESH_MIN_TTL
-    if connection.refresh_token_enc and not fresh(connection.expires_at, threshold) and not just_refreshed(connection):
+    if renewable(connection) and not fresh(connection.expires_at, threshold) and not just_refreshed(connection):
         try:
             view = token_refresh_auto(connection_id=connection_id, workspace=workspace, actor=actor, min_ttl=threshold)
         except ProviderUnavailable:

@@ -73,13 +73,15 @@ from broker_app.audit import SWEEP, Actor, audit_record
 from broker_app.models import Connection, RefreshInFlight
 from broker_app.oauth import client, oidc
 from broker_app.oauth.errors import IdTokenError, PermanentOAuthError, TransientOAuthError
-from broker_app.providers.registry import described, resolve
+from broker_app.providers.registry import described, resolve, resolve_machine
 from broker_app.providers.spec import ProviderConfigError
 from broker_app.selectors import connection_get
+from broker_app.services import machine
 from broker_app.services import refresh_policy as policy
 from broker_app.services.lifecycle import connection_fail, connection_store_refreshed, not_active
 from broker_app.services.token_view import TokenView, token_view
 from dromos import redis as shared_redis
+from dromos import wire
 from dromos.errors import ApiError, ConnectionNotActive, NotFound, ProviderError, ProviderUnavailable
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,7 @@ class RefreshOutcome(enum.StrEnum):
     INTERRUPTED = "interrupted"  # an earlier refresh died after reaching the provider: failed
     NOT_ACTIVE = "not_active"
     NO_REFRESH_TOKEN = "no_refresh_token"
+    REFUSED = "refused"  # a machine grant's credentials refused (issue 18): connection failed
 
 
 @dataclass(frozen=True)
@@ -355,7 +358,7 @@ def _refresh(
                     connection.save(update_fields=["next_refresh_attempt_at"])
             elif force and if_version is None and policy.just_refreshed(connection):
                 outcome, error = RefreshOutcome.COALESCED, None
-            elif not connection.refresh_token_enc:
+            elif not policy.renewable(connection):
                 raise RefreshNotSupported(
                     "this connection has no refresh token; the provider's tokens cannot be refreshed"
                 )
@@ -398,6 +401,8 @@ def _refresh_locked(
 ) -> tuple[RefreshOutcome, ApiError | None]:
     """Call the provider while holding the row lock; update the row. Returns the outcome
     and the error to raise after commit."""
+    if connection.flow in wire.MACHINE_FLOWS:
+        return _obtain_locked(connection, actor, call)
     spec, hooks = resolve(connection.provider, connection.params)
     if not _safe_after_interruption(connection, spec):
         RefreshInFlight.objects.filter(pk=connection.pk).delete()
@@ -489,6 +494,46 @@ def _refresh_locked(
     connection_store_refreshed(
         connection=connection, tokens=tokens, actor=actor, idle_days=idle_days(connection.provider)
     )
+    return RefreshOutcome.SUCCESS, None
+
+
+def _obtain_locked(connection: Connection, actor: Actor, call: _ProviderCall) -> tuple[RefreshOutcome, ApiError | None]:
+    """A machine connection (issue 18): a new token by its grant instead of a refresh token,
+    under the same lock. Nothing can be lost mid-call (no refresh token rotates), so no
+    in-flight marker. A refusal fails the connection with the provider's code: the secret or
+    key is wrong and retrying would not change that."""
+    started = time.monotonic()
+    try:
+        spec, hooks = resolve_machine(connection.provider, connection.params)
+        tokens = machine.machine_token(connection, spec, hooks)
+    except ProviderConfigError:  # e.g. the discovery document is unreachable: try later
+        _defer(connection, None)
+        return RefreshOutcome.TRANSIENT, ProviderUnavailable(
+            "the provider's configuration is unavailable", retry_after=5
+        )
+    except TransientOAuthError as exc:
+        _defer(connection, exc.retry_after)
+        logger.warning(
+            "token request failed transiently; token kept", extra={"connection_id": connection.id, "reason": exc.error}
+        )
+        return RefreshOutcome.TRANSIENT, ProviderUnavailable(
+            f"the provider is temporarily unavailable ({exc.error}); the stored token is unchanged",
+            retry_after=exc.retry_after or 5,
+        )
+    except PermanentOAuthError as exc:
+        connection_fail(
+            connection=connection,
+            error=exc.error,
+            description=f"the provider refused the {connection.flow} token request ({exc.error})",
+            actor=actor,
+            expected=(Connection.Status.ACTIVE,),
+        )
+        logger.warning("token request refused: connection failed", extra={"connection_id": connection.id})
+        return RefreshOutcome.REFUSED, not_active(connection)
+    finally:
+        metrics.REFRESH_SECONDS.labels(provider=connection.provider.name).observe(time.monotonic() - started)
+    call.answered = True
+    connection_store_refreshed(connection=connection, tokens=tokens, actor=actor)
     return RefreshOutcome.SUCCESS, None
 
 

@@ -31,10 +31,17 @@ from django.conf import settings
 from django.utils import timezone
 
 from dromos.backoff import exponential_backoff
+from dromos.wire import MACHINE_FLOWS
 
 # A forced refresh this soon after the last one returns that result: callers that arrive
 # a moment apart (queued behind each other in a web server) still cause one provider refresh.
 COALESCE_SECONDS = 5
+
+
+def renewable(connection) -> bool:
+    """A new token can be had without the user: by its refresh token, or by a machine
+    grant (issue 18: client_credentials, jwt_bearer, github_app)."""
+    return bool(connection.refresh_token_enc) or connection.flow in MACHINE_FLOWS
 
 
 def fresh(expires_at: datetime | None, min_ttl: int, *, now: datetime | None = None) -> bool:

@@ -11,11 +11,12 @@ from broker_app.audit import Actor
 from broker_app.models import Connection
 from broker_app.oauth import client
 from broker_app.oauth.errors import OAuthError, TransientOAuthError
-from broker_app.providers.registry import resolve
+from broker_app.providers.registry import resolve, resolve_machine
 from broker_app.providers.spec import ProviderConfigError
 from broker_app.selectors import connection_get
 from broker_app.services.lifecycle import connection_mark_revoked
 from broker_app.services.refresh import lock_row
+from dromos.wire import MACHINE_FLOWS
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,8 @@ def _revoke_at_provider(connection: Connection, tokens: list[tuple[str, str]]) -
     if not tokens:
         return True
     try:
-        spec, _hooks = resolve(connection.provider, connection.params)
+        resolver = resolve_machine if connection.flow in MACHINE_FLOWS else resolve
+        spec, _hooks = resolver(connection.provider, connection.params)
     except ProviderConfigError:
         return False
     if not spec.revocation_url:

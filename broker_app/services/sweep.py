@@ -30,8 +30,9 @@ from broker_app import metrics
 from broker_app.models import Connection
 from broker_app.queue import task
 from broker_app.services.refresh import RefreshOutcome, idle_days, next_attempt, token_refresh_due
-from broker_app.services.refresh_policy import proactive_due
+from broker_app.services.refresh_policy import proactive_due, renewable
 from dromos import redis as shared_redis
+from dromos.wire import MACHINE_FLOWS
 
 logger = logging.getLogger(__name__)
 CLAIM_SECONDS = 300
@@ -59,7 +60,7 @@ def due_queryset(*, now: datetime, window_seconds: int, provider_name: str | Non
             expires_at__isnull=False,
             expires_at__lte=now + timedelta(seconds=window_seconds),
         )
-        .exclude(refresh_token_enc="")
+        .filter(~Q(refresh_token_enc="") | Q(flow__in=MACHINE_FLOWS))
         .filter(Q(next_refresh_attempt_at__isnull=True) | Q(next_refresh_attempt_at__lte=now))
     )
     if provider_name:
@@ -209,6 +210,7 @@ def refresh_one(*, task, connection_id: str) -> str:
             "last_read_at",
             "refresh_failures",
             "refresh_token_enc",
+            "flow",
             "provider",
         )
         .first()
@@ -216,7 +218,7 @@ def refresh_one(*, task, connection_id: str) -> str:
     if connection is None or connection.status != Connection.Status.ACTIVE:
         return "not_active"
     provider = connection.provider.name
-    if not connection.refresh_token_enc:
+    if not renewable(connection):
         metrics.refresh_outcome(provider, "skipped")
         return "skipped"
     if not proactive_due(connection, idle_days=idle_days(connection.provider)):

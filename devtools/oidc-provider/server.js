@@ -6,7 +6,7 @@
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 import MemoryAdapter from 'oidc-provider/lib/adapters/memory_adapter.js';
 import LRU from 'oidc-provider/lib/helpers/lru.js';
 
@@ -41,6 +41,11 @@ if (ACCESS_TOKEN_TTL < 1) fail('ACCESS_TOKEN_TTL must be at least 1 second');
 // The in-memory store is an LRU of 1000 entries by default: past a few hundred grants it
 // forgets the oldest (their refresh tokens then answer invalid_grant). Soaks raise it.
 const STORE_SIZE = intFromEnv('OIDC_STORE_SIZE', 0);
+// Client credentials (RFC 6749 §4.4): token lifetime, and the one resource server (RFC 8707)
+// a client may name with its scopes.
+const CLIENT_CREDENTIALS_TTL = intFromEnv('CLIENT_CREDENTIALS_TTL', 600);
+const RESOURCE_SERVER = process.env.RESOURCE_SERVER || 'urn:dromos:api';
+const RESOURCE_SCOPES = process.env.RESOURCE_SCOPES || 'api:read api:write';
 
 const DEFAULT_CLIENTS = [{
   client_id: 'dromos-demo',
@@ -53,6 +58,14 @@ function normalizeClient(client, index) {
     fail(`OIDC_CLIENTS_JSON[${index}] must be an object`);
   }
   if (!client.client_id) fail(`OIDC_CLIENTS_JSON[${index}] has no client_id`);
+  // A machine-only client (grant_types without authorization_code, e.g. ["client_credentials"])
+  // has no redirect URIs and no response types.
+  const machineOnly = Array.isArray(client.grant_types) && !client.grant_types.includes('authorization_code');
+  if (machineOnly) {
+    return {
+      token_endpoint_auth_method: 'client_secret_basic', redirect_uris: [], response_types: [], ...client,
+    };
+  }
   if (!Array.isArray(client.redirect_uris) || client.redirect_uris.length === 0) {
     fail(`OIDC_CLIENTS_JSON[${index}] (${client.client_id}) needs a non-empty redirect_uris array`);
   }
@@ -129,6 +142,24 @@ const configuration = {
     deviceFlow: { enabled: true },
     // RFC 6749 §4.4 for clients whose grant_types include client_credentials.
     clientCredentials: { enabled: true },
+    // RFC 8707: a client_credentials request naming `resource` RESOURCE_SERVER gets a JWT
+    // access token for it (aud = that resource, scopes among RESOURCE_SCOPES); without
+    // `resource` tokens stay opaque, as before.
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => undefined,
+      useGrantedResource: () => false,
+      getResourceServerInfo: (_ctx, resourceIndicator) => {
+        if (resourceIndicator !== RESOURCE_SERVER) throw new errors.InvalidTarget();
+        return {
+          scope: RESOURCE_SCOPES,
+          audience: RESOURCE_SERVER,
+          accessTokenTTL: CLIENT_CREDENTIALS_TTL,
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: 'RS256' } },
+        };
+      },
+    },
     userinfo: { enabled: true },
     // The RFC 9207 `iss` authorization response parameter is always on in
     // oidc-provider 9.x (no feature flag any more); discovery advertises
@@ -148,6 +179,7 @@ const configuration = {
     AccessToken: ACCESS_TOKEN_TTL,
     AuthorizationCode: 60,
     DeviceCode: intFromEnv('DEVICE_CODE_TTL', 600),
+    ClientCredentials: CLIENT_CREDENTIALS_TTL,
     IdToken: 3600,
     RefreshToken: 14 * 24 * 60 * 60,
     Grant: 14 * 24 * 60 * 60,

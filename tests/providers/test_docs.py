@@ -13,11 +13,22 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from broker_app.models import Provider
+from broker_app.oauth import assertions
 from broker_app.providers import catalog_docs
-from broker_app.providers.registry import resolve, resolve_static
+from broker_app.providers.registry import resolve, resolve_machine, resolve_static
 from broker_app.providers.spec import catalog, missing_params, resolve_values, template
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "providers.md"
+
+
+def _new_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 def examples() -> list[list[str]]:
@@ -37,12 +48,17 @@ def test_every_template_has_a_section():
 
 
 @pytest.mark.django_db
-def test_every_upsert_example_works():
+def test_every_upsert_example_works(tmp_path):
     commands = examples()
     assert len(commands) >= len(catalog())
+    key_file = tmp_path / "app-key.pem"  # the app private key an example names (issue 18)
+    key_file.write_text(assertions.normalised_pem(_new_pem()))
     for args in commands:
         if "--discovery-url" in args:
             args = [*args, "--no-check"]  # its discovery URL is an example host
+        if "--private-key-file" in args:
+            args = [*args]
+            args[args.index("--private-key-file") + 1] = str(key_file)
         out = io.StringIO()
         call_command(*args, stdout=out, stderr=io.StringIO())
         name = args[args.index("--name") + 1]
@@ -55,6 +71,9 @@ def test_every_upsert_example_works():
             # usable as configured, without per-connection parameters
             if entry.get("auth_mode", "oauth2") == "oauth2":
                 resolve(provider)
+            elif entry["auth_mode"] == "app":
+                resolve_machine(provider)
+                assert provider.private_key_enc, args
             else:
                 resolve_static(provider)
 

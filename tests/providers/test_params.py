@@ -86,6 +86,12 @@ RULES = {
     ("keycloak", "realm"): lambda url, value: (
         urlsplit(url).hostname == KEYCLOAK_HOST and urlsplit(url).path.split("/")[2] == value
     ),
+    # issue 18: a path segment of GitHub's own API host, digits only
+    ("github_app_installation", "installation_id"): lambda url, value: (
+        urlsplit(url).hostname == "api.github.com"
+        and urlsplit(url).path == f"/app/installations/{value}/access_tokens"
+        and value.isdigit()
+    ),
 }
 # The other parameters each case needs, valid, so only the one under test varies.
 FIXED = {

@@ -9,7 +9,9 @@ and nonce, our client secret and its Basic-auth form, TOKEN_ENCRYPTION_KEYS, BRO
 the Django secret key, the agent's API key, the webhook signing secret, RFC 8628 device
 codes, static API keys, Basic passwords and their Basic header value, connect-link tokens of
 the hosted connect page and the state, nonce, code and PKCE verifier of its flows and of
-reconnects):
+reconnects; issue 18's client secrets given per connection, app private keys (per provider
+and per connection), the JWT assertions signed with them, and the installation and
+service-account tokens they bought):
 
 - every captured log record (formatted as the JSON log line, and its raw attributes);
 - every error body, redirect and non-token answer the agent or the browser got;
@@ -48,6 +50,7 @@ from django.contrib.auth.models import User
 from django.db import connection as db_connection
 from django.test import Client
 from django.utils import timezone
+from fake_app_providers import new_key_pem
 from fake_provider import CLIENT_ID, CLIENT_SECRET, api_cut_short, api_hang, api_raw, api_status
 
 from broker_app.models import (
@@ -60,6 +63,8 @@ from broker_app.models import (
     WebhookDelivery,
     WebhookEndpoint,
 )
+from broker_app.oauth import assertions
+from broker_app.providers.registry import set_private_key
 from broker_app.providers.spec import builtin_catalog
 from broker_app.services.device import device_poll_one, device_poll_sweep
 from broker_app.services.sweep import refresh_one, sweep_due
@@ -353,8 +358,115 @@ def _pg_dump() -> str:
     return done.stdout
 
 
+def _pem_secrets(evidence: Evidence, name: str, pem: str) -> None:
+    """A private key in every form it might leak in: as given, as stored (PKCS#8), and a line
+    of its base64 body."""
+    evidence.secret(name, pem)
+    evidence.secret(f"{name} (PKCS#8)", assertions.normalised_pem(pem))
+    for form in (pem, assertions.normalised_pem(pem)):
+        body = "".join(line for line in form.splitlines() if "-----" not in line)
+        evidence.secret(f"{name} (base64 body)", body[100:164])
+
+
+def _machine_connections(stack, fake_provider, fake_app, evidence, key, responses, served) -> list[str]:
+    own_secret = "cc-secret-" + secrets.token_urlsafe(24)
+    wrong_secret = "cc-wrong-" + secrets.token_urlsafe(24)
+    fake_provider.cc_clients = {"tenant-leak": own_secret}
+    evidence.secret("connection client secret", own_secret)
+    evidence.secret("connection client secret (wrong)", wrong_secret)
+    for value in (own_secret, wrong_secret):
+        evidence.secret("connection client (Basic auth)", base64.b64encode(f"tenant-leak:{value}".encode()).decode())
+    github_pem, github_public = new_key_pem()
+    own_pem, own_public = new_key_pem()
+    google_pem, google_public = new_key_pem()
+    for name, pem in (("GitHub App key", github_pem), ("connection key", own_pem), ("service account key", google_pem)):
+        _pem_secrets(evidence, name, pem)
+    fake_app.app_keys.update({"Iv23liLeak": github_public, "424242": own_public})
+    fake_app.installations.add("31337")
+    fake_app.service_accounts["leak@p.iam.gserviceaccount.com"] = google_public
+    fake_app.delegation["leak@p.iam.gserviceaccount.com"] = {"alice@acme.example"}
+    github = Provider(
+        name="gh-bot",
+        template="github_app_installation",
+        client_id="Iv23liLeak",
+        token_url=f"{fake_app.url}/app/installations/{{installation_id}}/access_tokens",
+    )
+    set_private_key(github, github_pem)
+    github.save()
+    google = Provider(
+        name="gsa",
+        template="google_service_account",
+        client_id="leak@p.iam.gserviceaccount.com",
+        token_url=fake_app.google_token_url,
+    )
+    set_private_key(google, google_pem)
+    google.save()
+    requests_made = [
+        {
+            "provider_name": "fake",
+            "flow": "client_credentials",
+            "client_id": "tenant-leak",
+            "client_secret": own_secret,
+        },
+        {"provider_name": "gh-bot", "flow": "github_app", "params": {"installation_id": "31337"}},
+        {
+            "provider_name": "gh-bot",
+            "flow": "github_app",
+            "client_id": "424242",
+            "private_key": own_pem,
+            "params": {"installation_id": "31337"},
+        },
+        {
+            "provider_name": "gsa",
+            "flow": "jwt_bearer",
+            "scopes": ["https://x.example/s"],
+            "subject": "alice@acme.example",
+        },
+        {"provider_name": "gsa", "flow": "jwt_bearer", "scopes": ["https://x.example/s"], "private_key": own_pem},
+    ]
+    ids = []
+    for body in requests_made:
+        made = stack.call("POST", "/v1/request-connection", key, json={"user_id": "m", **body})
+        assert made.status_code == 201, made.text
+        responses.append((f"machine {body['flow']} ({made.json()['status']})", made))
+        ids.append(made.json()["connection_id"])
+    assert [Connection.objects.get(pk=c).status for c in ids] == ["active", "active", "active", "active", "failed"]
+    fake_provider.script(_echo(401, "invalid_client"))
+    refused = stack.call(
+        "POST",
+        "/v1/request-connection",
+        key,
+        json={"user_id": "m", "provider_name": "fake", "flow": "client_credentials", "client_id": "tenant-leak",
+              "client_secret": wrong_secret},
+    )  # fmt: skip
+    assert refused.json()["status"] == "failed"
+    responses.append(("machine refused", refused))
+    malformed = stack.call(
+        "POST",
+        "/v1/request-connection",
+        key,
+        json={"user_id": "m", "provider_name": "gh-bot", "flow": "github_app", "private_key": own_pem[:-80],
+              "params": {"installation_id": "31337"}},
+    )  # fmt: skip
+    assert malformed.status_code == 400
+    responses.append(("machine malformed key", malformed))
+    for cid_machine in ids[:4]:
+        served.append(stack.call("GET", f"/v1/token/{cid_machine}", key))
+        responses.append(("machine check", stack.call("GET", f"/v1/check-connection/{cid_machine}", key)))
+        _age(cid_machine)
+        assert sweep_due().queued >= 1  # publishes a refresh_connection task
+        assert refresh_one(task=_Task(), connection_id=cid_machine) == "success"
+    for token in fake_app.issued:
+        evidence.secret("installation or service-account token", token)
+    for seen in fake_app.seen:
+        evidence.secret("app JWT assertion", seen.raw)
+        evidence.secret("app JWT assertion signature", seen.raw.rsplit(".", 1)[1])
+    assert len(fake_app.issued) == 6 and all(s.raw for s in fake_app.seen)
+    return [*ids, refused.json()["connection_id"]]
+
+
 def test_no_secret_in_logs_errors_tasks_admin_or_database(
-    stack, traced, fake_provider, fake_provider_row, evidence, published_tasks, caplog, monkeypatch
+    stack, traced, fake_provider, fake_provider_row, fake_app, evidence, published_tasks, caplog, monkeypatch
 ):
     for name in DEBUG_LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)
@@ -644,6 +756,12 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(
         assert answer.status_code == 200, (what, answer.text)
         responses.append((what, answer))
 
+    # 13. Machine connections (issue 18): a connection's own client secret (used, then a wrong
+    # one echoed back by the provider), GitHub App installation tokens and a Google service
+    # account with private keys given per connection and per provider, their JWT assertions,
+    # a re-request by the sweep's task, a malformed key refused.
+    machine_ids = _machine_connections(stack, fake_provider, fake_app, evidence, key, responses, served)
+
     # Every token the provider issued was seen, and some were really served.
     assert sum(name == "access_token" for name in evidence.secrets.values()) >= 6
     assert any(r.json().get("access_token") in evidence.secrets for r in served)
@@ -778,7 +896,8 @@ def test_no_secret_in_logs_errors_tasks_admin_or_database(
         evidence.place("HTTP answer", "proxied answer cut short", f"{response.headers}")
     redis_keys = _redis_dump(evidence)
     admin_pages = _admin_pages(
-        evidence, [cid, failed_cid, bad_cid, second, *device_ids, *static_ids, page_cid, gh["connection_id"]]
+        evidence,
+        [cid, failed_cid, bad_cid, second, *device_ids, *static_ids, *machine_ids, page_cid, gh["connection_id"]],
     )
     evidence.place("pg_dump", "database", _pg_dump())
     spans = traced.get_finished_spans()

@@ -85,6 +85,9 @@ class FakeProvider:
         self.device_slow_down_always = False
         self.device_down = False  # the token endpoint answers 503 to device polls
         self.device_authorizations = 0
+        # Client credentials (issue 18): further clients (id -> secret) and the call count.
+        self.cc_clients: dict[str, str] = {}
+        self.cc_calls = 0
         # Static credentials: /verify answers 200 when a header or query value is in
         # `valid_credentials`, else 401; `verify_status` forces an answer (503: down).
         self.valid_credentials: set[str] = set()
@@ -148,6 +151,8 @@ class FakeProvider:
             self.publish_primary_key = True
             self.discovery_calls = 0
             self.devices.clear()
+            self.cc_clients = {}
+            self.cc_calls = 0
             self.device_interval = 5
             self.device_expires_in = 600
             self.device_code_override = None
@@ -275,6 +280,8 @@ class FakeProvider:
             return 200, body, {}
         if grant_type == "urn:ietf:params:oauth:grant-type:device_code":
             return self._device_token(form)
+        if grant_type == "client_credentials":
+            return self._client_credentials(form)
         if grant_type == "refresh_token":
             if self.refresh_delay:
                 time.sleep(self.refresh_delay)
@@ -301,6 +308,23 @@ class FakeProvider:
                 time.sleep(self.answer_delay)  # rotated already: a caller dying now loses the new token
             return 200, body, {}
         return 400, {"error": "unsupported_grant_type"}, {}
+
+    # -- RFC 6749 §4.4 ------------------------------------------------------------------------
+    def _client_credentials(self, form: dict[str, str]) -> tuple[int, dict, dict]:
+        """Client authentication as RFC 6749 §2.3.1 says (Basic, or client_id/client_secret in
+        the body); `cc_clients` maps client ids to secrets (the provider's own client too)."""
+        client_id, secret = form.get("client_id"), form.get("client_secret")
+        auth = self.last_token_auth or ""
+        if auth.startswith("Basic "):
+            raw = base64.b64decode(auth[6:]).decode()
+            client_id, _, secret = raw.partition(":")
+        with self.lock:
+            self.cc_calls += 1
+            known = {CLIENT_ID: CLIENT_SECRET, **self.cc_clients}
+        if not client_id or known.get(client_id) != secret:
+            return 401, {"error": "invalid_client", "error_description": "client authentication failed"}, {}
+        body = self._tokens(client_id, id_token=None, scope=form.get("scope"))
+        return 200, body, {}
 
     # -- RFC 8628 ---------------------------------------------------------------------------
     def device_authorization(self, form: dict[str, str]) -> tuple[int, dict]:

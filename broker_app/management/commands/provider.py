@@ -47,6 +47,11 @@ class Command(BaseCommand):
         upsert.add_argument("--api-base-url", help="Where the API proxy sends calls (overrides the catalog's)")
         upsert.add_argument("--client-id")
         upsert.add_argument("--client-secret")
+        upsert.add_argument(
+            "--private-key-file",
+            metavar="PATH",
+            help="The app's PEM RSA private key (GitHub App, Google service account), stored encrypted",
+        )
         upsert.add_argument("--default-scopes", help='Space-separated, e.g. "openid email profile"')
         upsert.add_argument("--authorize-param", action="append", default=[], metavar="KEY=VALUE")
         upsert.add_argument(
@@ -160,12 +165,21 @@ class Command(BaseCommand):
                 values["allowed_tenants"] = [t for t in values["allowed_tenants"].split(",") if t]
             fields["settings"] = {**(existing.settings if existing else {}), **values}
         fields["enabled"] = not options["disable"]
+        private_key = None
+        if options.get("private_key_file"):
+            try:
+                private_key = Path(options["private_key_file"]).read_text(encoding="utf-8")
+            except (OSError, UnicodeError) as exc:
+                raise CommandError(
+                    f"provider not saved: cannot read --private-key-file ({type(exc).__name__})"
+                ) from None
         try:
             provider, created = provider_upsert(
                 owner=owner,
                 name=options["name"],
                 fields=fields,
                 client_secret=options["client_secret"],
+                private_key=private_key,
                 check=not options["no_check"],
                 operator=True,
             )

@@ -41,10 +41,24 @@ TARGETS = (
     Target(
         "connections",
         Connection,
-        ("access_token_enc", "refresh_token_enc", "id_token_enc", "pkce_verifier_enc", "device_code_enc"),
+        (
+            "access_token_enc",
+            "refresh_token_enc",
+            "id_token_enc",
+            "pkce_verifier_enc",
+            "device_code_enc",
+            "grant_secret_enc",
+        ),
         lambda row, name: row.aad(name.removesuffix("_enc")),
     ),
-    Target("providers", Provider, ("client_secret_enc",), lambda row, name: crypto.client_secret_aad(row.pk)),
+    Target(
+        "providers",
+        Provider,
+        ("client_secret_enc", "private_key_enc"),
+        lambda row, name: (
+            crypto.private_key_aad(row.pk) if name == "private_key_enc" else crypto.client_secret_aad(row.pk)
+        ),
+    ),
     Target("webhooks", WebhookEndpoint, ("secret_enc",), lambda row, name: crypto.webhook_secret_aad(row.pk)),
 )
 

@@ -269,3 +269,53 @@ def test_create_static_connection_and_replace_credentials(make_harness: MakeHarn
     assert "pw" not in repr(token).replace("password", "")
     with pytest.raises(ValueError):
         h.call("create_static_connection", "u", "openai", {"type": "token", "value": "x"})
+
+
+def test_request_machine_connection(make_harness: MakeHarness) -> None:
+    answer = connection_json(connection_id="c_m2m", flow="client_credentials", account={})
+    h = make_harness(httpx.Response(201, json=answer), httpx.Response(201, json=answer))
+    created = h.call(
+        "request_machine_connection",
+        "billing-agent",
+        "auth0",
+        "client_credentials",
+        ["read:invoices"],
+        client_id="m2m-client",
+        client_secret="m2m-secret",
+        audience="https://api.example.com",
+    )
+    assert isinstance(created, Connection)
+    assert (created.connection_id, created.flow, created.status) == (
+        "c_m2m",
+        "client_credentials",
+        "active",
+    )
+    assert h.gateway.body() == {
+        "user_id": "billing-agent",
+        "provider_name": "auth0",
+        "flow": "client_credentials",
+        "scopes": ["read:invoices"],
+        "client_id": "m2m-client",
+        "client_secret": "m2m-secret",
+        "audience": "https://api.example.com",
+    }
+    h.call(
+        "request_machine_connection",
+        "repo-bot",
+        "acme-bot",
+        "github_app",
+        params={"installation_id": "42"},
+    )
+    assert h.gateway.body() == {
+        "user_id": "repo-bot",
+        "provider_name": "acme-bot",
+        "flow": "github_app",
+        "scopes": [],
+        "params": {"installation_id": "42"},
+    }
+
+
+def test_request_machine_connection_refuses_a_consent_flow(make_harness: MakeHarness) -> None:
+    h = make_harness()
+    with pytest.raises(ValueError, match="flow must be one of"):
+        h.call("request_machine_connection", "u", "google", "device")

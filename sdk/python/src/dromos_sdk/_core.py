@@ -200,6 +200,47 @@ def request_connection_call(
     return Call(RequestSpec("POST", "/v1/request-connection", json=body), parse)
 
 
+MACHINE_FLOWS = ("client_credentials", "jwt_bearer", "github_app")
+_MACHINE_FIELDS = ("client_id", "client_secret", "private_key", "audience", "resource", "subject")
+
+
+def request_machine_connection_call(
+    user_id: str,
+    provider_name: str,
+    flow: str,
+    scopes: Sequence[str] | str,
+    params: Mapping[str, str] | None,
+    grant: Mapping[str, str | None],
+) -> Call[Connection]:
+    if flow not in MACHINE_FLOWS:
+        raise ValueError(f"flow must be one of {', '.join(MACHINE_FLOWS)}")
+    unknown = set(grant) - set(_MACHINE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown machine-grant fields: {', '.join(sorted(unknown))}")
+    body: dict[str, Any] = {
+        "user_id": user_id,
+        "provider_name": provider_name,
+        "flow": flow,
+        "scopes": _scope_list(scopes),
+    }
+    if params:
+        body["params"] = {str(k): str(v) for k, v in params.items()}
+    # Secrets (client_secret, private_key) go to the gateway once and are never returned.
+    if grant.get("client_id") is not None:
+        body["client_id"] = grant["client_id"]
+    if grant.get("client_secret") is not None:
+        body["client_secret"] = grant["client_secret"]
+    if grant.get("private_key") is not None:
+        body["private_key"] = grant["private_key"]
+    if grant.get("audience") is not None:
+        body["audience"] = grant["audience"]
+    if grant.get("resource") is not None:
+        body["resource"] = grant["resource"]
+    if grant.get("subject") is not None:
+        body["subject"] = grant["subject"]
+    return Call(RequestSpec("POST", "/v1/request-connection", json=body), Connection.from_dict)
+
+
 def _credentials(credentials: Mapping[str, str]) -> dict[str, str]:
     if not isinstance(credentials, Mapping) or credentials.get("type") not in ("api_key", "basic"):
         raise ValueError(

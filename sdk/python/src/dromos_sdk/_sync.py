@@ -150,6 +150,45 @@ class DromosClient:
         )
         return cast(DeviceConnectionRequest, self._run(_core.execute(call, self._settings)))
 
+    def request_machine_connection(
+        self,
+        user_id: str,
+        provider_name: str,
+        flow: str,
+        scopes: Sequence[str] | str = (),
+        params: Mapping[str, str] | None = None,
+        *,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+        private_key: str | None = None,
+        audience: str | None = None,
+        resource: str | None = None,
+        subject: str | None = None,
+    ) -> Connection:
+        """A machine connection (no user consent): ``flow`` is ``client_credentials`` (the
+        provider app's client, or ``client_id`` + ``client_secret`` for this connection;
+        ``audience`` / ``resource`` where the provider needs them), ``jwt_bearer`` (a Google
+        service account; ``subject`` to impersonate) or ``github_app`` (installation tokens;
+        ``params={"installation_id": …}``), with ``private_key`` (PEM) and ``client_id``
+        when the provider has none of its own. The connection comes back ``active``, or
+        ``failed`` with the provider's error (wrong secret or key); secrets are never returned."""
+        call = _core.request_machine_connection_call(
+            user_id,
+            provider_name,
+            flow,
+            scopes,
+            params,
+            {
+                "client_id": client_id,
+                "client_secret": client_secret,
+                "private_key": private_key,
+                "audience": audience,
+                "resource": resource,
+                "subject": subject,
+            },
+        )
+        return self._run(_core.execute(call, self._settings))
+
     def create_static_connection(
         self,
         user_id: str,

@@ -153,6 +153,7 @@ class Connection:
 
     connection_id: str
     status: str
+    flow: str = ""  # code, device, api_key, basic, client_credentials, jwt_bearer, github_app
     provider_name: str = ""
     provider_id: str = ""
     user_id: str = ""
@@ -183,6 +184,7 @@ class Connection:
         return cls(
             connection_id=_str(data, "connection_id"),
             status=_str(data, "status"),
+            flow=_opt_str(data, "flow") or "",
             provider_name=_opt_str(data, "provider_name") or "",
             provider_id=str(data.get("provider_id") or ""),
             user_id=_opt_str(data, "user_id") or "",
