@@ -19,5 +19,13 @@ from dromos.parsers import ChunkedBodyMiddleware  # noqa: E402 - after Django is
 # A chunked request body (no Content-Length) is read, not dropped: dromos/parsers.py.
 application = ChunkedBodyMiddleware(django_application)
 
+if settings.FAST_PATHS:
+    from dromos.fastpath import FastPaths  # noqa: E402
+
+    # The token read's common case without Django's request pipeline (dromos/fastpath.py).
+    application = FastPaths(
+        application, [(prefix, route, import_string(handler)) for prefix, route, handler in settings.FAST_PATHS]
+    )
+
 for _check in settings.STARTUP_CHECKS:
     import_string(_check)()
