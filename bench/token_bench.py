@@ -337,6 +337,29 @@ def ensure_wrk() -> bool:
     return False
 
 
+def seed_audit(database_url: str, rows: int) -> None:
+    """`rows` token.read audit rows spread over the last ~2 days (inside the partitions the
+    migrations create ahead), written by one INSERT … SELECT generate_series, then analysed."""
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO broker_app_auditevent (connection_id, workspace, actor, action, detail, created_at) "
+            "SELECT 'c_' || md5(g::text), 'bench', 'apikey:abcd1234', 'token.read', '{}', "
+            "now() - (g % 170000) * interval '1 second' FROM generate_series(1, %s) g",
+            [rows],
+        )
+        conn.execute("VACUUM ANALYZE broker_app_auditevent")
+        conn.execute("CHECKPOINT")
+
+
+def audit_rows(database_url: str) -> int:
+    import psycopg
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM broker_app_auditevent").fetchone()[0]
+
+
 def machine() -> dict[str, str]:
     cpu = next(
         (
@@ -377,9 +400,11 @@ def summarise(samples: dict[str, list[Sample]]) -> dict[str, dict[str, float]]:
     return table
 
 
-def render(scale: int, table: dict[str, dict[str, float]], rss: dict[str, list[int]], concurrency: int) -> str:
+def render(
+    scale: int, table: dict[str, dict[str, float]], rss: dict[str, list[int]], concurrency: int, extra: str = ""
+) -> str:
     lines = [
-        f"connections stored: {scale:,}  ·  {concurrency} concurrent clients",
+        f"connections stored: {scale:,}  ·  {concurrency} concurrent clients" + (f"  ·  {extra}" if extra else ""),
         "",
         "| case | requests/s | p50 ms | p99 ms | throughput vs floor | p99 vs floor | errors / requests "
         "| CPU ms/request: gateway · broker · postgres · redis | CPU ms/request, summed | wrk |",
@@ -458,6 +483,12 @@ def main() -> int:
         "--server", choices=("gunicorn", "granian"), default="gunicorn", help="the HTTP server of every role"
     )
     parser.add_argument("--keys", type=int, default=8, help="gateway API keys, picked at random per request")
+    parser.add_argument(
+        "--audit-rows",
+        type=int,
+        default=10_000_000,
+        help="rows put into the audit table before the last scale is measured again (0: skip that pass)",
+    )
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument(
         "--env",
@@ -638,6 +669,28 @@ def main() -> int:
             }
             print()
             print(render(scale, table, rss, args.concurrency))
+        if args.audit_rows:
+            started = time.monotonic()
+            seed_audit(database_url, args.audit_rows)
+            label = f"{scales[-1]}+audit"
+            print(f"\nadded {args.audit_rows:,} audit rows in {time.monotonic() - started:.0f} s")
+            samples = {case.name: [] for case in cases}
+            for case in cases:
+                wrk_run(case, duration=args.warmup, **run)
+            for round_number in range(args.rounds):
+                for case in cases:
+                    samples[case.name].append(wrk_run(case, duration=args.duration, **run))
+                print(
+                    f"  round {round_number + 1}/{args.rounds}: "
+                    + ", ".join(f"{name} {runs[-1].rps:,.0f}/s" for name, runs in samples.items()),
+                    flush=True,
+                )
+            rss = {role: stack.worker_rss_kib(role) for role in ("gateway", "broker")}
+            table = summarise(samples)
+            failed = failed or any(row["errors"] for row in table.values())
+            results["scales"][label] = {"table": table, "rss_kib": rss, "audit_rows": audit_rows(database_url)}
+            print()
+            print(render(scales[-1], table, rss, args.concurrency, f"{audit_rows(database_url):,} audit rows"))
         if len(scales) > 1:
             small, large = results["scales"][scales[0]]["table"], results["scales"][scales[-1]]["table"]
             print(

@@ -51,6 +51,7 @@ Handler = Callable[[dict], "FastAnswer | None"]
 
 
 _hosts_ok: dict[str, bool] = {}
+_hosts_for: list = []  # the ALLOWED_HOSTS value the memo was made for
 
 
 def host_allowed(environ: dict) -> bool:
@@ -61,6 +62,9 @@ def host_allowed(environ: dict) -> bool:
     host = environ.get("HTTP_HOST")
     if not host:
         return False
+    if _hosts_for[:1] != [settings.ALLOWED_HOSTS]:
+        _hosts_ok.clear()
+        _hosts_for[:] = [settings.ALLOWED_HOSTS]
     known = _hosts_ok.get(host)
     if known is None:
         domain, _port = split_domain_port(host)

@@ -43,9 +43,19 @@ class LeanHTTP:
     def __init__(self, host: str, port: int, *, connect_timeout: float, read_timeout: float, headers: dict) -> None:
         self.host, self.port = host, port
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
-        host_header = host if port == 80 else f"{host}:{port}"
-        self.fixed = "".join(f"{name}: {value}\r\n" for name, value in {"Host": host_header, **headers}.items())
+        self.host_header = host if port == 80 else f"{host}:{port}"
+        self.headers = headers  # the caller's dict (BrokerClient's pool headers): changes to it apply
+        self._fixed: tuple[tuple, str] = ((), "")
         self.local = threading.local()
+
+    def _fixed_lines(self) -> str:
+        items = tuple(self.headers.items())
+        if self._fixed[0] != items:
+            lines = "".join(
+                f"{name}: {value}\r\n" for name, value in {"Host": self.host_header, **self.headers}.items()
+            )
+            self._fixed = (items, lines)
+        return self._fixed[1]
 
     def close(self) -> None:
         conn = getattr(self.local, "conn", None)
@@ -75,7 +85,7 @@ class LeanHTTP:
 
     def request(self, method: str, target: str, headers: dict[str, str]) -> Answer:
         head = (
-            f"{method} {target} HTTP/1.1\r\n{self.fixed}"
+            f"{method} {target} HTTP/1.1\r\n{self._fixed_lines()}"
             + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
             + "\r\n"
         ).encode("latin-1")

@@ -49,6 +49,7 @@ def revoked_or_rate_limited(*, marker: str, key: str, limit: int, window: int) -
             args=[2 * window + 1, (window - elapsed) / window, limit],
         )
     except shared_redis.RedisError:
+        shared_redis.trip()  # rest Redis: the full path then degrades without waiting on it again
         return None
     if revoked:
         return True, None
