@@ -137,3 +137,18 @@ def test_the_gateway_maps_an_unreachable_broker_to_503(stack, settings):
     assert response.status_code == 503
     assert response.json()["error"] == "broker_unavailable"
     assert response.headers["Retry-After"] == "2"
+
+
+@pytest.mark.parametrize(
+    "url, lean, expected",
+    [("http://broker:8001", True, True), ("https://broker", True, False), ("http://b", False, False)],
+)
+def test_the_lean_client_is_for_plain_http_and_can_be_turned_off(settings, url, lean, expected):
+    from gateway_app import broker_client
+
+    settings.BROKER_INTERNAL_URL, settings.BROKER_LEAN_CLIENT = url, lean
+    broker_client.reset()
+    try:
+        assert (broker_client.broker().lean is not None) is expected
+    finally:
+        broker_client.reset()
