@@ -346,7 +346,7 @@ def seed_audit(database_url: str, rows: int) -> None:
         conn.execute(
             "INSERT INTO broker_app_auditevent (connection_id, workspace, actor, action, detail, created_at) "
             "SELECT 'c_' || md5(g::text), 'bench', 'apikey:abcd1234', 'token.read', '{}', "
-            "now() - (g % 170000) * interval '1 second' FROM generate_series(1, %s) g",
+            "now() - (g %% 170000) * interval '1 second' FROM generate_series(1, %s) g",
             [rows],
         )
         conn.execute("VACUUM ANALYZE broker_app_auditevent")

@@ -1,9 +1,9 @@
 """`GET /v1/token/{id}`'s common case without Django's request pipeline (dromos/fastpath.py,
 issue 20): a well-formed id and query, an API key this process verified within
-API_KEY_CACHE_SECONDS, with the `tokens:read` scope, not revoked, within its rate limit.
-Everything else returns None before anything is counted and TokenApi serves it through DRF
-with its usual errors: a missing, malformed, unknown or wrong key (and the failed-attempt
-count per address), a key not yet in this process's cache (its database lookup), a revoked
+API_KEY_CACHE_SECONDS (or verified here, as TokenApi verifies it, when it is not), with the
+`tokens:read` scope, not revoked, within its rate limit. Everything else returns None before
+anything is counted and TokenApi serves it through DRF with its usual errors: a missing,
+malformed, unknown or wrong key (and the failed-attempt count per address), a revoked
 one (the marker seen here drops it from the cache first), a missing scope (403), a rate
 limit reached (429, counted there), Redis unusable (the degraded modes of keys.py and
 ratelimit.py, logged there).
@@ -20,14 +20,17 @@ import re
 from contextlib import nullcontext
 
 from django.conf import settings
+from django.core import signals
+from django.db import DatabaseError
 
 from dromos import wire
-from dromos.errors import Throttled
+from dromos.errors import ApiError, Throttled
 from dromos.fastpath import FastAnswer, error_answer, parse_token_query
+from gateway_app import auth_throttle
 from gateway_app.authentication import parse_rate
 from gateway_app.broker_client import broker
 from gateway_app.bulkhead import slow_call_slot
-from gateway_app.keys import cached_principal, forget, revocation_marker_key
+from gateway_app.keys import apikey_verify, cached_principal, forget, revocation_marker_key
 from gateway_app.ratelimit import revoked_or_rate_limited
 
 PREFIX = "/v1/token/"
@@ -35,6 +38,21 @@ ROUTE = "/v1/token/<str:connection_id>"
 _PATH = re.compile(r"/v1/token/([A-Za-z0-9_-]{1,64})")  # gateway_app.apis.CONNECTION_ID
 _ALLOW = ("Allow", "GET, HEAD, OPTIONS")
 _RELAY_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-store"), ("Pragma", "no-cache"), _ALLOW]
+
+
+def _verify(key: str, environ: dict):
+    """A key not verified by this process within API_KEY_CACHE_SECONDS (a new process, or
+    the cached entry expired): looked up as TokenApi's authentication looks it up (the
+    address that failed too often refused first, before the database), then cached. A key
+    that does not verify is left to Django, which answers 401 and counts the failure."""
+    address = environ.get("REMOTE_ADDR", "")
+    signals.request_started.send(sender=__name__, environ=environ)  # the database connection's checks
+    try:
+        return apikey_verify(key, before_lookup=lambda: auth_throttle.refuse_if_blocked(address))
+    except DatabaseError:
+        return None  # Django's pipeline answers it (503 service_unavailable)
+    finally:
+        signals.request_finished.send(sender=__name__)
 
 
 def serve(environ: dict) -> FastAnswer | None:
@@ -49,7 +67,10 @@ def serve(environ: dict) -> FastAnswer | None:
     scheme, _, key = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
     if scheme.lower() != "bearer":
         return None
-    principal = cached_principal(key.strip())
+    try:
+        principal = cached_principal(key.strip()) or _verify(key.strip(), environ)
+    except ApiError as exc:  # the address used up its failed authentications: 429
+        return error_answer(exc, [_ALLOW])
     if principal is None or not principal.has_scope("tokens:read"):
         return None
     limit, window = parse_rate(settings.API_KEY_RATE_LIMIT)

@@ -148,6 +148,35 @@ def test_unknown_connection_and_another_workspace_are_the_brokers_404_relayed(co
         same_answer(answer, slow.get(f"/v1/token/{target}", auth))
 
 
+def test_a_key_this_process_has_not_verified_yet_is_verified_on_the_fast_path(connected):
+    from gateway_app import keys
+
+    stack, key, cid = connected
+    keys.cache_clear()  # a new process, or the cached entry expired (API_KEY_CACHE_SECONDS)
+    fast = App(fast=True)
+    answer = fast.get(f"/v1/token/{cid}", {"Authorization": f"Bearer {key}"})
+    assert answer[0] == 200 and fast.django_calls == 0
+    assert keys.cached_principal(key) is not None
+
+
+def test_an_address_over_its_failed_authentications_gets_the_same_429(connected, settings):
+    from gateway_app import keys
+
+    stack, key, cid = connected
+    settings.API_KEY_AUTH_FAILURE_LIMIT = "2/min"
+    fast, slow = App(fast=True), App(fast=False)
+    wrong = {"Authorization": "Bearer dk_nope0000_" + "x" * 43}
+    for _ in range(2):
+        assert fast.get(f"/v1/token/{cid}", wrong, remote="192.0.2.7")[0] == 401
+    keys.cache_clear()  # the good key needs a lookup: refused before it
+    auth = {"Authorization": f"Bearer {key}"}
+    refused = fast.get(f"/v1/token/{cid}", auth, remote="192.0.2.7")
+    full = slow.get(f"/v1/token/{cid}", auth, remote="192.0.2.7")
+    assert refused[0] == full[0] == 429 and fast.django_calls == 2  # the two 401s
+    refused[1]["retry-after"] = full[1]["retry-after"]
+    same_answer(refused, full)
+
+
 def test_a_key_without_the_scope_gets_djangos_403(connected):
     stack, _, cid = connected
     narrow = stack.key("ws-fast", scopes=["connections:read"])
