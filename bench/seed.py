@@ -55,6 +55,10 @@ COLUMNS = (
     "updated_at",
     "activated_at",
     "revoke_pending",
+    "flow",
+    "device_code_enc",
+    "tags",
+    "last_read_at",
 )
 
 
@@ -102,6 +106,10 @@ def _rows(args: tuple[str, str, str, str, int, int]) -> tuple[list[str], bytes]:
             stamp,
             stamp,
             "f",
+            "code",
+            "",
+            "{}",
+            stamp,  # read before: the steady state, where a read writes no usage mark (one an hour)
         )
         lines.append("\t".join(values))
     return ids, ("\n".join(lines) + "\n").encode()

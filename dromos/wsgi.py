@@ -24,5 +24,14 @@ from dromos.parsers import ChunkedBodyMiddleware  # noqa: E402 - after Django is
 # A chunked request body (no Content-Length) is read, not dropped: dromos/parsers.py.
 application = ChunkedBodyMiddleware(django_application)
 
+if settings.FAST_PATHS and not settings.TRACING_ENABLED:
+    from dromos.fastpath import FastPaths  # noqa: E402
+
+    # The token read's common case without Django's request pipeline (dromos/fastpath.py).
+    # With tracing on every request goes through Django, whose instrumentation makes the spans.
+    application = FastPaths(
+        application, [(prefix, route, import_string(handler)) for prefix, route, handler in settings.FAST_PATHS]
+    )
+
 for _check in settings.STARTUP_CHECKS:
     import_string(_check)()

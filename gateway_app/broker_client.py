@@ -24,6 +24,7 @@ from urllib3.exceptions import ConnectTimeoutError, HTTPError, TimeoutError
 from dromos.errors import BadGateway, BrokerUnavailable
 from dromos.logging import request_id_var
 from dromos.wire import ENVIRONMENT_HEADER
+from gateway_app.broker_http import Answer, LeanHTTP
 from gateway_app.metrics import observe_broker_call
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,19 @@ class BrokerClient:
             },
         )
 
+        # GETs without a body over plain http (the token fetch): the lean keep-alive client.
+        self.lean = (
+            LeanHTTP(
+                url.host,
+                url.port or 80,
+                connect_timeout=settings.BROKER_CONNECT_TIMEOUT,
+                read_timeout=settings.BROKER_READ_TIMEOUT,
+                headers=self.pool.headers,
+            )
+            if url.scheme == "http" and settings.BROKER_LEAN_CLIENT
+            else None
+        )
+
     def _request(
         self,
         method: str,
@@ -64,7 +78,9 @@ class BrokerClient:
         headers: dict[str, str],
         body: bytes | None = None,
         timeout: urllib3.Timeout | None = None,
-    ) -> urllib3.BaseHTTPResponse:
+    ) -> urllib3.BaseHTTPResponse | Answer:
+        if self.lean is not None and method == "GET" and body is None and timeout is None:
+            return self.lean.request(method, self.base_path + path, headers)
         return self.pool.urlopen(
             method,
             self.base_path + path,
@@ -119,7 +135,7 @@ class BrokerClient:
         observe_broker_call(method, path, str(status), started)
         if status == 204 and not content:  # deleted, nothing to say (DELETE workspace-providers)
             return BrokerAnswer(204, b"", None)
-        content_type = response.headers.get("Content-Type", "")
+        content_type = response.headers.get("content-type", "")
         if not content_type.startswith("application/json") or not content.startswith(b"{"):
             logger.warning("broker answered without JSON", extra={"status": status})
             raise BadGateway(f"the broker answered {status} without a JSON body")
@@ -134,13 +150,14 @@ class BrokerClient:
                 "broker refused the gateway: check BROKER_API_KEY and BROKER_ALLOWED_CIDRS", extra={"status": status}
             )
             raise BadGateway("the broker refused the gateway's credentials")
-        return BrokerAnswer(status, content, response.headers.get("Retry-After"))
+        return BrokerAnswer(status, content, response.headers.get("retry-after"))
 
     def stream(self, path: str, *, principal, client_ip: str | None, params: dict) -> urllib3.BaseHTTPResponse:
         """A GET whose answer is read as it arrives (the audit export): a 200 that is not
         NDJSON is a bad upstream; any other status is read whole and raised as `call` would."""
         headers = {
             "X-Dromos-Workspace": principal.workspace,
+            ENVIRONMENT_HEADER: principal.environment,
             "X-Dromos-Actor": f"apikey:{principal.prefix}",
             "X-Request-ID": request_id_var.get(),
         }

@@ -222,6 +222,32 @@ def cache_clear() -> None:
         _cache.clear()
 
 
+def cached_principal(presented: str) -> Principal | None:
+    """The principal of a key this process verified within API_KEY_CACHE_SECONDS, when the
+    presented key matches its digest (constant time); None otherwise (not cached, expired,
+    malformed, wrong secret): apikey_verify decides those. The caller must still check the
+    revocation marker (revocation_marker_key) before trusting it (gateway_app/fast_token.py
+    reads it in the same Redis round trip as the rate-limit counter)."""
+    match = KEY_PATTERN.match(presented)
+    if not match:
+        return None
+    cached = _cache.get(match.group(1))
+    if not cached or cached[0] <= time.monotonic():
+        return None
+    _, stored_digest, principal, _ = cached
+    return principal if hmac.compare_digest(stored_digest, _digest(presented)) else None
+
+
+def revocation_marker_key(prefix: str) -> str:
+    """The revocation marker's key in Redis (written through Django's cache)."""
+    return cache.make_key(_revoked_marker(prefix))
+
+
+def forget(prefix: str) -> None:
+    """Drop a key from this process's cache (its revocation marker was seen)."""
+    _cache_forget(prefix)
+
+
 def apikey_verify(presented: str, *, before_lookup: Callable[[], None] | None = None) -> Principal | None:
     """The principal for a presented key, or None. Constant-time digest comparison.
     `before_lookup` runs just before the database is read (and may raise)."""

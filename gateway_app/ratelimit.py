@@ -15,6 +15,60 @@ from gateway_app.metrics import degraded
 UNENFORCED = "Redis unreachable: the per-key rate limit is not enforced"
 
 
+# The revocation marker and the sliding-window count in one round trip, atomically: a
+# revoked key is not counted, a refused request is not counted (its increment is undone).
+_CHECK = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {1, 0, 0} end
+local count = redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[1])
+local before = tonumber(redis.call('GET', KEYS[3]) or '0') or 0
+if before * tonumber(ARGV[2]) + count > tonumber(ARGV[3]) then redis.call('DECR', KEYS[2]) end
+return {0, count, before}
+"""
+_scripts: dict[int, object] = {}
+
+
+def revoked_or_rate_limited(*, marker: str, key: str, limit: int, window: int) -> tuple[bool, float | None] | None:
+    """The API key's revocation marker and its rate-limit count in one Redis round trip (the
+    token fast path, issue 20; a Lua script): (revoked, seconds to wait or None), the same
+    verdicts as apikey_verify followed by rate_limit_hit. None when Redis is not usable (not
+    configured, resting after a failure, failing now): the caller leaves the request to the
+    full path, which logs and counts the degradation."""
+    client = shared_redis.client()
+    if client is None or shared_redis.resting():
+        return None
+    script = _scripts.get(id(client))
+    if script is None:
+        script = _scripts[id(client)] = client.register_script(_CHECK)
+    now = time.time()
+    slot = int(now // window)
+    elapsed = now - slot * window
+    try:
+        revoked, count, before = script(
+            keys=[marker, f"{key}:{slot}", f"{key}:{slot - 1}"],
+            args=[2 * window + 1, (window - elapsed) / window, limit],
+        )
+    except shared_redis.RedisError:
+        shared_redis.trip()  # rest Redis: the full path then degrades without waiting on it again
+        return None
+    if revoked:
+        return True, None
+    return False, _verdict(count, before, limit=limit, window=window, elapsed=elapsed)
+
+
+def _verdict(count: int, before: int, *, limit: int, window: int, elapsed: float) -> float | None:
+    """None when `count` in this window (and `before` in the previous one, weighted by its
+    overlap with the last `window` seconds) is within `limit`; else the seconds to wait."""
+    weight = (window - elapsed) / window
+    if before * weight + count <= limit:
+        return None
+    if count > limit or before == 0:
+        return window - elapsed  # this window alone is full: wait for the next one
+    # Wait until the previous window's weight leaves room for one more request.
+    room = (limit - count) / before  # weight at which one more request fits
+    return max(0.0, (window - elapsed) - room * window)
+
+
 def rate_limit_hit(*, key: str, limit: int, window: int) -> float | None:
     """Count one request against `limit` per `window` seconds; None when it is allowed,
     else the seconds to wait. A sliding-window counter in the shared cache: this window's
@@ -41,8 +95,8 @@ def rate_limit_hit(*, key: str, limit: int, window: int) -> float | None:
         cache.add(current, 0, timeout=2 * window + 1)
         count, before = cache.incr(current), cache.get(previous)
     before = int(before or 0)
-    weight = (window - elapsed) / window
-    if before * weight + count <= limit:
+    wait = _verdict(count, before, limit=limit, window=window, elapsed=elapsed)
+    if wait is None:
         return None
     if client is not None:
         try:
@@ -51,8 +105,4 @@ def rate_limit_hit(*, key: str, limit: int, window: int) -> float | None:
             pass  # the count expires with its window
     else:
         cache.decr(current)
-    if count > limit or before == 0:
-        return window - elapsed  # this window alone is full: wait for the next one
-    # Wait until the previous window's weight leaves room for one more request.
-    room = (limit - count) / before  # weight at which one more request fits
-    return max(0.0, (window - elapsed) - room * window)
+    return wait

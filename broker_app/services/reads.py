@@ -25,7 +25,7 @@ from broker_app.services.refresh_policy import (
     token_read_since_refresh,
 )
 from broker_app.services.token_view import TokenView, token_view
-from dromos.errors import ProviderUnavailable
+from dromos.errors import NotFound, ProviderUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +42,8 @@ def token_read(
     if connection.status != Connection.Status.ACTIVE:
         raise not_active(connection)
     _mark_read(connection)
-    # An idle connection's token is left to expire (refresh_policy): a plain read of one
-    # that expires within READ_REFRESH_MIN_TTL refreshes it first, as auto_refresh would.
-    threshold = min_ttl if auto_refresh else READ_REFRESH_MIN_TTL
-    if renewable(connection) and not fresh(connection.expires_at, threshold) and not just_refreshed(connection):
+    threshold = _refresh_threshold(auto_refresh, min_ttl)
+    if _needs_refresh(connection, threshold):
         try:
             view = token_refresh_auto(connection_id=connection_id, workspace=workspace, actor=actor, min_ttl=threshold)
         except ProviderUnavailable:
@@ -54,6 +52,44 @@ def token_read(
             logger.info("serving the current token: refresh unavailable", extra={"connection_id": connection_id})
         else:
             return _flag_short(view, min_ttl) if auto_refresh else view
+    return _serve_stored(connection, actor=actor, auto_refresh=auto_refresh, min_ttl=min_ttl)
+
+
+def token_read_stored(
+    *, connection_id: str, workspace: str, actor: Actor, auto_refresh: bool = False, min_ttl: int = 60
+) -> TokenView | None:
+    """token_read's common case only (broker_app/fast_token.py): an active connection of the
+    actor's workspace and environment whose stored token is served as it is: marked read,
+    audited, decrypted. None, before anything is written, for every other case (unknown,
+    not active, a refresh due): token_read serves those, with their errors."""
+    try:
+        connection = connection_for_token(
+            connection_id=connection_id, workspace=workspace, environment=actor.environment
+        )
+    except NotFound:
+        return None
+    if connection.status != Connection.Status.ACTIVE:
+        return None
+    if _needs_refresh(connection, _refresh_threshold(auto_refresh, min_ttl)):
+        return None
+    _mark_read(connection)
+    return _serve_stored(connection, actor=actor, auto_refresh=auto_refresh, min_ttl=min_ttl)
+
+
+def _refresh_threshold(auto_refresh: bool, min_ttl: int) -> int:
+    # An idle connection's token is left to expire (refresh_policy): a plain read of one
+    # that expires within READ_REFRESH_MIN_TTL refreshes it first, as auto_refresh would.
+    return min_ttl if auto_refresh else READ_REFRESH_MIN_TTL
+
+
+def _needs_refresh(connection: Connection, threshold: int) -> bool:
+    return bool(
+        renewable(connection) and not fresh(connection.expires_at, threshold) and not just_refreshed(connection)
+    )
+
+
+def _serve_stored(connection: Connection, *, actor: Actor, auto_refresh: bool, min_ttl: int) -> TokenView:
+    """The stored token, audited before it is decrypted and returned."""
     audit_record(
         connection_id=connection.id,
         workspace=connection.workspace,

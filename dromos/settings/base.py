@@ -100,6 +100,10 @@ WSGI_APPLICATION = "dromos.wsgi.application"
 # callables run by dromos.wsgi before the first request, one returning {name: ok} more for
 # /readyz, and scrape-time Prometheus collectors for /metrics.
 STARTUP_CHECKS: list[str] = []
+# The token read's lean pipeline (dromos/fastpath.py): (path prefix, route, handler) per role,
+# answered in front of Django by dromos.wsgi. TOKEN_FAST_PATH=false sends everything through Django.
+TOKEN_FAST_PATH = env_bool("TOKEN_FAST_PATH", True)
+FAST_PATHS: list[tuple[str, str, str]] = []
 READINESS_EXTRA_CHECK: str | None = None
 METRICS_COLLECTORS: list[str] = []
 # OpenTelemetry traces (dromos/tracing.py): off unless an exporter is named

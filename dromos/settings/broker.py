@@ -7,7 +7,7 @@ from celery.schedules import crontab
 from dromos.env import env_bool, env_float, env_int, env_list, env_str, require_secret
 
 from .base import *  # noqa: F403
-from .base import DEBUG, INSTALLED_APPS, MIDDLEWARE
+from .base import DEBUG, INSTALLED_APPS, MIDDLEWARE, TOKEN_FAST_PATH
 
 DROMOS_ROLE = "broker"
 INSTALLED_APPS = [
@@ -151,3 +151,15 @@ WEBHOOK_RETRY_MAX_SECONDS = env_int("WEBHOOK_RETRY_MAX_SECONDS", 3600)
 BROKER_ACCESS_EXEMPT: tuple[str, ...] = ()
 # The hosted connect page answers a CSRF failure with its own page, without logging its path.
 CSRF_FAILURE_VIEW = "broker_app.connect_views.csrf_failure"
+
+FAST_PATHS = (
+    [
+        (
+            "/internal/v1/connections/",
+            "/internal/v1/connections/<str:connection_id>/token",
+            "broker_app.fast_token.serve",
+        )
+    ]
+    if TOKEN_FAST_PATH
+    else []
+)

@@ -1,9 +1,9 @@
 """Gateway process: the public /v1 API. No provider secrets, no encryption keys, no token tables."""
 
-from dromos.env import env_float, env_int, env_str
+from dromos.env import env_bool, env_float, env_int, env_str
 
 from .base import *  # noqa: F403
-from .base import INSTALLED_APPS, MIDDLEWARE
+from .base import INSTALLED_APPS, MIDDLEWARE, TOKEN_FAST_PATH
 from .proxy import *  # noqa: F403
 
 DROMOS_ROLE = "gateway"
@@ -21,6 +21,8 @@ BROKER_INTERNAL_URL = env_str("BROKER_INTERNAL_URL", "http://127.0.0.1:8001").rs
 BROKER_CONNECT_TIMEOUT = env_float("BROKER_CONNECT_TIMEOUT", 2.0)
 BROKER_READ_TIMEOUT = env_float("BROKER_READ_TIMEOUT", 30.0)
 BROKER_POOL_SIZE = env_int("BROKER_POOL_SIZE", 32)
+# GETs to an http:// broker through gateway_app/broker_http.py (issue 20); false: urllib3 for all.
+BROKER_LEAN_CLIENT = env_bool("BROKER_LEAN_CLIENT", True)
 
 # API keys: seconds a verified key stays in the in-process cache (revocation reaches every
 # process at its next request through a marker in the shared cache, and within this bound
@@ -42,3 +44,7 @@ GATEWAY_OPS_TOKEN = env_str("GATEWAY_OPS_TOKEN", "")
 # Failed API-key authentications per source address (gateway_app/auth_throttle.py): past
 # this many in the window the address's lookups are refused with 429; "off" disables it.
 API_KEY_AUTH_FAILURE_LIMIT = env_str("API_KEY_AUTH_FAILURE_LIMIT", "30/min")
+
+FAST_PATHS = (
+    [("/v1/token/", "/v1/token/<str:connection_id>", "gateway_app.fast_token.serve")] if TOKEN_FAST_PATH else []
+)

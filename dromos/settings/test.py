@@ -25,6 +25,7 @@ from .gateway import (  # noqa: E402,F401
     API_KEY_RATE_LIMIT,
     BROKER_CONNECT_TIMEOUT,
     BROKER_INTERNAL_URL,
+    BROKER_LEAN_CLIENT,
     BROKER_POOL_SIZE,
     BROKER_READ_TIMEOUT,
     GATEWAY_OPS_TOKEN,
@@ -32,6 +33,7 @@ from .gateway import (  # noqa: E402,F401
     GATEWAY_SLOW_CALLS_PER_KEY,
     GATEWAY_SLOW_CALLS_PER_WORKSPACE,
 )
+from .gateway import FAST_PATHS as _GATEWAY_FAST_PATHS  # noqa: E402
 from .proxy import *  # noqa: E402,F403
 
 DROMOS_ROLE = "test"
@@ -40,6 +42,7 @@ ROOT_URLCONF = "dromos.urls_test"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 BROKER_ACCESS_EXEMPT = ("/v1/", "/openapi.json", "/docs", "/redoc")
 PROVIDER_HTTP_TIMEOUT = 3.0
+FAST_PATHS = [*_GATEWAY_FAST_PATHS, *FAST_PATHS]  # noqa: F405  (both roles in one process)
 STARTUP_CHECKS: list[str] = []  # as before: only a process on the broker settings runs them
 
 # Tests never need a commit to survive a PostgreSQL crash: without waiting for each commit's

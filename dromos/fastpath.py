@@ -1,0 +1,214 @@
+"""The token read's lean request pipeline (issue 20): a WSGI wrapper in front of Django that
+answers one route's common case itself and hands everything else to Django unchanged.
+
+`GET /v1/token/{id}` (gateway) and `GET /internal/v1/connections/{id}/token` (broker) are
+what agents call on every tool call. Through Django they pay for the middleware chain, URL
+resolution, DRF's request wrapping, authentication/permission/throttle stages and response
+rendering: more CPU than the work itself. A role's FAST_PATHS (settings) names handlers
+`handler(environ) -> FastAnswer | None`; a handler answers only the case it was written for
+(a well-formed request with a known, cached key, …) and returns None, before anything is
+written, for anything else (no or a malformed key, an unknown host, a query it does not
+parse, a connection that needs a refresh …), which Django then serves with its own errors.
+
+What every answer keeps, exactly as the Django pipeline makes it (tests/gateway/test_fast_path.py
+compares the two): the security headers (SecurityMiddleware, XFrameOptionsMiddleware), the
+request id (taken from X-Request-ID when sane, echoed), the route's latency histogram and the
+JSON access-log line (dromos.middleware), the ALLOWED_HOSTS check, the error shape of
+dromos.errors for errors raised once the answer was committed to (a database failure while
+auditing, the broker unreachable …), and the `allow` header DRF adds. `FAST_PATHS = []` (or
+`TOKEN_FAST_PATH=false`) turns it off.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from http.client import responses
+
+import orjson
+from django.conf import settings
+from django.http.request import split_domain_port, validate_host
+
+from dromos import wire
+from dromos.errors import exception_handler
+from dromos.logging import request_id_var
+from dromos.middleware import _SANE, REQUEST_SECONDS, access_logger
+
+django_request_logger = logging.getLogger("django.request")
+
+
+@dataclass
+class FastAnswer:
+    status: int
+    body: bytes
+    headers: list[tuple[str, str]]
+
+
+Handler = Callable[[dict], "FastAnswer | None"]
+
+
+_hosts_ok: dict[str, bool] = {}
+_hosts_for: list = []  # the ALLOWED_HOSTS value the memo was made for
+
+
+def host_allowed(environ: dict) -> bool:
+    """Django's `request.get_host()` check without building a request: Host (or SERVER_NAME)
+    against ALLOWED_HOSTS. False means: let Django answer (its JSON 400)."""
+    if settings.USE_X_FORWARDED_HOST and "HTTP_X_FORWARDED_HOST" in environ:
+        return False  # rare: Django's full logic
+    host = environ.get("HTTP_HOST")
+    if not host:
+        return False
+    if _hosts_for[:1] != [settings.ALLOWED_HOSTS]:
+        _hosts_ok.clear()
+        _hosts_for[:] = [settings.ALLOWED_HOSTS]
+    known = _hosts_ok.get(host)
+    if known is None:
+        domain, _port = split_domain_port(host)
+        known = bool(domain) and bool(settings.ALLOWED_HOSTS) and validate_host(domain, settings.ALLOWED_HOSTS)
+        if len(_hosts_ok) < 256:  # a bounded memo: hosts are few, scanners' are not remembered past that
+            _hosts_ok[host] = known
+    return known
+
+
+def is_secure(environ: dict) -> bool:
+    header = settings.SECURE_PROXY_SSL_HEADER
+    if header:
+        name, value = header
+        if name in environ:
+            return environ[name].split(",")[0].strip() == value
+    return environ.get("wsgi.url_scheme") == "https"
+
+
+def security_headers(environ: dict) -> list[tuple[str, str]]:
+    """What SecurityMiddleware and XFrameOptionsMiddleware add to a JSON answer."""
+    headers = []
+    if settings.SECURE_HSTS_SECONDS and is_secure(environ):
+        value = f"max-age={settings.SECURE_HSTS_SECONDS}"
+        if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
+            value += "; includeSubDomains"
+        if settings.SECURE_HSTS_PRELOAD:
+            value += "; preload"
+        headers.append(("Strict-Transport-Security", value))
+    if settings.SECURE_CONTENT_TYPE_NOSNIFF:
+        headers.append(("X-Content-Type-Options", "nosniff"))
+    if settings.SECURE_REFERRER_POLICY:
+        policy = settings.SECURE_REFERRER_POLICY
+        headers.append(("Referrer-Policy", policy if isinstance(policy, str) else ",".join(policy)))
+    if settings.SECURE_CROSS_ORIGIN_OPENER_POLICY:
+        headers.append(("Cross-Origin-Opener-Policy", settings.SECURE_CROSS_ORIGIN_OPENER_POLICY))
+    if "django.middleware.clickjacking.XFrameOptionsMiddleware" in settings.MIDDLEWARE:
+        headers.append(("X-Frame-Options", getattr(settings, "X_FRAME_OPTIONS", "DENY").upper()))
+    return headers
+
+
+def usable(environ: dict) -> bool:
+    """The request may take a fast path at all: SSL redirect off or not needed, host allowed."""
+    if settings.SECURE_SSL_REDIRECT and not is_secure(environ):
+        return False
+    return host_allowed(environ)
+
+
+_BOOLEANS = {"true": True, "True": True, "1": True, "false": False, "False": False, "0": False}
+
+
+def parse_token_query(query: str) -> dict[str, bool | int] | None:
+    """The token route's query as wire.TokenQuerySerializer validates it, for the query strings
+    agents and the gateway send (`auto_refresh`, `min_ttl`, each once, plain values): the
+    given ones, in the serializer's field order. None for anything else (Django's path
+    validates it and answers its 400)."""
+    given: dict[str, bool | int] = {}
+    if not query:
+        return given
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name in given:
+            return None
+        if name == "auto_refresh" and value in _BOOLEANS:
+            given[name] = _BOOLEANS[value]
+        elif name == "min_ttl" and value.isdigit() and len(value) <= 9 and int(value) <= wire.MIN_TTL_MAX:
+            given[name] = int(value)
+        else:
+            return None
+    return {name: given[name] for name in ("auto_refresh", "min_ttl") if name in given}
+
+
+def error_answer(exc: Exception, extra_headers: Iterable[tuple[str, str]] = ()) -> FastAnswer:
+    """dromos.errors' answer for an exception raised after the fast path committed to the
+    request: the same body DRF would render; an unexpected exception is logged as Django logs
+    it and answers handler500's JSON."""
+    response = exception_handler(exc, {})
+    if response is None:
+        django_request_logger.error("Internal Server Error", exc_info=exc)
+        return FastAnswer(
+            500,
+            b'{"error":"server_error","message":"Internal server error."}',
+            [("Content-Type", "application/json"), *extra_headers],
+        )
+    body = orjson.dumps(response.data, option=orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS)
+    headers = [("Content-Type", "application/json"), *extra_headers]
+    if response.has_header("Retry-After"):
+        headers.append(("Retry-After", response["Retry-After"]))
+    if response.has_header("WWW-Authenticate"):
+        headers.append(("WWW-Authenticate", response["WWW-Authenticate"]))
+    return FastAnswer(response.status_code, body, headers)
+
+
+class FastPaths:
+    """WSGI wrapper: each handler in turn; Django when none answers."""
+
+    def __init__(self, application, handlers: list[tuple[str, str, Handler]]) -> None:
+        # (path prefix, route template for metrics and logs, handler)
+        self.application = application
+        self.handlers = handlers
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        for prefix, route, handler in self.handlers:
+            if not path.startswith(prefix) or not usable(environ):
+                continue
+            started = time.perf_counter()
+            incoming = environ.get("HTTP_X_REQUEST_ID", "")
+            request_id = incoming if _SANE.match(incoming) else secrets.token_hex(8)
+            token = request_id_var.set(request_id)
+            try:
+                answer = handler(environ)
+                if answer is None:
+                    continue
+                headers = [
+                    *answer.headers,
+                    *security_headers(environ),
+                    ("Content-Length", str(len(answer.body))),
+                    ("X-Request-ID", request_id),
+                ]
+                _observe(environ, route, answer.status, started)
+            finally:
+                request_id_var.reset(token)
+            start_response(f"{answer.status} {responses.get(answer.status, 'Unknown')}", headers)
+            return [answer.body]
+        return self.application(environ, start_response)
+
+
+def _observe(environ: dict, route: str, status: int, started: float) -> None:
+    """dromos.middleware.RequestMetricsMiddleware's histogram and access-log line."""
+    elapsed = time.perf_counter() - started
+    method = environ["REQUEST_METHOD"]
+    REQUEST_SECONDS.labels(route=route, method=method, status=str(status)).observe(elapsed)
+    if access_logger.isEnabledFor(logging.INFO):
+        path = environ.get("PATH_INFO", "")
+        access_logger.info(
+            "%s %s %s",
+            method,
+            path,
+            status,
+            extra={
+                "method": method,
+                "path": path,
+                "route": route,
+                "status": status,
+                "duration_ms": round(elapsed * 1000, 2),
+            },
+        )
