@@ -42,7 +42,8 @@ run_exec() {
   exec "$@"
 }
 
-# Each gunicorn/celery role keeps its own Prometheus multiprocess directory.
+# Each role keeps its own Prometheus multiprocess directory (a counter without labels makes
+# its file when its module is imported, in a one-off command too).
 metrics_dir() {
   export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-${TMPDIR:-/tmp}/dromos-metrics-$1}"
   if [ "$DRY_RUN" = 0 ]; then mkdir -p "$PROMETHEUS_MULTIPROC_DIR"; fi
@@ -63,22 +64,26 @@ case "$ROLE" in
     ;;
   beat)
     export DJANGO_SETTINGS_MODULE=dromos.settings.broker
+    metrics_dir beat
     run_exec "$PYTHON" -m celery -A dromos beat --loglevel "${LOG_LEVEL:-INFO}" \
       --schedule "${CELERY_BEAT_SCHEDULE:-${TMPDIR:-/tmp}/celerybeat-schedule}" "$@"
     ;;
   migrate)
     # Gateway and broker may share one database: each migrates its own tables.
     export DJANGO_SETTINGS_MODULE=dromos.settings.broker
+    metrics_dir migrate
     run "$PYTHON" manage.py migrate --noinput "$@"
     export DJANGO_SETTINGS_MODULE=dromos.settings.gateway
     run_exec "$PYTHON" manage.py migrate --noinput "$@"
     ;;
   check)
     export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-dromos.settings.broker}"
+    metrics_dir check
     run_exec "$PYTHON" manage.py check --deploy --fail-level ERROR "$@"
     ;;
   manage)
     export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-dromos.settings.broker}"
+    metrics_dir manage
     run_exec "$PYTHON" manage.py "$@"
     ;;
   *)

@@ -179,6 +179,12 @@ def instrument(provider, *, celery: bool = True) -> None:
         _installed[type(instrumentor).__name__] = instrumentor
 
 
+def active() -> bool:
+    """Whether this process traces (the gateway's lean broker client steps aside then: the
+    urllib3 instrumentation carries the trace context over the internal hop)."""
+    return bool(_installed)
+
+
 def uninstrument() -> None:
     for instrumentor in _installed.values():
         if instrumentor.is_instrumented_by_opentelemetry:

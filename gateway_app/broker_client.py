@@ -21,6 +21,7 @@ import urllib3
 from django.conf import settings
 from urllib3.exceptions import ConnectTimeoutError, HTTPError, TimeoutError
 
+from dromos import tracing
 from dromos.errors import BadGateway, BrokerUnavailable
 from dromos.logging import request_id_var
 from dromos.wire import ENVIRONMENT_HEADER
@@ -79,7 +80,7 @@ class BrokerClient:
         body: bytes | None = None,
         timeout: urllib3.Timeout | None = None,
     ) -> urllib3.BaseHTTPResponse | Answer:
-        if self.lean is not None and method == "GET" and body is None and timeout is None:
+        if self.lean is not None and method == "GET" and body is None and timeout is None and not tracing.active():
             return self.lean.request(method, self.base_path + path, headers)
         return self.pool.urlopen(
             method,

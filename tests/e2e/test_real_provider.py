@@ -32,8 +32,8 @@ def _query(url: str) -> dict[str, str]:
 
 def test_typical_flow_against_a_real_oidc_provider(real_stack):
     providers = _gw(real_stack, "GET", "/v1/providers").json()["providers"]
-    # The session's stack: the connect-page test adds its own "helpdesk" provider to it.
-    assert [p["name"] for p in providers if p["name"] != "helpdesk"] == ["local"]
+    # The session's stack: the connect-page tests add their own "helpdesk" and "esign" providers.
+    assert [p["name"] for p in providers if p["name"] not in ("helpdesk", "esign")] == ["local"]
 
     started = _gw(
         real_stack,
@@ -137,11 +137,16 @@ def test_replayed_callback_shows_a_page_not_a_second_exchange(real_stack):
 
 
 def test_gateway_maps_a_dead_broker_to_503(real_stack):
-    # Last in this module: it stops the broker.
-    real_stack.processes["broker"].terminate()
-    real_stack.processes["broker"].wait(timeout=20)
-    response = _gw(real_stack, "GET", "/v1/token/c_whatever")
-    assert response.status_code == 503 and response.headers["Retry-After"]
-    assert response.json()["error"] == "broker_unavailable"
-    ready = requests.get(f"{real_stack.gateway_url}/readyz", headers=real_stack.ops_headers(), timeout=10)
-    assert ready.status_code == 503 and ready.json()["checks"]["broker"] is False
+    # It stops the broker, and starts it again for the session's later e2e tests.
+    broker = real_stack.processes["broker"]
+    broker.terminate()
+    broker.wait(timeout=20)
+    try:
+        response = _gw(real_stack, "GET", "/v1/token/c_whatever")
+        assert response.status_code == 503 and response.headers["Retry-After"]
+        assert response.json()["error"] == "broker_unavailable"
+        ready = requests.get(f"{real_stack.gateway_url}/readyz", headers=real_stack.ops_headers(), timeout=10)
+        assert ready.status_code == 503 and ready.json()["checks"]["broker"] is False
+    finally:
+        real_stack._spawn("broker", broker.args, "broker")
+        real_stack._wait_http(f"{real_stack.broker_url}/healthz", "broker")
