@@ -13,6 +13,7 @@ import secrets
 import time
 
 import pytest
+import redis
 import requests
 from render_dashboards import Agent, SpanStore, start_otlp_receiver, start_webhook_receiver
 from stack import Stack, reset_postgres_database
@@ -31,10 +32,16 @@ def traced_stack(tmp_path_factory):
     hooks, hook_port = start_webhook_receiver({"failing": False})
     database_url = sibling_database("tracing")
     reset_postgres_database(database_url)
+    # A Redis database of its own (the test database's number minus 2: 15 → 13, 14 → 12): the
+    # suite's per-test cache flush of the worker's own database would also drop Celery's queue
+    # bindings there, and the broker's webhook task would then be published to no queue.
+    head, number = settings.REDIS_URL.rsplit("/", 1)
+    redis_url = f"{head}/{(int(number) - 2) % 16}"
+    redis.Redis.from_url(redis_url).flushdb()
     stack = Stack(
         workdir=tmp_path_factory.mktemp("tracing-stack"),
         database_url=database_url,
-        redis_url=settings.REDIS_URL,
+        redis_url=redis_url,
         beat=False,
         gateway_workers=1,
         broker_workers=1,
