@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Debian packages the tests use: chromium (admin browser test). Installed only if missing.
+# Debian packages the tests use: chromium (browser tests), postgresql-client (pg_dump) and
+# prometheus (promtool parses the Grafana dashboard's queries). Installed only if missing.
 set -eu
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v pg_dump >/dev/null 2>&1 || missing+=(postgresql-client)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

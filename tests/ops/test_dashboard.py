@@ -144,7 +144,10 @@ def test_every_query_names_only_metrics_the_processes_export():
     assert not missing, missing
 
 
-@pytest.mark.skipif(not shutil.which("promtool"), reason="promtool (Debian's prometheus package) is not installed")
+@pytest.mark.skipif(
+    not shutil.which("promtool"),
+    reason="promtool is not installed (scripts/ensure-system-packages.sh installs Debian's prometheus)",
+)
 def test_every_query_parses_as_promql(tmp_path):
     rules = [
         {"record": f"dromos:panel_{index}", "expr": expr.replace(RANGE_VARIABLE, "1m")}
