@@ -5,6 +5,7 @@
 // grant and token. Configuration comes from the environment; see README.md.
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import * as querystring from 'node:querystring';
 
 import Provider, { errors } from 'oidc-provider';
 import MemoryAdapter from 'oidc-provider/lib/adapters/memory_adapter.js';
@@ -46,6 +47,12 @@ const STORE_SIZE = intFromEnv('OIDC_STORE_SIZE', 0);
 const CLIENT_CREDENTIALS_TTL = intFromEnv('CLIENT_CREDENTIALS_TTL', 600);
 const RESOURCE_SERVER = process.env.RESOURCE_SERVER || 'urn:dromos:api';
 const RESOURCE_SCOPES = process.env.RESOURCE_SCOPES || 'api:read api:write';
+// RFC 8628 test switches, both off (0) by default; see the device flow middleware below.
+// DEVICE_SLOW_DOWN_POLLS=N: the first N token requests of each device code answer slow_down.
+// DEVICE_POLL_INTERVAL=S: the device authorization response carries `interval` S (oidc-provider
+// sends none, so clients use RFC 8628's default of 5 s).
+const DEVICE_SLOW_DOWN_POLLS = intFromEnv('DEVICE_SLOW_DOWN_POLLS', 0);
+const DEVICE_POLL_INTERVAL = intFromEnv('DEVICE_POLL_INTERVAL', 0);
 
 const DEFAULT_CLIENTS = [{
   client_id: 'dromos-demo',
@@ -196,6 +203,109 @@ if (STORE_SIZE) {
 }
 
 const provider = new Provider(ISSUER, configuration);
+
+// RFC 8628 §3.5 `slow_down`, on demand. oidc-provider defines the error (errors.SlowDown) but
+// never raises it, so with DEVICE_SLOW_DOWN_POLLS=N the first N token requests
+// (grant_type=urn:ietf:params:oauth:grant-type:device_code) of each existing, unexpired device
+// code are answered here with 400 {"error": "slow_down", "error_description": ...}, whatever
+// the user did meanwhile (the poll must name the client the code was issued to; its secret is
+// not checked for these N answers); the request after them, and every other request, goes to
+// oidc-provider unchanged. There is no rate check: a poll is not timed against the interval.
+// Each device code poll is logged with the code's ordinal (never the code) and the time it
+// arrived: `device poll 2 of device code #1 at 2026-…Z: slow_down`.
+//
+// Telling a device code poll from other token requests needs the body, and reading it here
+// consumes the request stream before oidc-provider's own parser. That parser
+// (lib/shared/selective_body.js) then takes the body from `req.body` instead; the raw body is
+// handed over there exactly as that parser would have read it (a Buffer, or a string when the
+// request names a charset), so it parses it the same way. It prints once "already parsed
+// request body detected ..." on the first token request: expected while the switch is on.
+const DEVICE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+const BODY_LIMIT = 56 * 1024; // oidc-provider's own limit (selective_body.js)
+
+async function readRawBody(req, length) {
+  if (length !== undefined && length > BODY_LIMIT) throw new Error('request entity too large');
+  const chunks = [];
+  let received = 0;
+  for await (const chunk of req.iterator({ destroyOnReturn: false })) {
+    received += chunk.length;
+    if (received > BODY_LIMIT) throw new Error('request entity too large');
+    chunks.push(chunk);
+  }
+  if (length !== undefined && received !== length) throw new Error('request size did not match content length');
+  return Buffer.concat(chunks, received);
+}
+
+// The client_id a token request names: client_secret_basic's user name or the body's client_id.
+// (Only the id: the secret is checked by oidc-provider on every request passed on to it.)
+function requestClientId(ctx, params) {
+  const basic = /^basic\s+(\S+)$/i.exec(ctx.get('authorization'));
+  if (!basic) return params.client_id;
+  const user = Buffer.from(basic[1], 'base64').toString().split(':')[0];
+  try {
+    return decodeURIComponent(user.replace(/\+/g, ' '));
+  } catch {
+    return undefined;
+  }
+}
+
+function deviceSlowDown(tokenPath) {
+  const polls = new Map(); // device code -> { ordinal, count }
+  return async (ctx, next) => {
+    if (ctx.method !== 'POST' || ctx.path !== tokenPath || !ctx.is('application/x-www-form-urlencoded')) {
+      return next();
+    }
+    const at = new Date().toISOString();
+    let body;
+    try {
+      const raw = await readRawBody(ctx.req, ctx.request.length);
+      body = ctx.charset ? new TextDecoder(ctx.charset).decode(raw) : raw;
+    } catch {
+      ctx.status = 400;
+      ctx.body = { error: 'invalid_request', error_description: 'failed to parse the request body' };
+      return undefined;
+    }
+    ctx.req.body = body;
+    const params = querystring.parse(body.toString());
+    const deviceCode = params.device_code;
+    if (params.grant_type !== DEVICE_GRANT || typeof deviceCode !== 'string') return next();
+    // Only a live device code presented by (the client_id of) the client it was issued to;
+    // anything else is oidc-provider's to answer (invalid_grant, expired_token, invalid_client).
+    const code = await provider.DeviceCode.find(deviceCode);
+    if (!code || code.isExpired || code.clientId !== requestClientId(ctx, params)) return next();
+    let seen = polls.get(deviceCode);
+    if (!seen) {
+      seen = { ordinal: polls.size + 1, count: 0 };
+      polls.set(deviceCode, seen);
+    }
+    seen.count += 1;
+    let outcome;
+    if (seen.count <= DEVICE_SLOW_DOWN_POLLS) {
+      const err = new errors.SlowDown();
+      ctx.status = err.status;
+      ctx.set('Cache-Control', 'no-store');
+      ctx.body = { error: err.message, error_description: err.error_description };
+      outcome = err.message;
+    } else {
+      await next();
+      outcome = ctx.body?.error || (ctx.status === 200 ? 'tokens' : `status ${ctx.status}`);
+    }
+    console.log(`device poll ${seen.count} of device code #${seen.ordinal} at ${at}: ${outcome}`);
+    return undefined;
+  };
+}
+
+if (DEVICE_SLOW_DOWN_POLLS) provider.use(deviceSlowDown(provider.pathFor('token')));
+
+if (DEVICE_POLL_INTERVAL) {
+  const devicePath = provider.pathFor('device_authorization');
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.method === 'POST' && ctx.path === devicePath && ctx.status === 200 && ctx.body?.device_code) {
+      ctx.body.interval = DEVICE_POLL_INTERVAL;
+    }
+  });
+}
 
 provider.on('server_error', (_ctx, err) => {
   console.error('oidc-provider server_error:', err);

@@ -12,6 +12,7 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlparse
@@ -24,7 +25,7 @@ DEVTOOLS = Path(__file__).resolve().parents[2] / "devtools"
 sys.path.insert(0, str(DEVTOOLS))
 
 import oidc_server  # noqa: E402
-from oidc_consent import ConsentError, complete_consent  # noqa: E402
+from oidc_consent import ConsentError, complete_consent, confirm_device_code  # noqa: E402
 from oidc_server import (  # noqa: E402
     OidcProviderError,
     free_port,
@@ -488,3 +489,151 @@ def test_jwks_from_env_and_default_client(http):
         )
         assert claims["nonce"] == params["nonce"]
         assert tokens["expires_in"] == 3600  # default ACCESS_TOKEN_TTL
+
+
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+SLOW_DOWN = {
+    "error": "slow_down",
+    "error_description": "you are polling too quickly and should back off at a reasonable rate",
+}
+
+
+def test_device_flow_has_no_slow_down_and_no_interval_by_default(http):
+    client = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uris": [CALLBACK]}
+    client["grant_types"] = ["authorization_code", "refresh_token", DEVICE_GRANT]
+    with start_oidc_provider(free_port(), [client]) as own:
+        started = http.post(
+            own.metadata["device_authorization_endpoint"],
+            data={"scope": "openid"},
+            auth=(CLIENT_ID, CLIENT_SECRET),
+            timeout=10,
+        )
+        assert started.status_code == 200, started.text
+        assert "interval" not in started.json()  # RFC 8628's default (5 s) applies
+        assert started.json()["expires_in"] == 600  # DEVICE_CODE_TTL's default
+        for _ in range(3):
+            r = token(http, own, {"grant_type": DEVICE_GRANT, "device_code": started.json()["device_code"]})
+            assert r.status_code == 400 and r.json()["error"] == "authorization_pending"
+        assert "device poll" not in own.log()
+
+
+def test_device_slow_down_switch(http):
+    """DEVICE_SLOW_DOWN_POLLS=2: the first two polls of each device code answer slow_down, then
+    oidc-provider answers as usual; every other token request (code flow, refresh, a
+    client_secret_post client, a body with a charset) is oidc-provider's, body intact."""
+    device_client = {
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "redirect_uris": [CALLBACK],
+        "grant_types": ["authorization_code", "refresh_token", DEVICE_GRANT],
+    }
+    post_client = {
+        "client_id": POST_CLIENT_ID,
+        "client_secret": POST_CLIENT_SECRET,
+        "redirect_uris": [DEAD_CALLBACK],
+        "token_endpoint_auth_method": "client_secret_post",
+        "grant_types": ["authorization_code", "refresh_token", DEVICE_GRANT],
+    }
+    env = {"DEVICE_SLOW_DOWN_POLLS": "2", "DEVICE_POLL_INTERVAL": "1"}
+    with start_oidc_provider(free_port(), [device_client, post_client], extra_env=env) as own:
+
+        def device_auth(**kwargs):
+            r = http.post(own.metadata["device_authorization_endpoint"], timeout=10, **kwargs)
+            assert r.status_code == 200, r.text
+            assert r.json()["interval"] == 1  # DEVICE_POLL_INTERVAL
+            return r.json()
+
+        def poll(device_code, auth=(CLIENT_ID, CLIENT_SECRET), **extra):
+            return token(http, own, {"grant_type": DEVICE_GRANT, "device_code": device_code, **extra}, auth=auth)
+
+        first = device_auth(data={"scope": "openid email"}, auth=(CLIENT_ID, CLIENT_SECRET))
+        # Confirmed before the first poll: the first two polls still answer slow_down.
+        confirm_device_code(first["verification_uri"], first["user_code"], login="carol")
+        for _ in range(2):
+            r = poll(first["device_code"])
+            assert (r.status_code, r.json()) == (400, SLOW_DOWN)
+            assert r.headers["Cache-Control"] == "no-store"
+        r = poll(first["device_code"])
+        assert r.status_code == 200, r.text
+        assert r.json()["access_token"] and r.json()["id_token"]
+        assert userinfo(http, own, r.json()["access_token"]).json()["sub"] == "carol"
+        assert poll(first["device_code"]).json()["error"] == "invalid_grant"  # consumed: oidc-provider's answer
+
+        # Each device code has its own count; a client_secret_post client's polls count too.
+        second = device_auth(data={"scope": "openid", "client_id": POST_CLIENT_ID, "client_secret": POST_CLIENT_SECRET})
+        post_auth = {"auth": None, "client_id": POST_CLIENT_ID, "client_secret": POST_CLIENT_SECRET}
+        assert [poll(second["device_code"], **post_auth).json()["error"] for _ in range(3)] == [
+            "slow_down",
+            "slow_down",
+            "authorization_pending",
+        ]
+        # A wrong secret after the slow_downs: oidc-provider authenticates the client as usual.
+        wrong = poll(second["device_code"], auth=None, client_id=POST_CLIENT_ID, client_secret="wrong")
+        assert (wrong.status_code, wrong.json()["error"]) == (401, "invalid_client")
+        # Not slow_down: an unknown device code, or one presented by another client.
+        assert poll("no-such-device-code").json()["error"] == "invalid_grant"
+        third = device_auth(data={"scope": "openid"}, auth=(CLIENT_ID, CLIENT_SECRET))
+        r = poll(third["device_code"], **post_auth)
+        assert (r.status_code, r.json()["error"]) == (400, "invalid_grant")
+        assert poll(third["device_code"]).json()["error"] == "slow_down"  # its own client: count starts
+        # The N slow_down answers name the client but do not check its secret (README).
+        assert poll(third["device_code"], auth=(CLIENT_ID, "wrong")).json()["error"] == "slow_down"
+
+        # The code flow and refresh (client_secret_basic), a client_secret_post exchange and a
+        # body that names its charset: oidc-provider parses the body the middleware read.
+        tokens, _params = login_and_exchange(http, own, login="dave")
+        assert userinfo(http, own, tokens["access_token"]).json()["sub"] == "dave"
+        r = http.post(
+            own.metadata["token_endpoint"],
+            data=urlencode({"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]}),
+            headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
+            auth=(CLIENT_ID, CLIENT_SECRET),
+            timeout=10,
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["refresh_token"] != tokens["refresh_token"]
+        verifier, challenge = pkce_pair()
+        url, _ = authorize_url(own, client_id=POST_CLIENT_ID, redirect_uri=DEAD_CALLBACK, challenge=challenge)
+        code = query(complete_consent(url))["code"]
+        data = {"grant_type": "authorization_code", "code": code, "redirect_uri": DEAD_CALLBACK}
+        r = token(http, own, {**data, "code_verifier": verifier, **post_auth}, auth=None)
+        assert r.status_code == 200, r.text
+
+        log = own.log()
+        polls = [line.split(": ", 1) for line in log.splitlines() if line.startswith("device poll ")]
+        assert [(head.split(" at ")[0], outcome) for head, outcome in polls] == [
+            ("device poll 1 of device code #1", "slow_down"),
+            ("device poll 2 of device code #1", "slow_down"),
+            ("device poll 3 of device code #1", "tokens"),
+            ("device poll 4 of device code #1", "invalid_grant"),
+            ("device poll 1 of device code #2", "slow_down"),
+            ("device poll 2 of device code #2", "slow_down"),
+            ("device poll 3 of device code #2", "authorization_pending"),
+            ("device poll 4 of device code #2", "invalid_client"),
+            ("device poll 1 of device code #3", "slow_down"),
+            ("device poll 2 of device code #3", "slow_down"),
+        ]
+        for secret in (first["device_code"], second["device_code"], third["device_code"]):
+            assert secret not in log
+
+
+def test_device_slow_down_switch_leaves_an_expired_code_to_oidc_provider(http):
+    client = {
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "redirect_uris": [CALLBACK],
+        "grant_types": ["authorization_code", "refresh_token", DEVICE_GRANT],
+    }
+    env = {"DEVICE_SLOW_DOWN_POLLS": "2", "DEVICE_CODE_TTL": "1"}
+    with start_oidc_provider(free_port(), [client], extra_env=env) as own:
+        started = http.post(
+            own.metadata["device_authorization_endpoint"],
+            data={"scope": "openid"},
+            auth=(CLIENT_ID, CLIENT_SECRET),
+            timeout=10,
+        ).json()
+        assert started["expires_in"] == 1 and "interval" not in started
+        time.sleep(2.2)
+        r = token(http, own, {"grant_type": DEVICE_GRANT, "device_code": started["device_code"]})
+        assert (r.status_code, r.json()["error"]) == (400, "expired_token")  # not slow_down
+        assert "device poll" not in own.log()
