@@ -192,18 +192,34 @@ class FastPaths:
         return self.application(environ, start_response)
 
 
+_children: dict[tuple[str, str, int], object] = {}  # (route, method, status): the histogram's child
+
+
 def _observe(environ: dict, route: str, status: int, started: float) -> None:
-    """dromos.middleware.RequestMetricsMiddleware's histogram and access-log line."""
+    """dromos.middleware.RequestMetricsMiddleware's histogram and access-log line. The same
+    series and the same record, made with less work per request (issue 20): the histogram's
+    child for (route, method, status) is looked up once (prometheus_client's `labels()` takes
+    a lock and builds its key on every call), and the record is handed to the logger without
+    logging's search of the call stack for the caller's file and line, which the JSON line
+    does not carry."""
     elapsed = time.perf_counter() - started
     method = environ["REQUEST_METHOD"]
-    REQUEST_SECONDS.labels(route=route, method=method, status=str(status)).observe(elapsed)
+    child = _children.get((route, method, status))
+    if child is None:
+        child = REQUEST_SECONDS.labels(route=route, method=method, status=str(status))
+        if len(_children) < 1024:  # routes and methods are few; statuses too
+            _children[(route, method, status)] = child
+    child.observe(elapsed)
     if access_logger.isEnabledFor(logging.INFO):
         path = environ.get("PATH_INFO", "")
-        access_logger.info(
+        record = access_logger.makeRecord(
+            access_logger.name,
+            logging.INFO,
+            "(unknown file)",
+            0,
             "%s %s %s",
-            method,
-            path,
-            status,
+            (method, path, status),
+            None,
             extra={
                 "method": method,
                 "path": path,
@@ -212,3 +228,4 @@ def _observe(environ: dict, route: str, status: int, started: float) -> None:
                 "duration_ms": round(elapsed * 1000, 2),
             },
         )
+        access_logger.handle(record)
