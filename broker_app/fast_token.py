@@ -16,14 +16,13 @@ import ipaddress
 import re
 
 import orjson
-from django.core import signals
 from django.db import close_old_connections
 
 from broker_app.audit import Actor
 from broker_app.middleware import api_key_valid, ip_allowed
 from broker_app.services.reads import token_read_stored
 from dromos import wire
-from dromos.fastpath import FastAnswer, error_answer, parse_token_query
+from dromos.fastpath import FastAnswer, error_answer, parse_token_query, request_finished, request_started
 
 PREFIX = "/internal/v1/connections/"
 ROUTE = "/" + wire.CONNECTION_TOKEN.replace("{connection_id}", "<str:connection_id>")
@@ -65,8 +64,8 @@ def serve(environ: dict) -> FastAnswer | None:
         environment=environment,
     )
     # What Django's WSGIHandler does around a request: the database connection's age and
-    # health checks (CONN_MAX_AGE, dromos/db), query log reset, caches closed.
-    signals.request_started.send(sender=__name__, environ=environ)
+    # health checks (CONN_MAX_AGE, dromos/db), query log reset, caches closed (dromos/fastpath.py).
+    request_started(environ)
     try:
         view = token_read_stored(
             connection_id=match.group(1),
@@ -82,4 +81,4 @@ def serve(environ: dict) -> FastAnswer | None:
         close_old_connections()
         return error_answer(exc, [_ALLOW])
     finally:
-        signals.request_finished.send(sender=__name__)
+        request_finished()

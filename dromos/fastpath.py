@@ -30,7 +30,15 @@ from http.client import responses
 
 import orjson
 from django.conf import settings
+from django.core import signals
+from django.core.cache import caches, close_caches
+from django.core.cache.backends.base import BaseCache
+from django.core.handlers.base import reset_urlconf
+from django.db import close_old_connections, connections, reset_queries
+from django.dispatch.dispatcher import _make_id
 from django.http.request import split_domain_port, validate_host
+from django.urls import set_urlconf
+from django.utils.module_loading import import_string
 
 from dromos import wire
 from dromos.errors import exception_handler
@@ -155,6 +163,51 @@ def error_answer(exc: Exception, extra_headers: Iterable[tuple[str, str]] = ()) 
     if response.has_header("WWW-Authenticate"):
         headers.append(("WWW-Authenticate", response["WWW-Authenticate"]))
     return FastAnswer(response.status_code, body, headers)
+
+
+# What Django's WSGIHandler does around a request, through request_started / request_finished:
+# the database connections' query log reset, their age (CONN_MAX_AGE), broken-transaction and
+# health handling, caches closed, the URLconf reset. Sending the signals costs as much again
+# as that work (the dispatcher, every connection looked up twice): while their receivers are
+# exactly Django's own, a fast path does the same work directly; any other receiver (another
+# app's, a test's) and the signals are sent as Django sends them.
+def _keys(*receivers) -> list[tuple]:
+    return [(_make_id(receiver), _make_id(None)) for receiver in receivers]
+
+
+_STARTED = _keys(reset_queries, close_old_connections)
+_FINISHED = _keys(close_old_connections, close_caches, reset_urlconf)
+_cache_close_noop: dict[int, bool] = {}  # id(settings.CACHES): every backend's close() is BaseCache's no-op
+
+
+def _caches_need_closing() -> bool:
+    configured = settings.CACHES
+    noop = _cache_close_noop.get(id(configured))
+    if noop is None:
+        noop = all(import_string(c["BACKEND"]).close is BaseCache.close for c in configured.values())
+        _cache_close_noop.clear()
+        _cache_close_noop[id(configured)] = noop
+    return not noop
+
+
+def request_started(environ: dict) -> None:
+    if [receiver[0] for receiver in signals.request_started.receivers] != _STARTED:
+        signals.request_started.send(sender=__name__, environ=environ)
+        return
+    for connection in connections.all(initialized_only=True):
+        connection.queries_log.clear()
+        connection.close_if_unusable_or_obsolete()
+
+
+def request_finished() -> None:
+    if [receiver[0] for receiver in signals.request_finished.receivers] != _FINISHED:
+        signals.request_finished.send(sender=__name__)
+        return
+    for connection in connections.all(initialized_only=True):
+        connection.close_if_unusable_or_obsolete()
+    if _caches_need_closing():
+        caches.close_all()
+    set_urlconf(None)
 
 
 class FastPaths:
