@@ -34,7 +34,9 @@ from django.core import signals
 from django.core.cache import caches, close_caches
 from django.core.cache.backends.base import BaseCache
 from django.core.handlers.base import reset_urlconf
+from django.core.signals import setting_changed
 from django.db import close_old_connections, connections, reset_queries
+from django.dispatch import receiver
 from django.dispatch.dispatcher import _make_id
 from django.http.request import split_domain_port, validate_host
 from django.urls import set_urlconf
@@ -91,10 +93,26 @@ def is_secure(environ: dict) -> bool:
     return environ.get("wsgi.url_scheme") == "https"
 
 
-def security_headers(environ: dict) -> list[tuple[str, str]]:
+_security: dict[bool, tuple[tuple[str, str], ...]] = {}  # HSTS or not: the headers, made once
+
+
+@receiver(setting_changed)
+def _settings_changed(**kwargs) -> None:  # tests' override_settings; settings are fixed in a server
+    _security.clear()
+
+
+def security_headers(environ: dict) -> tuple[tuple[str, str], ...]:
     """What SecurityMiddleware and XFrameOptionsMiddleware add to a JSON answer."""
+    hsts = bool(settings.SECURE_HSTS_SECONDS) and is_secure(environ)
+    headers = _security.get(hsts)
+    if headers is None:
+        headers = _security[hsts] = tuple(_security_headers(hsts))
+    return headers
+
+
+def _security_headers(hsts: bool) -> list[tuple[str, str]]:
     headers = []
-    if settings.SECURE_HSTS_SECONDS and is_secure(environ):
+    if hsts:
         value = f"max-age={settings.SECURE_HSTS_SECONDS}"
         if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
             value += "; includeSubDomains"
