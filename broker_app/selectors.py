@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from functools import lru_cache, partial
 
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db import connection as db_connection
 from django.db.models import Q, QuerySet
 from django.db.models.base import ModelState
@@ -181,13 +182,14 @@ def connection_for_token(*, connection_id: str, workspace: str | None, environme
     row = execute_fixed(sql, params, fetch=True)
     if row is None:
         raise NotFound("connection not found")
-    attnames, conversions = _row_reader(scoped, db_connection.vendor)
+    database = connections[DEFAULT_DB_ALIAS]  # once: each attribute of db_connection looks it up again
+    attnames, conversions = _row_reader(scoped, database.vendor)
     values = {}
     for name, value, steps in zip(attnames, row, conversions, strict=False):
         for step in steps:
             value = step(value)
         values[name] = value
-    alias = db_connection.alias
+    alias = database.alias
     connection = _loaded(Connection, alias, values)
     _PROVIDER_FIELD.set_cached_value(
         connection, _loaded(Provider, alias, {"id": values["provider_id"], "name": row[-1]})
