@@ -32,13 +32,22 @@ _SUCCESS_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-
 _JSON = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
 
 
+_addresses: dict[str, bool] = {}  # address text: valid or not (bounded: cleared when full)
+
+
 def _client_ip(environ: dict) -> str | None:
-    ip = environ.get("HTTP_X_DROMOS_CLIENT_IP") or environ.get("REMOTE_ADDR")
-    try:
-        ipaddress.ip_address(ip or "")
-    except ValueError:
-        return None
-    return ip
+    ip = environ.get("HTTP_X_DROMOS_CLIENT_IP") or environ.get("REMOTE_ADDR") or ""
+    valid = _addresses.get(ip)
+    if valid is None:
+        try:
+            ipaddress.ip_address(ip)
+            valid = True
+        except ValueError:
+            valid = False
+        if len(_addresses) >= 4096:
+            _addresses.clear()
+        _addresses[ip] = valid
+    return ip if valid else None
 
 
 def serve(environ: dict) -> FastAnswer | None:
