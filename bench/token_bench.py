@@ -617,6 +617,7 @@ def main() -> int:
             for case in cases:
                 check_case(case, sample_id, keys[0])
             if args.hold:
+                env_file = stack.write_env_file()  # for in-process measurements (bench/token_micro.py)
                 print(
                     json.dumps(
                         {
@@ -627,6 +628,7 @@ def main() -> int:
                             "ids": str(ids_file),
                             "keys": str(keys_file),
                             "logs": str(workdir),
+                            "env_file": str(env_file),
                             "pids": {k: p.pid for k, p in stack.processes.items()},
                         }
                     ),

@@ -16,14 +16,13 @@ import ipaddress
 import re
 
 import orjson
-from django.core import signals
 from django.db import close_old_connections
 
 from broker_app.audit import Actor
 from broker_app.middleware import api_key_valid, ip_allowed
 from broker_app.services.reads import token_read_stored
 from dromos import wire
-from dromos.fastpath import FastAnswer, error_answer, parse_token_query
+from dromos.fastpath import FastAnswer, error_answer, parse_token_query, request_finished, request_started
 
 PREFIX = "/internal/v1/connections/"
 ROUTE = "/" + wire.CONNECTION_TOKEN.replace("{connection_id}", "<str:connection_id>")
@@ -33,13 +32,22 @@ _SUCCESS_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-
 _JSON = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
 
 
+_addresses: dict[str, bool] = {}  # address text: valid or not (bounded: cleared when full)
+
+
 def _client_ip(environ: dict) -> str | None:
-    ip = environ.get("HTTP_X_DROMOS_CLIENT_IP") or environ.get("REMOTE_ADDR")
-    try:
-        ipaddress.ip_address(ip or "")
-    except ValueError:
-        return None
-    return ip
+    ip = environ.get("HTTP_X_DROMOS_CLIENT_IP") or environ.get("REMOTE_ADDR") or ""
+    valid = _addresses.get(ip)
+    if valid is None:
+        try:
+            ipaddress.ip_address(ip)
+            valid = True
+        except ValueError:
+            valid = False
+        if len(_addresses) >= 4096:
+            _addresses.clear()
+        _addresses[ip] = valid
+    return ip if valid else None
 
 
 def serve(environ: dict) -> FastAnswer | None:
@@ -65,8 +73,8 @@ def serve(environ: dict) -> FastAnswer | None:
         environment=environment,
     )
     # What Django's WSGIHandler does around a request: the database connection's age and
-    # health checks (CONN_MAX_AGE, dromos/db), query log reset, caches closed.
-    signals.request_started.send(sender=__name__, environ=environ)
+    # health checks (CONN_MAX_AGE, dromos/db), query log reset, caches closed (dromos/fastpath.py).
+    request_started(environ)
     try:
         view = token_read_stored(
             connection_id=match.group(1),
@@ -82,4 +90,4 @@ def serve(environ: dict) -> FastAnswer | None:
         close_old_connections()
         return error_answer(exc, [_ALLOW])
     finally:
-        signals.request_finished.send(sender=__name__)
+        request_finished()

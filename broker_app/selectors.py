@@ -3,11 +3,14 @@ workspace's connection id is indistinguishable from an unknown one."""
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import lru_cache, partial
 
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.db import connection as db_connection
 from django.db.models import Q, QuerySet
+from django.db.models.base import ModelState
 from django.db.models.fields.json import KeyTextTransform
+from django.db.models.signals import post_init, pre_init
 
 from broker_app.models import Connection, Provider
 from dromos import wire
@@ -120,32 +123,77 @@ def _token_query(scoped: bool) -> tuple[str, tuple]:
     return sql, fields
 
 
-def _backend_converters(fields: tuple) -> list[tuple]:
-    """(column, the database backend's converters) per field, as the ORM would apply them: on
-    SQLite a datetime column comes back naive (or as text) without them."""
-    if db_connection.vendor == "postgresql":  # psycopg returns Python values already: the hot path stays as is
-        return [(None, ())] * len(fields)
+@lru_cache(maxsize=4)
+def _row_reader(scoped: bool, vendor: str) -> tuple[tuple[str, ...], tuple]:
+    """The token query's field names (attnames) and, per field, the conversions the ORM would
+    apply to its value (the backend's converters, then the field's from_db_value), worked out
+    once: on PostgreSQL psycopg returns Python values already and only the JSON fields
+    convert; on SQLite a datetime column comes back naive (or as text) without them."""
+    _, fields = _token_query(scoped)
     table = Connection._meta.db_table
-    return [(column, db_connection.ops.get_db_converters(column)) for column in (f.get_col(table) for f in fields)]
+    conversions = []
+    for field in fields:
+        steps = []
+        if vendor != "postgresql":
+            column = field.get_col(table)
+            steps += [
+                partial(_backend_step, convert, column) for convert in db_connection.ops.get_db_converters(column)
+            ]
+        if hasattr(field, "from_db_value"):
+            steps.append(partial(_field_step, field))
+        conversions.append(tuple(steps))
+    return tuple(field.attname for field in fields), tuple(conversions)
+
+
+def _backend_step(convert, column, value):
+    return convert(value, column, db_connection)
+
+
+def _field_step(field, value):
+    return field.from_db_value(value, None, db_connection)
+
+
+_PROVIDER_FIELD = Connection._meta.get_field("provider")
+
+
+def _loaded(model, alias: str, values: dict):
+    """A model instance as the ORM loads one with some fields deferred (Model.from_db), made
+    directly: the same instance state (not adding, this database), the columns read set, every
+    other field deferred (reading one loads it), without Model.__init__'s work field by field;
+    from_db itself when a pre_init/post_init receiver listens for the model."""
+    if pre_init.has_listeners(model) or post_init.has_listeners(model):
+        return model.from_db(alias, list(values), list(values.values()))
+    instance = model.__new__(model)
+    state = ModelState()
+    state.adding, state.db = False, alias
+    instance._state = state
+    instance.__dict__.update(values)
+    return instance
 
 
 def connection_for_token(*, connection_id: str, workspace: str | None, environment: str | None = None) -> Connection:
     """Only the columns the token path needs (the provider's name included), in one query.
     The other columns are deferred: reading one loads it. Scoped as connection_get."""
-    sql, fields = _token_query(workspace is not None)
+    scoped = workspace is not None
+    sql, _ = _token_query(scoped)
     params = (
         [connection_id] if workspace is None else [connection_id, workspace, environment or wire.DEFAULT_ENVIRONMENT]
     )
     row = execute_fixed(sql, params, fetch=True)
     if row is None:
         raise NotFound("connection not found")
-    values = []
-    for field, value, (column, converters) in zip(fields, row, _backend_converters(fields), strict=False):
-        for convert in converters:  # SQLite: text to aware datetimes etc.; none on PostgreSQL
-            value = convert(value, column, db_connection)
-        values.append(field.from_db_value(value, None, db_connection) if hasattr(field, "from_db_value") else value)
-    connection = Connection.from_db(db_connection.alias, [field.attname for field in fields], values)
-    connection.provider = Provider.from_db(db_connection.alias, ["id", "name"], [connection.provider_id, row[-1]])
+    database = connections[DEFAULT_DB_ALIAS]  # once: each attribute of db_connection looks it up again
+    attnames, conversions = _row_reader(scoped, database.vendor)
+    values = {}
+    for name, value, steps in zip(attnames, row, conversions, strict=False):
+        for step in steps:
+            value = step(value)
+        values[name] = value
+    alias = database.alias
+    connection = _loaded(Connection, alias, values)
+    _PROVIDER_FIELD.set_cached_value(
+        connection, _loaded(Provider, alias, {"id": values["provider_id"], "name": row[-1]})
+    )
     return connection
 
 

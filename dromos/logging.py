@@ -15,6 +15,19 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
 _SECRET_MARKERS = ("token", "secret", "password", "verifier", "api_key", "apikey", "authorization", "cookie")
 _SECRET_NAMES = {"code", "key", "state", "nonce"}
+_PLAIN = (str, int, float, type(None))  # values that cannot be a request
+_ENCODER = json.JSONEncoder(default=str)  # json.dumps(entry, default=str) builds one per call
+_secret: dict[str, bool] = {}  # field name: redacted or not (names are few; bounded below)
+
+
+def _is_secret(name: str) -> bool:
+    known = _secret.get(name)
+    if known is None:
+        lowered = name.lower()
+        known = lowered in _SECRET_NAMES or any(marker in lowered for marker in _SECRET_MARKERS)
+        if len(_secret) < 4096:
+            _secret[name] = known
+    return known
 
 
 class RequestIdFilter(logging.Filter):
@@ -48,14 +61,13 @@ class JsonFormatter(logging.Formatter):
         for name, value in vars(record).items():
             if name in _STANDARD or name.startswith("_"):
                 continue
-            lowered = name.lower()
-            if lowered in _SECRET_NAMES or any(marker in lowered for marker in _SECRET_MARKERS):
+            if _is_secret(name):
                 value = "[redacted]"
-            elif hasattr(value, "META") and hasattr(value, "path"):
+            elif not isinstance(value, _PLAIN) and hasattr(value, "META") and hasattr(value, "path"):
                 # django.request passes the request itself: its repr carries the query string,
                 # and the OAuth callback's query carries the authorization code and state.
                 value = f"{getattr(value, 'method', '')} {value.path}"
             entry[name] = value
         if record.exc_info:
             entry["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
-        return json.dumps(entry, default=str)
+        return _ENCODER.encode(entry)

@@ -21,12 +21,11 @@ import re
 from contextlib import nullcontext
 
 from django.conf import settings
-from django.core import signals
 from django.db import DatabaseError
 
 from dromos import wire
 from dromos.errors import ApiError, Throttled
-from dromos.fastpath import FastAnswer, error_answer, parse_token_query
+from dromos.fastpath import FastAnswer, error_answer, parse_token_query, request_finished, request_started
 from gateway_app import auth_throttle
 from gateway_app.authentication import parse_rate
 from gateway_app.broker_client import broker
@@ -47,13 +46,13 @@ def _verify(key: str, environ: dict):
     address that failed too often refused first, before the database), then cached. A key
     that does not verify is left to Django, which answers 401 and counts the failure."""
     address = environ.get("REMOTE_ADDR", "")
-    signals.request_started.send(sender=__name__, environ=environ)  # the database connection's checks
+    request_started(environ)  # the database connection's checks (dromos/fastpath.py)
     try:
         return apikey_verify(key, before_lookup=lambda: auth_throttle.refuse_if_blocked(address))
     except DatabaseError:
         return None  # Django's pipeline answers it (503 service_unavailable)
     finally:
-        signals.request_finished.send(sender=__name__)
+        request_finished()
 
 
 def _restricted(principal) -> bool:

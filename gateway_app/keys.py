@@ -32,7 +32,9 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.cache import cache
+from django.core.signals import setting_changed
 from django.db import transaction
+from django.dispatch import receiver
 from django.utils import timezone
 
 from dromos import redis as shared_redis
@@ -238,9 +240,24 @@ def cached_principal(presented: str) -> Principal | None:
     return principal if hmac.compare_digest(stored_digest, _digest(presented)) else None
 
 
+_marker_keys: dict[str, str] = {}  # prefix: its marker's key (the cache's key function, applied once)
+
+
+@receiver(setting_changed)
+def _cache_settings_changed(*, setting: str, **kwargs) -> None:  # tests' override_settings
+    if setting == "CACHES":
+        _marker_keys.clear()
+
+
 def revocation_marker_key(prefix: str) -> str:
     """The revocation marker's key in Redis (written through Django's cache)."""
-    return cache.make_key(_revoked_marker(prefix))
+    found = _marker_keys.get(prefix)
+    if found is None:
+        found = cache.make_key(_revoked_marker(prefix))
+        if len(_marker_keys) >= _CACHE_MAX:
+            _marker_keys.clear()
+        _marker_keys[prefix] = found
+    return found
 
 
 def forget(prefix: str) -> None:

@@ -57,12 +57,26 @@ def operation_of(method: str, path: str) -> str:
     return f"{method} {template}"
 
 
+_call_series: dict[tuple[str, str], tuple] = {}  # (operation, outcome): its histogram child, its fetch counter child
+
+
 def observe_broker_call(method: str, path: str, outcome: str, started: float) -> None:
-    """Record one broker call that began at `started` (time.perf_counter())."""
+    """Record one broker call that began at `started` (time.perf_counter()). The series'
+    children are looked up once per (operation, outcome) (issue 20: prometheus_client's
+    `labels()` takes a lock and builds its key on every call)."""
+    elapsed = time.perf_counter() - started
     operation = operation_of(method, path)
-    BROKER_CALL_SECONDS.labels(operation=operation, outcome=outcome).observe(time.perf_counter() - started)
-    if method == "GET" and operation.endswith("/{id}/token"):
-        TOKEN_FETCHES.labels(outcome=outcome).inc()
+    series = _call_series.get((operation, outcome))
+    if series is None:
+        fetches = (
+            TOKEN_FETCHES.labels(outcome=outcome) if method == "GET" and operation.endswith("/{id}/token") else None
+        )
+        series = (BROKER_CALL_SECONDS.labels(operation=operation, outcome=outcome), fetches)
+        if len(_call_series) < 1024:
+            _call_series[(operation, outcome)] = series
+    series[0].observe(elapsed)
+    if series[1] is not None:
+        series[1].inc()
 
 
 # Labelled, like every metric here: an unlabelled one would create its multiprocess file at

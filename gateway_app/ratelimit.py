@@ -5,8 +5,10 @@ for a moment (dromos.redis)."""
 
 from __future__ import annotations
 
+import threading
 import time
 
+import redis
 from django.core.cache import cache
 
 from dromos import redis as shared_redis
@@ -44,9 +46,11 @@ def revoked_or_rate_limited(*, marker: str, key: str, limit: int, window: int) -
     slot = int(now // window)
     elapsed = now - slot * window
     try:
-        revoked, count, before = script(
-            keys=[marker, f"{key}:{slot}", f"{key}:{slot - 1}"],
-            args=[2 * window + 1, (window - elapsed) / window, limit],
+        revoked, count, before = _evalsha(
+            client,
+            script,
+            [marker, f"{key}:{slot}", f"{key}:{slot - 1}"],
+            [2 * window + 1, (window - elapsed) / window, limit],
         )
     except shared_redis.RedisError:
         shared_redis.trip()  # rest Redis: the full path then degrades without waiting on it again
@@ -54,6 +58,56 @@ def revoked_or_rate_limited(*, marker: str, key: str, limit: int, window: int) -
     if revoked:
         return True, None
     return False, _verdict(count, before, limit=limit, window=window, elapsed=elapsed)
+
+
+class _Lane(threading.local):
+    """This thread's own connection to the client's Redis, for the script (issue 20)."""
+
+    client = None
+    connection = None
+    used = False  # it has answered since it last connected
+
+
+_lane = _Lane()
+
+
+def _evalsha(client, script, keys: list, args: list):
+    """EVALSHA of `script` on this thread's own connection: one of redis-py's connections,
+    made as the client's pool makes them (address, database, password, TLS, timeouts, health
+    checks), kept by the thread instead of being taken from and returned to the pool on every
+    call (with redis-py's retry wrapper, that was most of the round trip's CPU). A connection
+    that fails on its first send after being idle (Redis restarted, an idle timeout) is
+    reconnected once, as the client's retry would; any other failure (a timeout, a refused
+    connection) disconnects and raises at once, so a hanging Redis costs one
+    REDIS_TIMEOUT_SECONDS. A script Redis does not know (restarted, flushed) is loaded again."""
+    connection = _lane.connection
+    if connection is None or _lane.client is not client:
+        pool = client.connection_pool
+        connection = pool.connection_class(**pool.connection_kwargs)
+        _lane.client, _lane.connection, _lane.used = client, connection, False
+    command = connection.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
+    for attempt in range(2):
+        try:
+            connection.send_packed_command(command)
+            reply = connection.read_response()
+        except redis.exceptions.NoScriptError:
+            if attempt:
+                raise
+            client.script_load(script.script)
+            continue
+        except redis.exceptions.ConnectionError:
+            connection.disconnect()
+            stale, _lane.used = _lane.used, False
+            if attempt or not stale:
+                raise
+            continue
+        except BaseException:
+            connection.disconnect()  # a timeout or an interruption: its reply may still come
+            _lane.used = False
+            raise
+        _lane.used = True
+        return reply
+    raise AssertionError("unreachable")
 
 
 def _verdict(count: int, before: int, *, limit: int, window: int, elapsed: float) -> float | None:

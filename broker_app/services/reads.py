@@ -97,9 +97,22 @@ def _serve_stored(connection: Connection, *, actor: Actor, auto_refresh: bool, m
         actor=actor,
         action="token.read",
     )
-    metrics.TOKEN_READS.labels(provider=connection.provider.name).inc()
+    _token_reads(connection.provider.name).inc()
     view = token_view(connection)
     return _flag_short(view, min_ttl) if auto_refresh else view
+
+
+_reads_by_provider: dict[str, object] = {}  # provider name: its TOKEN_READS child
+
+
+def _token_reads(provider: str):
+    """metrics.TOKEN_READS' child for the provider, looked up once (issue 20)."""
+    child = _reads_by_provider.get(provider)
+    if child is None:
+        child = metrics.TOKEN_READS.labels(provider=provider)
+        if len(_reads_by_provider) < 1024:
+            _reads_by_provider[provider] = child
+    return child
 
 
 def _mark_read(connection: Connection) -> None:

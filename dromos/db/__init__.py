@@ -12,12 +12,14 @@ def execute_fixed(sql: str, params: list[Any], *, fetch: bool = False) -> tuple 
     statement (parsed and planned once per connection): for the token read's join that
     saves more database CPU than the execution itself costs (issue 7). Elsewhere (the
     embedded SQLite default) it is an ordinary query."""
-    from django.db import connection
+    from django.db import DEFAULT_DB_ALIAS, connections
 
-    if not hasattr(connection, "prepared_cursor"):
+    connection = connections[DEFAULT_DB_ALIAS]  # once: each attribute of django.db.connection looks it up again
+    prepared_cursor = getattr(connection, "prepared_cursor", None)
+    if prepared_cursor is None:
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.fetchone() if fetch else None
-    with connection.prepared_cursor() as cursor:
+    with prepared_cursor() as cursor:
         cursor.execute(sql, params, prepare=True)
         return cursor.fetchone() if fetch else None
