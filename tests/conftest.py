@@ -44,7 +44,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_db_setup):
+def django_db_setup(django_db_setup, django_db_keepdb, django_db_blocker):
     """Transactional tests end by emptying every table (Django's flush). On PostgreSQL that is
     one TRUNCATE of all tables, which creates and fsyncs new files for each: ~1 s per test on
     this machine's disk, most of the suite's time. DELETE inside the flush's transaction (the
@@ -69,9 +69,38 @@ def django_db_setup(django_db_setup):
 
     emit = flush.emit_post_migrate_signal
     flush.emit_post_migrate_signal = lambda *args, **kwargs: None
+    if django_db_keepdb:
+        # `--reuse-db` (make test-fast) keeps the test database between runs: no CREATE and
+        # no DROP DATABASE (a checkpoint of the whole cluster) per xdist worker, no migrations
+        # to replay. A run stopped mid-test may have left rows: start from empty tables.
+        from django.core.management import call_command
+
+        with django_db_blocker.unblock():
+            call_command("flush", interactive=False, verbosity=0, reset_sequences=False)
     yield
     flush.emit_post_migrate_signal = emit
     DatabaseOperations.sql_flush = truncate
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _live_server_hangs_up_on_a_broken_answer():
+    """When an answer fails after its headers went out (a streamed body that breaks off),
+    gunicorn closes the connection, so the client sees the body cut short at once. Django's
+    test server logs the error and keeps the connection open for the next request instead,
+    and a client reading the body waits for its own read timeout (10 s in the proxy tests).
+    The live server hangs up too, as production does."""
+    from django.core.servers.basehttp import ServerHandler
+
+    handle_error = ServerHandler.handle_error
+
+    def hang_up(self):
+        if self.headers_sent:
+            self.request_handler.close_connection = True
+        handle_error(self)
+
+    ServerHandler.handle_error = hang_up
+    yield
+    ServerHandler.handle_error = handle_error
 
 
 @pytest.fixture(scope="session", autouse=True)
