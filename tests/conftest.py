@@ -41,6 +41,10 @@ def pytest_collection_modifyitems(config, items):
             or LIVE_FIXTURES & set(item.fixturenames)
         ):
             item.add_marker(pytest.mark.live)
+    # xdist hands tests out in this order. The ~2,100 provider contract tests (a few ms each)
+    # go last: they fill the end of both workers' runs, where a long test (a consent over HTTP,
+    # a child process) would otherwise keep one worker busy while the other has nothing left.
+    items.sort(key=lambda item: item.nodeid.startswith("tests/providers/"))
 
 
 @pytest.fixture(scope="session")
