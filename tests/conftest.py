@@ -82,6 +82,7 @@ def django_db_setup(django_db_setup, django_db_keepdb, django_db_blocker):
         with django_db_blocker.unblock():
             call_command("flush", interactive=False, verbosity=0, reset_sequences=False)
     yield
+    _close_live_server_connections()  # before the test database is dropped
     flush.emit_post_migrate_signal = emit
     DatabaseOperations.sql_flush = truncate
 
@@ -105,6 +106,70 @@ def _live_server_hangs_up_on_a_broken_answer():
     ServerHandler.handle_error = hang_up
     yield
     ServerHandler.handle_error = handle_error
+
+
+# Database connections of the live server's request threads, kept for the next request.
+_LIVE_SERVER_CONNECTIONS: list[dict] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _live_server_keeps_its_database_connections():
+    """Django's test server serves each HTTP connection on a new thread and closes that
+    thread's database connections when it ends: every request the tests make opens a new
+    PostgreSQL session (a backend process, its catalog caches), several per test. gunicorn's
+    threads keep theirs (CONN_MAX_AGE); the live server now does too: a request thread takes
+    a set of connections left by an earlier one, and Django's request-boundary checks close
+    any that is broken, mid-transaction or too old, as in production. They are closed before
+    the test database is dropped (django_db_setup above)."""
+    import socketserver
+    import threading
+
+    from django.core.servers.basehttp import ThreadedWSGIServer
+    from django.db import connections
+
+    lock = threading.Lock()
+    process_request_thread = ThreadedWSGIServer.process_request_thread
+    close_connections = ThreadedWSGIServer._close_connections
+
+    def reuse(self, request, client_address):
+        if self.connections_override:  # SQLite in memory: Django shares the test's own connection
+            return process_request_thread(self, request, client_address)
+        with lock:
+            kept = _LIVE_SERVER_CONNECTIONS.pop() if _LIVE_SERVER_CONNECTIONS else None
+        if kept is None:
+            kept = {alias: connections.create_connection(alias) for alias in connections}
+            for conn in kept.values():
+                conn.inc_thread_sharing()
+        for alias, conn in kept.items():
+            connections[alias] = conn
+        try:
+            socketserver.ThreadingMixIn.process_request_thread(self, request, client_address)
+        finally:
+            for conn in kept.values():
+                if conn.connection is not None and conn.in_atomic_block:
+                    conn.close()
+                conn.close_if_unusable_or_obsolete()
+            with lock:
+                _LIVE_SERVER_CONNECTIONS.append(kept)
+
+    def keep(self):
+        if self.connections_override:
+            close_connections(self)
+
+    ThreadedWSGIServer.process_request_thread = reuse
+    ThreadedWSGIServer._close_connections = keep
+    yield
+    ThreadedWSGIServer.process_request_thread = process_request_thread
+    ThreadedWSGIServer._close_connections = close_connections
+    _close_live_server_connections()
+
+
+def _close_live_server_connections() -> None:
+    with_lock = list(_LIVE_SERVER_CONNECTIONS)
+    _LIVE_SERVER_CONNECTIONS.clear()
+    for kept in with_lock:
+        for conn in kept.values():
+            conn.close()
 
 
 @pytest.fixture(scope="session", autouse=True)
