@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -109,33 +110,37 @@ def _live_server_hangs_up_on_a_broken_answer():
 
 
 # Database connections of the live server's request threads, kept for the next request.
-_LIVE_SERVER_CONNECTIONS: list[dict] = []
+# `_close_live_server_connections()` starts a new generation: sets of an older one that are
+# still in use by a request are closed when that request ends instead of being kept.
+_LIVE_SERVER_POOL: dict = {"sets": [], "generation": 0, "lock": threading.Lock()}
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _live_server_keeps_its_database_connections():
     """Django's test server serves each HTTP connection on a new thread and closes that
-    thread's database connections when it ends: every request the tests make opens a new
+    thread's database connections when it ends: every request the tests make opened a new
     PostgreSQL session (a backend process, its catalog caches), several per test. gunicorn's
     threads keep theirs (CONN_MAX_AGE); the live server now does too: a request thread takes
-    a set of connections left by an earlier one, and Django's request-boundary checks close
-    any that is broken, mid-transaction or too old, as in production. They are closed before
-    the test database is dropped (django_db_setup above)."""
+    a set of connections left by an earlier one. At the end of each request one that is
+    mid-transaction, has seen an error or is past CONN_MAX_AGE is closed (what Django's
+    request-boundary check does, without touching the database). All are closed before the
+    test database is dropped (django_db_setup above) and when tracing is switched on or off
+    (`traced`: only connections opened after the switch are instrumented)."""
     import socketserver
-    import threading
 
     from django.core.servers.basehttp import ThreadedWSGIServer
     from django.db import connections
 
-    lock = threading.Lock()
+    pool = _LIVE_SERVER_POOL
     process_request_thread = ThreadedWSGIServer.process_request_thread
     close_connections = ThreadedWSGIServer._close_connections
 
     def reuse(self, request, client_address):
         if self.connections_override:  # SQLite in memory: Django shares the test's own connection
             return process_request_thread(self, request, client_address)
-        with lock:
-            kept = _LIVE_SERVER_CONNECTIONS.pop() if _LIVE_SERVER_CONNECTIONS else None
+        with pool["lock"]:
+            generation = pool["generation"]
+            kept = pool["sets"].pop() if pool["sets"] else None
         if kept is None:
             kept = {alias: connections.create_connection(alias) for alias in connections}
             for conn in kept.values():
@@ -146,11 +151,14 @@ def _live_server_keeps_its_database_connections():
             socketserver.ThreadingMixIn.process_request_thread(self, request, client_address)
         finally:
             for conn in kept.values():
-                if conn.connection is not None and conn.in_atomic_block:
+                if conn.connection is not None and not _reusable(conn):
                     conn.close()
-                conn.close_if_unusable_or_obsolete()
-            with lock:
-                _LIVE_SERVER_CONNECTIONS.append(kept)
+            with pool["lock"]:
+                if generation == pool["generation"]:
+                    pool["sets"].append(kept)
+                    kept = None
+            for conn in (kept or {}).values():
+                conn.close()
 
     def keep(self):
         if self.connections_override:
@@ -164,10 +172,27 @@ def _live_server_keeps_its_database_connections():
     _close_live_server_connections()
 
 
+def _reusable(conn) -> bool:
+    import time
+
+    from psycopg.pq import TransactionStatus
+
+    raw = conn.connection
+    return not (
+        raw.closed
+        or conn.in_atomic_block
+        or conn.errors_occurred
+        or conn.autocommit != conn.settings_dict["AUTOCOMMIT"]
+        or raw.info.transaction_status != TransactionStatus.IDLE
+        or (conn.close_at is not None and time.monotonic() >= conn.close_at)
+    )
+
+
 def _close_live_server_connections() -> None:
-    with_lock = list(_LIVE_SERVER_CONNECTIONS)
-    _LIVE_SERVER_CONNECTIONS.clear()
-    for kept in with_lock:
+    with _LIVE_SERVER_POOL["lock"]:
+        _LIVE_SERVER_POOL["generation"] += 1
+        idle, _LIVE_SERVER_POOL["sets"] = _LIVE_SERVER_POOL["sets"], []
+    for kept in idle:
         for conn in kept.values():
             conn.close()
 
@@ -330,11 +355,13 @@ def traced(stack, live_server):
     provider = tracing.tracer_provider("test", exporter, simple=True)
     tracing.instrument(provider)
     reload_middleware()
+    _close_live_server_connections()  # the database instrumentation wraps new connections
     try:
         yield exporter
     finally:
         tracing.uninstrument()
         reload_middleware()
+        _close_live_server_connections()
         provider.shutdown()
 
 
