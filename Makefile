@@ -31,9 +31,11 @@ run: setup ## the whole system here (SQLite, no services) + a guided demo; print
 test: setup ## every test: lint, format, scanners, the Django suite, both SDKs, live SDK flows (CI)
 	bash scripts/test.sh
 
+# --reuse-db: the test databases outlive the run (tests/conftest.py empties them at the start), so no
+# CREATE/DROP DATABASE per worker; PYTHONDONTWRITEBYTECODE= lets pytest cache its rewritten test modules.
 test-fast: setup ## the Django suite without real-process and browser tests (PostgreSQL + Redis)
 	bash scripts/ensure-services.sh
-	$(VPY) -m pytest -q -p no:randomly -n 2 -m "not live and not browser"
+	PYTHONDONTWRITEBYTECODE= $(VPY) -m pytest -q -p no:randomly -n 2 --reuse-db -m "not live and not browser"
 
 lint: setup ## ruff check and ruff format --check
 	$(VPY) -m ruff check .

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -41,10 +42,14 @@ def pytest_collection_modifyitems(config, items):
             or LIVE_FIXTURES & set(item.fixturenames)
         ):
             item.add_marker(pytest.mark.live)
+    # xdist hands tests out in this order. The ~2,100 provider contract tests (a few ms each)
+    # go last: they fill the end of both workers' runs, where a long test (a consent over HTTP,
+    # a child process) would otherwise keep one worker busy while the other has nothing left.
+    items.sort(key=lambda item: item.nodeid.startswith("tests/providers/"))
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(django_db_setup):
+def django_db_setup(django_db_setup, django_db_keepdb, django_db_blocker):
     """Transactional tests end by emptying every table (Django's flush). On PostgreSQL that is
     one TRUNCATE of all tables, which creates and fsyncs new files for each: ~1 s per test on
     this machine's disk, most of the suite's time. DELETE inside the flush's transaction (the
@@ -69,9 +74,127 @@ def django_db_setup(django_db_setup):
 
     emit = flush.emit_post_migrate_signal
     flush.emit_post_migrate_signal = lambda *args, **kwargs: None
+    if django_db_keepdb:
+        # `--reuse-db` (make test-fast) keeps the test database between runs: no CREATE and
+        # no DROP DATABASE (a checkpoint of the whole cluster) per xdist worker, no migrations
+        # to replay. A run stopped mid-test may have left rows: start from empty tables.
+        from django.core.management import call_command
+
+        with django_db_blocker.unblock():
+            call_command("flush", interactive=False, verbosity=0, reset_sequences=False)
     yield
+    _close_live_server_connections()  # before the test database is dropped
     flush.emit_post_migrate_signal = emit
     DatabaseOperations.sql_flush = truncate
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _live_server_hangs_up_on_a_broken_answer():
+    """When an answer fails after its headers went out (a streamed body that breaks off),
+    gunicorn closes the connection, so the client sees the body cut short at once. Django's
+    test server logs the error and keeps the connection open for the next request instead,
+    and a client reading the body waits for its own read timeout (10 s in the proxy tests).
+    The live server hangs up too, as production does."""
+    from django.core.servers.basehttp import ServerHandler
+
+    handle_error = ServerHandler.handle_error
+
+    def hang_up(self):
+        if self.headers_sent:
+            self.request_handler.close_connection = True
+        handle_error(self)
+
+    ServerHandler.handle_error = hang_up
+    yield
+    ServerHandler.handle_error = handle_error
+
+
+# Database connections of the live server's request threads, kept for the next request.
+# `_close_live_server_connections()` starts a new generation: sets of an older one that are
+# still in use by a request are closed when that request ends instead of being kept.
+_LIVE_SERVER_POOL: dict = {"sets": [], "generation": 0, "lock": threading.Lock()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _live_server_keeps_its_database_connections():
+    """Django's test server serves each HTTP connection on a new thread and closes that
+    thread's database connections when it ends: every request the tests make opened a new
+    PostgreSQL session (a backend process, its catalog caches), several per test. gunicorn's
+    threads keep theirs (CONN_MAX_AGE); the live server now does too: a request thread takes
+    a set of connections left by an earlier one. At the end of each request one that is
+    mid-transaction, has seen an error or is past CONN_MAX_AGE is closed (what Django's
+    request-boundary check does, without touching the database). All are closed before the
+    test database is dropped (django_db_setup above) and when tracing is switched on or off
+    (`traced`: only connections opened after the switch are instrumented)."""
+    import socketserver
+
+    from django.core.servers.basehttp import ThreadedWSGIServer
+    from django.db import connections
+
+    pool = _LIVE_SERVER_POOL
+    process_request_thread = ThreadedWSGIServer.process_request_thread
+    close_connections = ThreadedWSGIServer._close_connections
+
+    def reuse(self, request, client_address):
+        if self.connections_override:  # SQLite in memory: Django shares the test's own connection
+            return process_request_thread(self, request, client_address)
+        with pool["lock"]:
+            generation = pool["generation"]
+            kept = pool["sets"].pop() if pool["sets"] else None
+        if kept is None:
+            kept = {alias: connections.create_connection(alias) for alias in connections}
+            for conn in kept.values():
+                conn.inc_thread_sharing()
+        for alias, conn in kept.items():
+            connections[alias] = conn
+        try:
+            socketserver.ThreadingMixIn.process_request_thread(self, request, client_address)
+        finally:
+            for conn in kept.values():
+                if conn.connection is not None and not _reusable(conn):
+                    conn.close()
+            with pool["lock"]:
+                if generation == pool["generation"]:
+                    pool["sets"].append(kept)
+                    kept = None
+            for conn in (kept or {}).values():
+                conn.close()
+
+    def keep(self):
+        if self.connections_override:
+            close_connections(self)
+
+    ThreadedWSGIServer.process_request_thread = reuse
+    ThreadedWSGIServer._close_connections = keep
+    yield
+    ThreadedWSGIServer.process_request_thread = process_request_thread
+    ThreadedWSGIServer._close_connections = close_connections
+    _close_live_server_connections()
+
+
+def _reusable(conn) -> bool:
+    import time
+
+    from psycopg.pq import TransactionStatus
+
+    raw = conn.connection
+    return not (
+        raw.closed
+        or conn.in_atomic_block
+        or conn.errors_occurred
+        or conn.autocommit != conn.settings_dict["AUTOCOMMIT"]
+        or raw.info.transaction_status != TransactionStatus.IDLE
+        or (conn.close_at is not None and time.monotonic() >= conn.close_at)
+    )
+
+
+def _close_live_server_connections() -> None:
+    with _LIVE_SERVER_POOL["lock"]:
+        _LIVE_SERVER_POOL["generation"] += 1
+        idle, _LIVE_SERVER_POOL["sets"] = _LIVE_SERVER_POOL["sets"], []
+    for kept in idle:
+        for conn in kept.values():
+            conn.close()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -232,11 +355,13 @@ def traced(stack, live_server):
     provider = tracing.tracer_provider("test", exporter, simple=True)
     tracing.instrument(provider)
     reload_middleware()
+    _close_live_server_connections()  # the database instrumentation wraps new connections
     try:
         yield exporter
     finally:
         tracing.uninstrument()
         reload_middleware()
+        _close_live_server_connections()
         provider.shutdown()
 
 
