@@ -158,9 +158,11 @@ class _Task:
         return RuntimeError("retry")
 
 
-def run(policy: str, n: int, days: float, seed: int, shard: int = 0, shards: int = 1) -> dict:
+def run(policy: str, n: int, days: float, seed: int, shard: int = 0, shards: int = 1, checkpoint=None) -> dict:
     """One simulation of connections [shard·n/shards, (shard+1)·n/shards) on this process's
-    database and clock (shards run on databases of their own: each has its own clock)."""
+    database and clock (shards run on databases of their own: each has its own clock).
+    `checkpoint(result)` gets the numbers so far at the end of every simulated day, so a run
+    stopped early still leaves exact numbers for the days it completed."""
     from django.conf import settings
     from django.db import connection as db
     from django.test.utils import override_settings
@@ -192,6 +194,40 @@ def run(policy: str, n: int, days: float, seed: int, shard: int = 0, shards: int
     spent = {"reads": 0.0, "refresh_tasks": 0.0, "sweeps": 0.0, "expiry_checks": 0.0}
     actor = Actor("apikey:sim", workspace="sim")
     began, cpu_began = time.monotonic(), time.process_time()
+
+    def result(days_done: float, complete: bool) -> dict:
+        end = start + timedelta(days=days_done)
+        ended = [cid for cid, p in plan.items() if p["end"] <= end]
+        warned = set(AuditEvent.objects.filter(action="connection.expiring").values_list("connection_id", flat=True))
+        return {
+            "policy": policy,
+            "connections": len(indices),
+            "days": days_done,
+            "complete": complete,
+            "provider_calls": fake.calls,
+            "calls_per_connection_day": round(fake.calls / len(indices) / days_done, 3),
+            "reads": reads,
+            "served_expired": served_expired,
+            "reads_refused_grant_ended": refused,
+            "grants_lost_to_idleness": fake.lost,
+            "connections_failed_invalid_grant": Connection.objects.filter(
+                status="failed", error="invalid_grant"
+            ).count(),
+            "expiring_sent": len(warned),
+            "ends_in_run": len(ended),
+            "ends_warned_first": len(warned & set(ended)),
+            "expired_sent": AuditEvent.objects.filter(action="connection.expired").count(),
+            "refresh_tasks": tasks,
+            "task_retries": task_retries,
+            "sweeps": sweeps,
+            "seconds": {k: round(v, 1) for k, v in spent.items()},
+            "seed_seconds": round(seed_seconds, 1),
+            "wall_seconds": round(time.monotonic() - began, 1),
+            "cpu_seconds": round(time.process_time() - cpu_began, 1),
+            "warning_days": settings.EXPIRY_WARNING_DAYS,
+            "shards": 1,
+        }
+
     patches = [
         mock.patch("django.utils.timezone.now", clock),
         mock.patch("broker_app.oauth.client.refresh", fake.refresh),
@@ -236,6 +272,8 @@ def run(policy: str, n: int, days: float, seed: int, shard: int = 0, shards: int
                 mark = time.monotonic()
                 grant_expiry_check()
                 spent["expiry_checks"] += time.monotonic() - mark
+            if checkpoint is not None and (step + 1) % (86400 // STEP) == 0:
+                checkpoint(result((step + 1) * STEP / 86400, complete=False))
             if (step + 1) % (21600 // STEP) == 0:  # every 6 simulated hours
                 print(
                     f"[{policy} shard {shard}] day {(step + 1) * STEP / 86400:g}: {fake.calls} calls, "
@@ -246,37 +284,7 @@ def run(policy: str, n: int, days: float, seed: int, shard: int = 0, shards: int
     finally:
         for p in reversed(patches):
             p.disable() if hasattr(p, "disable") else p.stop()
-    wall = time.monotonic() - began
-    end = start + timedelta(days=days)
-    ended = [cid for cid, p in plan.items() if p["end"] <= end]
-    warned = set(AuditEvent.objects.filter(action="connection.expiring").values_list("connection_id", flat=True))
-    expired = AuditEvent.objects.filter(action="connection.expired").count()
-    idle_failed = Connection.objects.filter(status="failed", error="invalid_grant").count()
-    return {
-        "policy": policy,
-        "connections": len(indices),
-        "days": days,
-        "provider_calls": fake.calls,
-        "calls_per_connection_day": round(fake.calls / len(indices) / days, 3),
-        "reads": reads,
-        "served_expired": served_expired,
-        "reads_refused_grant_ended": refused,
-        "grants_lost_to_idleness": fake.lost,
-        "connections_failed_invalid_grant": idle_failed,
-        "expiring_sent": len(warned),
-        "ends_in_run": len(ended),
-        "ends_warned_first": len(warned & set(ended)),
-        "expired_sent": expired,
-        "refresh_tasks": tasks,
-        "task_retries": task_retries,
-        "sweeps": sweeps,
-        "seconds": {k: round(v, 1) for k, v in spent.items()},
-        "seed_seconds": round(seed_seconds, 1),
-        "wall_seconds": round(wall, 1),
-        "cpu_seconds": round(time.process_time() - cpu_began, 1),
-        "warning_days": settings.EXPIRY_WARNING_DAYS,
-        "shards": 1,
-    }
+    return result(steps * STEP / 86400, complete=True)
 
 
 SUMMED = (
@@ -307,6 +315,9 @@ def combine(parts: list[dict]) -> dict:
     total["wall_seconds"] = max(p["wall_seconds"] for p in parts)
     total["shard_wall_seconds"] = [p["wall_seconds"] for p in parts]
     total["shards"] = len(parts)
+    total["complete"] = all(p.get("complete", True) for p in parts)
+    if len({p["days"] for p in parts}) != 1:
+        raise ValueError("shards at different days")
     return total
 
 
@@ -338,7 +349,18 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=1, help="processes, each with its own database and clock")
     parser.add_argument("--shard", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--out", help="where the raw numbers go (default var/bench/refresh_sim<suffix>.json)")
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        metavar="DAYS_JSONL",
+        help="combine shards' daily checkpoints (<out>.days.jsonl) at the last day all of them completed",
+    )
     args = parser.parse_args()
+    if args.combine:
+        shards = [[json.loads(line) for line in Path(f).read_text().splitlines()] for f in args.combine]
+        day = min(max(c["days"] for c in days) for days in shards)
+        print(json.dumps(combine([next(c for c in days if c["days"] == day) for days in shards])))
+        return 0
     # The new policy first: it is the one the issue needs at full size.
     policies = ("usage-aware", "today") if args.policy == "both" else (args.policy,)
     out = Path(args.out) if args.out else ROOT / "var" / "bench" / f"refresh_sim{args.db_suffix}.json"
@@ -349,7 +371,17 @@ def main() -> int:
     else:
         _setup(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dromos"), args.db_suffix)
         shard, shards = (0, 1) if args.shard is None else (args.shard, args.shards)
-        run_one = lambda policy, days: run(policy, args.connections, days, args.seed, shard, shards)  # noqa: E731
+
+        def run_one(policy: str, days: float) -> dict:
+            out.with_suffix(".days.jsonl").unlink(missing_ok=True)
+
+            def checkpoint(partial: dict) -> None:
+                out.write_text(json.dumps([*results, partial], indent=2))
+                with out.with_suffix(".days.jsonl").open("a") as days_file:
+                    days_file.write(json.dumps(partial) + "\n")
+
+            return run(policy, args.connections, days, args.seed, shard, shards, checkpoint)
+
     for policy in policies:
         days = args.today_days if policy == "today" and args.today_days else args.days
         results.append(run_one(policy, days))
