@@ -19,11 +19,13 @@ import io
 import json
 import os
 import random
-import shlex
 import statistics
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from token_micro import enter_held_stack  # noqa: E402 - a sibling script
 
 
 def _load(base: Path, relative: str, name: str):
@@ -68,14 +70,7 @@ def main() -> int:
     parser.add_argument("--log", default=os.devnull)
     args = parser.parse_args()
 
-    raw = args.stack if args.stack.lstrip().startswith("{") else Path(args.stack).read_text()
-    stack = json.loads(next(line for line in raw.splitlines() if line.startswith("{")))
-    for line in Path(stack["env_file"]).read_text().splitlines():
-        name, _, value = line.partition("=")
-        os.environ[name] = shlex.split(value)[0] if value else ""
-    os.environ["DJANGO_SETTINGS_MODULE"] = f"dromos.settings.{args.role}"
-    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    sys.stderr = open(args.log, "a")  # noqa: SIM115 - the log handler writes to sys.stderr
+    stack = enter_held_stack(args.stack, args.role, args.log)
 
     from django.core import signals
     from django.db import connection

@@ -26,6 +26,21 @@ import time
 from pathlib import Path
 
 
+def enter_held_stack(stack_arg: str, role: str, log: str) -> dict:
+    """This process configured as `role` of the stack `token_bench.py --hold` keeps up (its JSON
+    line, or the file holding it): the stack's environment, the role's settings, no Prometheus
+    multiprocess directory; log lines (written to stderr) go to `log`. The stack's description."""
+    raw = stack_arg if stack_arg.lstrip().startswith("{") else Path(stack_arg).read_text()
+    stack = json.loads(next(line for line in raw.splitlines() if line.startswith("{")))
+    for line in Path(stack["env_file"]).read_text().splitlines():
+        name, _, value = line.partition("=")
+        os.environ[name] = shlex.split(value)[0] if value else ""
+    os.environ["DJANGO_SETTINGS_MODULE"] = f"dromos.settings.{role}"
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    sys.stderr = open(log, "a")  # noqa: SIM115 - the log handler writes to sys.stderr
+    return stack
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--stack", required=True, help="the JSON line token_bench.py --hold prints, or its file")
@@ -36,14 +51,7 @@ def main() -> int:
     parser.add_argument("--profile", help="write a cProfile of the measured loop here")
     args = parser.parse_args()
 
-    raw = args.stack if args.stack.lstrip().startswith("{") else Path(args.stack).read_text()
-    stack = json.loads(next(line for line in raw.splitlines() if line.startswith("{")))
-    for line in Path(stack["env_file"]).read_text().splitlines():
-        name, _, value = line.partition("=")
-        os.environ[name] = shlex.split(value)[0] if value else ""
-    os.environ["DJANGO_SETTINGS_MODULE"] = f"dromos.settings.{args.role}"
-    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    sys.stderr = open(args.log, "a")  # noqa: SIM115 - the log handler writes to sys.stderr
+    stack = enter_held_stack(args.stack, args.role, args.log)
 
     from dromos.wsgi import application
 
