@@ -32,10 +32,11 @@ test: setup ## every test: lint, format, scanners, the Django suite, both SDKs, 
 	bash scripts/test.sh
 
 # --reuse-db: the test databases outlive the run (tests/conftest.py empties them at the start), so no
-# CREATE/DROP DATABASE per worker; PYTHONDONTWRITEBYTECODE= lets pytest cache its rewritten test modules.
+# CREATE/DROP DATABASE per worker; PYTHONDONTWRITEBYTECODE= lets pytest cache its rewritten test modules;
+# -n 3 on 2 cores: part of the suite waits (HTTP round trips, PostgreSQL), a third worker fills those waits.
 test-fast: setup ## the Django suite without real-process and browser tests (PostgreSQL + Redis)
 	bash scripts/ensure-services.sh
-	PYTHONDONTWRITEBYTECODE= $(VPY) -m pytest -q -p no:randomly -n 2 --reuse-db -m "not live and not browser"
+	PYTHONDONTWRITEBYTECODE= $(VPY) -m pytest -q -p no:randomly -n 3 --reuse-db -m "not live and not browser"
 
 lint: setup ## ruff check and ruff format --check
 	$(VPY) -m ruff check .

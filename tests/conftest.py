@@ -28,7 +28,9 @@ from fake_provider import CLIENT_ID, CLIENT_SECRET, FakeProvider  # noqa: E402
 
 # Fixtures that start real processes (gunicorn gateway and broker, Celery, the npm OIDC
 # provider): a test using one is `live`, and `make test-fast` (-m "not live and not browser")
-# leaves it out. Modules that start processes themselves set `pytestmark = pytest.mark.live`.
+# leaves it out. Modules that start processes themselves set `pytestmark = pytest.mark.live`;
+# a test that starts a Python child process (manage.py, python -c, bandit: ≈ 1 s of CPU each)
+# carries `@pytest.mark.live` itself.
 LIVE_FIXTURES = frozenset(
     {"real_stack", "ops_stack", "refresh_stack", "relayed_stack", "redis_relayed_stack", "run_stack"}
 )
@@ -249,6 +251,42 @@ def fake_provider(_fake_provider_server):
     oidc.cache_clear()
     yield _fake_provider_server
     _fake_provider_server.reset()
+
+
+def starts_python(args) -> bool:
+    """Whether a Popen argv starts a Python interpreter (this one or another)."""
+    argv = [args] if isinstance(args, str | bytes | Path) else list(args)
+    first = str(argv[0]) if argv else ""
+    return first == sys.executable or Path(first.split()[0] if first else "").name.startswith("python")
+
+
+_RUNNING: dict[str, object] = {"item": None}  # the test being run, set around each one
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _RUNNING["item"] = item
+    yield
+    _RUNNING["item"] = None
+
+
+def _python_children_only_in_live_tests() -> None:
+    """A test that is not `live` may not start a Python child process (about 1 s of CPU each):
+    `make test-fast` leaves live tests out, so a new test that does must be marked."""
+    import subprocess
+
+    original = subprocess.Popen.__init__
+
+    def guarded(self, args, *more, **options):
+        item = _RUNNING["item"]
+        if item is not None and starts_python(args) and not item.get_closest_marker("live"):
+            raise AssertionError(f"{item.nodeid} starts a Python child process: mark it @pytest.mark.live")
+        return original(self, args, *more, **options)
+
+    subprocess.Popen.__init__ = guarded
+
+
+_python_children_only_in_live_tests()
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,10 @@ Every import counts, at module level or inside a function, absolute or relative,
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -156,3 +159,20 @@ def test_the_tests_map_names_every_module_and_only_real_files():
     assert sorted(m for m in named if not (ROOT / m).exists()) == [], "lines for modules that no longer exist"
     tests = {t for _, files in lines for t in re.findall(r"[\w/]+\.py", files)}
     assert sorted(t for t in tests if not (ROOT / "tests" / t).exists()) == [], "test files that do not exist"
+
+
+def test_a_test_not_marked_live_cannot_start_a_python_child_process():
+    import subprocess
+
+    with pytest.raises(AssertionError, match="mark it @pytest.mark.live"):
+        subprocess.run([sys.executable, "-c", "pass"], check=False)
+    with pytest.raises(AssertionError, match="mark it @pytest.mark.live"):
+        subprocess.run(["python3", "-c", "pass"], check=False)
+    assert subprocess.run(["true"], check=False).returncode == 0  # other programs are fine
+
+
+@pytest.mark.live
+def test_a_live_test_may_start_a_python_child_process():
+    import subprocess
+
+    assert subprocess.run([sys.executable, "-c", "pass"], check=False).returncode == 0

@@ -33,6 +33,7 @@ def _check(mode: str, **env: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("mode", ["gateway", "broker"])
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_complete_production_settings_start(mode):
     result = _check(mode, **GOOD)
     assert result.returncode == 0, result.stderr
@@ -48,23 +49,27 @@ def test_complete_production_settings_start(mode):
         ("broker", "TOKEN_ENCRYPTION_KEYS"),
     ],
 )
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_missing_secret_is_fatal_outside_debug(mode, missing):
     result = _check(mode, **{**GOOD, missing: None})
     assert result.returncode != 0
     assert f"{missing} is required when DEBUG is off" in result.stderr
 
 
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_malformed_encryption_key_is_fatal_even_in_debug():
     result = _check("broker", **{**GOOD, "DEBUG": "true", "TOKEN_ENCRYPTION_KEYS": "not-a-key"})
     assert result.returncode != 0 and "TOKEN_ENCRYPTION_KEYS" in result.stderr
     assert "not-a-key" not in result.stderr
 
 
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_debug_runs_without_secrets():
     result = _check("broker", DEBUG="true", DATABASE_URL=GOOD["DATABASE_URL"])
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_wsgi_refuses_to_start_without_a_settings_module():
     """gunicorn dromos.wsgi:application with no DJANGO_SETTINGS_MODULE must not guess a mode."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DJANGO_")}
@@ -84,6 +89,7 @@ def test_wsgi_refuses_to_start_without_a_settings_module():
 
 
 @pytest.mark.parametrize("mode", ["gateway", "broker"])
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_wsgi_starts_in_either_mode(mode):
     env = {k: v for k, v in os.environ.items() if k not in GOOD and not k.startswith("DJANGO_")}
     result = subprocess.run(

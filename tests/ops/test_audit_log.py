@@ -343,6 +343,7 @@ def test_retention_drops_old_partitions_while_token_reads_continue(ops_stack):
     assert after - before == len(results)  # every read audited
 
 
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_sqlite_keeps_a_plain_table_and_the_chain_works(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE", "REDIS_URL")}
     env.update(

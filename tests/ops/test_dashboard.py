@@ -131,6 +131,7 @@ def test_metric_names_are_read_from_promql():
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_every_query_names_only_metrics_the_processes_export():
     gateway = _exported_names(_probe("gateway", ROLE_PROBE))
     broker = _exported_names(_probe("broker", ROLE_PROBE))

@@ -150,6 +150,7 @@ def _gunicorn_conf(**env: str) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_gunicorn_config_reads_the_environment():
     defaults = _gunicorn_conf()
     assert defaults["bind"] == "0.0.0.0:8000" and defaults["worker_class"] == "gthread"

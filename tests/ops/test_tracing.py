@@ -240,6 +240,7 @@ PROBE = (
 )
 
 
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_off_by_default_nothing_of_opentelemetry_is_installed():
     """Off: no instrumentation or exporter is imported, no middleware added, no tracer provider
     set. (redis-py imports the OpenTelemetry API and SDK itself when they are installed, for its
@@ -260,6 +261,7 @@ def test_off_by_default_nothing_of_opentelemetry_is_installed():
         assert done.stdout.splitlines()[-2:] == ["dromos.middleware.RequestIdMiddleware", "ProxyTracerProvider"], env
 
 
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_on_with_the_standard_variables():
     done = _wsgi_probe(
         {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9/", "OTEL_SERVICE_NAME": "gw-1"},
@@ -280,6 +282,7 @@ def test_on_with_the_standard_variables():
         ({"OTEL_SDK_DISABLED": "maybe", "OTEL_TRACES_EXPORTER": "otlp"}, "OTEL_SDK_DISABLED must be true or false"),
     ],
 )
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_bad_settings_are_refused_at_start(env, message):
     done = _wsgi_probe(env, "import dromos.wsgi")
     assert done.returncode != 0 and message in done.stderr

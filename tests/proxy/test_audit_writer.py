@@ -107,6 +107,7 @@ def test_beyond_max_pending_the_oldest_rows_are_dropped_and_counted(monkeypatch)
     assert _paths() == ["/items/0", "/items/6", "/items/7", "/items/8", "/items/9", "/items/10"]
 
 
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_an_orderly_exit_writes_every_pending_row():
     """A child process (gateway settings, this test database) queues rows with a flush
     window far longer than its life, then exits: atexit writes them."""

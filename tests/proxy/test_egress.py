@@ -132,6 +132,7 @@ def test_apikey_create_with_allow_and_policy_file(db, tmp_path, capsys):
     assert key.egress_policy is None
 
 
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_provider_upsert_api_base_url(db):
     result = subprocess.run(
         [sys.executable, "manage.py", "provider", "upsert", "--help"], capture_output=True, text=True, check=True

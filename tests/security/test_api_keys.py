@@ -77,6 +77,7 @@ def test_revocation_is_immediate_in_this_process(stack, fake_provider_row):
     assert stack.call("GET", "/v1/providers", plaintext).status_code == 401
 
 
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_revocation_from_another_process_reaches_a_cached_key(stack, fake_provider_row, settings):
     """`manage.py apikey revoke` runs in its own process; this process holds the key in its
     in-process cache and must still refuse it at the next request (not API_KEY_CACHE_SECONDS later)."""

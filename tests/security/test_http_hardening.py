@@ -84,6 +84,7 @@ def test_security_headers_on_every_kind_of_answer(stack, fake_provider_row, path
     assert "Strict-Transport-Security" not in response.headers  # plain http: HSTS would be ignored
 
 
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_gateway_settings_deny_framing():
     """The gateway process (its own MIDDLEWARE list) frames nothing, docs pages included."""
     import subprocess

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 BANDIT = [
     sys.executable,
@@ -24,6 +26,7 @@ BANDIT = [
 ]
 
 
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_bandit_is_clean_on_the_deployed_code():
     done = subprocess.run(
         [*BANDIT, "-r", "broker_app", "gateway_app", "dromos", "docker"],
@@ -35,6 +38,7 @@ def test_bandit_is_clean_on_the_deployed_code():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+@pytest.mark.live  # a Python child process (see tests/conftest.py)
 def test_bandit_configuration_still_catches_real_problems(tmp_path):
     planted = tmp_path / "planted.py"
     planted.write_text(
