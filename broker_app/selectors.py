@@ -12,7 +12,7 @@ from django.db.models.base import ModelState
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.signals import post_init, pre_init
 
-from broker_app.models import Connection, Provider
+from broker_app.models import AuditEvent, Connection, Provider
 from dromos import wire
 from dromos.db import execute_fixed
 from dromos.errors import InvalidRequest, NotFound
@@ -123,13 +123,13 @@ def _token_query(scoped: bool) -> tuple[str, tuple]:
     return sql, fields
 
 
-@lru_cache(maxsize=4)
-def _row_reader(scoped: bool, vendor: str) -> tuple[tuple[str, ...], tuple]:
+@lru_cache(maxsize=2)
+def _row_reader(vendor: str) -> tuple[tuple[str, ...], tuple]:
     """The token query's field names (attnames) and, per field, the conversions the ORM would
     apply to its value (the backend's converters, then the field's from_db_value), worked out
     once: on PostgreSQL psycopg returns Python values already and only the JSON fields
     convert; on SQLite a datetime column comes back naive (or as text) without them."""
-    _, fields = _token_query(scoped)
+    _, fields = _token_query(True)  # scoped or not: the same columns
     table = Connection._meta.db_table
     conversions = []
     for field in fields:
@@ -171,6 +171,79 @@ def _loaded(model, alias: str, values: dict):
     return instance
 
 
+@lru_cache(maxsize=1)
+def _token_read_statement() -> bytes:
+    """The scoped token query and its `token.read` audit row in ONE statement (issue 20): a
+    data-modifying CTE inserts the row only when the read is the plain case — an active
+    connection whose token stays valid past the threshold and whose last read was marked
+    within the hour since its last refresh — and says whether it did. One round trip and one
+    autocommit transaction: the row is committed before the token is decrypted, as before."""
+    quote = db_connection.ops.quote_name
+    meta, audit_meta = Connection._meta, AuditEvent._meta
+    select, _ = _token_query(True)
+    for number in (1, 2, 3):  # the scoped query's three parameters: id, workspace, environment
+        select = select.replace("%s", f"${number}", 1)
+
+    def column(name: str) -> str:
+        return quote(meta.get_field(name).column)
+
+    def audit_column(name: str) -> str:
+        return quote(audit_meta.get_field(name).column)
+
+    audit_columns = ("connection_id", "workspace", "environment", "actor", "action", "ip", "detail", "created_at")
+    # Identifiers come from the models (quoted), values are always parameters.
+    sql = " ".join(
+        (
+            f"WITH c AS ({select}),",
+            f"a AS (INSERT INTO {quote(audit_meta.db_table)} ({', '.join(map(audit_column, audit_columns))})",
+            f"SELECT c.{column('id')}, c.{column('workspace')}, c.{column('environment')},",
+            "$4, $5, $6::inet, '{}'::jsonb, $7::timestamptz FROM c",
+            f"WHERE c.{column('status')} = $8",
+            f"AND (c.{column('expires_at')} IS NULL OR c.{column('expires_at')} > $9::timestamptz)",
+            f"AND c.{column('last_read_at')} > $10::timestamptz",
+            f"AND (c.{column('last_refreshed_at')} IS NULL",
+            f"OR c.{column('last_read_at')} > c.{column('last_refreshed_at')})",
+            "RETURNING 1)",
+            "SELECT c.*, EXISTS (SELECT FROM a) FROM c",
+        )
+    )
+    return sql.encode()
+
+
+def connection_for_token_read(
+    *, connection_id: str, workspace: str, environment: str, audit: dict
+) -> tuple[Connection, bool] | None:
+    """The token path's connection (as connection_for_token) and, in the same statement, its
+    `token.read` audit row when the read is the plain case (see _token_read_statement):
+    (connection, audited). `audit`: actor, action, ip, created_at (text), status (the active
+    one), fresh_after (the expiry the token must outlive) and marked_after (the last read
+    that makes a new mark unnecessary), as ISO timestamps. None when this database cannot run it
+    (SQLite, prepared statements off, queries watched): connection_for_token then.
+    Raises NotFound as connection_for_token does."""
+    database = connections[DEFAULT_DB_ALIAS]
+    if database.vendor != "postgresql" or not database.fetch_prepared_usable():
+        return None
+    row = database.fetch_prepared(
+        b"dromos_token_read",
+        _token_read_statement(),
+        [
+            connection_id,
+            workspace,
+            environment,
+            audit["actor"],
+            audit["action"],
+            audit["ip"],
+            audit["created_at"],
+            audit["status"],
+            audit["fresh_after"],
+            audit["marked_after"],
+        ],
+    )
+    if row is None:
+        raise NotFound("connection not found")
+    return _connection_from_row(row[:-1], database), row[-1]
+
+
 def connection_for_token(*, connection_id: str, workspace: str | None, environment: str | None = None) -> Connection:
     """Only the columns the token path needs (the provider's name included), in one query.
     The other columns are deferred: reading one loads it. Scoped as connection_get."""
@@ -182,8 +255,12 @@ def connection_for_token(*, connection_id: str, workspace: str | None, environme
     row = execute_fixed(sql, params, fetch=True)
     if row is None:
         raise NotFound("connection not found")
-    database = connections[DEFAULT_DB_ALIAS]  # once: each attribute of db_connection looks it up again
-    attnames, conversions = _row_reader(scoped, database.vendor)
+    return _connection_from_row(row, connections[DEFAULT_DB_ALIAS])
+
+
+def _connection_from_row(row: tuple, database) -> Connection:
+    """The token query's row as a Connection with its provider (the name only) loaded."""
+    attnames, conversions = _row_reader(database.vendor)
     values = {}
     for name, value, steps in zip(attnames, row, conversions, strict=False):
         for step in steps:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from datetime import timedelta
 
 from django.db import DatabaseError, transaction
 from django.utils import timezone
@@ -11,10 +12,11 @@ from django.utils import timezone
 from broker_app import metrics
 from broker_app.audit import Actor, audit_record
 from broker_app.models import Connection
-from broker_app.selectors import connection_for_token
+from broker_app.selectors import connection_for_token, connection_for_token_read
 from broker_app.services.lifecycle import not_active
 from broker_app.services.refresh import token_refresh_auto
 from broker_app.services.refresh_policy import (
+    READ_MARK_SECONDS,
     READ_REFRESH_MIN_TTL,
     fresh,
     in_use,
@@ -61,16 +63,42 @@ def token_read_stored(
     """token_read's common case only (broker_app/fast_token.py): an active connection of the
     actor's workspace and environment whose stored token is served as it is: marked read,
     audited, decrypted. None, before anything is written, for every other case (unknown,
-    not active, a refresh due): token_read serves those, with their errors."""
+    not active, a refresh due): token_read serves those, with their errors.
+
+    On PostgreSQL the plain case (nothing to mark, no refresh near) is one statement that
+    reads the row and writes its audit row (selectors.connection_for_token_read); any other
+    case continues from the row it read, as below."""
+    threshold = _refresh_threshold(auto_refresh, min_ttl)
+    now = timezone.now()
     try:
-        connection = connection_for_token(
-            connection_id=connection_id, workspace=workspace, environment=actor.environment
+        found = connection_for_token_read(
+            connection_id=connection_id,
+            workspace=workspace,
+            environment=actor.environment,
+            audit={
+                "actor": actor.name[:128],
+                "action": "token.read",
+                "ip": actor.ip or None,
+                "created_at": now.isoformat(),
+                "status": Connection.Status.ACTIVE.value,
+                "fresh_after": (now + timedelta(seconds=threshold)).isoformat(),
+                "marked_after": (now - timedelta(seconds=READ_MARK_SECONDS)).isoformat(),
+            },
         )
+        if found is None:
+            connection, audited = (
+                connection_for_token(connection_id=connection_id, workspace=workspace, environment=actor.environment),
+                False,
+            )
+        else:
+            connection, audited = found
     except NotFound:
         return None
+    if audited:
+        return _served(connection, auto_refresh=auto_refresh, min_ttl=min_ttl)
     if connection.status != Connection.Status.ACTIVE:
         return None
-    if _needs_refresh(connection, _refresh_threshold(auto_refresh, min_ttl)):
+    if _needs_refresh(connection, threshold):
         return None
     _mark_read(connection)
     return _serve_stored(connection, actor=actor, auto_refresh=auto_refresh, min_ttl=min_ttl)
@@ -97,6 +125,11 @@ def _serve_stored(connection: Connection, *, actor: Actor, auto_refresh: bool, m
         actor=actor,
         action="token.read",
     )
+    return _served(connection, auto_refresh=auto_refresh, min_ttl=min_ttl)
+
+
+def _served(connection: Connection, *, auto_refresh: bool, min_ttl: int) -> TokenView:
+    """A token read whose audit row is written: counted, decrypted."""
     _token_reads(connection.provider.name).inc()
     view = token_view(connection)
     return _flag_short(view, min_ttl) if auto_refresh else view
