@@ -4,8 +4,9 @@ docs/benchmarks.md ("Token path") has the results and how to read them.
     make bench                                        # full run: 10^4 then 10^6 stored connections
     .venv/bin/python bench/token_bench.py --scales 10000 --rounds 3 --duration 3   # quick look
 
-Starts the real processes with production settings (DEBUG off, gunicorn with
-docker/gunicorn.conf.py, PostgreSQL, Redis; the same server model and worker counts for
+Starts the real processes with production settings (DEBUG off, granian with docker/serve.py's
+options, or gunicorn with docker/gunicorn.conf.py under --server gunicorn; PostgreSQL, Redis;
+the same server model and worker counts for
 gateway and broker and for every case) in a fresh database (BENCH_DATABASE_URL, default
 `dromos_bench`, dropped and recreated; BENCH_REDIS_URL, default Redis database 7), seeds it
 with active connections whose tokens are encrypted exactly as the broker stores them, and
@@ -77,7 +78,7 @@ class BenchStack(Stack):
     worker_class: str | None = None
     threads: int | None = None
     access_log: bool = False  # production's gunicorn.conf.py leaves it off (the app logs each request)
-    server: str = "gunicorn"  # or "granian" (issue 20)
+    server: str = "granian"  # production's (docker/serve.py); or "gunicorn" (HTTP_SERVER=gunicorn)
     floor_port: int | None = None
 
     @property
@@ -116,7 +117,8 @@ class BenchStack(Stack):
         return self.gunicorn_args(port, app)
 
     def granian_args(self, port: int, app: str) -> list[str]:
-        """granian (Rust HTTP server, WSGI interface) with docker/granian.sh's production options."""
+        """granian (Rust HTTP server, WSGI interface) with docker/serve.py's production options
+        (the worker and thread counts of this run; recycling and logging do not change the cost)."""
         model = self.server_model()
         return [
             sys.executable,
@@ -477,7 +479,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="threads per gthread worker (default: production's)")
     parser.add_argument("--access-log", action="store_true", help="also gunicorn's own access log")
     parser.add_argument(
-        "--server", choices=("gunicorn", "granian"), default="gunicorn", help="the HTTP server of every role"
+        "--server",
+        choices=("gunicorn", "granian"),
+        default="granian",
+        help="the HTTP server of every role (production: granian)",
     )
     parser.add_argument("--keys", type=int, default=8, help="gateway API keys, picked at random per request")
     parser.add_argument(

@@ -1,13 +1,16 @@
 #!/bin/sh
 # One image, every role. The container's command names the role:
 #
-#   gateway            public /v1 API           gunicorn dromos.wsgi:application (gateway settings)
-#   broker             private broker + admin   gunicorn dromos.wsgi:application (broker settings)
+#   gateway            public /v1 API           granian dromos.wsgi:application (gateway settings)
+#   broker             private broker + admin   granian dromos.wsgi:application (broker settings)
 #   worker             Celery worker            celery -A dromos worker (broker settings)
 #   beat               Celery beat (run ONE)    celery -A dromos beat (broker settings)
 #   migrate            one-shot: migrate the broker's tables, then the gateway's
 #   manage ARGS...     manage.py ARGS... (settings from DJANGO_SETTINGS_MODULE, default broker)
 #   check              manage.py check --deploy --fail-level ERROR for the current settings
+#
+# gateway and broker run under granian (docker/serve.py reads its settings from the
+# environment); HTTP_SERVER=gunicorn runs gunicorn with docker/gunicorn.conf.py instead.
 #
 # `entrypoint.sh --dry-run ROLE ...` prints the command(s) it would run, one per line, each
 # prefixed by its DJANGO_SETTINGS_MODULE, instead of running them (the tests compare them
@@ -54,7 +57,11 @@ case "$ROLE" in
   gateway|broker)
     export DJANGO_SETTINGS_MODULE="dromos.settings.$ROLE"
     metrics_dir "$ROLE"
-    run_exec "$PYTHON" -m gunicorn dromos.wsgi:application --config "$GUNICORN_CONF" "$@"
+    case "${HTTP_SERVER:-granian}" in
+      granian) run_exec "$PYTHON" "$APP_DIR/docker/serve.py" "$@" ;;
+      gunicorn) run_exec "$PYTHON" -m gunicorn dromos.wsgi:application --config "$GUNICORN_CONF" "$@" ;;
+      *) echo "HTTP_SERVER must be granian or gunicorn" >&2; exit 64 ;;
+    esac
     ;;
   worker)
     export DJANGO_SETTINGS_MODULE=dromos.settings.broker

@@ -2,8 +2,8 @@
 
 - `/healthz`: the process answers (no dependency is touched): restart it when this fails.
 - `/readyz`: the database, Redis and (gateway) the broker answer: route traffic to it only then.
-- `/metrics`: Prometheus text format. Under gunicorn with several workers set
-  PROMETHEUS_MULTIPROC_DIR (docker/gunicorn.conf.py prepares it) so every worker's samples
+- `/metrics`: Prometheus text format. With several workers set PROMETHEUS_MULTIPROC_DIR
+  (docker/serve.py and docker/gunicorn.conf.py prepare it) so every worker's samples
   are aggregated. Collectors listed in settings.METRICS_COLLECTORS (e.g. the broker's
   connections-by-status gauge) are evaluated at scrape time.
 
@@ -12,6 +12,8 @@ The deployment checks (`manage.py check --deploy`) live in dromos/checks.py.
 
 from __future__ import annotations
 
+import glob
+import os
 from functools import lru_cache
 
 from django.conf import settings
@@ -60,8 +62,31 @@ def _extra_collectors() -> tuple:
     return tuple(import_string(path)() for path in settings.METRICS_COLLECTORS)
 
 
+def forget_dead_workers(directory: str) -> list[int]:
+    """The live-only gauge files (`gauge_live*_<pid>.db`) of workers that are gone, removed as
+    gunicorn's child_exit hook removed them; whatever server replaced the worker (granian
+    respawns its workers without a hook). Their counters and histograms stay: they are summed.
+    The pids forgotten."""
+    gone = []
+    for path in glob.glob(os.path.join(directory, "gauge_live*_*.db")):
+        pid = path.rsplit("_", 1)[-1].removesuffix(".db")
+        if not pid.isdigit() or int(pid) in gone:
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            gone.append(int(pid))
+        except PermissionError:  # alive, another user's
+            continue
+    for pid in gone:
+        multiprocess.mark_process_dead(pid, directory)
+    return gone
+
+
 def metrics(request):
-    if env_str("PROMETHEUS_MULTIPROC_DIR"):
+    directory = env_str("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        forget_dead_workers(directory)
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         payload = generate_latest(registry)

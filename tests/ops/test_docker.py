@@ -19,6 +19,7 @@ from tests.ops.conftest import ENTRYPOINT, ROOT, entrypoint_env, sibling_databas
 
 BIN = Path(sys.executable).parent
 CONF = ROOT / "docker" / "gunicorn.conf.py"
+SERVE = ROOT / "docker" / "serve.py"
 
 
 def dry_run(*args: str, **env: str) -> list[str]:
@@ -38,12 +39,11 @@ def dry_run(*args: str, **env: str) -> list[str]:
     [
         (
             "gateway",
-            f"DJANGO_SETTINGS_MODULE=dromos.settings.gateway python -m gunicorn dromos.wsgi:application "
-            f"--config {CONF}",
+            f"DJANGO_SETTINGS_MODULE=dromos.settings.gateway python {SERVE}",
         ),
         (
             "broker",
-            f"DJANGO_SETTINGS_MODULE=dromos.settings.broker python -m gunicorn dromos.wsgi:application --config {CONF}",
+            f"DJANGO_SETTINGS_MODULE=dromos.settings.broker python {SERVE}",
         ),
         (
             "worker",
@@ -63,7 +63,11 @@ def test_entrypoint_command_per_role(role, expected):
 
 
 def test_entrypoint_passes_extra_arguments_and_honours_settings():
-    assert dry_run("gateway", "--workers", "3")[0].endswith(f"--config {CONF} --workers 3")
+    assert dry_run("gateway", "--workers", "3", HTTP_SERVER="gunicorn") == [
+        f"DJANGO_SETTINGS_MODULE=dromos.settings.gateway python -m gunicorn dromos.wsgi:application "
+        f"--config {CONF} --workers 3"
+    ]
+    assert dry_run("broker", HTTP_SERVER="granian") == [f"DJANGO_SETTINGS_MODULE=dromos.settings.broker python {SERVE}"]
     assert dry_run("manage", "apikey", "list", DJANGO_SETTINGS_MODULE="dromos.settings.gateway") == [
         "DJANGO_SETTINGS_MODULE=dromos.settings.gateway python manage.py apikey list"
     ]
@@ -74,6 +78,65 @@ def test_entrypoint_passes_extra_arguments_and_honours_settings():
     assert dry_run("gateway", DJANGO_SETTINGS_MODULE="dromos.settings.broker")[0].startswith(
         "DJANGO_SETTINGS_MODULE=dromos.settings.gateway "
     )
+
+
+def test_entrypoint_refuses_an_unknown_http_server():
+    result = subprocess.run(
+        [str(ENTRYPOINT), "--dry-run", "gateway"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": os.environ["PATH"], "HTTP_SERVER": "uwsgi"},
+    )
+    assert result.returncode == 64 and "HTTP_SERVER must be granian or gunicorn" in result.stderr
+
+
+def _serve_options(**env: str) -> dict:
+    sys.path.insert(0, str(ROOT / "docker"))
+    import serve
+
+    return serve.options(env)
+
+
+def test_granian_options_read_the_environment():
+    defaults = _serve_options()
+    assert (defaults["address"], defaults["port"], defaults["blocking_threads"]) == ("0.0.0.0", 8000, 8)  # noqa: S104 - the default bind
+    assert 2 <= defaults["workers"] <= 8 and defaults["target"] == "dromos.wsgi:application"
+    assert defaults["interface"].value == "wsgi" and defaults["websockets"] is False
+    assert defaults["respawn_failed_workers"] is True and defaults["log_access"] is False
+    assert (defaults["workers_lifetime"], defaults["workers_max_rss"], defaults["workers_kill_timeout"]) == (
+        21600,
+        300,
+        30,
+    )
+    assert defaults["log_dictconfig"]["formatters"]["json"]["()"] == "dromos.logging.JsonFormatter"
+    tuned = _serve_options(PORT="8001", WEB_WORKERS="3", WEB_THREADS="2", WEB_WORKER_LIFETIME="600")
+    assert (tuned["port"], tuned["workers"], tuned["blocking_threads"], tuned["workers_lifetime"]) == (8001, 3, 2, 600)
+    # gunicorn's names still count when the WEB_ ones are unset; the WEB_ ones win.
+    legacy = _serve_options(GUNICORN_WORKERS="4", GUNICORN_THREADS="6")
+    assert (legacy["workers"], legacy["blocking_threads"]) == (4, 6)
+    assert _serve_options(GUNICORN_WORKERS="4", WEB_WORKERS="5")["workers"] == 5
+    assert (_serve_options(BIND="127.0.0.1:9000")["address"], _serve_options(BIND="[::1]:9000")["address"]) == (
+        "127.0.0.1",
+        "::1",
+    )
+    assert str(_serve_options(BIND="unix:/run/dromos.sock")["uds"]) == "/run/dromos.sock"
+    assert _serve_options(LOG_LEVEL="WARNING")["log_level"].value == "warning"
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"WEB_WORKERS": "two"}, "WEB_WORKERS must be a whole number, not 'two'"),
+        ({"WEB_THREADS": "0"}, "WEB_THREADS must be at least 1, not 0"),
+        ({"WEB_WORKER_LIFETIME": "30"}, "WEB_WORKER_LIFETIME must be at least 60, not 30"),
+        ({"BIND": "localhost"}, "BIND must be HOST:PORT or unix:PATH, not 'localhost'"),
+        ({"BIND": "0.0.0.0:http"}, "BIND must be HOST:PORT or unix:PATH, not '0.0.0.0:http'"),
+    ],
+)
+def test_granian_options_refuse_bad_values(env, message):
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        _serve_options(**env)
 
 
 def test_entrypoint_migrate_runs_broker_then_gateway():
