@@ -44,7 +44,7 @@ from django.utils.module_loading import import_string
 
 from dromos import wire
 from dromos.errors import exception_handler
-from dromos.logging import request_id_var
+from dromos.logging import direct_handler, request_id_var, write_direct
 from dromos.middleware import _SANE, REQUEST_SECONDS, access_logger
 
 django_request_logger = logging.getLogger("django.request")
@@ -272,7 +272,8 @@ def _observe(environ: dict, route: str, status: int, started: float) -> None:
     child for (route, method, status) is looked up once (prometheus_client's `labels()` takes
     a lock and builds its key on every call), and the record is handed to the logger without
     logging's search of the call stack for the caller's file and line, which the JSON line
-    does not carry."""
+    does not carry; when the configuration is settings.LOGGING's, the line is written directly
+    (dromos.logging.write_direct: the same bytes without the LogRecord)."""
     elapsed = time.perf_counter() - started
     method = environ["REQUEST_METHOD"]
     child = _children.get((route, method, status))
@@ -283,6 +284,15 @@ def _observe(environ: dict, route: str, status: int, started: float) -> None:
     child.observe(elapsed)
     if access_logger.isEnabledFor(logging.INFO):
         path = environ.get("PATH_INFO", "")
+        handler = direct_handler(access_logger, logging.INFO)
+        if handler is not None:
+            fields = {"method": method, "path": path, "route": route, "status": status}
+            fields["duration_ms"] = round(elapsed * 1000, 2)
+            try:
+                write_direct(handler, access_logger.name, logging.INFO, f"{method} {path} {status}", fields)
+                return
+            except Exception:  # noqa: BLE001,S110 - logging's own path reports it (handleError)  # nosec B110
+                pass
         record = access_logger.makeRecord(
             access_logger.name,
             logging.INFO,

@@ -49,10 +49,14 @@ class UrlQueryFilter(logging.Filter):
         return True
 
 
+def _timestamp(created: float, msecs: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(msecs):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": _timestamp(record.created, record.msecs),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -71,3 +75,48 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
         return _ENCODER.encode(entry)
+
+
+def direct_handler(logger: logging.Logger, level: int) -> logging.StreamHandler | None:
+    """The one handler a record of `logger` at `level` would reach, when writing its line
+    directly gives exactly what logging would write (write_direct): no filter on the logger,
+    no handler but one plain StreamHandler with a JsonFormatter and RequestIdFilters, reached
+    by propagation to the root (settings.LOGGING's console). None otherwise (a test's caplog
+    handler, another configuration): the record then goes through logging as usual."""
+    if logger.filters or logger.disabled or not logger.isEnabledFor(level):
+        return None
+    node, found = logger, None
+    while node is not None:
+        for handler in node.handlers:
+            if found is not None or level < handler.level:
+                return None
+            found = handler
+        if not node.propagate:
+            break
+        node = node.parent
+    if (
+        type(found) is not logging.StreamHandler
+        or type(found.formatter) is not JsonFormatter
+        or not all(type(f) is RequestIdFilter for f in found.filters)
+    ):
+        return None
+    return found
+
+
+def write_direct(handler: logging.StreamHandler, name: str, level: int, message: str, fields: dict) -> None:
+    """The line JsonFormatter makes for a record of logger `name` with `message` and `fields`
+    as its extra (no secret names among them), written as StreamHandler.emit writes it,
+    without the LogRecord (issue 20: the access log is a tenth of a token read's CPU)."""
+    created = time.time()
+    entry = {
+        "ts": _timestamp(created, (created - int(created)) * 1000),
+        "level": logging.getLevelName(level),
+        "logger": name,
+        "msg": message,
+        "request_id": request_id_var.get(),
+        **fields,
+    }
+    line = _ENCODER.encode(entry) + handler.terminator
+    with handler.lock:
+        handler.stream.write(line)
+        handler.flush()
