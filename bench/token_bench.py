@@ -556,7 +556,7 @@ def main() -> int:
         results["servers"] = servers
         print(
             f"servers: {servers['server']} ({servers['worker_class']}), {servers['workers']} workers × "
-            f"{servers['threads']} threads per role (docker/gunicorn.conf.py's counts), DEBUG off, "
+            f"{servers['threads']} threads per role (production's counts), DEBUG off, "
             f"TOKEN_FAST_PATH={stack.env.get('TOKEN_FAST_PATH', 'true')}, PostgreSQL + Redis",
             flush=True,
         )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 
 import orjson
 from django.db import close_old_connections
@@ -32,22 +33,18 @@ _SUCCESS_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-
 _JSON = orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
 
 
-_addresses: dict[str, bool] = {}  # address text: valid or not (bounded: cleared when full)
+@lru_cache(maxsize=4096)
+def _valid_address(ip: str) -> bool:
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return True
 
 
 def _client_ip(environ: dict) -> str | None:
     ip = environ.get("HTTP_X_DROMOS_CLIENT_IP") or environ.get("REMOTE_ADDR") or ""
-    valid = _addresses.get(ip)
-    if valid is None:
-        try:
-            ipaddress.ip_address(ip)
-            valid = True
-        except ValueError:
-            valid = False
-        if len(_addresses) >= 4096:
-            _addresses.clear()
-        _addresses[ip] = valid
-    return ip if valid else None
+    return ip if _valid_address(ip) else None
 
 
 def serve(environ: dict) -> FastAnswer | None:

@@ -62,6 +62,9 @@ class Stack:
     oidc_port: int = 0
     gateway_workers: int = 2
     broker_workers: int = 2
+    # "gunicorn" (default here: its access log masks the connect page's token) or "granian",
+    # the image's server, run exactly as docker/serve.py runs it.
+    http_server: str = "gunicorn"
     access_token_ttl: int = 3600
     extra_env: dict[str, str] = field(default_factory=dict)
     # More variables for one process only, by its name (broker, gateway, worker, beat).
@@ -261,36 +264,22 @@ class Stack:
                 "--graceful-timeout",
                 "5",
             ]
-            self._spawn(
-                "broker",
-                [
-                    *gunicorn,
-                    "-b",
-                    f"127.0.0.1:{self.broker_port}",
-                    "-w",
-                    str(self.broker_workers),
-                    "-k",
-                    "gthread",
-                    "--threads",
-                    "8",
-                ],
-                "broker",
-            )
-            self._spawn(
-                "gateway",
-                [
-                    *gunicorn,
-                    "-b",
-                    f"127.0.0.1:{self.gateway_port}",
-                    "-w",
-                    str(self.gateway_workers),
-                    "-k",
-                    "gthread",
-                    "--threads",
-                    "8",
-                ],
-                "gateway",
-            )
+            for role, port, workers in (
+                ("broker", self.broker_port, self.broker_workers),
+                ("gateway", self.gateway_port, self.gateway_workers),
+            ):
+                if self.http_server == "granian":
+                    self.process_env[role] = {
+                        "BIND": f"127.0.0.1:{port}",
+                        "WEB_WORKERS": str(workers),
+                        "WEB_THREADS": "8",
+                        "WEB_GRACEFUL_TIMEOUT": "5",
+                        **self.process_env.get(role, {}),
+                    }
+                    self._spawn(role, [PYTHON, str(ROOT / "docker" / "serve.py")], role)
+                else:
+                    bind = ["-b", f"127.0.0.1:{port}", "-w", str(workers), "-k", "gthread", "--threads", "8"]
+                    self._spawn(role, [*gunicorn, *bind], role)
             if self.celery:
                 self._spawn(
                     "worker",

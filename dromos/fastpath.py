@@ -26,6 +26,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from http.client import responses
 
 import orjson
@@ -93,21 +94,20 @@ def is_secure(environ: dict) -> bool:
     return environ.get("wsgi.url_scheme") == "https"
 
 
-_security: dict[bool, tuple[tuple[str, str], ...]] = {}  # HSTS or not: the headers, made once
+@lru_cache(maxsize=2)
+def _security(hsts: bool) -> tuple[tuple[str, str], ...]:
+    """The headers for HSTS or not, made once."""
+    return tuple(_security_headers(hsts))
 
 
 @receiver(setting_changed)
 def _settings_changed(**kwargs) -> None:  # tests' override_settings; settings are fixed in a server
-    _security.clear()
+    _security.cache_clear()
 
 
 def security_headers(environ: dict) -> tuple[tuple[str, str], ...]:
     """What SecurityMiddleware and XFrameOptionsMiddleware add to a JSON answer."""
-    hsts = bool(settings.SECURE_HSTS_SECONDS) and is_secure(environ)
-    headers = _security.get(hsts)
-    if headers is None:
-        headers = _security[hsts] = tuple(_security_headers(hsts))
-    return headers
+    return _security(bool(settings.SECURE_HSTS_SECONDS) and is_secure(environ))
 
 
 def _security_headers(hsts: bool) -> list[tuple[str, str]]:
@@ -263,7 +263,9 @@ class FastPaths:
         return self.application(environ, start_response)
 
 
-_children: dict[tuple[str, str, int], object] = {}  # (route, method, status): the histogram's child
+@lru_cache(maxsize=1024)  # routes and methods are few; statuses too
+def _histogram_child(route: str, method: str, status: int):
+    return REQUEST_SECONDS.labels(route=route, method=method, status=str(status))
 
 
 def _observe(environ: dict, route: str, status: int, started: float) -> None:
@@ -276,12 +278,7 @@ def _observe(environ: dict, route: str, status: int, started: float) -> None:
     (dromos.logging.write_direct: the same bytes without the LogRecord)."""
     elapsed = time.perf_counter() - started
     method = environ["REQUEST_METHOD"]
-    child = _children.get((route, method, status))
-    if child is None:
-        child = REQUEST_SECONDS.labels(route=route, method=method, status=str(status))
-        if len(_children) < 1024:  # routes and methods are few; statuses too
-            _children[(route, method, status)] = child
-    child.observe(elapsed)
+    _histogram_child(route, method, status).observe(elapsed)
     if access_logger.isEnabledFor(logging.INFO):
         path = environ.get("PATH_INFO", "")
         handler = direct_handler(access_logger, logging.INFO)

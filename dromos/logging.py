@@ -9,6 +9,7 @@ import contextvars
 import json
 import logging
 import time
+from functools import lru_cache
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -17,17 +18,12 @@ _SECRET_MARKERS = ("token", "secret", "password", "verifier", "api_key", "apikey
 _SECRET_NAMES = {"code", "key", "state", "nonce"}
 _PLAIN = (str, int, float, type(None))  # values that cannot be a request
 _ENCODER = json.JSONEncoder(default=str)  # json.dumps(entry, default=str) builds one per call
-_secret: dict[str, bool] = {}  # field name: redacted or not (names are few; bounded below)
 
 
+@lru_cache(maxsize=4096)  # field names are few
 def _is_secret(name: str) -> bool:
-    known = _secret.get(name)
-    if known is None:
-        lowered = name.lower()
-        known = lowered in _SECRET_NAMES or any(marker in lowered for marker in _SECRET_MARKERS)
-        if len(_secret) < 4096:
-            _secret[name] = known
-    return known
+    lowered = name.lower()
+    return lowered in _SECRET_NAMES or any(marker in lowered for marker in _SECRET_MARKERS)
 
 
 class RequestIdFilter(logging.Filter):

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import lru_cache
 
 from django.conf import settings
 from django.core.cache import cache
@@ -240,24 +241,17 @@ def cached_principal(presented: str) -> Principal | None:
     return principal if hmac.compare_digest(stored_digest, _digest(presented)) else None
 
 
-_marker_keys: dict[str, str] = {}  # prefix: its marker's key (the cache's key function, applied once)
+@lru_cache(maxsize=_CACHE_MAX)
+def revocation_marker_key(prefix: str) -> str:
+    """The revocation marker's key in Redis (written through Django's cache; the cache's key
+    function applied once per prefix)."""
+    return cache.make_key(_revoked_marker(prefix))
 
 
 @receiver(setting_changed)
 def _cache_settings_changed(*, setting: str, **kwargs) -> None:  # tests' override_settings
     if setting == "CACHES":
-        _marker_keys.clear()
-
-
-def revocation_marker_key(prefix: str) -> str:
-    """The revocation marker's key in Redis (written through Django's cache)."""
-    found = _marker_keys.get(prefix)
-    if found is None:
-        found = cache.make_key(_revoked_marker(prefix))
-        if len(_marker_keys) >= _CACHE_MAX:
-            _marker_keys.clear()
-        _marker_keys[prefix] = found
-    return found
+        revocation_marker_key.cache_clear()
 
 
 def forget(prefix: str) -> None:

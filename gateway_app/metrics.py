@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from functools import lru_cache
 
 from prometheus_client import Counter, Histogram
 
@@ -57,7 +58,11 @@ def operation_of(method: str, path: str) -> str:
     return f"{method} {template}"
 
 
-_call_series: dict[tuple[str, str], tuple] = {}  # (operation, outcome): its histogram child, its fetch counter child
+@lru_cache(maxsize=1024)
+def _call_series(operation: str, outcome: str, token_fetch: bool) -> tuple:
+    """The broker-call histogram's child and, for a token fetch, the fetch counter's child."""
+    fetches = TOKEN_FETCHES.labels(outcome=outcome) if token_fetch else None
+    return BROKER_CALL_SECONDS.labels(operation=operation, outcome=outcome), fetches
 
 
 def observe_broker_call(method: str, path: str, outcome: str, started: float) -> None:
@@ -66,14 +71,7 @@ def observe_broker_call(method: str, path: str, outcome: str, started: float) ->
     `labels()` takes a lock and builds its key on every call)."""
     elapsed = time.perf_counter() - started
     operation = operation_of(method, path)
-    series = _call_series.get((operation, outcome))
-    if series is None:
-        fetches = (
-            TOKEN_FETCHES.labels(outcome=outcome) if method == "GET" and operation.endswith("/{id}/token") else None
-        )
-        series = (BROKER_CALL_SECONDS.labels(operation=operation, outcome=outcome), fetches)
-        if len(_call_series) < 1024:
-            _call_series[(operation, outcome)] = series
+    series = _call_series(operation, outcome, method == "GET" and operation.endswith("/{id}/token"))
     series[0].observe(elapsed)
     if series[1] is not None:
         series[1].inc()

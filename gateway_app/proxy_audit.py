@@ -9,7 +9,7 @@ What this costs, stated in docs/api.md ("Audit and metrics"):
 - a row appears up to `FLUSH_SECONDS` (0.1 s) after its call ended (longer while the
   database is unreachable: the rows wait, retried with backoff);
 - a gateway process killed without warning (SIGKILL, OOM) loses the rows of its last
-  `FLUSH_SECONDS`; an orderly exit (SIGTERM, gunicorn's max-requests, a deploy) writes
+  `FLUSH_SECONDS`; an orderly exit (SIGTERM, a recycled worker, a deploy) writes
   every pending row first (atexit);
 - at most `MAX_PENDING` rows wait (a database down for long under traffic): beyond it the
   oldest are dropped, logged and counted (`dromos_proxy_audit_dropped_total`).
@@ -24,6 +24,7 @@ import threading
 import time
 from collections import deque
 from functools import lru_cache
+from multiprocessing.util import Finalize
 
 from django.db import connection
 
@@ -165,3 +166,6 @@ def _write(rows: list[tuple]) -> None:
 
 
 atexit.register(audit_flush, 5.0)
+# granian's workers are multiprocessing children, which leave through os._exit without running
+# atexit: multiprocessing runs its own finalizers there (a second flush finds nothing left).
+Finalize(None, audit_flush, args=(5.0,), exitpriority=10)

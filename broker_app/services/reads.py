@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from datetime import timedelta
+from functools import lru_cache
 
 from django.db import DatabaseError, transaction
 from django.utils import timezone
@@ -135,17 +136,10 @@ def _served(connection: Connection, *, auto_refresh: bool, min_ttl: int) -> Toke
     return _flag_short(view, min_ttl) if auto_refresh else view
 
 
-_reads_by_provider: dict[str, object] = {}  # provider name: its TOKEN_READS child
-
-
+@lru_cache(maxsize=1024)
 def _token_reads(provider: str):
     """metrics.TOKEN_READS' child for the provider, looked up once (issue 20)."""
-    child = _reads_by_provider.get(provider)
-    if child is None:
-        child = metrics.TOKEN_READS.labels(provider=provider)
-        if len(_reads_by_provider) < 1024:
-            _reads_by_provider[provider] = child
-    return child
+    return metrics.TOKEN_READS.labels(provider=provider)
 
 
 def _mark_read(connection: Connection) -> None:

@@ -1,5 +1,6 @@
-"""A gunicorn gateway stopped with SIGTERM (a deploy, a scale-down) writes the proxy audit
-rows it still held (gateway_app.proxy_audit writes them off the request path)."""
+"""A gateway stopped with SIGTERM (a deploy, a scale-down) writes the proxy audit rows it still
+held (gateway_app.proxy_audit writes them off the request path): under granian, the image's
+server, whose workers leave through multiprocessing's exit, and under gunicorn."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def _count(database_url: str) -> int:
         return conn.execute("SELECT count(*) FROM gateway_app_proxycall").fetchone()[0]
 
 
-def test_a_gateway_stopped_with_sigterm_writes_its_pending_audit_rows(tmp_path):
+@pytest.mark.parametrize("server", ["granian", "gunicorn"])
+def test_a_gateway_stopped_with_sigterm_writes_its_pending_audit_rows(tmp_path, server):
     base = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/dromos")
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     database_url = base.rsplit("/", 1)[0] + "/" + base.rsplit("/", 1)[1] + "_proxyexit" + worker
@@ -33,6 +35,7 @@ def test_a_gateway_stopped_with_sigterm_writes_its_pending_audit_rows(tmp_path):
         celery=False,
         gateway_workers=1,
         broker_workers=1,
+        http_server=server,
     )
     stack.start()
     try:

@@ -65,6 +65,12 @@ def test_a_killed_worker_is_replaced_and_its_metrics_still_count(ops_stack, tmp_
         # The dead worker's requests are still in the sum (its files stay; counters add up).
         assert _healthz_count(url, **key) >= before + 10
 
+        # A request line far over gunicorn's 4,094-byte limit reaches Django: a JSON 404.
+        long_id = "c_" + "x" * 6000
+        headers = {**key, "X-Dromos-Workspace": "ws-long"}
+        answer = requests.get(f"{url}/internal/v1/connections/{long_id}/token", headers=headers, timeout=10)
+        assert answer.status_code == 404 and answer.json()["error"] == "not_found", answer.text[:200]
+
         log = log_file.read_text()
         server_lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
         assert any(line.get("logger") == "_granian" for line in server_lines), log[-2000:]
