@@ -40,7 +40,6 @@ from django.db import close_old_connections, connections, reset_queries
 from django.dispatch import receiver
 from django.dispatch.dispatcher import _make_id
 from django.http.request import split_domain_port, validate_host
-from django.urls import set_urlconf
 from django.utils.module_loading import import_string
 
 from dromos import wire
@@ -185,7 +184,7 @@ def error_answer(exc: Exception, extra_headers: Iterable[tuple[str, str]] = ()) 
 
 # What Django's WSGIHandler does around a request, through request_started / request_finished:
 # the database connections' query log reset, their age (CONN_MAX_AGE), broken-transaction and
-# health handling, caches closed, the URLconf reset. Sending the signals costs as much again
+# health handling, caches closed, the URLconf reset (a no-op here). Sending the signals costs as much again
 # as that work (the dispatcher, every connection looked up twice): while their receivers are
 # exactly Django's own, a fast path does the same work directly; any other receiver (another
 # app's, a test's) and the signals are sent as Django sends them.
@@ -208,11 +207,19 @@ def _caches_need_closing() -> bool:
     return not noop
 
 
+def _initialized_connections() -> list:
+    """connections.all(initialized_only=True) with one look into the handler's context-local
+    storage per alias instead of two (each look is asgiref's Local: a lock and a context
+    lookup)."""
+    local = connections._connections
+    return [c for c in (getattr(local, alias, None) for alias in connections.settings) if c is not None]
+
+
 def request_started(environ: dict) -> None:
     if [receiver[0] for receiver in signals.request_started.receivers] != _STARTED:
         signals.request_started.send(sender=__name__, environ=environ)
         return
-    for connection in connections.all(initialized_only=True):
+    for connection in _initialized_connections():
         connection.queries_log.clear()
         connection.close_if_unusable_or_obsolete()
 
@@ -221,11 +228,12 @@ def request_finished() -> None:
     if [receiver[0] for receiver in signals.request_finished.receivers] != _FINISHED:
         signals.request_finished.send(sender=__name__)
         return
-    for connection in connections.all(initialized_only=True):
+    for connection in _initialized_connections():
         connection.close_if_unusable_or_obsolete()
     if _caches_need_closing():
         caches.close_all()
-    set_urlconf(None)
+    # reset_urlconf's set_urlconf(None) is left out: a fast path sets no URLconf, and every
+    # request Django serves resets its own when it finishes.
 
 
 class FastPaths:

@@ -45,8 +45,16 @@ class UrlQueryFilter(logging.Filter):
         return True
 
 
+_second: list[tuple[int, str]] = [(-1, "")]  # the last whole second and its text (a tuple: replaced whole)
+
+
 def _timestamp(created: float, msecs: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(msecs):03d}Z"
+    second, text = _second[0]
+    if second != int(created):  # strftime once a second per process, not once a line (issue 20)
+        second = int(created)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second[0] = (second, text)
+    return f"{text}.{int(msecs):03d}Z"
 
 
 class JsonFormatter(logging.Formatter):

@@ -6,7 +6,6 @@ never by a connection id, so the number of series stays bounded."""
 from __future__ import annotations
 
 import logging
-import re
 import time
 from functools import lru_cache
 
@@ -50,12 +49,23 @@ def degraded(component: str, message: str, *, always: bool = False, failed: bool
         logger.warning(message)
 
 
-_ID_SEGMENT = re.compile(r"(/connections/)[^/]+")
-
-
 def operation_of(method: str, path: str) -> str:
-    template = _ID_SEGMENT.sub(r"\1{id}", path.split("?", 1)[0])
-    return f"{method} {template}"
+    """`METHOD /path` with every `/connections/<id>` segment as `/connections/{id}` (what
+    `re.sub(r"(/connections/)[^/]+", r"\1{id}", …)` gives), with string slicing: the regex's
+    template substitution was 5 % of a gateway token fetch (issue 20)."""
+    path = path.split("?", 1)[0]
+    marker, found, parts = "/connections/", path.find("/connections/"), []
+    while found >= 0:
+        start = found + len(marker)
+        end = path.find("/", start)
+        end = len(path) if end < 0 else end
+        if end > start:  # `[^/]+`: at least one character
+            parts.append(path[:start] + "{id}")
+            path = path[end:]
+            found = path.find(marker)
+        else:
+            found = path.find(marker, start)
+    return f"{method} {''.join(parts)}{path}"
 
 
 @lru_cache(maxsize=1024)

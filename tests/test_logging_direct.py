@@ -112,3 +112,15 @@ def test_the_settings_configuration_is_written_directly(settings):
         assert isinstance(direct_handler(logging.getLogger("dromos.request"), logging.INFO), logging.StreamHandler)
     finally:
         root.handlers[:], root.level = saved
+
+
+def test_the_timestamp_is_right_across_seconds():
+    """The second's text is formatted once per second and reused: each line still carries its
+    own second and milliseconds."""
+    import time
+
+    from dromos.logging import _timestamp
+
+    for created in (1_700_000_000.123, 1_700_000_000.999, 1_700_000_001.0, 1_700_000_000.5, 1_800_000_000.042):
+        expected = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int((created % 1) * 1000):03d}Z"
+        assert _timestamp(created, (created - int(created)) * 1000) == expected
