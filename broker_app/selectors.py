@@ -3,6 +3,7 @@ workspace's connection id is indistinguishable from an unknown one."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
 
 from django.db import DEFAULT_DB_ALIAS, connections
@@ -123,8 +124,8 @@ def _token_query(scoped: bool) -> tuple[str, tuple]:
     return sql, fields
 
 
-@lru_cache(maxsize=2)
-def _row_reader(vendor: str) -> tuple[tuple[str, ...], tuple]:
+@lru_cache(maxsize=4)
+def _row_reader(vendor: str, epoch_micros: bool = False) -> tuple[tuple[str, ...], tuple]:
     """The token query's field names (attnames) and, per field, the conversions the ORM would
     apply to its value (the backend's converters, then the field's from_db_value), worked out
     once: on PostgreSQL psycopg returns Python values already and only the JSON fields
@@ -139,6 +140,8 @@ def _row_reader(vendor: str) -> tuple[tuple[str, ...], tuple]:
             steps += [
                 partial(_backend_step, convert, column) for convert in db_connection.ops.get_db_converters(column)
             ]
+        if epoch_micros and _is_timestamp(field):
+            steps.append(_from_epoch_micros)
         if hasattr(field, "from_db_value"):
             steps.append(partial(_field_step, field))
         conversions.append(tuple(steps))
@@ -204,10 +207,34 @@ def _token_read_statement() -> bytes:
             f"AND (c.{column('last_refreshed_at')} IS NULL",
             f"OR c.{column('last_read_at')} > c.{column('last_refreshed_at')})",
             "RETURNING 1)",
-            "SELECT c.*, EXISTS (SELECT FROM a) FROM c",
+            f"SELECT {', '.join(_read_columns())}, EXISTS (SELECT FROM a) FROM c",  # noqa: S608  # nosec B608
         )
     )
     return sql.encode()
+
+
+def _read_columns() -> list[str]:
+    """The outer SELECT's columns: the token query's, timestamps as integer microseconds since
+    the epoch (psycopg's text loader for timestamptz, as Django configures it, is Python code
+    and was the larger part of loading the row, issue 20; the integer is exact)."""
+    quote = db_connection.ops.quote_name
+    _, fields = _token_query(True)
+    columns = [
+        f"(extract(epoch from c.{quote(f.column)}) * 1000000)::int8" if _is_timestamp(f) else f"c.{quote(f.column)}"
+        for f in fields
+    ]
+    return [*columns, f"c.{quote(Provider._meta.get_field('name').column)}"]
+
+
+def _is_timestamp(field) -> bool:
+    return field.get_internal_type() == "DateTimeField"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _from_epoch_micros(value: int | None) -> datetime | None:
+    return None if value is None else _EPOCH + timedelta(microseconds=value)
 
 
 def connection_for_token_read(
@@ -241,7 +268,7 @@ def connection_for_token_read(
     )
     if row is None:
         raise NotFound("connection not found")
-    return _connection_from_row(row[:-1], database), row[-1]
+    return _connection_from_row(row[:-1], database, epoch_micros=True), row[-1]
 
 
 def connection_for_token(*, connection_id: str, workspace: str | None, environment: str | None = None) -> Connection:
@@ -258,9 +285,10 @@ def connection_for_token(*, connection_id: str, workspace: str | None, environme
     return _connection_from_row(row, connections[DEFAULT_DB_ALIAS])
 
 
-def _connection_from_row(row: tuple, database) -> Connection:
-    """The token query's row as a Connection with its provider (the name only) loaded."""
-    attnames, conversions = _row_reader(database.vendor)
+def _connection_from_row(row: tuple, database, *, epoch_micros: bool = False) -> Connection:
+    """The token query's row as a Connection with its provider (the name only) loaded
+    (`epoch_micros`: its timestamps as _read_columns gives them)."""
+    attnames, conversions = _row_reader(database.vendor, epoch_micros)
     values = {}
     for name, value, steps in zip(attnames, row, conversions, strict=False):
         for step in steps:

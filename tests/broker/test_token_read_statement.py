@@ -185,3 +185,37 @@ def _dsn() -> str:
     return psycopg.conninfo.make_conninfo(
         **{k: v for k, v in params.items() if k in {"dbname", "user", "host", "port", "password"}}
     )
+
+
+def test_the_statement_loads_the_row_as_the_cursor_path_does(provider):
+    """Timestamps come back as integer microseconds and are rebuilt: the same aware datetimes,
+    to the microsecond, as the cursor path's loaders give; every other column the same too."""
+    from broker_app.selectors import connection_for_token, connection_for_token_read
+
+    row = _connection(
+        provider,
+        "c_same_row",
+        expires_at=timezone.now() + timedelta(hours=1, microseconds=7),
+        last_read_at=timezone.now() - timedelta(days=400, microseconds=1),
+        last_refreshed_at=None,
+    )
+    audit = {
+        "actor": "a",
+        "action": "token.read",
+        "ip": None,
+        "created_at": timezone.now().isoformat(),
+        "status": "active",
+        "fresh_after": timezone.now().isoformat(),
+        "marked_after": timezone.now().isoformat(),
+    }
+    loaded, audited = connection_for_token_read(
+        connection_id=row.id, workspace="ws-a", environment="production", audit=audit
+    )
+    expected = connection_for_token(connection_id=row.id, workspace="ws-a", environment="production")
+    assert audited is False  # last read 400 days ago: a mark is due, the cursor path goes on
+    assert vars(loaded).keys() == vars(expected).keys()
+    for name in vars(expected):
+        if name != "_state":
+            assert getattr(loaded, name) == getattr(expected, name), name
+    assert loaded.expires_at.utcoffset() == timedelta(0) and loaded.expires_at == row.expires_at
+    assert loaded.last_refreshed_at is None and loaded.provider.name == "hot"
