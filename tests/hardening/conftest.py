@@ -1,5 +1,5 @@
 """Real processes for issue 14's hostile-input and hardening findings: the gateway and the
-broker as gunicorn through docker/entrypoint.sh (tests/ops' EntrypointStack), the npm
+broker under the image's server (granian) through docker/entrypoint.sh (tests/ops' EntrypointStack), the npm
 oidc-provider as provider `local`, the fake provider as provider `fake`, a fresh PostgreSQL
 database and this xdist worker's Redis database. No Celery worker: nothing here needs one."""
 

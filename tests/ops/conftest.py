@@ -2,7 +2,7 @@
 
 `ops_stack` is devtools/stack.py's Stack (real OIDC provider, migrations, a provider, an
 API key) whose gateway, broker and Celery worker are launched through
-docker/entrypoint.sh ROLE — the image's own command lines, gunicorn config, Prometheus
+docker/entrypoint.sh ROLE — the image's own command lines, granian's options, Prometheus
 multiprocess directories — against a fresh PostgreSQL database and Redis."""
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def ops_stack(tmp_path_factory, _redis_database_per_worker):
 
 
 def start_role(role: str, env: dict[str, str], workdir: Path, port: int) -> subprocess.Popen:
-    """One more gateway or broker (one gunicorn worker) through the entrypoint, next to the stack."""
+    """One more gateway or broker (one worker) through the entrypoint, next to the stack."""
     env = {
         **entrypoint_env(env, workdir, f"{role}-{port}"),
         "BIND": f"127.0.0.1:{port}",

@@ -83,7 +83,7 @@ def active(stack, fake_provider, fake_provider_row):
 
 # -- real processes ------------------------------------------------------------------------------
 #
-# `refresh_stack`: gunicorn gateway and broker and TWO Celery workers, each started through
+# `refresh_stack`: gateway and broker (granian) and TWO Celery workers, each started through
 # docker/entrypoint.sh exactly as the image starts them (tests/ops' EntrypointStack), plus the
 # npm oidc-provider (provider `local`, rotating refresh tokens, grant revoked on reuse) and the
 # hand-written fake provider registered as provider `fake`. Its own PostgreSQL database and
