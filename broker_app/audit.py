@@ -31,13 +31,14 @@ SYSTEM = Actor("system")
 SWEEP = Actor("system:refresh-sweep")  # the proactive refresh (sweep tasks, `refresh_due`)
 
 
-_COLUMNS = ("connection_id", "workspace", "environment", "actor", "action", "ip", "detail", "created_at")
+# The columns a token read writes, in the order its INSERTs give them (also selectors._token_read_statement).
+COLUMNS = ("connection_id", "workspace", "environment", "actor", "action", "ip", "detail", "created_at")
 
 
 @lru_cache(maxsize=1)
 def _insert() -> tuple[str, tuple]:
     meta, quote = AuditEvent._meta, db_connection.ops.quote_name
-    fields = tuple(meta.get_field(name) for name in _COLUMNS)
+    fields = tuple(meta.get_field(name) for name in COLUMNS)
     columns = ", ".join(quote(field.column) for field in fields)
     if db_connection.vendor == "postgresql":
         # ip and detail arrive as text and are cast by the server (audit_record, issue 20).

@@ -13,6 +13,7 @@ from django.db.models.base import ModelState
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.signals import post_init, pre_init
 
+from broker_app.audit import COLUMNS as AUDIT_COLUMNS
 from broker_app.models import AuditEvent, Connection, Provider
 from dromos import wire
 from dromos.db import execute_fixed
@@ -193,12 +194,11 @@ def _token_read_statement() -> bytes:
     def audit_column(name: str) -> str:
         return quote(audit_meta.get_field(name).column)
 
-    audit_columns = ("connection_id", "workspace", "environment", "actor", "action", "ip", "detail", "created_at")
     # Identifiers come from the models (quoted), values are always parameters.
     sql = " ".join(
         (
             f"WITH c AS ({select}),",
-            f"a AS (INSERT INTO {quote(audit_meta.db_table)} ({', '.join(map(audit_column, audit_columns))})",
+            f"a AS (INSERT INTO {quote(audit_meta.db_table)} ({', '.join(map(audit_column, AUDIT_COLUMNS))})",
             f"SELECT c.{column('id')}, c.{column('workspace')}, c.{column('environment')},",
             "$4, $5, $6::inet, '{}'::jsonb, $7::timestamptz FROM c",
             f"WHERE c.{column('status')} = $8",

@@ -289,10 +289,15 @@ def _observe(environ: dict, route: str, status: int, started: float) -> None:
     _histogram_child(route, method, status).observe(elapsed)
     if access_logger.isEnabledFor(logging.INFO):
         path = environ.get("PATH_INFO", "")
+        fields = {
+            "method": method,
+            "path": path,
+            "route": route,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+        }
         handler = direct_handler(access_logger, logging.INFO)
         if handler is not None:
-            fields = {"method": method, "path": path, "route": route, "status": status}
-            fields["duration_ms"] = round(elapsed * 1000, 2)
             try:
                 write_direct(handler, access_logger.name, logging.INFO, f"{method} {path} {status}", fields)
                 return
@@ -306,12 +311,6 @@ def _observe(environ: dict, route: str, status: int, started: float) -> None:
             "%s %s %s",
             (method, path, status),
             None,
-            extra={
-                "method": method,
-                "path": path,
-                "route": route,
-                "status": status,
-                "duration_ms": round(elapsed * 1000, 2),
-            },
+            extra=fields,
         )
         access_logger.handle(record)

@@ -86,13 +86,10 @@ def token_read_stored(
                 "marked_after": (now - timedelta(seconds=READ_MARK_SECONDS)).isoformat(),
             },
         )
-        if found is None:
-            connection, audited = (
-                connection_for_token(connection_id=connection_id, workspace=workspace, environment=actor.environment),
-                False,
-            )
-        else:
-            connection, audited = found
+        connection, audited = found or (
+            connection_for_token(connection_id=connection_id, workspace=workspace, environment=actor.environment),
+            False,
+        )
     except NotFound:
         return None
     if audited:
