@@ -8,15 +8,44 @@ per-provider leases, the shared metrics and /readyz all use it.
 The breaker: a caller that may do without Redis reports a failed call with `trip()` and asks
 `resting()` before the next one. After a failure the process leaves Redis alone for
 RETRY_SECONDS, so a Redis that hangs costs one REDIS_TIMEOUT_SECONDS now and then, not one
-per call."""
+per call.
+
+redis-py 8 imports OpenTelemetry's metrics SDK when it is installed, for Redis metrics of its
+own that Dromos never turns on (Dromos' Redis metrics are Prometheus'; its traces use the
+tracing SDK, dromos/tracing.py). `_import_redis` keeps that SDK out of every process that
+imports redis first through this module: 48 modules, ≈1.4 MiB resident per process
+(docs/benchmarks.md). redis-py then reports its own OpenTelemetry metrics as unavailable."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+from types import ModuleType
 
-import redis
 from django.conf import settings
+
+_UNUSED_BY_REDIS = "opentelemetry.sdk.metrics"
+
+
+def _import_redis() -> ModuleType:
+    """`import redis` with OpenTelemetry's metrics SDK reported missing while redis-py loads
+    (its import is optional: `try: … except ImportError`), unless something loaded either
+    already. Anything imported afterwards finds the SDK as usual."""
+    if "redis" in sys.modules or _UNUSED_BY_REDIS in sys.modules:
+        import redis
+
+        return redis
+    sys.modules[_UNUSED_BY_REDIS] = None  # an import of it raises ImportError
+    try:
+        import redis
+    finally:
+        if sys.modules.get(_UNUSED_BY_REDIS, False) is None:
+            del sys.modules[_UNUSED_BY_REDIS]
+    return redis
+
+
+redis = _import_redis()
 
 RedisError = redis.RedisError
 RETRY_SECONDS = 2.0

@@ -5,7 +5,10 @@ parts that can do without it leave it alone for a moment after a failed call."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -79,3 +82,28 @@ def test_every_part_gives_up_on_a_hanging_redis_after_the_one_timeout(hanging_re
     assert allowed is None and elapsed < 0.1  # not enforced while Redis rests
     with override_settings(REDIS_URL=None):
         assert REFRESH_OUTCOMES.values()[("hanging-provider", "success")] == before + 2
+
+
+@pytest.mark.live  # a Python child process: a fresh interpreter's imports
+def test_redis_loads_without_opentelemetry_metrics_sdk():
+    """redis-py would import OpenTelemetry's metrics SDK for metrics Dromos never enables;
+    the client module keeps it out, and anything imported later still finds it."""
+    probe = (
+        "import sys\n"
+        "from dromos import redis as shared\n"
+        "import redis.observability.providers as providers\n"
+        "assert 'redis' in sys.modules and shared.redis is sys.modules['redis']\n"
+        "assert 'opentelemetry.sdk.metrics' not in sys.modules, 'metrics SDK loaded'\n"
+        "assert providers.OTEL_AVAILABLE is False\n"
+        "import opentelemetry.sdk.metrics, opentelemetry.sdk.trace\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "dromos.settings.gateway"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
