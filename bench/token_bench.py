@@ -23,10 +23,15 @@ round, so they hold on a noisy machine):
 2. broker         GET {broker}/internal/v1/connections/{id}/token (X-API-Key, workspace):
                   one hop, database, decryption, audit row;
 3. gateway        GET {gateway}/v1/token/{id}: API key, throttle, gateway→broker hop, all of 2;
-4. gateway+auto   the same with ?auto_refresh=true on tokens that need no refresh.
+4. gateway+auto   the same with ?auto_refresh=true on tokens that need no refresh;
+5. proxy          GET {gateway}/v1/proxy/{id}/user: the API proxy (API key with scope
+                  `proxy`, throttle, egress policy, the token from the process cache or
+                  the broker, the upstream call, the audit row). The upstream is the raw
+                  floor app (floor-wsgi), set as the provider's API base URL; its CPU is in
+                  the summed column (≈ 0.02 ms, floor-wsgi's row).
 
 Prints one Markdown table per scale (requests/s, p50, p99, ratios to the floor, errors, CPU
-time per request of each group of processes), resident memory per gunicorn worker, the
+time per request of each group of processes), resident memory per worker, the
 10^6 / 10^4 comparison and the issue's targets, met or missed; writes the raw numbers to
 var/bench/token_bench.json. Exits non-zero when any request failed.
 """
@@ -64,7 +69,8 @@ LUA = ROOT / "bench" / "random_ids.lua"
 GUNICORN_CONF = ROOT / "docker" / "gunicorn.conf.py"
 WORKSPACE = "bench"
 PROVIDER = "bench"
-CASES = ("floor-wsgi", "floor", "broker", "gateway", "gateway+auto")
+CASES = ("floor-wsgi", "floor", "broker", "gateway", "gateway+auto", "proxy")
+UPSTREAM_BODY = {"status": "ok"}  # what bench/floor_app.py answers: the proxy case's upstream
 GROUPS = ("gateway", "broker", "postgres", "redis", "floor")  # the servers' processes: summed per request
 
 
@@ -329,7 +335,10 @@ def check_case(case: Case, connection_id: str, key: str) -> None:
     if response.status_code != 200:
         raise RuntimeError(f"{case.name}: GET {path} answered {response.status_code}: {response.text[:300]}")
     body = response.json()
-    if not case.name.startswith("floor") and body.get("access_token") != access_token_for(connection_id):
+    if case.name == "proxy":
+        if body != UPSTREAM_BODY:
+            raise RuntimeError(f"proxy: the answer is not the upstream's: {response.text[:300]}")
+    elif not case.name.startswith("floor") and body.get("access_token") != access_token_for(connection_id):
         raise RuntimeError(f"{case.name}: the answer does not carry the seeded token")
 
 
@@ -610,6 +619,8 @@ def main() -> int:
             "bench",
             "--client-secret",
             secrets.token_urlsafe(16),
+            "--api-base-url",
+            stack.floor_url,  # the proxy case's upstream
             "--no-check",
         )
         provider_id = stack.manage(
@@ -627,7 +638,7 @@ def main() -> int:
             "from gateway_app.keys import apikey_create\n"
             f"for i in range({args.keys}):\n"
             f"    print(apikey_create(workspace='{WORKSPACE}', name=f'bench-{{i}}', "
-            "scopes=['tokens:read'])[1])",
+            "scopes=['tokens:read', 'proxy'])[1])",
         )
         keys = [f"Bearer {line}" for line in made.stdout.split()]
         keys_file = workdir / "keys.txt"
@@ -642,6 +653,7 @@ def main() -> int:
             "broker": Case("broker", stack.broker_url, "/internal/v1/connections/", "/token", broker_headers),
             "gateway": Case("gateway", stack.gateway_url, "/v1/token/", keyed=True),
             "gateway+auto": Case("gateway+auto", stack.gateway_url, "/v1/token/", "?auto_refresh=true", keyed=True),
+            "proxy": Case("proxy", stack.gateway_url, "/v1/proxy/", "/user", keyed=True),
         }
         cases = [all_cases[name] for name in cases_wanted]
         stored = 0

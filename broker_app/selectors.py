@@ -19,6 +19,8 @@ from dromos import wire
 from dromos.db import execute_fixed
 from dromos.errors import InvalidRequest, NotFound
 
+_PROVIDER_FIELD = Connection._meta.get_field("provider")
+
 
 def _visible(workspace: str | None, environment: str | None) -> Q:
     """The provider rows a workspace's environment sees: the shared ones and its own."""
@@ -69,14 +71,58 @@ def provider_list(*, workspace: str | None = None, environment: str | None = Non
 
 def connection_get(*, connection_id: str, workspace: str | None, environment: str | None = None) -> Connection:
     """The connection, when it belongs to the workspace's environment (`environment` None:
-    the default one); `workspace` None: any (an operator's call)."""
-    queryset = Connection.objects.select_related("provider")
-    if workspace is not None:
-        queryset = queryset.filter(workspace=workspace, environment=environment or wire.DEFAULT_ENVIRONMENT)
-    connection = queryset.filter(pk=connection_id).first()
-    if connection is None:
+    the default one); `workspace` None: any (an operator's call). Every column of it and of
+    its provider, loaded as `Connection.objects.select_related("provider")` loads them, by a
+    query written once (_connection_query): the ORM compiled it on every call, which was most
+    of the broker's CPU for a proxy credential (issue 20)."""
+    sql, fields, provider_fields = _connection_query(workspace is not None)
+    params = (
+        [connection_id] if workspace is None else [connection_id, workspace, environment or wire.DEFAULT_ENVIRONMENT]
+    )
+    row = execute_fixed(sql, params, fetch=True)
+    if row is None:
         raise NotFound("connection not found")
+    database = connections[DEFAULT_DB_ALIAS]
+    split = len(fields)
+    connection = _loaded(Connection, database.alias, _converted(database.vendor, fields, row[:split]))
+    provider = _loaded(Provider, database.alias, _converted(database.vendor, provider_fields, row[split:]))
+    _PROVIDER_FIELD.set_cached_value(connection, provider)
     return connection
+
+
+@lru_cache(maxsize=2)
+def _connection_query(scoped: bool) -> tuple[str, tuple, tuple]:
+    """SELECT every concrete column of the connection and of its provider (INNER JOIN: the
+    foreign key is not nullable), by primary key, scoped to a workspace's environment when
+    `scoped`. Identifiers come from the models (quoted), values are always parameters."""
+    quote = db_connection.ops.quote_name
+    meta, provider_meta = Connection._meta, Provider._meta
+    fields, provider_fields = tuple(meta.concrete_fields), tuple(provider_meta.concrete_fields)
+    columns = [f"c.{quote(field.column)}" for field in fields] + [
+        f"p.{quote(field.column)}" for field in provider_fields
+    ]
+    sql = " ".join(
+        (
+            f"SELECT {', '.join(columns)}",
+            f"FROM {quote(meta.db_table)} c INNER JOIN {quote(provider_meta.db_table)} p",
+            f"ON p.{quote(provider_meta.pk.column)} = c.{quote(_PROVIDER_FIELD.column)}",
+            f"WHERE c.{quote(meta.pk.column)} = %s",
+        )
+    )
+    if scoped:
+        sql += f" AND c.{quote(meta.get_field('workspace').column)} = %s"
+        sql += f" AND c.{quote(meta.get_field('environment').column)} = %s"
+    return sql, fields, provider_fields
+
+
+def _converted(vendor: str, fields: tuple, values: tuple) -> dict:
+    """{attname: value} with the conversions the ORM applies to each column (_conversions)."""
+    loaded = {}
+    for field, value, steps in zip(fields, values, _conversions(vendor, fields), strict=True):
+        for step in steps:
+            value = step(value)
+        loaded[field.attname] = value
+    return loaded
 
 
 _TOKEN_FIELDS = (
@@ -127,17 +173,23 @@ def _token_query(scoped: bool) -> tuple[str, tuple]:
 
 @lru_cache(maxsize=4)
 def _row_reader(vendor: str, epoch_micros: bool = False) -> tuple[tuple[str, ...], tuple]:
-    """The token query's field names (attnames) and, per field, the conversions the ORM would
-    apply to its value (the backend's converters, then the field's from_db_value), worked out
-    once: on PostgreSQL psycopg returns Python values already and only the JSON fields
-    convert; on SQLite a datetime column comes back naive (or as text) without them."""
+    """The token query's field names (attnames) and their conversions (_conversions)."""
     _, fields = _token_query(True)  # scoped or not: the same columns
-    table = Connection._meta.db_table
+    return tuple(field.attname for field in fields), _conversions(vendor, fields, epoch_micros)
+
+
+@lru_cache(maxsize=16)
+def _conversions(vendor: str, fields: tuple, epoch_micros: bool = False) -> tuple:
+    """Per field, the conversions the ORM would apply to its column's value (the backend's
+    converters, then the field's from_db_value), worked out once: on PostgreSQL psycopg
+    returns Python values already and only the JSON fields convert; on SQLite a datetime
+    column comes back naive (or as text) without them. `epoch_micros`: timestamps come as
+    integer microseconds since the epoch (_read_columns)."""
     conversions = []
     for field in fields:
         steps = []
         if vendor != "postgresql":
-            column = field.get_col(table)
+            column = field.get_col(field.model._meta.db_table)
             steps += [
                 partial(_backend_step, convert, column) for convert in db_connection.ops.get_db_converters(column)
             ]
@@ -146,7 +198,7 @@ def _row_reader(vendor: str, epoch_micros: bool = False) -> tuple[tuple[str, ...
         if hasattr(field, "from_db_value"):
             steps.append(partial(_field_step, field))
         conversions.append(tuple(steps))
-    return tuple(field.attname for field in fields), tuple(conversions)
+    return tuple(conversions)
 
 
 def _backend_step(convert, column, value):
@@ -155,9 +207,6 @@ def _backend_step(convert, column, value):
 
 def _field_step(field, value):
     return field.from_db_value(value, None, db_connection)
-
-
-_PROVIDER_FIELD = Connection._meta.get_field("provider")
 
 
 def _loaded(model, alias: str, values: dict):
