@@ -34,7 +34,7 @@ from broker_app.services.lifecycle import not_active
 from broker_app.services.refresh import token_refresh_auto, token_refresh_if_version
 from broker_app.services.refresh_policy import fresh, renewable
 from broker_app.services.token_view import token_view
-from dromos.errors import ApiError, ProviderUnavailable
+from dromos.errors import ApiError, NotFound, ProviderUnavailable
 from dromos.wire import MACHINE_FLOWS
 
 DEFAULT_AUTH_HEADER = "Authorization"
@@ -187,7 +187,7 @@ def proxy_credential_read(*, connection_id: str, workspace: str, actor: Actor) -
     connection = connection_get(connection_id=connection_id, workspace=workspace, environment=actor.environment)
     if connection.status != Connection.Status.ACTIVE:
         raise not_active(connection)
-    if renewable(connection) and not fresh(connection.expires_at, EXPIRY_MARGIN_SECONDS):
+    if _refresh_due(connection):
         # Refreshed before it expires rather than after the provider's 401 (as auto_refresh).
         try:
             token_refresh_auto(
@@ -198,6 +198,34 @@ def proxy_credential_read(*, connection_id: str, workspace: str, actor: Actor) -
                 raise
         connection = connection_get(connection_id=connection_id, workspace=workspace, environment=actor.environment)
     credential = _credential(connection)
+    _audited(connection, actor)
+    return credential
+
+
+def proxy_credential_stored(*, connection_id: str, workspace: str, actor: Actor) -> ProxyCredential | None:
+    """proxy_credential_read's common case only (broker_app/fast_token.py): an active
+    connection of the actor's workspace and environment, no refresh due, a provider the proxy
+    can use: the same credential and audit row. None, before anything is written, for every
+    other case: proxy_credential_read serves those, with their errors."""
+    try:
+        connection = connection_get(connection_id=connection_id, workspace=workspace, environment=actor.environment)
+    except NotFound:
+        return None
+    if connection.status != Connection.Status.ACTIVE or _refresh_due(connection):
+        return None
+    try:
+        credential = _credential(connection)
+    except ProxyNotConfigured:
+        return None
+    _audited(connection, actor)
+    return credential
+
+
+def _refresh_due(connection: Connection) -> bool:
+    return renewable(connection) and not fresh(connection.expires_at, EXPIRY_MARGIN_SECONDS)
+
+
+def _audited(connection: Connection, actor: Actor) -> None:
     audit_record(
         connection_id=connection.id,
         workspace=connection.workspace,
@@ -207,7 +235,6 @@ def proxy_credential_read(*, connection_id: str, workspace: str, actor: Actor) -
         detail={"via": "proxy"},
     )
     metrics.TOKEN_READS.labels(provider=connection.provider.name).inc()
-    return credential
 
 
 def proxy_token_refresh(*, connection_id: str, workspace: str, actor: Actor, stale_version: int) -> ProxyCredential:

@@ -158,7 +158,12 @@ FAST_PATHS = (
             "/internal/v1/connections/",
             "/internal/v1/connections/<str:connection_id>/token",
             "broker_app.fast_token.serve",
-        )
+        ),
+        (
+            "/internal/v1/connections/",
+            "/internal/v1/connections/<str:connection_id>/proxy-credential",
+            "broker_app.fast_token.serve_proxy_credential",
+        ),
     ]
     if TOKEN_FAST_PATH
     else []

@@ -7,6 +7,7 @@ wrapper around Django's own handler, as gunicorn or granian run it."""
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import pytest
@@ -25,6 +26,11 @@ BROKER = (
     "/internal/v1/connections/<str:connection_id>/token",
     "broker_app.fast_token.serve",
 )
+PROXY_CREDENTIAL = (
+    "/internal/v1/connections/",
+    "/internal/v1/connections/<str:connection_id>/proxy-credential",
+    "broker_app.fast_token.serve_proxy_credential",
+)
 
 
 class App:
@@ -40,7 +46,7 @@ class App:
             self.django_calls += 1
             return django(environ, start_response)
 
-        handlers = [(p, r, import_string(h)) for p, r, h in (GATEWAY, BROKER)]
+        handlers = [(p, r, import_string(h)) for p, r, h in (GATEWAY, BROKER, PROXY_CREDENTIAL)]
         self.app = FastPaths(counting, handlers) if fast else counting
 
     def get(self, path: str, headers: dict[str, str] | None = None, query: str = "", remote: str = "127.0.0.1"):
@@ -310,6 +316,89 @@ def test_broker_cases_the_fast_path_leaves_to_django(connected, change, headers)
     assert fast.django_calls == 1 and answer[0] in (400, 401, 404, 409)
     same_answer(answer, slow.get(path, {**base, **headers}))
     assert AuditEvent.objects.filter(connection_id=cid, action="token.read").count() == before
+
+
+@pytest.fixture
+def proxied(connected, fake_provider):
+    """`connected` with an API base URL on its provider: the proxy can use it."""
+    from broker_app.models import Provider
+
+    Provider.objects.filter(name="fake").update(api_base_url=f"{fake_provider.url}/api")
+    return connected
+
+
+def _proxy_reads(cid: str) -> list:
+    rows = AuditEvent.objects.filter(connection_id=cid, action="token.read", detail__via="proxy").order_by("id")
+    return [(r.actor, r.workspace, str(r.ip), r.detail) for r in rows]
+
+
+def test_broker_proxy_credential_answers_as_django_does_and_audits_each_read(proxied):
+    stack, _, cid = proxied
+    fast, slow = App(fast=True), App(fast=False)
+    headers = {
+        "X-API-Key": settings.BROKER_API_KEY,
+        "X-Dromos-Workspace": "ws-fast",
+        "X-Dromos-Actor": "proxy:apikey:t",
+        "X-Dromos-Client-Ip": "192.0.2.7",
+    }
+    path = f"/internal/v1/connections/{cid}/proxy-credential"
+    answer = fast.get(path, headers)
+    same_answer(answer, slow.get(path, headers))
+    assert fast.django_calls == 0 and answer[0] == 200
+    body = json.loads(answer[2])
+    assert body["connection_id"] == cid and body["access_token"] and body["api_base_url"].endswith("/api")
+    assert answer[1]["cache-control"] == "no-store"
+    assert _proxy_reads(cid) == [("proxy:apikey:t", "ws-fast", "192.0.2.7", {"via": "proxy"})] * 2
+
+
+@pytest.mark.parametrize(
+    "change, headers, query",
+    [
+        (None, {"X-API-Key": "wrong"}, ""),  # the broker key: 401
+        (None, {"X-Dromos-Workspace": ""}, ""),  # no workspace: 400
+        (None, {"X-Dromos-Workspace": "ws-other"}, ""),  # another workspace: 404
+        (None, {"X-Dromos-Environment": "staging"}, ""),  # another environment: 404
+        (None, {"X-Dromos-Environment": "Bad Env!"}, ""),  # malformed environment: 400
+        ({"status": Connection.Status.REVOKED}, {}, ""),  # not active: 409
+        ("no-api", {}, ""),  # the provider has no API base URL: 409
+        (None, {}, "x=1"),  # a query: left to the view (which ignores it)
+    ],
+)
+def test_broker_proxy_credential_cases_the_fast_path_leaves_to_django(proxied, change, headers, query):
+    stack, _, cid = proxied
+    if change == "no-api":
+        from broker_app.models import Provider
+
+        Provider.objects.filter(name="fake").update(api_base_url="")
+    elif change:
+        Connection.objects.filter(pk=cid).update(**change)
+    fast, slow = App(fast=True), App(fast=False)
+    base = {"X-API-Key": settings.BROKER_API_KEY, "X-Dromos-Workspace": "ws-fast"}
+    path = f"/internal/v1/connections/{cid}/proxy-credential"
+    answer = fast.get(path, {**base, **headers}, query=query)
+    assert fast.django_calls == 1
+    if query:
+        assert answer[0] == 200 and len(_proxy_reads(cid)) == 1  # Django's read, audited once
+        return
+    assert answer[0] in (400, 401, 404, 409)
+    same_answer(answer, slow.get(path, {**base, **headers}))
+    assert _proxy_reads(cid) == []
+
+
+def test_a_proxy_credential_due_for_refresh_takes_the_full_path(proxied):
+    """Within a minute of expiry the view refreshes it first (from the fake provider)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    stack, _, cid = proxied
+    Connection.objects.filter(pk=cid).update(expires_at=timezone.now() + timedelta(seconds=30))
+    version = Connection.objects.get(pk=cid).token_version
+    fast = App(fast=True)
+    headers = {"X-API-Key": settings.BROKER_API_KEY, "X-Dromos-Workspace": "ws-fast"}
+    answer = fast.get(f"/internal/v1/connections/{cid}/proxy-credential", headers)
+    assert answer[0] == 200 and fast.django_calls == 1
+    assert Connection.objects.get(pk=cid).token_version == version + 1
 
 
 def test_broker_addresses_outside_the_allowlist_are_refused_by_django(connected, settings):
