@@ -187,6 +187,7 @@ class BrokerRefused(Exception):
 _credentials: dict[tuple[str, str], tuple[float, Credential]] = {}
 _credentials_lock = threading.Lock()
 _CREDENTIALS_MAX = 10_000
+_next_sweep = 0.0  # monotonic time of the next pass that drops expired credentials
 # A cached credential is never used within this many seconds of its expiry.
 _EXPIRY_MARGIN = 30
 
@@ -201,10 +202,18 @@ def _remember(tenant: str, credential: Credential) -> None:
         ttl = min(ttl, credential.expires_at.timestamp() - time.time() - _EXPIRY_MARGIN)
     if ttl <= 0:
         return
+    global _next_sweep
+    now = time.monotonic()
     with _credentials_lock:
+        if now >= _next_sweep or len(_credentials) >= _CREDENTIALS_MAX:
+            # Expired credentials (plaintext tokens) leave memory within one cache lifetime
+            # instead of staying until the cache is full.
+            for key in [key for key, (until, _) in _credentials.items() if until <= now]:
+                del _credentials[key]
+            _next_sweep = now + max(1.0, float(settings.PROXY_TOKEN_CACHE_SECONDS))
         if len(_credentials) >= _CREDENTIALS_MAX:
             _credentials.clear()
-        _credentials[(tenant, credential.connection_id)] = (time.monotonic() + ttl, credential)
+        _credentials[(tenant, credential.connection_id)] = (now + ttl, credential)
 
 
 def credential_forget(tenant: str, connection_id: str) -> None:

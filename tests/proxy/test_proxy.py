@@ -392,3 +392,28 @@ def test_a_key_whose_slow_call_slots_are_taken_gets_429_before_any_provider_call
     assert refused.json()["error"] == "concurrency_limited" and refused.headers["Retry-After"] == "1"
     assert len(fake_provider.api_calls) == before
     assert stack.call("GET", f"/v1/proxy/{cid}/users/me", key).status_code == 200
+
+
+def test_expired_credentials_leave_the_cache_within_its_lifetime(settings, monkeypatch):
+    """The process's credential cache holds plaintext tokens: an expired one is dropped at
+    the next store after one cache lifetime, not kept until 10,000 have piled up."""
+    from gateway_app import proxy
+
+    settings.PROXY_TOKEN_CACHE_SECONDS = 5
+    clock = [1000.0]
+    monkeypatch.setattr(proxy.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(proxy, "_next_sweep", 0.0)  # set by earlier tests on the real clock
+
+    def credential(cid: str) -> proxy.Credential:
+        return proxy.Credential(cid, "fake", 1, f"tok_{cid}", None, "https://api.example.test", (), "Authorization", "")
+
+    for n in range(50):
+        proxy._remember("ws-a/production", credential(f"c_{n}"))
+    assert len(proxy._credentials) == 50  # all live
+    clock[0] += 5.5  # every one expired
+    proxy._remember("ws-a/production", credential("c_new"))
+    assert list(proxy._credentials) == [("ws-a/production", "c_new")]
+    assert not any(c.access_token == "tok_c_3" for _, c in proxy._credentials.values())
+    clock[0] += 1  # within the lifetime: no second pass, nothing expired either
+    proxy._remember("ws-b/production", credential("c_other"))
+    assert len(proxy._credentials) == 2
