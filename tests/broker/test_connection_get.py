@@ -103,3 +103,43 @@ def test_outside_the_scope_is_not_found(rows, cid, workspace, environment):
     with pytest.raises(NotFound):
         connection_get(connection_id=cid, workspace=workspace, environment=environment)
     assert Connection.objects.count() == 2
+
+
+_SQLITE_PROBE = """
+from datetime import timedelta
+from django.core.management import call_command
+from django.db import connection
+from django.utils import timezone
+assert connection.vendor == "sqlite", connection.vendor
+call_command("migrate", verbosity=0)
+from broker_app.models import Connection, Provider
+from broker_app.selectors import connection_get
+p = Provider.objects.create(name="hot", template="github", client_id="x", settings={"tenant": "acme"})
+Connection.objects.create(id="c_1", workspace="ws-a", user_id="u", provider=p, status="active",
+    scopes=["a"], expires_at=timezone.now() + timedelta(minutes=5), params={"n": [1]}, tags={"t": "v"})
+values = lambda o: {f.attname: getattr(o, f.attname) for f in o._meta.concrete_fields}
+got, expected = connection_get(connection_id="c_1", workspace="ws-a"), Connection.objects.select_related("provider").get()
+assert values(got) == values(expected), (values(got), values(expected))
+assert values(got.provider) == values(expected.provider)
+assert got.expires_at.tzinfo is not None and got.params == {"n": [1]}
+print("ok")
+"""
+
+
+@pytest.mark.live  # a child process on the embedded default (SQLite): its converters differ
+def test_loads_what_the_orm_loads_on_sqlite(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(DJANGO_SETTINGS_MODULE="dromos.settings.broker", DROMOS_VAR_DIR=str(tmp_path))
+    done = subprocess.run(
+        [sys.executable, "manage.py", "shell", "--no-imports", "-c", _SQLITE_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("ok")
