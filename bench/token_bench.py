@@ -362,15 +362,18 @@ def ensure_wrk() -> bool:
 
 
 AUDIT_TABLE = "broker_app_auditevent"
-# Row g: g % 10 of 0-3 today (between midnight and now), 4-6 yesterday, 7-9 the day before.
+# Row g of `total`: g % 10 of 0-3 today (between midnight and now), 4-6 yesterday, 7-9 the day
+# before; within its day at g / total of the way, so each day's rows come in time order as
+# traffic writes them (its time indexes grow at their end; the connection ids are random).
 SEED_AUDIT_SQL = (
     "INSERT INTO broker_app_auditevent (connection_id, workspace, actor, action, detail, created_at) "
     "SELECT 'c_' || md5(g::text), 'bench', 'apikey:abcd1234', 'token.read', '{}', "
-    "CASE WHEN g %% 10 < 4 THEN d.today + ((g * 7919) %% d.elapsed) * interval '1 second' "
-    "ELSE d.today - (1 + (g %% 10 >= 7)::int) * interval '1 day' + ((g * 7919) %% 86400) * interval '1 second' END "
+    "CASE WHEN g %% 10 < 4 THEN d.today + (g::float8 / %(total)s * d.elapsed) * interval '1 second' "
+    "ELSE d.today - (1 + (g %% 10 >= 7)::int) * interval '1 day' "
+    "+ (g::float8 / %(total)s * 86399) * interval '1 second' END "
     "FROM (SELECT date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS today, "
-    "greatest(1, extract(epoch FROM now() - date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')::bigint) "
-    "AS elapsed) d, generate_series(%s::bigint, %s::bigint) g"
+    "extract(epoch FROM now() - date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') AS elapsed) d, "
+    "generate_series(%(first)s::bigint, %(last)s::bigint) g"
 )
 
 
@@ -379,8 +382,8 @@ def seed_audit(database_url: str, rows: int) -> None:
     into: at the issue's 450 reads/s a day holds ≈ 40 million rows), 30 % in each of the two
     days before, in daily partitions made for them as the beat task makes them ahead
     (otherwise those rows would fill the default partition). Written by INSERT … SELECT
-    generate_series on one connection per CPU (disjoint ranges, no order: the indexes grow
-    as they do under traffic), then vacuumed and analysed partition by partition."""
+    generate_series on one connection per CPU (disjoint ranges; each day's rows in time
+    order, as traffic writes them), then vacuumed and analysed partition by partition."""
     from concurrent.futures import ThreadPoolExecutor
 
     import psycopg
@@ -401,7 +404,7 @@ def seed_audit(database_url: str, rows: int) -> None:
 
     def insert(first: int, last: int) -> None:
         with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(SEED_AUDIT_SQL, [first, last], prepare=False)
+            conn.execute(SEED_AUDIT_SQL, {"first": first, "last": last, "total": rows}, prepare=False)
 
     def vacuum(name: str) -> None:
         with psycopg.connect(database_url, autocommit=True) as conn:
