@@ -76,10 +76,7 @@ def connection_get(*, connection_id: str, workspace: str | None, environment: st
     query written once (_connection_query): the ORM compiled it on every call, which was most
     of the broker's CPU for a proxy credential (issue 20)."""
     sql, fields, provider_fields = _connection_query(workspace is not None)
-    params = (
-        [connection_id] if workspace is None else [connection_id, workspace, environment or wire.DEFAULT_ENVIRONMENT]
-    )
-    row = execute_fixed(sql, params, fetch=True)
+    row = execute_fixed(sql, _by_id_params(connection_id, workspace, environment), fetch=True)
     if row is None:
         raise NotFound("connection not found")
     database = connections[DEFAULT_DB_ALIAS]
@@ -94,16 +91,25 @@ def connection_get(*, connection_id: str, workspace: str | None, environment: st
 def _connection_query(scoped: bool) -> tuple[str, tuple, tuple]:
     """SELECT every concrete column of the connection and of its provider (INNER JOIN: the
     foreign key is not nullable), by primary key, scoped to a workspace's environment when
-    `scoped`. Identifiers come from the models (quoted), values are always parameters."""
+    `scoped`."""
     quote = db_connection.ops.quote_name
     meta, provider_meta = Connection._meta, Provider._meta
     fields, provider_fields = tuple(meta.concrete_fields), tuple(provider_meta.concrete_fields)
     columns = [f"c.{quote(field.column)}" for field in fields] + [
         f"p.{quote(field.column)}" for field in provider_fields
     ]
+    return _by_id(", ".join(columns), scoped), fields, provider_fields
+
+
+def _by_id(columns: str, scoped: bool) -> str:
+    """SELECT `columns` of a connection (alias c) joined to its provider (alias p), by
+    primary key, and by workspace and environment when `scoped` (_by_id_params gives the
+    values). Identifiers come from the models (quoted), values are always parameters."""
+    quote = db_connection.ops.quote_name
+    meta, provider_meta = Connection._meta, Provider._meta
     sql = " ".join(
         (
-            f"SELECT {', '.join(columns)}",
+            f"SELECT {columns}",
             f"FROM {quote(meta.db_table)} c INNER JOIN {quote(provider_meta.db_table)} p",
             f"ON p.{quote(provider_meta.pk.column)} = c.{quote(_PROVIDER_FIELD.column)}",
             f"WHERE c.{quote(meta.pk.column)} = %s",
@@ -112,7 +118,13 @@ def _connection_query(scoped: bool) -> tuple[str, tuple, tuple]:
     if scoped:
         sql += f" AND c.{quote(meta.get_field('workspace').column)} = %s"
         sql += f" AND c.{quote(meta.get_field('environment').column)} = %s"
-    return sql, fields, provider_fields
+    return sql
+
+
+def _by_id_params(connection_id: str, workspace: str | None, environment: str | None) -> list[str]:
+    if workspace is None:
+        return [connection_id]
+    return [connection_id, workspace, environment or wire.DEFAULT_ENVIRONMENT]
 
 
 def _converted(vendor: str, fields: tuple, values: tuple) -> dict:
@@ -156,19 +168,7 @@ def _token_query(scoped: bool) -> tuple[str, tuple]:
     # In the model's field order: Model.from_db matches values to fields in that order.
     fields = tuple(field for field in meta.concrete_fields if field.name in _TOKEN_FIELDS)
     columns = ", ".join(f"c.{quote(field.column)}" for field in fields)
-    # Identifiers come from the models (quoted), values are always parameters.
-    sql = " ".join(
-        (
-            f"SELECT {columns}, p.{quote(provider_meta.get_field('name').column)}",
-            f"FROM {quote(meta.db_table)} c INNER JOIN {quote(provider_meta.db_table)} p",
-            f"ON p.{quote(provider_meta.pk.column)} = c.{quote(meta.get_field('provider').column)}",
-            f"WHERE c.{quote(meta.pk.column)} = %s",
-        )
-    )
-    if scoped:
-        sql += f" AND c.{quote(meta.get_field('workspace').column)} = %s"
-        sql += f" AND c.{quote(meta.get_field('environment').column)} = %s"
-    return sql, fields
+    return _by_id(f"{columns}, p.{quote(provider_meta.get_field('name').column)}", scoped), fields
 
 
 @lru_cache(maxsize=4)
@@ -323,12 +323,8 @@ def connection_for_token_read(
 def connection_for_token(*, connection_id: str, workspace: str | None, environment: str | None = None) -> Connection:
     """Only the columns the token path needs (the provider's name included), in one query.
     The other columns are deferred: reading one loads it. Scoped as connection_get."""
-    scoped = workspace is not None
-    sql, _ = _token_query(scoped)
-    params = (
-        [connection_id] if workspace is None else [connection_id, workspace, environment or wire.DEFAULT_ENVIRONMENT]
-    )
-    row = execute_fixed(sql, params, fetch=True)
+    sql, _ = _token_query(workspace is not None)
+    row = execute_fixed(sql, _by_id_params(connection_id, workspace, environment), fetch=True)
     if row is None:
         raise NotFound("connection not found")
     return _connection_from_row(row, connections[DEFAULT_DB_ALIAS])
